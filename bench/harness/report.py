@@ -1,0 +1,70 @@
+"""Markdown comparison table and JSON results file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+# (summary key, label, higher_is_better or None when no ratio makes sense)
+METRICS: list[tuple[str, str, bool | None]] = [
+    ("ops_per_s", "ops/s", True),
+    ("p50_ms", "p50 ms", False),
+    ("p95_ms", "p95 ms", False),
+    ("p99_ms", "p99 ms", False),
+    ("errors", "errors", None),
+    ("rate_limited", "429s", None),
+    ("not_run", "not run", None),
+]
+SERVERS = (("synapse", "Synapse"), ("parley", "Parley"))
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:,.2f}"
+    return str(value)
+
+
+def _ratio(parley: Any, synapse: Any, higher_is_better: bool | None) -> str:
+    if higher_is_better is None or not parley or not synapse:
+        return "—"
+    arrow = "higher is better" if higher_is_better else "lower is better"
+    return f"{parley / synapse:.2f}× ({arrow})"
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    scenarios: list[str] = results["scenarios"]
+    by_server: dict[str, dict[str, Any]] = results["results"]
+    lines = ["| scenario | metric | Synapse | Parley | ratio Parley/Synapse |",
+             "|---|---|---:|---:|---|"]
+    for scenario in scenarios:
+        for key, label, direction in METRICS:
+            values = [by_server.get(s, {}).get(scenario, {}).get(key) for s, _ in SERVERS]
+            lines.append(f"| {scenario} | {label} | {_fmt(values[0])} | {_fmt(values[1])} | "
+                         f"{_ratio(values[1], values[0], direction)} |")
+    return "\n".join(lines)
+
+
+def hashing_line(results: dict[str, Any]) -> str:
+    parts = []
+    for key, label in SERVERS:
+        info = results["servers"].get(key)
+        if info:
+            parts.append(f"{label} {info['version']}: {info['password_hashing_text']}")
+    return "Password hashing cost: " + " vs ".join(parts) if parts else ""
+
+
+def render(results: dict[str, Any]) -> str:
+    p = results["params"]
+    head = (f"Parameters: users={p['users']} logins={p['logins']} "
+            f"concurrency={p['concurrency']} (one server at a time, {p['cpus']} CPUs, SQLite)")
+    return "\n\n".join([head, markdown_table(results), hashing_line(results)])
+
+
+def write_json(results: dict[str, Any], directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{results['timestamp']}.json"
+    path.write_text(json.dumps(results, indent=2, sort_keys=False) + "\n")
+    return path

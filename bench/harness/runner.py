@@ -1,0 +1,149 @@
+"""Orchestration: for each server (Synapse, then Parley) set up, run scenarios, tear down."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import secrets
+import shutil
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from harness import BENCH_DIR, REPO_DIR
+from harness.parley import ParleyServer, resolve_parley_cmd
+from harness.report import render, write_json
+from harness.scenarios import SCENARIOS, BenchContext
+from harness.servers import ManagedServer, free_port
+from harness.synapse import DEFAULT_BCRYPT_ROUNDS, SynapseServer, ensure_synapse_installed
+
+SERVER_ORDER = ("synapse", "parley")
+LIMITS = {"users": 100_000, "logins": 1_000_000, "concurrency": 256}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Parley vs Synapse benchmark (loopback only)")
+    p.add_argument("--only", choices=SERVER_ORDER, help="benchmark just one server")
+    p.add_argument("--scenarios", default=",".join(SCENARIOS),
+                   help=f"comma-separated subset of: {', '.join(SCENARIOS)}")
+    p.add_argument("--concurrency", type=int, default=8, help="operations in flight (8)")
+    p.add_argument("--time-limit", type=float, default=300.0,
+                   help="seconds after which a scenario stops issuing operations (300)")
+    p.add_argument("--request-timeout", type=float, default=60.0,
+                   help="per-request timeout in seconds (60)")
+    p.add_argument("--startup-timeout", type=float, default=180.0,
+                   help="seconds to wait for /_matrix/client/versions (180)")
+    p.add_argument("--parley-cmd", help="command for the Parley CLI, e.g. '.venv/bin/parley'")
+    p.add_argument("--repo", type=Path, default=REPO_DIR, help="Parley checkout (..)")
+    p.add_argument("--synapse-bcrypt-rounds", type=int, default=DEFAULT_BCRYPT_ROUNDS,
+                   help=f"Synapse bcrypt_rounds (default {DEFAULT_BCRYPT_ROUNDS}, its own)")
+    p.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results")
+    p.add_argument("--keep-tmp", action="store_true", help="keep configs, DBs and logs")
+    for cls in SCENARIOS.values():
+        cls.add_arguments(p)
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for key, cap in LIMITS.items():
+        value = getattr(args, key)
+        if not 1 <= value <= cap:
+            parser.error(f"--{key} must be between 1 and {cap}")
+    chosen = {s.strip() for s in args.scenarios.split(",") if s.strip()}
+    unknown = chosen - SCENARIOS.keys()
+    if unknown or not chosen:
+        parser.error(f"unknown scenarios {sorted(unknown)}; known: {', '.join(SCENARIOS)}")
+    args.scenarios = [name for name in SCENARIOS if name in chosen]  # registry order
+    return args
+
+
+def make_server(key: str, workdir: Path, args: argparse.Namespace) -> ManagedServer:
+    if key == "synapse":
+        ensure_synapse_installed()
+        return SynapseServer(workdir, free_port(), args.synapse_bcrypt_rounds)
+    return ParleyServer(workdir, free_port(), resolve_parley_cmd(args.repo, args.parley_cmd),
+                        args.repo)
+
+
+async def run_scenarios(server: ManagedServer, args: argparse.Namespace,
+                        run_id: str) -> dict[str, Any]:
+    timeout = aiohttp.ClientTimeout(total=args.request_timeout)
+    connector = aiohttp.TCPConnector(limit=args.concurrency)
+    out: dict[str, Any] = {}
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        ctx = BenchContext(server.name, server.base_url, session, args, run_id)
+        for name in args.scenarios:
+            log(f"{server.name}: {name} ...")
+            summary = (await SCENARIOS[name]().run(ctx)).summary()
+            out[name] = summary
+            log(f"{server.name}: {name}: {summary['ok']} ok, {summary['errors']} errors, "
+                f"{summary['ops_per_s']} ops/s, p50 {summary['p50_ms']} ms, "
+                f"p95 {summary['p95_ms']} ms, statuses {summary['statuses']}")
+    return out
+
+
+def bench_server(key: str, root: Path, args: argparse.Namespace, run_id: str,
+                 results: dict[str, Any]) -> None:
+    server = make_server(key, root / key, args)
+    load = [round(x, 2) for x in os.getloadavg()]
+    results["load_before"][key] = load
+    log(f"{key}: load average before start {load}")
+    try:
+        log(f"{key}: preparing config in {server.workdir}")
+        server.prepare()
+        server.start()
+        t0 = time.monotonic()
+        server.wait_ready(args.startup_timeout)
+        log(f"{key}: ready on {server.base_url} after {time.monotonic() - t0:.1f}s")
+        results["results"][key] = asyncio.run(run_scenarios(server, args, run_id))
+    finally:
+        code = server.stop()
+        log(f"{key}: stopped (exit code {code})")
+        results["servers"][key] = server.describe()
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    run_id = secrets.token_hex(4)
+    results: dict[str, Any] = {
+        "timestamp": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()),
+        "run_id": run_id,
+        "params": {"users": args.users, "logins": args.logins, "concurrency": args.concurrency,
+                   "time_limit_s": args.time_limit, "request_timeout_s": args.request_timeout,
+                   "cpus": os.cpu_count(), "python": platform.python_version(),
+                   "platform": platform.platform()},
+        "scenarios": args.scenarios, "servers": {}, "results": {}, "failures": {},
+        "load_before": {},
+    }
+    root = Path(tempfile.mkdtemp(prefix="parley-bench-"))
+    try:
+        for key in SERVER_ORDER:
+            if args.only and key != args.only:
+                continue
+            try:
+                bench_server(key, root, args, run_id, results)
+            except Exception as exc:  # keep going: report what we have for the other server
+                traceback.print_exc()
+                results["failures"][key] = f"{type(exc).__name__}: {exc}"
+    finally:
+        if args.keep_tmp:
+            log(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    print("\n" + render(results) + "\n")
+    for key, why in results["failures"].items():
+        print(f"FAILED {key}: {why.splitlines()[0]}")
+    log(f"results written to {write_json(results, args.results_dir)}")
+    return 1 if results["failures"] else 0

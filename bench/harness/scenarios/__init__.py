@@ -1,0 +1,17 @@
+"""Scenario registry. Order matters: scenarios run in this order and share state."""
+
+from __future__ import annotations
+
+from harness.scenarios.base import BenchContext, Scenario
+from harness.scenarios.login import LoginScenario
+from harness.scenarios.register import RegisterScenario
+
+SCENARIOS: dict[str, type[Scenario]] = {
+    cls.name: cls
+    for cls in (
+        RegisterScenario,
+        LoginScenario,
+    )
+}
+
+__all__ = ["SCENARIOS", "BenchContext", "Scenario"]

@@ -1,0 +1,185 @@
+"""The composition root: builds stores, handlers and servlets from the config and
+wires them together. Nothing else constructs components; servlets and handlers
+receive exactly the dependencies they use."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import reactor as default_reactor
+from twisted.internet import ssl as tssl
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.task import LoopingCall
+from twisted.web import server
+
+from homeserver.auth.access_tokens import AccessTokenCodec
+from homeserver.auth.authenticator import TokenAuthenticator
+from homeserver.auth.password_auth import PasswordAuth
+from homeserver.auth.password_policy import PasswordPolicy
+from homeserver.auth.passwords import PasswordHasher
+from homeserver.auth.session_cache import SessionCache
+from homeserver.auth.ui_auth import UserInteractiveAuth
+from homeserver.clock import Clock
+from homeserver.config.model import Config, ListenerConfig
+from homeserver.handlers.account import AccountHandler
+from homeserver.handlers.devices import DeviceHandler
+from homeserver.handlers.registration import RegistrationHandler
+from homeserver.handlers.security_events import SecurityEventRecorder
+from homeserver.handlers.sessions import SessionHandler
+from homeserver.http.router import Router
+from homeserver.http.server import MatrixResource, make_site
+from homeserver.rest import routes
+from storage.database import Database
+from storage.engines import create_engine
+from storage.migrations import migrate
+from storage.stores.devices import DeviceStore
+from storage.stores.profiles import ProfileStore
+from storage.stores.registration_tokens import RegistrationTokenStore
+from storage.stores.security_events import SecurityEventStore
+from storage.stores.sessions import SessionStore
+from storage.stores.ui_auth import UiAuthStore
+from storage.stores.users import UserStore
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Stores:
+    users: UserStore
+    devices: DeviceStore
+    sessions: SessionStore
+    registration_tokens: RegistrationTokenStore
+    ui_auth: UiAuthStore
+    profiles: ProfileStore
+    security_events: SecurityEventStore
+
+
+@dataclass
+class Homeserver:
+    config: Config
+    clock: Clock
+    db: Database
+    stores: Stores
+    router: Router
+    site: server.Site
+    registration: RegistrationHandler
+    sessions: SessionHandler
+    ports: list[IListeningPort] = field(default_factory=list)
+    _loops: list[LoopingCall] = field(default_factory=list)
+
+    def listen(self, reactor: Any = default_reactor) -> list[IListeningPort]:
+        for listener in self.config.listeners:
+            self.ports += _listen(reactor, listener, self.site)
+        return self.ports
+
+    async def stop(self) -> None:
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
+        for port in self.ports:
+            await port.stopListening()
+        self.ports = []
+        self.db.close()
+
+
+def open_database(config: Config) -> Database:
+    engine = create_engine(config.database)
+    return Database(engine, config.database.pool_min, config.database.pool_max)
+
+
+async def build_homeserver(
+    config: Config, clock: Clock | None = None, db: Database | None = None,
+    run_migrations: bool = True,
+) -> Homeserver:
+    clock = clock or Clock(default_reactor)
+    db = db or open_database(config)
+    if run_migrations:
+        applied = await migrate(db, clock.time_msec())
+        if applied:
+            logger.info("applied schema migrations %s", applied)
+
+    stores = Stores(
+        users=UserStore(db),
+        devices=DeviceStore(db),
+        sessions=SessionStore(db),
+        registration_tokens=RegistrationTokenStore(db),
+        ui_auth=UiAuthStore(db),
+        profiles=ProfileStore(db),
+        security_events=SecurityEventStore(db),
+    )
+    events = SecurityEventRecorder(stores.security_events, clock)
+    codec = AccessTokenCodec(config.auth, clock)
+    cache = SessionCache(stores.sessions, clock, config.auth.session_cache_ttl)
+    hasher = PasswordHasher(config.password_hashing)
+    policy = PasswordPolicy(config.password_policy)
+    password_auth = PasswordAuth(config.server_name, stores.users, hasher)
+    sessions = SessionHandler(config.auth, clock, codec, stores.sessions, cache, events)
+    devices = DeviceHandler(clock, stores.devices, sessions, events)
+    registration = RegistrationHandler(
+        config.server_name, config.registration, clock, stores.users, hasher, policy
+    )
+    uia = UserInteractiveAuth(
+        stores.ui_auth, stores.registration_tokens, clock, password_auth.check,
+        password_auth.resolve_identifier,
+    )
+    account = AccountHandler(clock, stores.users, stores.profiles, hasher, policy, devices,
+                             sessions, events)
+    authenticator = TokenAuthenticator(codec, cache, stores.devices, clock)
+
+    router = Router()
+    routes.register_all(
+        router,
+        routes.Components(
+            config=config, clock=clock, stores=stores, events=events, sessions=sessions,
+            devices=devices, registration=registration, uia=uia, account=account,
+            password_auth=password_auth,
+        ),
+    )
+    resource = MatrixResource(router, authenticator,
+                              trusted_proxies=any(li.x_forwarded for li in config.listeners))
+    site = make_site(resource, config.max_request_body_size)
+    hs = Homeserver(config, clock, db, stores, router, site, registration, sessions)
+
+    cleanup = LoopingCall(lambda: _background(uia.expire_old_sessions()))
+    cleanup.clock = clock._time  # noqa: SLF001 (the clock's own IReactorTime)
+    cleanup.start(600, now=False)
+    hs._loops.append(cleanup)
+    return hs
+
+
+def _background(coro: Any) -> None:
+    from twisted.internet import defer
+
+    d = defer.ensureDeferred(coro)
+    d.addErrback(lambda f: logger.error("background task failed: %s", f.getErrorMessage()))
+
+
+def _listen(reactor: Any, listener: ListenerConfig, site: server.Site) -> list[IListeningPort]:
+    ports = []
+    for address in listener.bind_addresses:
+        if listener.tls_certificate_path and listener.tls_private_key_path:
+            ports.append(reactor.listenSSL(listener.port, site, _tls_context(listener),
+                                           interface=address))
+        else:
+            ports.append(reactor.listenTCP(listener.port, site, interface=address))
+        logger.info("listening on %s:%d%s", address, listener.port,
+                    " (TLS)" if listener.tls_certificate_path else "")
+    return ports
+
+
+def _tls_context(listener: ListenerConfig) -> Any:
+    """TLS 1.2 minimum (1.3 when configured); certificates read once at start-up."""
+    with open(listener.tls_certificate_path or "", "rb") as f:
+        cert_pem = f.read()
+    with open(listener.tls_private_key_path or "", "rb") as f:
+        key_pem = f.read()
+    cert = tssl.PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem)
+    lowest = (tssl.TLSVersion.TLSv1_3 if listener.tls_min_version == "1.3"
+              else tssl.TLSVersion.TLSv1_2)
+    return tssl.CertificateOptions(
+        privateKey=cert.privateKey.original,
+        certificate=cert.original,
+        raiseMinimumTo=lowest,
+    )

@@ -1,0 +1,1 @@
+"""Authentication: access/refresh tokens, passwords, user-interactive auth."""

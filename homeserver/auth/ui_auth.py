@@ -1,0 +1,166 @@
+"""User-Interactive Authentication (spec: "User-Interactive Authentication API").
+
+A request that needs UIA calls :meth:`UserInteractiveAuth.check` with the flows it
+accepts. Until one flow's stages are all complete, ``check`` raises
+:class:`InteractiveAuthRequired` carrying the 401 body the spec defines.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from homeserver.clock import Clock
+from homeserver.http.errors import Codes, InteractiveAuthRequired, MatrixError
+from storage.stores.registration_tokens import RegistrationTokenStore
+from storage.stores.ui_auth import UiAuthSession, UiAuthStore
+
+DUMMY = "m.login.dummy"
+PASSWORD = "m.login.password"
+REGISTRATION_TOKEN = "m.login.registration_token"
+
+SESSION_LIFETIME_MS = 60 * 60 * 1000
+
+# (user_id, password) -> the canonical user id if the password is right, else None
+PasswordChecker = Callable[[str, str], Awaitable[bool]]
+IdentifierResolver = Callable[[dict[str, Any]], str | None]
+
+
+class StageFailed(Exception):
+    def __init__(self, errcode: str, msg: str) -> None:
+        super().__init__(msg)
+        self.errcode = errcode
+        self.msg = msg
+
+
+class UserInteractiveAuth:
+    def __init__(
+        self,
+        store: UiAuthStore,
+        reg_tokens: RegistrationTokenStore,
+        clock: Clock,
+        check_password: PasswordChecker,
+        resolve_identifier: IdentifierResolver,
+    ) -> None:
+        self._store = store
+        self._reg_tokens = reg_tokens
+        self._clock = clock
+        self._check_password = check_password
+        self._resolve_identifier = resolve_identifier
+
+    async def check(
+        self,
+        body: dict[str, Any],
+        flows: list[list[str]],
+        uri: str,
+        method: str,
+        user_id: str | None = None,
+    ) -> tuple[dict[str, Any], str]:
+        """Return (stage results, UIA session id) once a flow is complete."""
+        auth = body.get("auth")
+        if auth is not None and not isinstance(auth, dict):
+            raise MatrixError(400, "'auth' must be an object", Codes.BAD_JSON)
+        session = await self._session(auth, uri, method, user_id)
+        if auth and "type" in auth:
+            stage = auth["type"]
+            if not isinstance(stage, str) or not any(stage in f for f in flows):
+                raise self._required(session, flows, Codes.UNRECOGNIZED,
+                                     "Unknown or unexpected auth type")
+            if stage not in session.results:
+                try:
+                    result = await self._run_stage(stage, auth, user_id)
+                except StageFailed as e:
+                    raise self._required(session, flows, e.errcode, e.msg) from e
+                await self._store.mark_stage_complete(session.session_id, stage, result)
+                session = await self._store.get(session.session_id) or session
+        done = set(session.results)
+        if any(set(flow) <= done for flow in flows):
+            return session.results, session.session_id
+        raise self._required(session, flows)
+
+    async def delete_session(self, session_id: str) -> None:
+        await self._store.delete(session_id)
+
+    async def expire_old_sessions(self) -> int:
+        """Drop sessions older than the lifetime, releasing reserved registration tokens."""
+        cutoff = self._clock.time_msec() - SESSION_LIFETIME_MS
+        expired = await self._store.expired_sessions(cutoff)
+        for s in expired:
+            token = s.results.get(REGISTRATION_TOKEN)
+            if isinstance(token, str):
+                await self._reg_tokens.release(token)
+            await self._store.delete(s.session_id)
+        return len(expired)
+
+    async def _session(
+        self, auth: dict[str, Any] | None, uri: str, method: str, user_id: str | None
+    ) -> UiAuthSession:
+        sid = auth.get("session") if auth else None
+        if sid is None:
+            new_id = secrets.token_urlsafe(18)
+            await self._store.create(new_id, self._clock.time_msec(), uri, method, user_id)
+            found = await self._store.get(new_id)
+            assert found is not None
+            return found
+        if not isinstance(sid, str):
+            raise MatrixError(400, "'auth.session' must be a string", Codes.BAD_JSON)
+        session = await self._store.get(sid)
+        if session is None or session.created_ts < self._clock.time_msec() - SESSION_LIFETIME_MS:
+            raise MatrixError(400, "Unknown session ID", Codes.UNKNOWN)
+        if session.uri != uri or session.method != method:
+            raise MatrixError(403, "Requested operation has changed during the UI "
+                              "authentication session.", Codes.FORBIDDEN)
+        if session.user_id != user_id:
+            raise MatrixError(403, "UI authentication session belongs to another user",
+                              Codes.FORBIDDEN)
+        return session
+
+    def _required(
+        self, session: UiAuthSession, flows: list[list[str]], errcode: str | None = None,
+        error: str | None = None,
+    ) -> InteractiveAuthRequired:
+        body: dict[str, Any] = {
+            "flows": [{"stages": list(f)} for f in flows],
+            "params": {},
+            "session": session.session_id,
+            "completed": sorted(session.results),
+        }
+        if errcode:
+            body["errcode"] = errcode
+            body["error"] = error or "Authentication failed"
+        return InteractiveAuthRequired(body)
+
+    async def _run_stage(self, stage: str, auth: dict[str, Any], user_id: str | None) -> Any:
+        if stage == DUMMY:
+            return True
+        if stage == PASSWORD:
+            return await self._password_stage(auth, user_id)
+        if stage == REGISTRATION_TOKEN:
+            return await self._registration_token_stage(auth)
+        raise StageFailed(Codes.UNRECOGNIZED, "Unknown auth type")
+
+    async def _password_stage(self, auth: dict[str, Any], user_id: str | None) -> str:
+        password = auth.get("password")
+        if not isinstance(password, str):
+            raise StageFailed(Codes.MISSING_PARAM, "Missing password")
+        claimed: str | None = None
+        identifier = auth.get("identifier")
+        if isinstance(identifier, dict):
+            claimed = self._resolve_identifier(identifier)
+        elif isinstance(auth.get("user"), str):
+            claimed = self._resolve_identifier({"type": "m.id.user", "user": auth["user"]})
+        target = user_id or claimed
+        if target is None or (claimed is not None and claimed != target):
+            raise StageFailed(Codes.FORBIDDEN, "Invalid username or password")
+        if not await self._check_password(target, password):
+            raise StageFailed(Codes.FORBIDDEN, "Invalid password")
+        return target
+
+    async def _registration_token_stage(self, auth: dict[str, Any]) -> str:
+        token = auth.get("token")
+        if not isinstance(token, str) or not token:
+            raise StageFailed(Codes.MISSING_PARAM, "Missing registration token")
+        if not await self._reg_tokens.reserve(token, self._clock.time_msec()):
+            raise StageFailed(Codes.UNAUTHORIZED, "Invalid registration token")
+        return token

@@ -1,0 +1,221 @@
+"""Reads the YAML file, validates it, resolves secrets, applies defaults and returns
+a typed :class:`~homeserver.config.model.Config`."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator
+
+from homeserver.config.model import (
+    AuthConfig,
+    Config,
+    DatabaseConfig,
+    ListenerConfig,
+    PasswordHashingConfig,
+    PasswordPolicyConfig,
+    RegistrationConfig,
+    SigningKeyConfig,
+    WellKnownConfig,
+)
+from homeserver.config.schema import CONFIG_SCHEMA
+
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
+
+
+class ConfigError(Exception):
+    """The config is wrong; the message names the key. The server must not start."""
+
+
+def parse_duration(value: int | str) -> float:
+    """Seconds from ``30``, ``"30s"``, ``"15m"``, ``"500ms"``."""
+    if isinstance(value, int):
+        return float(value)
+    m = re.fullmatch(r"(\d+)(ms|s|m|h|d|w|y)?", value)
+    if not m:
+        raise ConfigError(f"invalid duration {value!r}")
+    return int(m.group(1)) * _UNITS[m.group(2) or "s"]
+
+
+def resolve_secret(value: Any, key: str) -> str | None:
+    """An inline string, ``{env: NAME}`` or ``{file: PATH}``; the value is never logged."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if "env" in value:
+        found = os.environ.get(value["env"])
+        if found is None:
+            raise ConfigError(f"{key}: environment variable {value['env']} is not set")
+        return found
+    path = Path(value["file"])
+    try:
+        return path.read_text().strip()
+    except OSError as e:
+        raise ConfigError(f"{key}: cannot read secret file {path}: {e.strerror}") from e
+
+
+def _error_key(err: Any) -> str:
+    path = ".".join(str(p) for p in err.absolute_path)
+    if err.validator == "additionalProperties":
+        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+        name = ".".join(filter(None, [path, extra[0] if extra else ""]))
+        return f"unknown key '{name}'"
+    if err.validator == "required":
+        missing = [k for k in err.validator_value if k not in err.instance]
+        name = ".".join(filter(None, [path, missing[0] if missing else ""]))
+        return f"missing required key '{name}'"
+    if err.validator == "type":
+        return f"'{path}': expected {err.validator_value}"
+    if err.validator == "anyOf":
+        return f"'{path}': invalid value (wrong type or format)"
+    if err.validator == "enum":
+        return f"'{path}': must be one of {err.validator_value}"
+    return f"'{path}': {err.message}"
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    return parse_config(raw or {}, base_dir=Path(path).resolve().parent)
+
+
+def parse_config(raw: Any, base_dir: Path | None = None) -> Config:
+    if not isinstance(raw, dict):
+        raise ConfigError("config must be a mapping")
+    validator = Draft202012Validator(CONFIG_SCHEMA)
+    errors = sorted(validator.iter_errors(raw), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        raise ConfigError("invalid config: " + "; ".join(_error_key(e) for e in errors))
+    base = base_dir or Path.cwd()
+
+    def rel(p: str) -> str:
+        return str(p if os.path.isabs(p) else base / p)
+
+    server_name = raw["server_name"]
+    data_dir = rel(raw.get("data_dir", "data"))
+
+    listeners = [
+        ListenerConfig(
+            port=li["port"],
+            bind_addresses=li.get("bind_addresses", ["127.0.0.1"]),
+            resources=li.get("resources", ["client", "federation"]),
+            x_forwarded=li.get("x_forwarded", False),
+            tls_certificate_path=rel(li["tls"]["certificate_path"]) if "tls" in li else None,
+            tls_private_key_path=rel(li["tls"]["private_key_path"]) if "tls" in li else None,
+            tls_min_version=li.get("tls", {}).get("min_version", "1.2"),
+        )
+        for li in raw.get("listeners", [{"port": 8008}])
+    ]
+
+    db = raw.get("database", {"engine": "sqlite"})
+    database = DatabaseConfig(
+        engine=db["engine"],
+        path=rel(db.get("path", os.path.join(data_dir, "parley.db"))),
+        host=db.get("host", "127.0.0.1"),
+        port=db.get("port", 5432),
+        user=db.get("user", "parley"),
+        password=resolve_secret(db.get("password"), "database.password"),
+        database=db.get("database", "parley"),
+        schema=db.get("schema"),
+        pool_min=db.get("pool_min", 1),
+        pool_max=db.get("pool_max", 1 if db["engine"] == "sqlite" else 10),
+    )
+
+    au = raw.get("auth", {})
+    keys = [
+        SigningKeyConfig(
+            kid=k["kid"],
+            algorithm=k["algorithm"],
+            key=resolve_secret(k["key"], f"auth.signing_keys[{i}].key") or "",
+            verify_only=k.get("verify_only", False),
+        )
+        for i, k in enumerate(au.get("signing_keys", []))
+    ]
+    if not keys:
+        raise ConfigError("auth.signing_keys: at least one signing key is required "
+                          "(run 'parley generate-config' to create one)")
+    active = au.get("active_kid", next((k.kid for k in keys if not k.verify_only), None))
+    if active is None or active not in {k.kid for k in keys if not k.verify_only}:
+        raise ConfigError("auth.active_kid: must name a signing key that is not verify_only")
+    auth = AuthConfig(
+        issuer=au.get("issuer", f"https://{server_name}"),
+        audience=au.get("audience", server_name),
+        access_token_lifetime=parse_duration(au.get("access_token_lifetime", "15m")),
+        access_token_lifetime_without_refresh=parse_duration(
+            au.get("access_token_lifetime_without_refresh", "365d")),
+        refresh_token_lifetime=parse_duration(au.get("refresh_token_lifetime", "30d")),
+        clock_skew=parse_duration(au.get("clock_skew", "60s")),
+        session_cache_ttl=parse_duration(au.get("session_cache_ttl", "30s")),
+        signing_keys=keys,
+        active_kid=active,
+    )
+
+    ph = raw.get("password_hashing", {})
+    hashing = PasswordHashingConfig(
+        time_cost=ph.get("time_cost", 1),
+        memory_cost_kib=ph.get("memory_cost_kib", 64 * 1024),
+        parallelism=ph.get("parallelism", 2),
+    )
+    pp = raw.get("password_policy", {})
+    policy = PasswordPolicyConfig(
+        enabled=pp.get("enabled", True),
+        min_length=pp.get("min_length", 10),
+        require_digit=pp.get("require_digit", False),
+        require_symbol=pp.get("require_symbol", False),
+        require_lowercase=pp.get("require_lowercase", False),
+        require_uppercase=pp.get("require_uppercase", False),
+        breached_list_file=rel(pp["breached_list_file"]) if "breached_list_file" in pp else None,
+    )
+    rg = raw.get("registration", {})
+    registration = RegistrationConfig(
+        enabled=rg.get("enabled", False),
+        requires_token=rg.get("requires_token", False),
+        allow_guests=rg.get("allow_guests", False),
+        shared_secret=resolve_secret(rg.get("shared_secret"), "registration.shared_secret"),
+        reserved_usernames=rg.get("reserved_usernames", []),
+        logout_devices_on_password_change=rg.get("logout_devices_on_password_change", True),
+    )
+    for pattern in registration.reserved_usernames:
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise ConfigError(f"registration.reserved_usernames: bad regex {pattern!r}: {e}") from e
+
+    wk = raw.get("well_known", {})
+    public_baseurl = raw.get("public_baseurl", f"https://{server_name}/")
+    if not public_baseurl.endswith("/"):
+        public_baseurl += "/"
+    well_known = WellKnownConfig(
+        client_base_url=wk.get("client_base_url", public_baseurl),
+        server=wk.get("server"),
+        serve_client=wk.get("serve_client", True),
+        serve_server=wk.get("serve_server", True),
+    )
+    return Config(
+        server_name=server_name,
+        public_baseurl=public_baseurl,
+        data_dir=data_dir,
+        listeners=listeners,
+        database=database,
+        auth=auth,
+        password_hashing=hashing,
+        password_policy=policy,
+        registration=registration,
+        max_request_body_size=raw.get("http", {}).get("max_request_body_size", 10 * 1024 * 1024),
+        well_known=well_known,
+        at_rest_key=resolve_secret(raw.get("secrets", {}).get("at_rest_key"), "secrets.at_rest_key"),
+        log_level=raw.get("logging", {}).get("level", "INFO"),
+        log_format=raw.get("logging", {}).get("format", "json"),
+        federation_enabled=raw.get("federation", {}).get("enabled", False),
+    )

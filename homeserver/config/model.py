@@ -1,0 +1,106 @@
+"""Typed, defaulted configuration objects; built only by the loader."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    port: int
+    bind_addresses: list[str]
+    resources: list[str]
+    x_forwarded: bool = False
+    tls_certificate_path: str | None = None
+    tls_private_key_path: str | None = None
+    tls_min_version: str = "1.2"
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    engine: str
+    path: str = "parley.db"
+    host: str = "127.0.0.1"
+    port: int = 5432
+    user: str = "parley"
+    password: str | None = field(default=None, repr=False)
+    database: str = "parley"
+    schema: str | None = None
+    pool_min: int = 1
+    pool_max: int = 1
+
+
+@dataclass(frozen=True)
+class SigningKeyConfig:
+    kid: str
+    algorithm: str
+    key: str = field(repr=False)
+    verify_only: bool = False
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    issuer: str
+    audience: str
+    access_token_lifetime: float
+    access_token_lifetime_without_refresh: float
+    refresh_token_lifetime: float
+    clock_skew: float
+    session_cache_ttl: float
+    signing_keys: list[SigningKeyConfig]
+    active_kid: str
+
+
+@dataclass(frozen=True)
+class PasswordHashingConfig:
+    time_cost: int = 1
+    memory_cost_kib: int = 64 * 1024
+    parallelism: int = 2
+
+
+@dataclass(frozen=True)
+class PasswordPolicyConfig:
+    enabled: bool = True
+    min_length: int = 10
+    require_digit: bool = False
+    require_symbol: bool = False
+    require_lowercase: bool = False
+    require_uppercase: bool = False
+    breached_list_file: str | None = None
+
+
+@dataclass(frozen=True)
+class RegistrationConfig:
+    enabled: bool = False
+    requires_token: bool = False
+    allow_guests: bool = False
+    shared_secret: str | None = field(default=None, repr=False)
+    reserved_usernames: list[str] = field(default_factory=list)
+    logout_devices_on_password_change: bool = True
+
+
+@dataclass(frozen=True)
+class WellKnownConfig:
+    client_base_url: str
+    server: str | None = None
+    serve_client: bool = True
+    serve_server: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    server_name: str
+    public_baseurl: str
+    data_dir: str
+    listeners: list[ListenerConfig]
+    database: DatabaseConfig
+    auth: AuthConfig
+    password_hashing: PasswordHashingConfig
+    password_policy: PasswordPolicyConfig
+    registration: RegistrationConfig
+    max_request_body_size: int
+    well_known: WellKnownConfig
+    at_rest_key: str | None = field(default=None, repr=False)
+    log_level: str = "INFO"
+    log_format: str = "json"
+    federation_enabled: bool = False

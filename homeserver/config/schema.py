@@ -1,0 +1,143 @@
+"""The JSON schema of the YAML config file. Unknown keys are errors everywhere.
+
+A *secret* may be given inline, or as ``{env: NAME}`` / ``{file: PATH}`` so it
+never has to be written into the file. A *duration* is seconds, or a string such
+as ``"15m"``, ``"30d"``, ``"500ms"``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+DURATION = {"anyOf": [{"type": "integer", "minimum": 0},
+                      {"type": "string", "pattern": r"^\d+(ms|s|m|h|d|w|y)?$"}]}
+SECRET = {
+    "anyOf": [
+        {"type": "string", "minLength": 1},
+        {"type": "object", "additionalProperties": False, "required": ["env"],
+         "properties": {"env": {"type": "string", "minLength": 1}}},
+        {"type": "object", "additionalProperties": False, "required": ["file"],
+         "properties": {"file": {"type": "string", "minLength": 1}}},
+    ]
+}
+
+
+def _obj(props: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    return {"type": "object", "additionalProperties": False, "properties": props,
+            "required": required or []}
+
+
+LISTENER = _obj(
+    {
+        "port": {"type": "integer", "minimum": 0, "maximum": 65535},
+        "bind_addresses": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        "resources": {"type": "array", "items": {"enum": ["client", "federation", "metrics"]}},
+        "x_forwarded": {"type": "boolean"},
+        "tls": _obj(
+            {
+                "certificate_path": {"type": "string"},
+                "private_key_path": {"type": "string"},
+                "min_version": {"enum": ["1.2", "1.3"]},
+            },
+            ["certificate_path", "private_key_path"],
+        ),
+    },
+    ["port"],
+)
+
+SIGNING_KEY = _obj(
+    {
+        "kid": {"type": "string", "pattern": r"^[A-Za-z0-9._-]{1,64}$"},
+        "algorithm": {"enum": ["EdDSA", "ES256", "HS256"]},
+        "key": SECRET,
+        "verify_only": {"type": "boolean"},
+    },
+    ["kid", "algorithm", "key"],
+)
+
+CONFIG_SCHEMA: dict[str, Any] = _obj(
+    {
+        "server_name": {"type": "string", "minLength": 1, "pattern": r"^[A-Za-z0-9.\-\[\]:]+$"},
+        "public_baseurl": {"type": "string", "pattern": "^https?://"},
+        "listeners": {"type": "array", "items": LISTENER, "minItems": 1},
+        "data_dir": {"type": "string"},
+        "database": _obj(
+            {
+                "engine": {"enum": ["sqlite", "postgres"]},
+                "path": {"type": "string"},
+                "host": {"type": "string"},
+                "port": {"type": "integer"},
+                "user": {"type": "string"},
+                "password": SECRET,
+                "database": {"type": "string"},
+                "schema": {"type": "string", "pattern": r"^[a-z_][a-z0-9_]{0,62}$"},
+                "pool_min": {"type": "integer", "minimum": 1},
+                "pool_max": {"type": "integer", "minimum": 1},
+            },
+            ["engine"],
+        ),
+        "auth": _obj(
+            {
+                "issuer": {"type": "string", "minLength": 1},
+                "audience": {"type": "string", "minLength": 1},
+                "access_token_lifetime": DURATION,
+                "access_token_lifetime_without_refresh": DURATION,
+                "refresh_token_lifetime": DURATION,
+                "clock_skew": DURATION,
+                "session_cache_ttl": DURATION,
+                "signing_keys": {"type": "array", "items": SIGNING_KEY, "minItems": 1},
+                "active_kid": {"type": "string"},
+            }
+        ),
+        "password_hashing": _obj(
+            {
+                "time_cost": {"type": "integer", "minimum": 1},
+                "memory_cost_kib": {"type": "integer", "minimum": 8},
+                "parallelism": {"type": "integer", "minimum": 1},
+            }
+        ),
+        "password_policy": _obj(
+            {
+                "enabled": {"type": "boolean"},
+                "min_length": {"type": "integer", "minimum": 0},
+                "require_digit": {"type": "boolean"},
+                "require_symbol": {"type": "boolean"},
+                "require_lowercase": {"type": "boolean"},
+                "require_uppercase": {"type": "boolean"},
+                "breached_list_file": {"type": "string"},
+            }
+        ),
+        "registration": _obj(
+            {
+                "enabled": {"type": "boolean"},
+                "requires_token": {"type": "boolean"},
+                "allow_guests": {"type": "boolean"},
+                "shared_secret": SECRET,
+                "reserved_usernames": {"type": "array", "items": {"type": "string"}},
+                "logout_devices_on_password_change": {"type": "boolean"},
+            }
+        ),
+        "http": _obj(
+            {
+                "max_request_body_size": {"type": "integer", "minimum": 1024},
+            }
+        ),
+        "well_known": _obj(
+            {
+                "client_base_url": {"type": "string"},
+                "server": {"type": "string"},
+                "serve_client": {"type": "boolean"},
+                "serve_server": {"type": "boolean"},
+            }
+        ),
+        "secrets": _obj({"at_rest_key": SECRET}),
+        "logging": _obj(
+            {
+                "level": {"enum": ["DEBUG", "INFO", "WARNING", "ERROR"]},
+                "format": {"enum": ["json", "text"]},
+            }
+        ),
+        "federation": _obj({"enabled": {"type": "boolean"}}),
+    },
+    ["server_name"],
+)

@@ -1,0 +1,63 @@
+"""Account lifecycle: password change and deactivation."""
+
+from __future__ import annotations
+
+from homeserver.auth.password_policy import PasswordPolicy
+from homeserver.auth.passwords import PasswordHasher
+from homeserver.auth.requester import ClientInfo, Requester
+from homeserver.clock import Clock
+from homeserver.handlers.devices import DeviceHandler
+from homeserver.handlers.security_events import SecurityEventRecorder
+from homeserver.handlers.sessions import SessionHandler
+from storage.stores.profiles import ProfileStore
+from storage.stores.users import UserStore
+
+
+class AccountHandler:
+    def __init__(
+        self,
+        clock: Clock,
+        users: UserStore,
+        profiles: ProfileStore,
+        hasher: PasswordHasher,
+        policy: PasswordPolicy,
+        devices: DeviceHandler,
+        sessions: SessionHandler,
+        events: SecurityEventRecorder,
+    ) -> None:
+        self._clock = clock
+        self._users = users
+        self._profiles = profiles
+        self._hasher = hasher
+        self._policy = policy
+        self._devices = devices
+        self._sessions = sessions
+        self._events = events
+
+    async def change_password(
+        self, requester: Requester, new_password: str, logout_devices: bool, client: ClientInfo
+    ) -> None:
+        self._policy.check(new_password)
+        new_hash = await self._hasher.hash(new_password)
+        await self._users.set_password_hash(requester.user_id, new_hash, self._clock.time_msec())
+        if logout_devices:
+            await self._devices.delete_all_devices(
+                requester.user_id, client, "password_change", except_device=requester.device_id
+            )
+            await self._sessions.revoke_user(requester.user_id, "password_change",
+                                             except_session=requester.session_id)
+        await self._events.record(
+            "password_change", "success", client, user_id=requester.user_id,
+            device_id=requester.device_id, session_id=requester.session_id,
+            details={"logout_devices": logout_devices},
+        )
+
+    async def deactivate(self, requester: Requester, erase: bool, client: ClientInfo) -> None:
+        user_id = requester.user_id
+        await self._sessions.revoke_user(user_id, "deactivate")
+        await self._devices.delete_all_devices(user_id, client, "deactivate", except_device=None)
+        await self._users.deactivate(user_id, self._clock.time_msec())
+        if erase:
+            await self._profiles.clear(user_id)
+        await self._events.record("deactivate", "success", client, user_id=user_id,
+                                  device_id=requester.device_id, details={"erase": erase})

@@ -1,0 +1,85 @@
+"""Devices: created at login, listed, renamed, deleted (which ends their sessions)."""
+
+from __future__ import annotations
+
+import secrets
+import string
+from typing import Any
+
+from homeserver.auth.requester import ClientInfo
+from homeserver.clock import Clock
+from homeserver.handlers.security_events import SecurityEventRecorder
+from homeserver.handlers.sessions import SessionHandler
+from homeserver.http.errors import not_found
+from storage.stores.devices import DeviceRecord, DeviceStore
+
+
+def generate_device_id() -> str:
+    return "".join(secrets.choice(string.ascii_uppercase) for _ in range(10))
+
+
+def device_json(d: DeviceRecord) -> dict[str, Any]:
+    out: dict[str, Any] = {"device_id": d.device_id}
+    if d.display_name is not None:
+        out["display_name"] = d.display_name
+    if d.last_seen_ip is not None:
+        out["last_seen_ip"] = d.last_seen_ip
+    if d.last_seen_ts is not None:
+        out["last_seen_ts"] = d.last_seen_ts
+    return out
+
+
+class DeviceHandler:
+    def __init__(
+        self,
+        clock: Clock,
+        store: DeviceStore,
+        sessions: SessionHandler,
+        events: SecurityEventRecorder,
+    ) -> None:
+        self._clock = clock
+        self._store = store
+        self._sessions = sessions
+        self._events = events
+
+    async def ensure_device(
+        self, user_id: str, device_id: str | None, display_name: str | None, client: ClientInfo
+    ) -> str:
+        device_id = device_id or generate_device_id()
+        await self._store.upsert_device(
+            user_id, device_id, display_name, self._clock.time_msec(), client.ip,
+            client.user_agent,
+        )
+        return device_id
+
+    async def list_devices(self, user_id: str) -> list[DeviceRecord]:
+        return await self._store.list_devices(user_id)
+
+    async def get_device(self, user_id: str, device_id: str) -> DeviceRecord:
+        device = await self._store.get_device(user_id, device_id)
+        if device is None:
+            raise not_found("Device not found")
+        return device
+
+    async def rename(self, user_id: str, device_id: str, name: str | None) -> None:
+        if not await self._store.update_display_name(user_id, device_id, name):
+            raise not_found("Device not found")
+
+    async def delete_devices(
+        self, user_id: str, device_ids: list[str], client: ClientInfo | None, reason: str
+    ) -> None:
+        """Delete devices and revoke their sessions at once (unknown ids are ignored)."""
+        if not device_ids:
+            return
+        await self._sessions.revoke_devices(user_id, device_ids, reason)
+        await self._store.delete_devices(user_id, device_ids)
+        for device_id in device_ids:
+            await self._events.record("device_delete", "success", client, user_id=user_id,
+                                      device_id=device_id, reason=reason)
+
+    async def delete_all_devices(
+        self, user_id: str, client: ClientInfo | None, reason: str, except_device: str | None
+    ) -> None:
+        devices = [d.device_id for d in await self._store.list_devices(user_id)
+                   if d.device_id != except_device]
+        await self.delete_devices(user_id, devices, client, reason)

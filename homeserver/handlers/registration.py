@@ -1,0 +1,80 @@
+"""Creating accounts: client registration, the admin CLI and shared-secret registration."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import string
+
+from homeserver.auth.password_policy import PasswordPolicy
+from homeserver.auth.passwords import PasswordHasher
+from homeserver.clock import Clock
+from homeserver.config.model import RegistrationConfig
+from homeserver.http.errors import Codes, MatrixError
+from homeserver.identifiers import check_localpart, user_id
+from storage.stores.users import UserInUseError, UserStore
+
+
+class RegistrationHandler:
+    def __init__(
+        self,
+        server_name: str,
+        config: RegistrationConfig,
+        clock: Clock,
+        users: UserStore,
+        hasher: PasswordHasher,
+        policy: PasswordPolicy,
+    ) -> None:
+        self.server_name = server_name
+        self._config = config
+        self._clock = clock
+        self._users = users
+        self._hasher = hasher
+        self._policy = policy
+        self._reserved = [re.compile(p) for p in config.reserved_usernames]
+
+    def check_username_format(self, localpart: str) -> str:
+        """Validate a requested localpart; returns the user id. Raises Matrix errors."""
+        check_localpart(localpart, self.server_name)
+        if any(p.fullmatch(localpart) for p in self._reserved):
+            raise MatrixError(400, "This user ID is reserved", Codes.EXCLUSIVE)
+        return user_id(localpart, self.server_name)
+
+    async def check_username_available(self, localpart: str) -> str:
+        uid = self.check_username_format(localpart)
+        if await self._users.user_exists(uid):
+            raise MatrixError(400, "User ID already taken.", Codes.USER_IN_USE)
+        return uid
+
+    def check_password_policy(self, password: str) -> None:
+        self._policy.check(password)
+
+    async def create_account(
+        self,
+        localpart: str | None,
+        password: str | None,
+        is_admin: bool = False,
+        is_guest: bool = False,
+        enforce_policy: bool = True,
+    ) -> str:
+        """Create the account; a missing localpart gets a generated one."""
+        if password is not None and enforce_policy:
+            self._policy.check(password)
+        password_hash = await self._hasher.hash(password) if password is not None else None
+        now = self._clock.time_msec()
+        if localpart is None:
+            for _ in range(10):
+                candidate = "u" + "".join(secrets.choice(string.digits) for _ in range(10))
+                try:
+                    uid = user_id(candidate, self.server_name)
+                    await self._users.create_user(uid, password_hash, now, is_admin, is_guest)
+                    return uid
+                except UserInUseError:
+                    continue
+            raise MatrixError(500, "Could not allocate a user ID", Codes.UNKNOWN)
+        uid = self.check_username_format(localpart)
+        try:
+            await self._users.create_user(uid, password_hash, now, is_admin, is_guest)
+        except UserInUseError as e:
+            raise MatrixError(400, "User ID already taken.", Codes.USER_IN_USE) from e
+        return uid

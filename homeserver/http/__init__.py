@@ -1,0 +1,1 @@
+"""HTTP plumbing: routing, JSON request/response handling, errors, headers."""

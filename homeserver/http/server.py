@@ -1,0 +1,318 @@
+"""The Twisted resource that serves every route: parse, authenticate, validate,
+call the servlet, render JSON, and put the same headers on every answer."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+from urllib.parse import unquote
+
+from jsonschema import ValidationError
+from twisted.internet import defer
+from twisted.web import resource, server
+from twisted.web.iweb import IRequest
+
+from homeserver.auth.requester import Authenticator, ClientInfo, Requester
+from homeserver.http.errors import Codes, InteractiveAuthRequired, MatrixError
+from homeserver.http.router import Route, Router
+
+logger = logging.getLogger(__name__)
+
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "GET, HEAD, POST, PUT, DELETE, OPTIONS",
+    "Access-Control-Allow-Headers": "X-Requested-With, Content-Type, Authorization, Date",
+    "Access-Control-Expose-Headers": "ETag, Retry-After",
+}
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Resource-Policy": "cross-origin",
+}
+STRICT_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+HSTS = "max-age=31536000; includeSubDomains"
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"invalid JSON constant {name}")
+
+
+def decode_json(raw: bytes) -> Any:
+    """Strict JSON: UTF-8 only, no NaN/Infinity."""
+    return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+
+
+def encode_json(body: Any) -> bytes:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def describe_validation_error(err: ValidationError) -> MatrixError:
+    """A schema failure as a Matrix error naming the field, never echoing its value."""
+    path = ".".join(str(p) for p in err.absolute_path)
+    if err.validator == "required":
+        missing = [p for p in err.validator_value if p not in (err.instance or {})]
+        name = ".".join(filter(None, [path, missing[0] if missing else ""]))
+        return MatrixError(400, f"Missing parameter: {name}", Codes.MISSING_PARAM)
+    where = path or "body"
+    if err.validator == "type":
+        expected = err.validator_value
+        return MatrixError(400, f"Invalid type for '{where}': expected {expected}", Codes.BAD_JSON)
+    if err.validator == "additionalProperties":
+        return MatrixError(400, f"Unexpected field in '{where}'", Codes.BAD_JSON)
+    if err.validator in ("maxLength", "minLength", "pattern", "enum", "const", "format"):
+        return MatrixError(400, f"Invalid value for '{where}'", Codes.INVALID_PARAM)
+    if err.validator in ("maximum", "minimum", "exclusiveMaximum", "exclusiveMinimum"):
+        return MatrixError(400, f"Value out of range for '{where}'", Codes.INVALID_PARAM)
+    return MatrixError(400, f"Invalid value for '{where}'", Codes.BAD_JSON)
+
+
+class ApiRequest:
+    """What a servlet sees of a request: parsed, authenticated, validated."""
+
+    def __init__(
+        self,
+        raw: server.Request,
+        route: Route,
+        path_params: dict[str, str],
+        client: ClientInfo,
+    ) -> None:
+        self.raw = raw
+        self.route = route
+        self.path_params = path_params
+        self.client = client
+        self.requester: Requester | None = None
+        self.body: Any = None
+        self.access_token: str | None = None
+
+    @property
+    def method(self) -> str:
+        return self.route.method
+
+    def query(self, name: str, default: str | None = None) -> str | None:
+        values = self.raw.args.get(name.encode("ascii"))
+        if not values:
+            return default
+        try:
+            return values[0].decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise MatrixError(400, f"Query parameter '{name}' is not UTF-8", Codes.INVALID_PARAM) from e
+
+    def query_int(self, name: str, default: int | None = None) -> int | None:
+        value = self.query(name)
+        if value is None:
+            return default
+        try:
+            return int(value)
+        except ValueError as e:
+            raise MatrixError(400, f"Query parameter '{name}' must be an integer", Codes.INVALID_PARAM) from e
+
+    def query_bool(self, name: str, default: bool = False) -> bool:
+        value = self.query(name)
+        if value is None:
+            return default
+        if value in ("true", "1"):
+            return True
+        if value in ("false", "0"):
+            return False
+        raise MatrixError(400, f"Query parameter '{name}' must be true or false", Codes.INVALID_PARAM)
+
+    def require_requester(self) -> Requester:
+        if self.requester is None:
+            raise MatrixError(401, "Missing access token", Codes.MISSING_TOKEN)
+        return self.requester
+
+
+class ParleyRequest(server.Request):
+    """A request that stops buffering a body past the configured limit."""
+
+    max_body_size: int = 10 * 1024 * 1024
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.body_too_large = False
+        self._received = 0
+
+    def gotLength(self, length: int | None) -> None:  # noqa: N802 (Twisted API)
+        if length is not None and length > self.max_body_size:
+            self.body_too_large = True
+            length = 0
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:  # noqa: N802 (Twisted API)
+        if self.body_too_large:
+            return
+        self._received += len(data)
+        if self._received > self.max_body_size:
+            self.body_too_large = True
+            self.content.seek(0)
+            self.content.truncate()
+            return
+        super().handleContentChunk(data)
+
+
+class MatrixResource(resource.Resource):
+    """The root resource: every path goes through :meth:`render`."""
+
+    isLeaf = True
+
+    def __init__(self, router: Router, authenticator: Authenticator, trusted_proxies: bool = False):
+        super().__init__()
+        self._router = router
+        self._auth = authenticator
+        self._trusted_proxies = trusted_proxies
+
+    def render(self, request: server.Request) -> Any:  # type: ignore[override]
+        defer.ensureDeferred(self._handle(request))
+        return server.NOT_DONE_YET
+
+    def _client_info(self, request: server.Request) -> ClientInfo:
+        ip = request.getClientAddress().host if request.getClientAddress() else "-"
+        if self._trusted_proxies:
+            fwd = request.getHeader("x-forwarded-for")
+            if fwd:
+                ip = fwd.split(",")[0].strip()
+        ua = request.getHeader("user-agent") or ""
+        return ClientInfo(ip=str(ip), user_agent=ua[:512])
+
+    async def _handle(self, request: server.Request) -> None:
+        start = time.monotonic()
+        method = request.method.decode("ascii", "replace").upper()
+        raw_path = request.path.decode("ascii", "replace")
+        status = 500
+        try:
+            status, body, headers = await self._dispatch(request, method, raw_path)
+        except InteractiveAuthRequired as uia:
+            status, body, headers = 401, uia.body, {}
+        except MatrixError as e:
+            status, body, headers = e.code, e.to_json(), e.headers
+        except Exception:
+            logger.exception("Unhandled error serving %s %s", method, raw_path)
+            status, body, headers = 500, {"errcode": Codes.UNKNOWN, "error": "Internal server error"}, {}
+        self._respond(request, status, body, headers, raw_path)
+        logger.info(
+            "%s %s %d %.1fms",
+            method,
+            raw_path,
+            status,
+            (time.monotonic() - start) * 1000,
+            extra={"http_method": method, "path": raw_path, "status": status},
+        )
+
+    async def _dispatch(
+        self, request: server.Request, method: str, raw_path: str
+    ) -> tuple[int, Any, dict[str, str]]:
+        if method == "OPTIONS":
+            return 200, {}, {}
+        route, raw_params, path_known = self._router.match(method, raw_path)
+        if route is None and method == "HEAD":
+            route, raw_params, path_known = self._router.match("GET", raw_path)
+        if route is None:
+            if path_known:
+                allowed = ", ".join(self._router.allowed_methods(raw_path))
+                raise MatrixError(
+                    405, "Unrecognized request: method not allowed", Codes.UNRECOGNIZED,
+                    headers={"Allow": allowed},
+                )
+            raise MatrixError(404, "Unrecognized request", Codes.UNRECOGNIZED)
+
+        if getattr(request, "body_too_large", False):
+            raise MatrixError(413, "Request body too large", Codes.TOO_LARGE)
+
+        params = {k: unquote(v, errors="strict") for k, v in raw_params.items()}
+        api = ApiRequest(request, route, params, self._client_info(request))
+
+        if route.auth != "none":
+            token = self._extract_token(request)
+            if token is not None:
+                api.access_token = token
+                api.requester = await self._auth.authenticate(token, api.client)
+                if api.requester.is_guest and not route.allow_guest:
+                    raise MatrixError(403, "Guest access not allowed", Codes.GUEST_ACCESS_FORBIDDEN)
+            elif route.auth == "required":
+                raise MatrixError(401, "Missing access token", Codes.MISSING_TOKEN)
+
+        if route.json_body:
+            api.body = self._parse_body(request)
+            if route.body_validator is not None:
+                errors = sorted(route.body_validator.iter_errors(api.body),
+                                key=lambda e: (len(e.absolute_path), e.validator != "required"))
+                if errors:
+                    raise describe_validation_error(errors[0])
+
+        status, body = await route.handler(api, **params)
+        return status, body, {}
+
+    @staticmethod
+    def _extract_token(request: server.Request) -> str | None:
+        header = request.getHeader("authorization")
+        if header:
+            scheme, _, value = header.partition(" ")
+            if scheme.lower() != "bearer" or not value.strip():
+                raise MatrixError(401, "Invalid Authorization header", Codes.MISSING_TOKEN)
+            return value.strip()
+        values = request.args.get(b"access_token")
+        if values:
+            return values[0].decode("utf-8", "replace")
+        return None
+
+    @staticmethod
+    def _parse_body(request: server.Request) -> Any:
+        request.content.seek(0)
+        raw = request.content.read()
+        if not raw.strip():
+            raw = b"{}"
+        try:
+            body = decode_json(raw)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise MatrixError(400, "Content not JSON.", Codes.NOT_JSON) from e
+        if not isinstance(body, dict):
+            raise MatrixError(400, "Content must be a JSON object.", Codes.BAD_JSON)
+        return body
+
+    @staticmethod
+    def _respond(
+        request: IRequest, status: int, body: Any, headers: dict[str, str], raw_path: str
+    ) -> None:
+        if getattr(request, "_disconnected", False) or request.finished:
+            return
+        request.setResponseCode(status)
+        for name, value in CORS_HEADERS.items():
+            request.setHeader(name, value)
+        for name, value in SECURITY_HEADERS.items():
+            request.setHeader(name, value)
+        if not raw_path.startswith(("/_matrix/media/", "/_matrix/client/v1/media/")):
+            request.setHeader("Content-Security-Policy", STRICT_CSP)
+        if request.isSecure():
+            request.setHeader("Strict-Transport-Security", HSTS)
+        request.setHeader("Cache-Control", "no-cache, no-store, must-revalidate")
+        for name, value in headers.items():
+            request.setHeader(name, value)
+        if isinstance(body, bytes):
+            payload = body
+            if not request.responseHeaders.hasHeader(b"content-type"):
+                request.setHeader("Content-Type", "application/octet-stream")
+        else:
+            payload = encode_json(body)
+            request.setHeader("Content-Type", "application/json")
+        request.setHeader("Content-Length", str(len(payload)))
+        if request.method != b"HEAD":
+            request.write(payload)
+        request.finish()
+
+
+def make_site(root: resource.Resource, max_body_size: int) -> server.Site:
+    """A Site whose requests enforce the body limit; access logging is ours."""
+
+    class _Request(ParleyRequest):
+        pass
+
+    _Request.max_body_size = max_body_size
+    site = server.Site(root, logPath=None)
+    site.requestFactory = _Request
+    site.displayTracebacks = False
+    site.noisy = False
+    site.log = lambda _request: None  # type: ignore[method-assign]
+    return site

@@ -1,0 +1,1 @@
+"""REST servlets: parse, validate (schemas beside each servlet), call a handler, render."""

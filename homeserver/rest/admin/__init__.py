@@ -1,0 +1,1 @@
+"""Admin API servlets (Synapse-compatible paths under /_synapse/admin)."""

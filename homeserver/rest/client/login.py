@@ -1,0 +1,139 @@
+"""GET/POST /login, POST /refresh, POST /logout, POST /logout/all, GET /account/whoami."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from homeserver.auth.password_auth import PasswordAuth
+from homeserver.handlers.devices import DeviceHandler
+from homeserver.handlers.security_events import SecurityEventRecorder
+from homeserver.handlers.sessions import SessionHandler
+from homeserver.http.errors import Codes, MatrixError
+from homeserver.http.router import Router, client_paths
+from homeserver.http.server import ApiRequest
+
+LOGIN_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["type"],
+    "properties": {
+        "type": {"type": "string"},
+        "identifier": {
+            "type": "object",
+            "required": ["type"],
+            "properties": {"type": {"type": "string"}, "user": {"type": "string"}},
+        },
+        "user": {"type": "string"},
+        "password": {"type": "string", "maxLength": 512},
+        "device_id": {"type": "string", "minLength": 1, "maxLength": 255},
+        "initial_device_display_name": {"type": "string", "maxLength": 255},
+        "refresh_token": {"type": "boolean"},
+    },
+}
+REFRESH_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["refresh_token"],
+    "properties": {"refresh_token": {"type": "string", "maxLength": 512}},
+}
+EMPTY_SCHEMA: dict[str, Any] = {"type": "object"}
+
+
+class LoginServlets:
+    def __init__(
+        self,
+        server_name: str,
+        password_auth: PasswordAuth,
+        devices: DeviceHandler,
+        sessions: SessionHandler,
+        events: SecurityEventRecorder,
+    ) -> None:
+        self._server_name = server_name
+        self._password_auth = password_auth
+        self._devices = devices
+        self._sessions = sessions
+        self._events = events
+
+    def register(self, router: Router) -> None:
+        router.add("GET", client_paths("/login"), self.on_get_login, auth="none")
+        router.add("POST", client_paths("/login"), self.on_login, auth="none",
+                   body_schema=LOGIN_SCHEMA)
+        router.add("POST", client_paths("/refresh", versions=["v1", "v3"]), self.on_refresh,
+                   auth="none", body_schema=REFRESH_SCHEMA)
+        router.add("POST", client_paths("/logout"), self.on_logout, json_body=False,
+                   allow_guest=True)
+        router.add("POST", client_paths("/logout/all"), self.on_logout_all, json_body=False,
+                   allow_guest=True)
+        router.add("GET", client_paths("/account/whoami"), self.on_whoami, allow_guest=True)
+
+    async def on_get_login(self, req: ApiRequest) -> tuple[int, Any]:
+        return 200, {"flows": [{"type": "m.login.password"}]}
+
+    async def on_login(self, req: ApiRequest) -> tuple[int, Any]:
+        body: dict[str, Any] = req.body
+        if body["type"] != "m.login.password":
+            raise MatrixError(400, "Unknown login type", Codes.UNKNOWN)
+        identifier = body.get("identifier")
+        if identifier is None and isinstance(body.get("user"), str):
+            identifier = {"type": "m.id.user", "user": body["user"]}
+        if identifier is None:
+            raise MatrixError(400, "Missing parameter: identifier", Codes.MISSING_PARAM)
+        if identifier["type"] != "m.id.user":
+            raise MatrixError(400, "Unknown login identifier type", Codes.UNKNOWN)
+        if not isinstance(identifier.get("user"), str):
+            raise MatrixError(400, "Missing parameter: identifier.user", Codes.MISSING_PARAM)
+        password = body.get("password")
+        if not isinstance(password, str):
+            raise MatrixError(400, "Missing parameter: password", Codes.MISSING_PARAM)
+
+        user_id = self._password_auth.resolve_identifier(identifier)
+        ok, user = (False, None)
+        if user_id is not None:
+            ok, user = await self._password_auth.verify(user_id, password)
+        if user is not None and user.deactivated:
+            await self._events.record("login", "failure", req.client, user_id=user_id,
+                                      reason="deactivated")
+            raise MatrixError(403, "This account has been deactivated", Codes.USER_DEACTIVATED)
+        if not ok or user_id is None:
+            reason = "unknown_user" if user is None else "bad_password"
+            await self._events.record("login", "failure", req.client, user_id=user_id,
+                                      reason=reason)
+            raise MatrixError(403, "Invalid username or password", Codes.FORBIDDEN)
+
+        device_id = await self._devices.ensure_device(
+            user_id, body.get("device_id"), body.get("initial_device_display_name"), req.client
+        )
+        tokens = await self._sessions.start_session(user_id, device_id,
+                                                    bool(body.get("refresh_token")))
+        await self._events.record("login", "success", req.client, user_id=user_id,
+                                  device_id=device_id, session_id=tokens.session_id)
+        out: dict[str, Any] = {"user_id": user_id, "device_id": device_id,
+                               "home_server": self._server_name}
+        out.update(tokens.to_json())
+        return 200, out
+
+    async def on_refresh(self, req: ApiRequest) -> tuple[int, Any]:
+        tokens = await self._sessions.refresh(req.body["refresh_token"], req.client)
+        return 200, tokens.to_json()
+
+    async def on_logout(self, req: ApiRequest) -> tuple[int, Any]:
+        r = req.require_requester()
+        if r.device_id:
+            await self._devices.delete_devices(r.user_id, [r.device_id], req.client, "logout")
+        await self._sessions.revoke_session(r.session_id, "logout")
+        await self._events.record("logout", "success", req.client, user_id=r.user_id,
+                                  device_id=r.device_id, session_id=r.session_id)
+        return 200, {}
+
+    async def on_logout_all(self, req: ApiRequest) -> tuple[int, Any]:
+        r = req.require_requester()
+        await self._devices.delete_all_devices(r.user_id, req.client, "logout_all", None)
+        await self._sessions.revoke_user(r.user_id, "logout_all")
+        await self._events.record("logout_all", "success", req.client, user_id=r.user_id,
+                                  device_id=r.device_id, session_id=r.session_id)
+        return 200, {}
+
+    async def on_whoami(self, req: ApiRequest) -> tuple[int, Any]:
+        r = req.require_requester()
+        out: dict[str, Any] = {"user_id": r.user_id, "is_guest": r.is_guest}
+        if r.device_id:
+            out["device_id"] = r.device_id
+        return 200, out

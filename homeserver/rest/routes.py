@@ -1,0 +1,54 @@
+"""Registers every servlet on the router: the one place to see all endpoint families."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from homeserver.auth.password_auth import PasswordAuth
+from homeserver.auth.ui_auth import UserInteractiveAuth
+from homeserver.clock import Clock
+from homeserver.config.model import Config
+from homeserver.handlers.account import AccountHandler
+from homeserver.handlers.devices import DeviceHandler
+from homeserver.handlers.registration import RegistrationHandler
+from homeserver.handlers.security_events import SecurityEventRecorder
+from homeserver.handlers.sessions import SessionHandler
+from homeserver.http.router import Router
+from homeserver.rest.client.account import AccountServlets
+from homeserver.rest.client.devices import DeviceServlets
+from homeserver.rest.client.discovery import DiscoveryServlets
+from homeserver.rest.client.login import LoginServlets
+from homeserver.rest.client.register import RegisterServlets
+
+if TYPE_CHECKING:
+    from homeserver.app import Stores
+
+
+@dataclass
+class Components:
+    """What the servlets are built from (each servlet takes only what it needs)."""
+
+    config: Config
+    clock: Clock
+    stores: Stores
+    events: SecurityEventRecorder
+    sessions: SessionHandler
+    devices: DeviceHandler
+    registration: RegistrationHandler
+    uia: UserInteractiveAuth
+    account: AccountHandler
+    password_auth: PasswordAuth
+
+
+def register_all(router: Router, c: Components) -> None:
+    DiscoveryServlets(c.config).register(router)
+    RegisterServlets(
+        c.config.registration, c.registration, c.uia, c.devices, c.sessions, c.events,
+        c.stores.registration_tokens, c.clock,
+    ).register(router)
+    LoginServlets(c.config.server_name, c.password_auth, c.devices, c.sessions,
+                  c.events).register(router)
+    AccountServlets(c.account, c.uia,
+                    c.config.registration.logout_devices_on_password_change).register(router)
+    DeviceServlets(c.devices, c.uia).register(router)

@@ -1,0 +1,107 @@
+"""The connection pool: every query runs on a thread, never on the reactor."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+from twisted.enterprise import adbapi
+
+from storage.engines.base import Engine
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Row = tuple[Any, ...]
+
+
+class Txn:
+    """A cursor inside one transaction, speaking ``?`` placeholders on every engine."""
+
+    def __init__(self, cursor: Any, engine: Engine) -> None:
+        self._cur = cursor
+        self.engine = engine
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> None:
+        if args:
+            self._cur.execute(self.engine.convert_sql(sql), tuple(args))
+        else:
+            self._cur.execute(sql)
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        self._cur.executemany(self.engine.convert_sql(sql), [tuple(r) for r in rows])
+
+    def fetchone(self) -> Row | None:
+        return self._cur.fetchone()
+
+    def fetchall(self) -> list[Row]:
+        return list(self._cur.fetchall())
+
+    @property
+    def rowcount(self) -> int:
+        return self._cur.rowcount
+
+    def query(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
+        self.execute(sql, args)
+        return self.fetchall()
+
+    def query_one(self, sql: str, args: Sequence[Any] = ()) -> Row | None:
+        self.execute(sql, args)
+        return self._cur.fetchone()
+
+    def next_stream_id(self, stream: str) -> int:
+        """Allocate the next position of a stream inside this transaction.
+
+        PostgreSQL uses a sequence (safe across processes); SQLite a counter row.
+        """
+        self._cur.execute(self.engine.next_stream_sql(stream))
+        row = self._cur.fetchone()
+        if row is None:
+            raise RuntimeError(f"unknown stream {stream!r}")
+        return int(row[0])
+
+
+class Database:
+    """Runs functions inside transactions on the pool's threads."""
+
+    def __init__(self, engine: Engine, pool_min: int = 1, pool_max: int = 1) -> None:
+        self.engine = engine
+        if engine.single_writer:
+            pool_min = pool_max = 1
+        self._pool = adbapi.ConnectionPool(
+            engine.module.__name__,
+            cp_min=pool_min,
+            cp_max=pool_max,
+            cp_openfun=engine.on_connect,
+            cp_reconnect=True,
+            cp_noisy=False,
+            **engine.connect_kwargs(),
+        )
+
+    async def run(self, desc: str, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(txn, *args)`` in one transaction; commit on success, roll back on error."""
+
+        def interaction(adb_txn: Any) -> T:
+            return fn(Txn(adb_txn, self.engine), *args)
+
+        return await self._pool.runInteraction(interaction)
+
+    async def query(self, desc: str, sql: str, *args: Any) -> list[Row]:
+        return await self.run(desc, lambda txn: txn.query(sql, args))
+
+    async def query_one(self, desc: str, sql: str, *args: Any) -> Row | None:
+        return await self.run(desc, lambda txn: txn.query_one(sql, args))
+
+    async def execute(self, desc: str, sql: str, *args: Any) -> int:
+        def _do(txn: Txn) -> int:
+            txn.execute(sql, args)
+            return txn.rowcount
+
+        return await self.run(desc, _do)
+
+    def is_integrity_error(self, exc: BaseException) -> bool:
+        return self.engine.is_integrity_error(exc)
+
+    def close(self) -> None:
+        self._pool.close()

@@ -1,0 +1,36 @@
+"""The engine interface: how to connect, and the dialect differences stores rely on."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+
+class Engine(ABC):
+    name: str
+    # The DB-API module (for adbapi and for exception classes).
+    module: Any
+
+    @abstractmethod
+    def connect_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``module.connect``."""
+
+    @abstractmethod
+    def on_connect(self, conn: Any) -> None:
+        """Run once on every new connection (pragmas, search_path, ...)."""
+
+    @abstractmethod
+    def convert_sql(self, sql: str) -> str:
+        """Adapt ``?`` placeholders to the engine's paramstyle."""
+
+    def is_integrity_error(self, exc: BaseException) -> bool:
+        return isinstance(exc, self.module.IntegrityError)
+
+    @abstractmethod
+    def next_stream_sql(self, stream: str) -> str:
+        """A statement returning the next position of ``stream`` as a single row."""
+
+    @property
+    def single_writer(self) -> bool:
+        """True when only one connection may be used (SQLite)."""
+        return False

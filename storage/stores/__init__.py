@@ -1,0 +1,1 @@
+"""One store per table family. Each takes a :class:`~storage.database.Database`."""

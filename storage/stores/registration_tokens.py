@@ -1,0 +1,123 @@
+"""The ``registration_tokens`` table: admin-managed tokens that gate sign-up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from storage.database import Database, Txn
+
+
+@dataclass(frozen=True)
+class RegistrationToken:
+    token: str
+    uses_allowed: int | None
+    pending: int
+    completed: int
+    expiry_time: int | None
+
+    def usable(self, now_ms: int) -> bool:
+        if self.expiry_time is not None and self.expiry_time <= now_ms:
+            return False
+        if self.uses_allowed is not None and self.pending + self.completed >= self.uses_allowed:
+            return False
+        return True
+
+    def to_json(self) -> dict:
+        return {
+            "token": self.token,
+            "uses_allowed": self.uses_allowed,
+            "pending": self.pending,
+            "completed": self.completed,
+            "expiry_time": self.expiry_time,
+        }
+
+
+_COLS = "token, uses_allowed, pending, completed, expiry_time"
+
+
+def _row(r: tuple) -> RegistrationToken:
+    return RegistrationToken(r[0], r[1], int(r[2]), int(r[3]), r[4])
+
+
+class RegistrationTokenStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def create(
+        self, token: str, uses_allowed: int | None, expiry_time: int | None, now_ms: int
+    ) -> bool:
+        """Insert a token; False if it already exists."""
+        try:
+            await self._db.execute(
+                "create_registration_token",
+                "INSERT INTO registration_tokens (token, uses_allowed, expiry_time, created_ts)"
+                " VALUES (?, ?, ?, ?)",
+                token, uses_allowed, expiry_time, now_ms,
+            )
+        except Exception as e:
+            if self._db.is_integrity_error(e):
+                return False
+            raise
+        return True
+
+    async def get(self, token: str) -> RegistrationToken | None:
+        row = await self._db.query_one(
+            "get_registration_token",
+            f"SELECT {_COLS} FROM registration_tokens WHERE token = ?",
+            token,
+        )
+        return _row(row) if row else None
+
+    async def list(self) -> list[RegistrationToken]:
+        rows = await self._db.query(
+            "list_registration_tokens", f"SELECT {_COLS} FROM registration_tokens ORDER BY token"
+        )
+        return [_row(r) for r in rows]
+
+    async def update(
+        self, token: str, uses_allowed: int | None, expiry_time: int | None
+    ) -> RegistrationToken | None:
+        def _update(txn: Txn) -> RegistrationToken | None:
+            txn.execute(
+                "UPDATE registration_tokens SET uses_allowed = ?, expiry_time = ? WHERE token = ?",
+                (uses_allowed, expiry_time, token),
+            )
+            row = txn.query_one(f"SELECT {_COLS} FROM registration_tokens WHERE token = ?",
+                                (token,))
+            return _row(row) if row else None
+
+        return await self._db.run("update_registration_token", _update)
+
+    async def delete(self, token: str) -> bool:
+        count = await self._db.execute(
+            "delete_registration_token", "DELETE FROM registration_tokens WHERE token = ?", token
+        )
+        return count > 0
+
+    async def reserve(self, token: str, now_ms: int) -> bool:
+        """Count a pending use if the token is still usable (atomic)."""
+        count = await self._db.execute(
+            "reserve_registration_token",
+            "UPDATE registration_tokens SET pending = pending + 1 WHERE token = ?"
+            " AND (expiry_time IS NULL OR expiry_time > ?)"
+            " AND (uses_allowed IS NULL OR pending + completed < uses_allowed)",
+            token, now_ms,
+        )
+        return count > 0
+
+    async def complete(self, token: str) -> None:
+        """Turn one pending use into a completed one (registration succeeded)."""
+        await self._db.execute(
+            "complete_registration_token",
+            "UPDATE registration_tokens SET pending = pending - 1, completed = completed + 1"
+            " WHERE token = ? AND pending > 0",
+            token,
+        )
+
+    async def release(self, token: str) -> None:
+        """Give back a pending use (the UIA session expired unused)."""
+        await self._db.execute(
+            "release_registration_token",
+            "UPDATE registration_tokens SET pending = pending - 1 WHERE token = ? AND pending > 0",
+            token,
+        )

@@ -1,0 +1,173 @@
+"""The ``sessions`` and ``refresh_tokens`` tables: logins and their refresh-token families."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from storage.database import Database, Txn
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    session_id: str
+    user_id: str
+    device_id: str
+    created_ts: int
+    uses_refresh: bool
+    revoked_ts: int | None
+
+
+class RefreshOutcome(enum.Enum):
+    OK = "ok"
+    UNKNOWN = "unknown"
+    EXPIRED = "expired"
+    REUSED = "reused"
+    REVOKED = "revoked"
+
+
+@dataclass(frozen=True)
+class RefreshResult:
+    outcome: RefreshOutcome
+    session: SessionRecord | None = None
+
+
+_COLS = "session_id, user_id, device_id, created_ts, uses_refresh, revoked_ts"
+
+
+def _row(r: tuple) -> SessionRecord:
+    return SessionRecord(r[0], r[1], r[2], int(r[3]), bool(r[4]), r[5])
+
+
+def _revoke_where(txn: Txn, where: str, args: tuple, reason: str, now_ms: int) -> list[str]:
+    rows = txn.query(f"SELECT session_id FROM sessions WHERE revoked_ts IS NULL AND {where}", args)
+    sids = [r[0] for r in rows]
+    if sids:
+        txn.execute(
+            f"UPDATE sessions SET revoked_ts = ?, revoked_reason = ?"
+            f" WHERE revoked_ts IS NULL AND {where}",
+            (now_ms, reason, *args),
+        )
+    return sids
+
+
+class SessionStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def create_session(
+        self,
+        session_id: str,
+        user_id: str,
+        device_id: str,
+        now_ms: int,
+        refresh_hash: str | None,
+        refresh_expires_ms: int | None,
+    ) -> list[str]:
+        """Start a session for a device, ending any earlier session of that device
+        (the spec: logging in with a device id invalidates its old tokens).
+        Returns the session ids revoked."""
+
+        def _create(txn: Txn) -> list[str]:
+            revoked = _revoke_where(
+                txn, "user_id = ? AND device_id = ?", (user_id, device_id), "relogin", now_ms
+            )
+            txn.execute(
+                f"INSERT INTO sessions ({_COLS}) VALUES (?, ?, ?, ?, ?, NULL)",
+                (session_id, user_id, device_id, now_ms, refresh_hash is not None),
+            )
+            if refresh_hash is not None:
+                txn.execute(
+                    "INSERT INTO refresh_tokens (token_hash, session_id, created_ts, expires_ts)"
+                    " VALUES (?, ?, ?, ?)",
+                    (refresh_hash, session_id, now_ms, refresh_expires_ms),
+                )
+            return revoked
+
+        return await self._db.run("create_session", _create)
+
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        row = await self._db.query_one(
+            "get_session", f"SELECT {_COLS} FROM sessions WHERE session_id = ?", session_id
+        )
+        return _row(row) if row else None
+
+    async def is_active(self, session_id: str) -> bool:
+        row = await self._db.query_one(
+            "session_active",
+            "SELECT revoked_ts FROM sessions WHERE session_id = ?",
+            session_id,
+        )
+        return row is not None and row[0] is None
+
+    async def revoke_session(self, session_id: str, reason: str, now_ms: int) -> list[str]:
+        return await self._db.run(
+            "revoke_session",
+            lambda txn: _revoke_where(txn, "session_id = ?", (session_id,), reason, now_ms),
+        )
+
+    async def revoke_device_sessions(
+        self, user_id: str, device_ids: list[str], reason: str, now_ms: int
+    ) -> list[str]:
+        def _revoke(txn: Txn) -> list[str]:
+            out: list[str] = []
+            for device_id in device_ids:
+                out += _revoke_where(
+                    txn, "user_id = ? AND device_id = ?", (user_id, device_id), reason, now_ms
+                )
+            return out
+
+        return await self._db.run("revoke_device_sessions", _revoke)
+
+    async def revoke_user_sessions(
+        self, user_id: str, reason: str, now_ms: int, except_session: str | None = None
+    ) -> list[str]:
+        if except_session is None:
+            where, args = "user_id = ?", (user_id,)
+        else:
+            where, args = "user_id = ? AND session_id <> ?", (user_id, except_session)
+        return await self._db.run(
+            "revoke_user_sessions", lambda txn: _revoke_where(txn, where, args, reason, now_ms)
+        )
+
+    async def rotate_refresh_token(
+        self, token_hash: str, new_hash: str, new_expires_ms: int, now_ms: int
+    ) -> RefreshResult:
+        """Spend a refresh token and store its successor, atomically.
+
+        A token that was already spent is *reuse*: the whole session is revoked,
+        because either the client or an attacker holds a stolen copy.
+        """
+
+        def _rotate(txn: Txn) -> RefreshResult:
+            row = txn.query_one(
+                "SELECT session_id, expires_ts, used_ts FROM refresh_tokens WHERE token_hash = ?",
+                (token_hash,),
+            )
+            if row is None:
+                return RefreshResult(RefreshOutcome.UNKNOWN)
+            session_id, expires_ts, used_ts = row[0], int(row[1]), row[2]
+            srow = txn.query_one(f"SELECT {_COLS} FROM sessions WHERE session_id = ?",
+                                 (session_id,))
+            session = _row(srow) if srow else None
+            if session is None or session.revoked_ts is not None:
+                return RefreshResult(RefreshOutcome.REVOKED, session)
+            # Claim the token; the condition makes concurrent spends lose.
+            txn.execute(
+                "UPDATE refresh_tokens SET used_ts = ? WHERE token_hash = ? AND used_ts IS NULL",
+                (now_ms, token_hash),
+            )
+            if used_ts is not None or txn.rowcount != 1:
+                _revoke_where(txn, "session_id = ?", (session_id,), "refresh_token_reuse", now_ms)
+                return RefreshResult(RefreshOutcome.REUSED, session)
+            if expires_ts <= now_ms:
+                return RefreshResult(RefreshOutcome.EXPIRED, session)
+            txn.execute(
+                "INSERT INTO refresh_tokens (token_hash, session_id, created_ts, expires_ts)"
+                " VALUES (?, ?, ?, ?)",
+                (new_hash, session_id, now_ms, new_expires_ms),
+            )
+            return RefreshResult(RefreshOutcome.OK, session)
+
+        result = await self._db.run("rotate_refresh_token", _rotate)
+        return result

@@ -1,0 +1,98 @@
+"""The ``users`` table: accounts and their password hashes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from storage.database import Database, Txn
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    user_id: str
+    password_hash: str | None
+    created_ts: int
+    is_admin: bool
+    is_guest: bool
+    deactivated: bool
+
+
+class UserInUseError(Exception):
+    pass
+
+
+class UserStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def create_user(
+        self,
+        user_id: str,
+        password_hash: str | None,
+        now_ms: int,
+        is_admin: bool = False,
+        is_guest: bool = False,
+    ) -> None:
+        """Insert a user and an empty profile; raise :class:`UserInUseError` if taken."""
+
+        def _create(txn: Txn) -> None:
+            txn.execute(
+                "INSERT INTO users (user_id, password_hash, created_ts, is_admin, is_guest)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (user_id, password_hash, now_ms, is_admin, is_guest),
+            )
+            txn.execute("INSERT INTO profiles (user_id) VALUES (?)", (user_id,))
+
+        try:
+            await self._db.run("create_user", _create)
+        except Exception as e:
+            if self._db.is_integrity_error(e):
+                raise UserInUseError(user_id) from e
+            raise
+
+    async def get_user(self, user_id: str) -> UserRecord | None:
+        row = await self._db.query_one(
+            "get_user",
+            "SELECT user_id, password_hash, created_ts, is_admin, is_guest, deactivated"
+            " FROM users WHERE user_id = ?",
+            user_id,
+        )
+        if row is None:
+            return None
+        return UserRecord(row[0], row[1], int(row[2]), bool(row[3]), bool(row[4]), bool(row[5]))
+
+    async def user_exists(self, user_id: str) -> bool:
+        row = await self._db.query_one(
+            "user_exists", "SELECT 1 FROM users WHERE user_id = ?", user_id
+        )
+        return row is not None
+
+    async def set_password_hash(self, user_id: str, password_hash: str, now_ms: int) -> None:
+        await self._db.execute(
+            "set_password_hash",
+            "UPDATE users SET password_hash = ?, password_changed_ts = ? WHERE user_id = ?",
+            password_hash, now_ms, user_id,
+        )
+
+    async def replace_password_hash(self, user_id: str, old_hash: str, new_hash: str) -> bool:
+        """Swap a hash for a rehash of the same password, unless it changed meanwhile."""
+        count = await self._db.execute(
+            "rehash_password",
+            "UPDATE users SET password_hash = ? WHERE user_id = ? AND password_hash = ?",
+            new_hash, user_id, old_hash,
+        )
+        return count > 0
+
+    async def set_admin(self, user_id: str, is_admin: bool) -> None:
+        await self._db.execute(
+            "set_admin", "UPDATE users SET is_admin = ? WHERE user_id = ?", is_admin, user_id
+        )
+
+    async def deactivate(self, user_id: str, now_ms: int) -> None:
+        """Mark deactivated and drop the password hash; the user id stays reserved."""
+        await self._db.execute(
+            "deactivate_user",
+            "UPDATE users SET deactivated = ?, deactivated_ts = ?, password_hash = NULL"
+            " WHERE user_id = ?",
+            True, now_ms, user_id,
+        )
