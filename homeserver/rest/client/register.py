@@ -20,7 +20,7 @@ REGISTER_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
         "auth": {"type": "object"},
-        "username": {"type": "string", "maxLength": 255},
+        "username": {"type": "string", "maxLength": 1024},
         "password": {"type": "string", "maxLength": 512},
         "device_id": {"type": "string", "minLength": 1, "maxLength": 255},
         "initial_device_display_name": {"type": "string", "maxLength": 255},
