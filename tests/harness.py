@@ -226,3 +226,26 @@ class HomeserverTestCase(unittest.TestCase):
         self.assertIsInstance(resp.json, dict, resp)
         self.assertEqual(resp.json.get("errcode"), errcode, resp)
         self.assertIsInstance(resp.json.get("error"), str, resp)
+
+
+class DatabaseTestCase(unittest.TestCase):
+    """A migrated, empty database of the engine under test (no HTTP server)."""
+
+    timeout = 60
+    migrate_on_setup = True
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        from homeserver.app import open_database
+        from storage.migrations import migrate
+
+        engine = test_engine()
+        if engine == "postgres":
+            require_postgres()
+        self.data_dir = tempfile.mkdtemp(prefix="parley-db-")
+        self.config, self.pg_schema = make_config(self.data_dir, engine)
+        if self.pg_schema:
+            self.addCleanup(drop_pg_schema, self.pg_schema)
+        self.db = open_database(self.config)
+        self.addCleanup(self.db.close)
+        if self.migrate_on_setup:
+            await migrate(self.db, int(time.time() * 1000))

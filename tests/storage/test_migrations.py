@@ -1,0 +1,49 @@
+"""The migration runner on the engine under test."""
+
+from __future__ import annotations
+
+from storage.migrations import (
+    SchemaTooNewError,
+    check_schema,
+    current_version,
+    latest_version,
+    migrate,
+    split_statements,
+)
+from tests.harness import DatabaseTestCase
+
+
+class MigrationTest(DatabaseTestCase):
+    migrate_on_setup = False
+
+    async def test_fresh_database_is_migrated_once(self) -> None:
+        applied = await migrate(self.db, 1)
+        self.assertEqual(applied[-1], latest_version(self.db.engine.name))
+        self.assertEqual(await current_version(self.db), latest_version(self.db.engine.name))
+        self.assertEqual(await migrate(self.db, 2), [])
+        await check_schema(self.db)
+
+    async def test_newer_database_refuses(self) -> None:
+        await migrate(self.db, 1)
+        await self.db.execute("bump", "INSERT INTO schema_version (version, name, applied_ts)"
+                              " VALUES (?, ?, ?)", 9999, "future", 3)
+        with self.assertRaisesRegex(SchemaTooNewError, "9999"):
+            await migrate(self.db, 4)
+        with self.assertRaisesRegex(SchemaTooNewError, "Upgrade Parley"):
+            await check_schema(self.db)
+
+    async def test_stream_ids_increase(self) -> None:
+        await migrate(self.db, 1)
+        ids = [await self.db.run("s", lambda txn: txn.next_stream_id("account_data"))
+               for _ in range(5)]
+        self.assertEqual(ids, sorted(ids))
+        self.assertEqual(len(set(ids)), 5)
+
+
+class SplitTest(DatabaseTestCase):
+    migrate_on_setup = False
+
+    def test_split_statements(self) -> None:
+        sql = "-- comment\nCREATE TABLE a (x INT);\n\nCREATE TABLE b (\n  y TEXT\n);\n"
+        self.assertEqual(split_statements(sql),
+                         ["CREATE TABLE a (x INT)", "CREATE TABLE b (\n  y TEXT\n)"])
