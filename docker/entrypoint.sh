@@ -34,45 +34,14 @@ if [ ! -e "$PARLEY_CONFIG" ]; then
     umask 077
     tmp="$PARLEY_CONFIG.tmp"
     rm -f "$tmp"
+    # Inside a container a loopback-only listener cannot be reached through a
+    # published port, so the generated listener binds to all interfaces.
     parley generate-config \
         --server-name "$PARLEY_SERVER_NAME" \
         --output "$tmp" \
         --data-dir "$PARLEY_DATA_DIR" \
+        --bind-address 0.0.0.0 \
         --port 8008
-    # Inside a container a listener bound only to loopback cannot be reached
-    # through a published port: bind such listeners to all interfaces.
-    python - "$tmp" <<'PY'
-import sys
-
-import yaml
-
-path = sys.argv[1]
-with open(path) as f:
-    text = f.read()
-cfg = yaml.safe_load(text) or {}
-header = []
-for line in text.splitlines(keepends=True):
-    if not line.startswith("#"):
-        break
-    header.append(line)
-
-loopback = {"127.0.0.1", "::1", "localhost"}
-listeners = cfg.get("listeners")
-if not listeners:
-    cfg["listeners"] = listeners = [{"port": 8008, "resources": ["client", "federation"]}]
-changed = False
-for listener in listeners:
-    addresses = listener.get("bind_addresses")
-    if not addresses or set(addresses) <= loopback:
-        listener["bind_addresses"] = ["0.0.0.0"]
-        changed = True
-
-if changed:
-    with open(path, "w") as f:
-        f.writelines(header)
-        f.write("# Listeners rebound to 0.0.0.0 by the container entrypoint.\n")
-        yaml.safe_dump(cfg, f, sort_keys=False, default_flow_style=False)
-PY
     mv "$tmp" "$PARLEY_CONFIG"
 fi
 

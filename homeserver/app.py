@@ -5,7 +5,7 @@ receive exactly the dependencies they use."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from twisted.internet import reactor as default_reactor
@@ -31,6 +31,7 @@ from homeserver.handlers.sessions import SessionHandler
 from homeserver.http.router import Router
 from homeserver.http.server import MatrixResource, make_site
 from homeserver.rest import routes
+from plugins import load_plugins
 from storage.database import Database
 from storage.engines import create_engine
 from storage.migrations import migrate
@@ -109,7 +110,9 @@ async def build_homeserver(
         profiles=ProfileStore(db),
         security_events=SecurityEventStore(db),
     )
+    plugin_manager = load_plugins(config.plugins)
     events = SecurityEventRecorder(stores.security_events, clock)
+    events.add_sink(lambda ev: plugin_manager.hook.on_security_event(event=asdict(ev)))
     codec = AccessTokenCodec(config.auth, clock)
     cache = SessionCache(stores.sessions, clock, config.auth.session_cache_ttl)
     hasher = PasswordHasher(config.password_hashing)
@@ -118,7 +121,8 @@ async def build_homeserver(
     sessions = SessionHandler(config.auth, clock, codec, stores.sessions, cache, events)
     devices = DeviceHandler(clock, stores.devices, sessions, events)
     registration = RegistrationHandler(
-        config.server_name, config.registration, clock, stores.users, hasher, policy
+        config.server_name, config.registration, clock, stores.users, hasher, policy,
+        spam_check=lambda uid: any(plugin_manager.hook.check_username_for_spam(user_id=uid)),
     )
     uia = UserInteractiveAuth(
         stores.ui_auth, stores.registration_tokens, clock, password_auth.check,

@@ -79,7 +79,8 @@ def _run_async(fn: Callable[[], Coroutine[Any, Any, Any]]) -> int:
 
 
 def cmd_generate_config(args: argparse.Namespace) -> int:
-    text = generate_config_text(args.server_name, args.data_dir, args.port, args.dev)
+    text = generate_config_text(args.server_name, args.data_dir, args.port, args.dev,
+                                bind=args.bind_address)
     if args.output == "-":
         sys.stdout.write(text)
         return 0
@@ -188,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--output", "-o", default="parley.yaml")
     g.add_argument("--data-dir", default="data")
     g.add_argument("--port", type=int, default=8008)
+    g.add_argument("--bind-address", default="127.0.0.1",
+                   help="listener address (0.0.0.0 inside a container)")
     g.add_argument("--dev", action="store_true", help="open registration, text logs")
     g.add_argument("--force", action="store_true")
     g.set_defaults(func=cmd_generate_config)

@@ -218,4 +218,5 @@ def parse_config(raw: Any, base_dir: Path | None = None) -> Config:
         log_level=raw.get("logging", {}).get("level", "INFO"),
         log_format=raw.get("logging", {}).get("format", "json"),
         federation_enabled=raw.get("federation", {}).get("enabled", False),
+        plugins=list(raw.get("plugins", [])),
     )

@@ -104,3 +104,4 @@ class Config:
     log_level: str = "INFO"
     log_format: str = "json"
     federation_enabled: bool = False
+    plugins: list[str] = field(default_factory=list)

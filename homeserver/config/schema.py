@@ -138,6 +138,7 @@ CONFIG_SCHEMA: dict[str, Any] = _obj(
             }
         ),
         "federation": _obj({"enabled": {"type": "boolean"}}),
+        "plugins": {"type": "array", "items": {"type": "string", "minLength": 1}},
     },
     ["server_name"],
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import secrets
 import string
+from collections.abc import Callable
 
 from homeserver.auth.password_policy import PasswordPolicy
 from homeserver.auth.passwords import PasswordHasher
@@ -24,7 +25,9 @@ class RegistrationHandler:
         users: UserStore,
         hasher: PasswordHasher,
         policy: PasswordPolicy,
+        spam_check: Callable[[str], bool] = lambda _uid: False,
     ) -> None:
+        self._spam_check = spam_check
         self.server_name = server_name
         self._config = config
         self._clock = clock
@@ -38,7 +41,10 @@ class RegistrationHandler:
         check_localpart(localpart, self.server_name)
         if any(p.fullmatch(localpart) for p in self._reserved):
             raise MatrixError(400, "This user ID is reserved", Codes.EXCLUSIVE)
-        return user_id(localpart, self.server_name)
+        uid = user_id(localpart, self.server_name)
+        if self._spam_check(uid):
+            raise MatrixError(403, "This user ID is not allowed", Codes.FORBIDDEN)
+        return uid
 
     async def check_username_available(self, localpart: str) -> str:
         uid = self.check_username_format(localpart)
