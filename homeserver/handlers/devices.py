@@ -19,9 +19,12 @@ def generate_device_id() -> str:
 
 
 def device_json(d: DeviceRecord) -> dict[str, Any]:
-    out: dict[str, Any] = {"device_id": d.device_id}
-    if d.display_name is not None:
-        out["display_name"] = d.display_name
+    """The spec's Device object. An unnamed device shows its id as its name: the spec
+    allows omitting the key, but matrix-nio rejects a device without one, and ``null``
+    would break the spec's schema."""
+    out: dict[str, Any] = {"device_id": d.device_id,
+                           "display_name": d.display_name if d.display_name is not None
+                           else d.device_id}
     if d.last_seen_ip is not None:
         out["last_seen_ip"] = d.last_seen_ip
     if d.last_seen_ts is not None:
