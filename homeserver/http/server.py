@@ -69,6 +69,44 @@ def describe_validation_error(err: ValidationError) -> MatrixError:
     return MatrixError(400, f"Invalid value for '{where}'", Codes.BAD_JSON)
 
 
+def decode_path_param(raw: str) -> str:
+    """Percent-decode one path segment; invalid UTF-8 or NUL is a 400, not a 500."""
+    try:
+        value = unquote(raw, errors="strict")
+    except UnicodeDecodeError as e:
+        raise MatrixError(400, "Path parameter is not valid UTF-8", Codes.INVALID_PARAM) from e
+    if "\x00" in value:
+        raise MatrixError(400, "Path parameter contains a NUL character", Codes.INVALID_PARAM)
+    return value
+
+
+def _reject_nul_in_query(request: server.Request) -> None:
+    for key, values in request.args.items():
+        if b"\x00" in key or any(b"\x00" in v for v in values):
+            raise MatrixError(400, "Query parameter contains a NUL character", Codes.INVALID_PARAM)
+
+
+def contains_nul(value: Any) -> bool:
+    """True if any string (key or value) in a decoded JSON document contains NUL.
+
+    Stores cannot keep NUL in text (PostgreSQL refuses it), so it is refused at the door.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            for k, v in item.items():
+                if "\x00" in k:
+                    return True
+                stack.append(v)
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
 class ApiRequest:
     """What a servlet sees of a request: parsed, authenticated, validated."""
 
@@ -182,6 +220,8 @@ class MatrixResource(resource.Resource):
         method = request.method.decode("ascii", "replace").upper()
         raw_path = request.path.decode("ascii", "replace")
         status = 500
+        # Logged instead of the raw path: paths carry user ids, tokens and room ids.
+        request.route_template = "(unmatched)"  # type: ignore[attr-defined]
         try:
             status, body, headers = await self._dispatch(request, method, raw_path)
         except InteractiveAuthRequired as uia:
@@ -189,16 +229,18 @@ class MatrixResource(resource.Resource):
         except MatrixError as e:
             status, body, headers = e.code, e.to_json(), e.headers
         except Exception:
-            logger.exception("Unhandled error serving %s %s", method, raw_path)
+            logger.exception("Unhandled error serving %s %s", method,
+                             request.route_template)  # type: ignore[attr-defined]
             status, body, headers = 500, {"errcode": Codes.UNKNOWN, "error": "Internal server error"}, {}
         self._respond(request, status, body, headers, raw_path)
+        template = request.route_template  # type: ignore[attr-defined]
         logger.info(
             "%s %s %d %.1fms",
             method,
-            raw_path,
+            template,
             status,
             (time.monotonic() - start) * 1000,
-            extra={"http_method": method, "path": raw_path, "status": status},
+            extra={"http_method": method, "route": template, "status": status},
         )
 
     async def _dispatch(
@@ -221,7 +263,9 @@ class MatrixResource(resource.Resource):
         if getattr(request, "body_too_large", False):
             raise MatrixError(413, "Request body too large", Codes.TOO_LARGE)
 
-        params = {k: unquote(v, errors="strict") for k, v in raw_params.items()}
+        request.route_template = route.template  # type: ignore[attr-defined]
+        params = {k: decode_path_param(v) for k, v in raw_params.items()}
+        _reject_nul_in_query(request)
         api = ApiRequest(request, route, params, self._client_info(request))
 
         if route.auth != "none":
@@ -270,6 +314,8 @@ class MatrixResource(resource.Resource):
             raise MatrixError(400, "Content not JSON.", Codes.NOT_JSON) from e
         if not isinstance(body, dict):
             raise MatrixError(400, "Content must be a JSON object.", Codes.BAD_JSON)
+        if contains_nul(body):
+            raise MatrixError(400, "JSON strings may not contain NUL characters", Codes.BAD_JSON)
         return body
 
     @staticmethod

@@ -91,3 +91,54 @@ class HttpBasicsTest(HomeserverTestCase):
                                   token=reg["access_token"])
         self.assertEqual(resp.code, 200)
         self.assertTrue(resp.json["capabilities"]["m.change_password"]["enabled"])
+
+
+class HostileInputTest(HomeserverTestCase):
+    """Inputs that databases or decoders choke on get a 400, never a 500."""
+
+    async def test_bad_percent_encoding_and_nul_in_path(self) -> None:
+        reg = await self.register("paths")
+        for raw in ("%FF", "%00", "a%00b", "%C3%28"):
+            resp = await self.request("GET", f"/_matrix/client/v3/devices/{raw}",
+                                      token=reg["access_token"])
+            self.assertMatrixError(resp, 400, "M_INVALID_PARAM")
+
+    async def test_nul_in_query(self) -> None:
+        resp = await self.request(
+            "GET", "/_matrix/client/v1/register/m.login.registration_token/validity?token=%00")
+        self.assertMatrixError(resp, 400, "M_INVALID_PARAM")
+
+    async def test_nul_in_json_strings(self) -> None:
+        reg = await self.register("nulls")
+        resp = await self.request("PUT", f"/_matrix/client/v3/devices/{reg['device_id']}",
+                                  raw_body=b'{"display_name": "a\\u0000b"}',
+                                  token=reg["access_token"])
+        self.assertMatrixError(resp, 400, "M_BAD_JSON")
+        resp = await self.request("POST", "/_matrix/client/v3/login",
+                                  raw_body=b'{"type": "m.login.password", "x\\u0000": 1}')
+        self.assertMatrixError(resp, 400, "M_BAD_JSON")
+
+    async def test_access_log_has_route_template_not_path(self) -> None:
+        import logging
+
+        lines: list[str] = []
+
+        class Grab(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                lines.append(record.getMessage())
+
+        handler = Grab()
+        log = logging.getLogger("homeserver.http.server")
+        old = log.level
+        log.setLevel(logging.INFO)
+        log.addHandler(handler)
+        try:
+            reg = await self.register("logme")
+            await self.request("GET", f"/_matrix/client/v3/devices/{reg['device_id']}",
+                               token=reg["access_token"])
+        finally:
+            log.removeHandler(handler)
+            log.setLevel(old)
+        text = "\n".join(lines)
+        self.assertIn("/_matrix/client/v3/devices/{deviceId}", text)
+        self.assertNotIn(reg["device_id"], text)
