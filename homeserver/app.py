@@ -24,7 +24,10 @@ from homeserver.auth.ui_auth import UserInteractiveAuth
 from homeserver.clock import Clock
 from homeserver.config.model import Config, ListenerConfig
 from homeserver.handlers.account import AccountHandler
+from homeserver.handlers.account_data import AccountDataHandler
 from homeserver.handlers.devices import DeviceHandler
+from homeserver.handlers.filters import FilterHandler
+from homeserver.handlers.profile import ProfileHandler
 from homeserver.handlers.registration import RegistrationHandler
 from homeserver.handlers.security_events import SecurityEventRecorder
 from homeserver.handlers.sessions import SessionHandler
@@ -35,7 +38,9 @@ from plugins import load_plugins
 from storage.database import Database
 from storage.engines import create_engine
 from storage.migrations import migrate
+from storage.stores.account_data import AccountDataStore
 from storage.stores.devices import DeviceStore
+from storage.stores.filters import FilterStore
 from storage.stores.profiles import ProfileStore
 from storage.stores.registration_tokens import RegistrationTokenStore
 from storage.stores.security_events import SecurityEventStore
@@ -55,6 +60,8 @@ class Stores:
     ui_auth: UiAuthStore
     profiles: ProfileStore
     security_events: SecurityEventStore
+    account_data: AccountDataStore
+    filters: FilterStore
 
 
 @dataclass
@@ -109,6 +116,8 @@ async def build_homeserver(
         ui_auth=UiAuthStore(db),
         profiles=ProfileStore(db),
         security_events=SecurityEventStore(db),
+        account_data=AccountDataStore(db),
+        filters=FilterStore(db),
     )
     plugin_manager = load_plugins(config.plugins)
     events = SecurityEventRecorder(stores.security_events, clock)
@@ -130,6 +139,9 @@ async def build_homeserver(
     )
     account = AccountHandler(clock, stores.users, stores.profiles, hasher, policy, devices,
                              sessions, events)
+    profile = ProfileHandler(config.server_name, stores.profiles)
+    account_data = AccountDataHandler(stores.account_data)
+    filters = FilterHandler(stores.filters)
     authenticator = TokenAuthenticator(codec, cache, stores.devices, clock)
 
     router = Router()
@@ -138,7 +150,8 @@ async def build_homeserver(
         routes.Components(
             config=config, clock=clock, stores=stores, events=events, sessions=sessions,
             devices=devices, registration=registration, uia=uia, account=account,
-            password_auth=password_auth,
+            password_auth=password_auth, profile=profile, account_data=account_data,
+            filters=filters,
         ),
     )
     resource = MatrixResource(router, authenticator,

@@ -80,7 +80,9 @@ class RegistrationHandler:
             raise MatrixError(500, "Could not allocate a user ID", Codes.UNKNOWN)
         uid = self.check_username_format(localpart)
         try:
-            await self._users.create_user(uid, password_hash, now, is_admin, is_guest)
+            # Like Synapse, a new account's display name starts as its localpart.
+            await self._users.create_user(uid, password_hash, now, is_admin, is_guest,
+                                          displayname=None if is_guest else localpart)
         except UserInUseError as e:
             raise MatrixError(400, "User ID already taken.", Codes.USER_IN_USE) from e
         return uid

@@ -86,25 +86,44 @@ def _reject_nul_in_query(request: server.Request) -> None:
             raise MatrixError(400, "Query parameter contains a NUL character", Codes.INVALID_PARAM)
 
 
-def contains_nul(value: Any) -> bool:
-    """True if any string (key or value) in a decoded JSON document contains NUL.
-
-    Stores cannot keep NUL in text (PostgreSQL refuses it), so it is refused at the door.
-    """
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            if "\x00" in item:
-                return True
-        elif isinstance(item, dict):
-            for k, v in item.items():
-                if "\x00" in k:
-                    return True
-                stack.append(v)
-        elif isinstance(item, list):
-            stack.extend(item)
+def _unstorable(text: str) -> bool:
+    if "\x00" in text:
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate such as "\ud800"
+        return True
     return False
+
+
+MAX_JSON_DEPTH = 100
+
+
+def json_body_problem(value: Any) -> str | None:
+    """Why a decoded JSON body cannot be accepted, or None.
+
+    Strings (keys and values) with NUL or a lone surrogate cannot be stored
+    (PostgreSQL refuses NUL; UTF-8 cannot encode a lone surrogate), and very deep
+    nesting would exhaust recursion in validators and encoders: all are refused at
+    the door instead of failing later.
+    """
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if _unstorable(item):
+                return "JSON strings may not contain NUL characters or lone surrogates"
+        elif isinstance(item, dict | list):
+            if depth >= MAX_JSON_DEPTH:
+                return f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
+            if isinstance(item, dict):
+                for k, v in item.items():
+                    if _unstorable(k):
+                        return "JSON strings may not contain NUL characters or lone surrogates"
+                    stack.append((v, depth + 1))
+            else:
+                stack.extend((v, depth + 1) for v in item)
+    return None
 
 
 class ApiRequest:
@@ -310,12 +329,13 @@ class MatrixResource(resource.Resource):
             raw = b"{}"
         try:
             body = decode_json(raw)
-        except (ValueError, UnicodeDecodeError) as e:
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
             raise MatrixError(400, "Content not JSON.", Codes.NOT_JSON) from e
         if not isinstance(body, dict):
             raise MatrixError(400, "Content must be a JSON object.", Codes.BAD_JSON)
-        if contains_nul(body):
-            raise MatrixError(400, "JSON strings may not contain NUL characters", Codes.BAD_JSON)
+        problem = json_body_problem(body)
+        if problem:
+            raise MatrixError(400, problem, Codes.BAD_JSON)
         return body
 
     @staticmethod

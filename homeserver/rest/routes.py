@@ -10,15 +10,22 @@ from homeserver.auth.ui_auth import UserInteractiveAuth
 from homeserver.clock import Clock
 from homeserver.config.model import Config
 from homeserver.handlers.account import AccountHandler
+from homeserver.handlers.account_data import AccountDataHandler
 from homeserver.handlers.devices import DeviceHandler
+from homeserver.handlers.filters import FilterHandler
+from homeserver.handlers.profile import ProfileHandler
 from homeserver.handlers.registration import RegistrationHandler
 from homeserver.handlers.security_events import SecurityEventRecorder
 from homeserver.handlers.sessions import SessionHandler
 from homeserver.http.router import Router
+from homeserver.rest.admin.routes import register_admin
 from homeserver.rest.client.account import AccountServlets
+from homeserver.rest.client.account_data import AccountDataServlets
 from homeserver.rest.client.devices import DeviceServlets
 from homeserver.rest.client.discovery import DiscoveryServlets
+from homeserver.rest.client.filters import FilterServlets
 from homeserver.rest.client.login import LoginServlets
+from homeserver.rest.client.profile import ProfileServlets
 from homeserver.rest.client.register import RegisterServlets
 
 if TYPE_CHECKING:
@@ -39,6 +46,9 @@ class Components:
     uia: UserInteractiveAuth
     account: AccountHandler
     password_auth: PasswordAuth
+    profile: ProfileHandler
+    account_data: AccountDataHandler
+    filters: FilterHandler
 
 
 def register_all(router: Router, c: Components) -> None:
@@ -52,3 +62,7 @@ def register_all(router: Router, c: Components) -> None:
     AccountServlets(c.account, c.uia,
                     c.config.registration.logout_devices_on_password_change).register(router)
     DeviceServlets(c.devices, c.uia).register(router)
+    ProfileServlets(c.profile).register(router)
+    AccountDataServlets(c.account_data).register(router)
+    FilterServlets(c.filters).register(router)
+    register_admin(router, c)

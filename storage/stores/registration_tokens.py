@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from storage.database import Database, Txn
+
+# Columns an admin may change; the names are interpolated into SQL, so only these.
+UPDATABLE_FIELDS = frozenset({"uses_allowed", "expiry_time"})
 
 
 @dataclass(frozen=True)
@@ -68,20 +72,53 @@ class RegistrationTokenStore:
         )
         return _row(row) if row else None
 
-    async def list(self) -> list[RegistrationToken]:
+    async def list(self, valid: bool | None = None, now_ms: int = 0) -> list[RegistrationToken]:
+        """All tokens, or only the usable (``valid=True``) or unusable ones at ``now_ms``.
+
+        The conditions are exactly those of :meth:`RegistrationToken.usable`.
+        """
+        if valid is None:
+            where, args = "", []
+        elif valid:
+            where = ("WHERE (uses_allowed IS NULL OR pending + completed < uses_allowed)"
+                     " AND (expiry_time IS NULL OR expiry_time > ?)")
+            args = [now_ms]
+        else:
+            where = ("WHERE (uses_allowed IS NOT NULL AND pending + completed >= uses_allowed)"
+                     " OR (expiry_time IS NOT NULL AND expiry_time <= ?)")
+            args = [now_ms]
         rows = await self._db.query(
-            "list_registration_tokens", f"SELECT {_COLS} FROM registration_tokens ORDER BY token"
+            "list_registration_tokens",
+            f"SELECT {_COLS} FROM registration_tokens {where} ORDER BY token",
+            *args,
         )
         return [_row(r) for r in rows]
 
     async def update(
         self, token: str, uses_allowed: int | None, expiry_time: int | None
     ) -> RegistrationToken | None:
+        """Set both limits; None if there is no such token."""
+        return await self.update_fields(
+            token, {"uses_allowed": uses_allowed, "expiry_time": expiry_time}
+        )
+
+    async def update_fields(
+        self, token: str, changes: Mapping[str, int | None]
+    ) -> RegistrationToken | None:
+        """Change only the given fields (a subset of :data:`UPDATABLE_FIELDS`); returns the
+        token as it now is, or None if there is no such token. No changes: just a read."""
+        unknown = set(changes) - UPDATABLE_FIELDS
+        if unknown:
+            raise ValueError(f"cannot update {sorted(unknown)}")
+        names = sorted(changes)
+
         def _update(txn: Txn) -> RegistrationToken | None:
-            txn.execute(
-                "UPDATE registration_tokens SET uses_allowed = ?, expiry_time = ? WHERE token = ?",
-                (uses_allowed, expiry_time, token),
-            )
+            if names:
+                assignments = ", ".join(f"{name} = ?" for name in names)
+                txn.execute(
+                    f"UPDATE registration_tokens SET {assignments} WHERE token = ?",
+                    (*[changes[name] for name in names], token),
+                )
             row = txn.query_one(f"SELECT {_COLS} FROM registration_tokens WHERE token = ?",
                                 (token,))
             return _row(row) if row else None

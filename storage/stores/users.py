@@ -32,8 +32,9 @@ class UserStore:
         now_ms: int,
         is_admin: bool = False,
         is_guest: bool = False,
+        displayname: str | None = None,
     ) -> None:
-        """Insert a user and an empty profile; raise :class:`UserInUseError` if taken."""
+        """Insert a user and its profile row; raise :class:`UserInUseError` if taken."""
 
         def _create(txn: Txn) -> None:
             txn.execute(
@@ -41,7 +42,8 @@ class UserStore:
                 " VALUES (?, ?, ?, ?, ?)",
                 (user_id, password_hash, now_ms, is_admin, is_guest),
             )
-            txn.execute("INSERT INTO profiles (user_id) VALUES (?)", (user_id,))
+            txn.execute("INSERT INTO profiles (user_id, displayname) VALUES (?, ?)",
+                        (user_id, displayname))
 
         try:
             await self._db.run("create_user", _create)

@@ -142,3 +142,15 @@ class HostileInputTest(HomeserverTestCase):
         text = "\n".join(lines)
         self.assertIn("/_matrix/client/v3/devices/{deviceId}", text)
         self.assertNotIn(reg["device_id"], text)
+
+    async def test_lone_surrogates_and_deep_nesting(self) -> None:
+        reg = await self.register("deep")
+        resp = await self.request("PUT", f"/_matrix/client/v3/devices/{reg['device_id']}",
+                                  raw_body=b'{"display_name": "\\ud800"}', token=reg["access_token"])
+        self.assertMatrixError(resp, 400, "M_BAD_JSON")
+        for depth in (150, 5000):
+            body = b'{"display_name": "x", "deep": ' + b"[" * depth + b"]" * depth + b"}"
+            resp = await self.request("PUT", f"/_matrix/client/v3/devices/{reg['device_id']}",
+                                      raw_body=body, token=reg["access_token"])
+            self.assertEqual(resp.code, 400, resp)
+            self.assertIn(resp.json["errcode"], ("M_BAD_JSON", "M_NOT_JSON"))
