@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from harness import REPO_DIR
-from harness.hashcost import argon2_ms
+from harness.hashcost import argon2_cost, describe_cost
 from harness.servers import ManagedServer, clean_env
 
 # Parley's production default (homeserver/config/model.py: PasswordHashingConfig).
@@ -100,16 +100,16 @@ class ParleyServer(ManagedServer):
         config = yaml.safe_load(self.config_path.read_text()) if self.config_path.exists() else {}
         ph = config.get("password_hashing", PRODUCTION_HASHING)
         mib = ph["memory_cost_kib"] / 1024
-        hash_ms = argon2_ms(self.python(), ph["time_cost"], ph["memory_cost_kib"],
-                            ph["parallelism"])
+        cost = argon2_cost(self.python(), ph["time_cost"], ph["memory_cost_kib"],
+                           ph["parallelism"])
         return {
             "name": "Parley",
             "version": self.version(),
             "database": config.get("database", {}).get("engine", "unknown"),
-            "password_hashing": {"algorithm": "argon2id", **ph, "single_hash_ms": hash_ms},
+            "password_hashing": {"algorithm": "argon2id", **ph, "single_hash": cost},
             "password_hashing_text": (
                 f"Argon2id t={ph['time_cost']} m={mib:g}MiB p={ph['parallelism']} "
-                f"({hash_ms} ms per hash here)"
+                f"({describe_cost(cost)})"
             ),
             "logging": config.get("logging", {}),
             "config_overrides": "generate-config --dev; password_hashing set to production "

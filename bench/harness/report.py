@@ -53,14 +53,25 @@ def hashing_line(results: dict[str, Any]) -> str:
         info = results["servers"].get(key)
         if info:
             parts.append(f"{label} {info['version']}: {info['password_hashing_text']}")
-    return "Password hashing cost: " + " vs ".join(parts) if parts else ""
+    if not parts:
+        return ""
+    line = "Password hashing cost: " + " vs ".join(parts)
+    costs = [results["servers"].get(k, {}).get("password_hashing", {}).get("single_hash")
+             for k, _ in SERVERS]
+    if costs[0] and costs[1]:
+        ratio = costs[0]["cpu_ms"] / costs[1]["cpu_ms"]
+        line += (f". One Synapse hash costs {ratio:.1f}× the CPU of one Parley hash here"
+                 + ("; use --synapse-bcrypt-rounds to compare at matched cost."
+                    if not 0.67 <= ratio <= 1.5 else " (same cost class)."))
+    return line
 
 
 def render(results: dict[str, Any]) -> str:
     p = results["params"]
     head = (f"Parameters: users={p['users']} logins={p['logins']} "
             f"concurrency={p['concurrency']} (one server at a time, {p['cpus']} CPUs, SQLite)")
-    return "\n\n".join([head, markdown_table(results), hashing_line(results)])
+    warnings = [f"WARNING: {w}" for w in results.get("warnings", [])]
+    return "\n\n".join([head, markdown_table(results), hashing_line(results), *warnings])
 
 
 def write_json(results: dict[str, Any], directory: Path) -> Path:

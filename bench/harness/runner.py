@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 
 from harness import BENCH_DIR, REPO_DIR
+from harness.machine import cpu_busy_fraction
 from harness.parley import ParleyServer, resolve_parley_cmd
 from harness.report import render, write_json
 from harness.scenarios import SCENARIOS, BenchContext
@@ -24,6 +25,7 @@ from harness.servers import ManagedServer, free_port
 from harness.synapse import DEFAULT_BCRYPT_ROUNDS, SynapseServer, ensure_synapse_installed
 
 SERVER_ORDER = ("synapse", "parley")
+BUSY_WARNING = 0.15  # fraction of all CPUs busy before a server starts
 LIMITS = {"users": 100_000, "logins": 1_000_000, "concurrency": 256}
 
 
@@ -93,9 +95,13 @@ async def run_scenarios(server: ManagedServer, args: argparse.Namespace,
 def bench_server(key: str, root: Path, args: argparse.Namespace, run_id: str,
                  results: dict[str, Any]) -> None:
     server = make_server(key, root / key, args)
-    load = [round(x, 2) for x in os.getloadavg()]
-    results["load_before"][key] = load
-    log(f"{key}: load average before start {load}")
+    busy = cpu_busy_fraction()
+    results["cpu_busy_before"][key] = busy
+    log(f"{key}: CPUs {busy:.0%} busy before start" if busy is not None else f"{key}: start")
+    if busy is not None and busy > BUSY_WARNING:
+        results["warnings"].append(
+            f"{key}: CPUs were {busy:.0%} busy with other work just before it started; "
+            "its figures are likely skewed (re-run when the machine is idle)")
     try:
         log(f"{key}: preparing config in {server.workdir}")
         server.prepare()
@@ -107,7 +113,10 @@ def bench_server(key: str, root: Path, args: argparse.Namespace, run_id: str,
     finally:
         code = server.stop()
         log(f"{key}: stopped (exit code {code})")
-        results["servers"][key] = server.describe()
+        try:
+            results["servers"][key] = server.describe()
+        except Exception as exc:  # never mask the real failure
+            log(f"{key}: could not describe server: {exc}")
 
 
 def log(message: str) -> None:
@@ -125,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                    "cpus": os.cpu_count(), "python": platform.python_version(),
                    "platform": platform.platform()},
         "scenarios": args.scenarios, "servers": {}, "results": {}, "failures": {},
-        "load_before": {},
+        "cpu_busy_before": {}, "warnings": [],
     }
     root = Path(tempfile.mkdtemp(prefix="parley-bench-"))
     try:

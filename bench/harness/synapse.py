@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from harness import BENCH_DIR
-from harness.hashcost import bcrypt_ms
+from harness.hashcost import bcrypt_cost, describe_cost
 from harness.servers import ManagedServer, clean_env
 
 SYNAPSE_VENV = BENCH_DIR / ".venv-synapse"
@@ -97,15 +97,15 @@ class SynapseServer(ManagedServer):
         return out.stdout.strip() or "unknown"
 
     def describe(self) -> dict[str, Any]:
-        hash_ms = bcrypt_ms(self.python, self.bcrypt_rounds)
+        cost = bcrypt_cost(self.python, self.bcrypt_rounds)
         return {
             "name": "Synapse",
             "version": self.version(),
             "database": "sqlite",
             "password_hashing": {"algorithm": "bcrypt", "rounds": self.bcrypt_rounds,
-                                 "single_hash_ms": hash_ms},
+                                 "single_hash": cost},
             "password_hashing_text": f"bcrypt rounds={self.bcrypt_rounds} "
-                                     f"({hash_ms} ms per hash here)",
+                                     f"({describe_cost(cost)})",
             "config_overrides": "registration open (no verification), rc_* limits raised, "
                                 "loopback client listener, no key servers",
         }
