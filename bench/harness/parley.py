@@ -39,8 +39,10 @@ def resolve_parley_cmd(repo: Path, override: str | None) -> list[str]:
 class ParleyServer(ManagedServer):
     name = "parley"
 
-    def __init__(self, workdir: Path, port: int, cli: list[str], repo: Path = REPO_DIR) -> None:
+    def __init__(self, workdir: Path, port: int, cli: list[str], repo: Path = REPO_DIR,
+                 hashing: dict[str, int] | None = None) -> None:
         super().__init__(workdir, port)
+        self.hashing = hashing or PRODUCTION_HASHING
         self.cli = cli
         self.repo = repo
         self.config_path = workdir / "parley.yaml"
@@ -65,7 +67,7 @@ class ParleyServer(ManagedServer):
     def patch(self, config: dict[str, Any]) -> None:
         """Only the hashing cost is changed; everything else is checked, not altered
         (except narrowing a non-loopback bind address to 127.0.0.1)."""
-        config["password_hashing"] = dict(PRODUCTION_HASHING)
+        config["password_hashing"] = dict(self.hashing)
         if not config.get("registration", {}).get("enabled", False):
             raise RuntimeError("generated --dev config does not enable registration")
         ports = []

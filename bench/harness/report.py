@@ -58,7 +58,7 @@ def hashing_line(results: dict[str, Any]) -> str:
     line = "Password hashing cost: " + " vs ".join(parts)
     costs = [results["servers"].get(k, {}).get("password_hashing", {}).get("single_hash")
              for k, _ in SERVERS]
-    if costs[0] and costs[1]:
+    if costs[0] and costs[1] and costs[1]["cpu_ms"] > 0.5 and costs[0]["cpu_ms"] > 0.5:
         ratio = costs[0]["cpu_ms"] / costs[1]["cpu_ms"]
         line += (f". One Synapse hash costs {ratio:.1f}× the CPU of one Parley hash here"
                  + ("; use --synapse-bcrypt-rounds to compare at matched cost."

@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"Synapse bcrypt_rounds (default {DEFAULT_BCRYPT_ROUNDS}, its own)")
     p.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results")
     p.add_argument("--keep-tmp", action="store_true", help="keep configs, DBs and logs")
+    p.add_argument("--cheap-hashing", action="store_true",
+                   help="minimal hash cost on both (Synapse bcrypt_rounds=4, Parley Argon2id "
+                        "m=8KiB p=1): measures everything except password hashing")
     for cls in SCENARIOS.values():
         cls.add_arguments(p)
     return p
@@ -67,12 +70,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+CHEAP_HASHING: dict[str, int] = {"time_cost": 1, "memory_cost_kib": 8, "parallelism": 1}
+
+
 def make_server(key: str, workdir: Path, args: argparse.Namespace) -> ManagedServer:
     if key == "synapse":
         ensure_synapse_installed()
-        return SynapseServer(workdir, free_port(), args.synapse_bcrypt_rounds)
+        rounds = 4 if args.cheap_hashing else args.synapse_bcrypt_rounds
+        return SynapseServer(workdir, free_port(), rounds)
     return ParleyServer(workdir, free_port(), resolve_parley_cmd(args.repo, args.parley_cmd),
-                        args.repo)
+                        args.repo, hashing=CHEAP_HASHING if args.cheap_hashing else None)
 
 
 async def run_scenarios(server: ManagedServer, args: argparse.Namespace,

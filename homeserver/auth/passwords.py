@@ -1,11 +1,20 @@
-"""Argon2id password hashing, off the reactor thread."""
+"""Argon2id password hashing, off the reactor thread.
+
+Hashing runs in its own small thread pool rather than the reactor's shared one:
+each Argon2 call already uses ``parallelism`` threads and ``memory_cost`` of RAM,
+so running more hashes at once than the machine has cores only thrashes caches
+and memory (and lets a login flood starve other thread work).
+"""
 
 from __future__ import annotations
+
+import os
 
 from argon2 import PasswordHasher as _Argon2
 from argon2 import Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from twisted.internet import threads
+from twisted.internet import reactor, threads
+from twisted.python.threadpool import ThreadPool
 
 from homeserver.config.model import PasswordHashingConfig
 
@@ -21,9 +30,16 @@ class PasswordHasher:
         # A real hash to verify against for unknown users, so a failed login
         # costs the same whether or not the account exists.
         self._dummy_hash = self._argon.hash("parley-dummy-password")
+        size = max(1, os.cpu_count() or 1)
+        self._pool = ThreadPool(minthreads=0, maxthreads=size, name="argon2")
+        self._pool.start()
+        reactor.addSystemEventTrigger("during", "shutdown", self._pool.stop)
+
+    def stop(self) -> None:
+        self._pool.stop()
 
     async def hash(self, password: str) -> str:
-        return await threads.deferToThread(self._argon.hash, password)
+        return await threads.deferToThreadPool(reactor, self._pool, self._argon.hash, password)
 
     async def verify(self, password_hash: str | None, password: str) -> tuple[bool, bool]:
         """Return (matches, needs_rehash). A missing hash never matches."""
@@ -38,4 +54,4 @@ class PasswordHasher:
                 return False, False
             return True, self._argon.check_needs_rehash(password_hash)
 
-        return await threads.deferToThread(_verify)
+        return await threads.deferToThreadPool(reactor, self._pool, _verify)
