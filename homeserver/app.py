@@ -76,6 +76,7 @@ class Homeserver:
     sessions: SessionHandler
     ports: list[IListeningPort] = field(default_factory=list)
     _loops: list[LoopingCall] = field(default_factory=list)
+    _on_stop: list[Any] = field(default_factory=list)
 
     def listen(self, reactor: Any = default_reactor) -> list[IListeningPort]:
         for listener in self.config.listeners:
@@ -89,6 +90,8 @@ class Homeserver:
         for port in self.ports:
             await port.stopListening()
         self.ports = []
+        for fn in self._on_stop:
+            fn()
         self.db.close()
 
 
@@ -163,6 +166,7 @@ async def build_homeserver(
     cleanup.clock = clock._time  # noqa: SLF001 (the clock's own IReactorTime)
     cleanup.start(600, now=False)
     hs._loops.append(cleanup)
+    hs._on_stop.append(hasher.stop)
     return hs
 
 

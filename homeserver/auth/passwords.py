@@ -33,9 +33,9 @@ class PasswordHasher:
         size = max(1, os.cpu_count() or 1)
         self._pool = ThreadPool(minthreads=0, maxthreads=size, name="argon2")
         self._pool.start()
-        reactor.addSystemEventTrigger("during", "shutdown", self._pool.stop)
 
     def stop(self) -> None:
+        """Finish queued hashes and end the pool's threads (the homeserver's stop calls this)."""
         self._pool.stop()
 
     async def hash(self, password: str) -> str:
