@@ -60,13 +60,16 @@ def latest_version(engine_name: str) -> int:
     return migrations[-1].version if migrations else 0
 
 
-def _current_version(txn: Txn) -> int:
+def _applied_versions(txn: Txn) -> set[int]:
     txn.execute(
         "CREATE TABLE IF NOT EXISTS schema_version "
         "(version INTEGER NOT NULL, name TEXT NOT NULL, applied_ts BIGINT NOT NULL)"
     )
-    row = txn.query_one("SELECT MAX(version) FROM schema_version")
-    return int(row[0]) if row and row[0] is not None else 0
+    return {int(r[0]) for r in txn.query("SELECT version FROM schema_version")}
+
+
+def _current_version(txn: Txn) -> int:
+    return max(_applied_versions(txn), default=0)
 
 
 async def current_version(db: Database) -> int:
@@ -84,14 +87,17 @@ async def migrate(db: Database, now_ms: int) -> list[int]:
             f"versions up to {code_version}. Upgrade Parley (or restore a backup) before "
             f"starting it against this database."
         )
+    done = await db.run("applied_versions", _applied_versions)
     applied = []
+    # Every migration not yet recorded is applied, in order (a version added between
+    # two already-applied ones on a development database is not skipped).
     for mig in migrations:
-        if mig.version <= current:
+        if mig.version in done:
             continue
 
         def apply(txn: Txn, mig: Migration = mig) -> None:
             # Re-check inside the transaction so two starting processes do not race.
-            if _current_version(txn) >= mig.version:
+            if mig.version in _applied_versions(txn):
                 return
             for stmt in mig.statements:
                 txn.execute(stmt)

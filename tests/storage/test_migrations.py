@@ -47,3 +47,21 @@ class SplitTest(DatabaseTestCase):
         sql = "-- comment\nCREATE TABLE a (x INT);\n\nCREATE TABLE b (\n  y TEXT\n);\n"
         self.assertEqual(split_statements(sql),
                          ["CREATE TABLE a (x INT)", "CREATE TABLE b (\n  y TEXT\n)"])
+
+
+class GapTest(DatabaseTestCase):
+    migrate_on_setup = False
+
+    async def test_version_added_below_applied_ones_is_applied(self) -> None:
+        import storage.migrations as m
+
+        real = m.load_migrations(self.db.engine.name)
+        top = real[-1].version
+        late = m.Migration(top + 2, "late", ["CREATE TABLE gap_late (x INTEGER)"])
+        between = m.Migration(top + 1, "between", ["CREATE TABLE gap_between (x INTEGER)"])
+        self.patch(m, "load_migrations", lambda _engine: [*real, late])
+        await migrate(self.db, 1)
+        self.patch(m, "load_migrations", lambda _engine: [*real, between, late])
+        self.assertEqual(await migrate(self.db, 2), [top + 1])
+        await self.db.query("check", "SELECT x FROM gap_between")
+        self.assertEqual(await migrate(self.db, 3), [])
