@@ -60,6 +60,19 @@ def latest_version(engine_name: str) -> int:
     return migrations[-1].version if migrations else 0
 
 
+def _lock(txn: Txn) -> None:
+    """Start the transaction holding the migration lock (PostgreSQL: an advisory lock;
+    SQLite: BEGIN IMMEDIATE, which also makes its DDL transactional)."""
+    lock = txn.engine.migration_lock_sql()
+    if lock:
+        txn.execute(lock)
+
+
+def _locked_applied_versions(txn: Txn) -> set[int]:
+    _lock(txn)
+    return _applied_versions(txn)
+
+
 def _applied_versions(txn: Txn) -> set[int]:
     txn.execute(
         "CREATE TABLE IF NOT EXISTS schema_version "
@@ -69,7 +82,7 @@ def _applied_versions(txn: Txn) -> set[int]:
 
 
 def _current_version(txn: Txn) -> int:
-    return max(_applied_versions(txn), default=0)
+    return max(_locked_applied_versions(txn), default=0)
 
 
 async def current_version(db: Database) -> int:
@@ -87,7 +100,7 @@ async def migrate(db: Database, now_ms: int) -> list[int]:
             f"versions up to {code_version}. Upgrade Parley (or restore a backup) before "
             f"starting it against this database."
         )
-    done = await db.run("applied_versions", _applied_versions)
+    done = await db.run("applied_versions", _locked_applied_versions)
     applied = []
     # Every migration not yet recorded is applied, in order (a version added between
     # two already-applied ones on a development database is not skipped).
@@ -95,19 +108,20 @@ async def migrate(db: Database, now_ms: int) -> list[int]:
         if mig.version in done:
             continue
 
-        def apply(txn: Txn, mig: Migration = mig) -> None:
-            # Re-check inside the transaction so two starting processes do not race.
-            if mig.version in _applied_versions(txn):
-                return
+        def apply(txn: Txn, mig: Migration = mig) -> bool:
+            # Re-check under the lock, so two starting processes do not race.
+            if mig.version in _locked_applied_versions(txn):
+                return False
             for stmt in mig.statements:
                 txn.execute(stmt)
             txn.execute(
                 "INSERT INTO schema_version (version, name, applied_ts) VALUES (?, ?, ?)",
                 (mig.version, mig.name, now_ms),
             )
+            return True
 
-        await db.run(f"migrate_{mig.version}", apply)
-        applied.append(mig.version)
+        if await db.run(f"migrate_{mig.version}", apply):
+            applied.append(mig.version)
     return applied
 
 

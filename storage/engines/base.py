@@ -30,6 +30,10 @@ class Engine(ABC):
     def next_stream_sql(self, stream: str) -> str:
         """A statement returning the next position of ``stream`` as a single row."""
 
+    def migration_lock_sql(self) -> str | None:
+        """A statement that serialises migrations across processes, if needed."""
+        return None
+
     @property
     def single_writer(self) -> bool:
         """True when only one connection may be used (SQLite)."""

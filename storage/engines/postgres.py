@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 import psycopg2
+import psycopg2.errors
 import psycopg2.extensions
 
 from homeserver.config.model import DatabaseConfig
@@ -34,7 +35,11 @@ class PostgresEngine(Engine):
         conn.set_isolation_level(psycopg2.extensions.ISOLATION_LEVEL_READ_COMMITTED)
         cur = conn.cursor()
         if self.schema:
-            cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            try:
+                cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+                conn.commit()
+            except psycopg2.errors.UniqueViolation:
+                conn.rollback()  # another connection created it at the same moment
             cur.execute(f'SET search_path TO "{self.schema}"')
         cur.close()
         conn.commit()
@@ -46,3 +51,7 @@ class PostgresEngine(Engine):
         if not _STREAM.match(stream):
             raise ValueError(f"bad stream name {stream!r}")
         return f"SELECT nextval('{stream}_stream_seq')"
+
+    def migration_lock_sql(self) -> str | None:
+        # Held until the migration's transaction ends; several workers may start at once.
+        return "SELECT pg_advisory_xact_lock(7306015)"

@@ -42,6 +42,11 @@ class SqliteEngine(Engine):
             raise ValueError(f"bad stream name {stream!r}")
         return f"UPDATE stream_positions SET pos = pos + 1 WHERE stream = '{stream}' RETURNING pos"
 
+    def migration_lock_sql(self) -> str | None:
+        # Python's sqlite3 does not open a transaction before DDL; this does, and takes
+        # the write lock at once so a second process waits instead of racing.
+        return "BEGIN IMMEDIATE"
+
     @property
     def single_writer(self) -> bool:
         return True

@@ -65,3 +65,42 @@ class GapTest(DatabaseTestCase):
         self.assertEqual(await migrate(self.db, 2), [top + 1])
         await self.db.query("check", "SELECT x FROM gap_between")
         self.assertEqual(await migrate(self.db, 3), [])
+
+
+class ConcurrentMigrationTest(DatabaseTestCase):
+    """Two processes starting at once must not both apply a migration."""
+
+    migrate_on_setup = False
+
+    async def test_two_pools_migrate_concurrently(self) -> None:
+        from twisted.internet import defer
+
+        from homeserver.app import open_database
+
+        other = open_database(self.config)
+        self.addCleanup(other.close)
+        results = await defer.gatherResults([
+            defer.ensureDeferred(migrate(self.db, 1)), defer.ensureDeferred(migrate(other, 1))])
+        applied = sorted(v for r in results for v in r)
+        self.assertEqual(applied, sorted({v for r in results for v in r}))
+        rows = await self.db.query("count", "SELECT version, COUNT(*) FROM schema_version"
+                                   " GROUP BY version")
+        self.assertTrue(all(count == 1 for _, count in rows), rows)
+
+
+class FailedMigrationTest(DatabaseTestCase):
+    migrate_on_setup = False
+
+    async def test_failed_migration_leaves_nothing_behind(self) -> None:
+        import storage.migrations as m
+
+        real = m.load_migrations(self.db.engine.name)
+        bad = m.Migration(real[-1].version + 1, "bad",
+                          ["CREATE TABLE half_done (x INTEGER)", "SELECT * FROM no_such_table"])
+        self.patch(m, "load_migrations", lambda _engine: [*real, bad])
+        db_error = self.db.engine.module.Error
+        with self.assertRaises(db_error):
+            await migrate(self.db, 1)
+        self.assertEqual(await current_version(self.db), real[-1].version)
+        with self.assertRaises(db_error):
+            await self.db.query("check", "SELECT x FROM half_done")
