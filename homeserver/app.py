@@ -27,6 +27,7 @@ from homeserver.handlers.account import AccountHandler
 from homeserver.handlers.account_data import AccountDataHandler
 from homeserver.handlers.devices import DeviceHandler
 from homeserver.handlers.filters import FilterHandler
+from homeserver.handlers.openid import OpenIdHandler
 from homeserver.handlers.profile import ProfileHandler
 from homeserver.handlers.registration import RegistrationHandler
 from homeserver.handlers.security_events import SecurityEventRecorder
@@ -41,6 +42,7 @@ from storage.migrations import migrate
 from storage.stores.account_data import AccountDataStore
 from storage.stores.devices import DeviceStore
 from storage.stores.filters import FilterStore
+from storage.stores.openid_tokens import OpenIdTokenStore
 from storage.stores.profiles import ProfileStore
 from storage.stores.registration_tokens import RegistrationTokenStore
 from storage.stores.security_events import SecurityEventStore
@@ -62,6 +64,7 @@ class Stores:
     security_events: SecurityEventStore
     account_data: AccountDataStore
     filters: FilterStore
+    openid_tokens: OpenIdTokenStore
 
 
 @dataclass
@@ -121,6 +124,7 @@ async def build_homeserver(
         security_events=SecurityEventStore(db),
         account_data=AccountDataStore(db),
         filters=FilterStore(db),
+        openid_tokens=OpenIdTokenStore(db),
     )
     plugin_manager = load_plugins(config.plugins)
     events = SecurityEventRecorder(stores.security_events, clock)
@@ -145,6 +149,7 @@ async def build_homeserver(
     profile = ProfileHandler(config.server_name, stores.profiles)
     account_data = AccountDataHandler(stores.account_data)
     filters = FilterHandler(stores.filters)
+    openid = OpenIdHandler(config.server_name, clock, stores.openid_tokens)
     authenticator = TokenAuthenticator(codec, cache, stores.devices, clock)
 
     router = Router()
@@ -154,7 +159,7 @@ async def build_homeserver(
             config=config, clock=clock, stores=stores, events=events, sessions=sessions,
             devices=devices, registration=registration, uia=uia, account=account,
             password_auth=password_auth, profile=profile, account_data=account_data,
-            filters=filters,
+            filters=filters, openid=openid,
         ),
     )
     resource = MatrixResource(router, authenticator,

@@ -20,6 +20,7 @@ from homeserver.config.model import (
     PasswordPolicyConfig,
     RegistrationConfig,
     SigningKeyConfig,
+    SupportContact,
     WellKnownConfig,
 )
 from homeserver.config.schema import CONFIG_SCHEMA
@@ -76,6 +77,36 @@ def _error_key(err: Any) -> str:
     if err.validator == "enum":
         return f"'{path}': must be one of {err.validator_value}"
     return f"'{path}': {err.message}"
+
+
+SPEC_SUPPORT_ROLES = ("m.role.admin", "m.role.security")
+# Common Namespaced Identifier Grammar (Java-package style); "m." is the spec's.
+_NAMESPACED_ID = re.compile(r"^[a-z][a-z0-9_-]*(\.[a-z0-9_-]+)+$")
+_MATRIX_USER_ID = re.compile(r"^@[^:\s]+:[^\s]+$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
+
+
+def parse_support_contacts(raw: list[dict[str, Any]]) -> list[SupportContact]:
+    """``well_known.support_contacts`` with the rules a JSON schema cannot word well:
+    the role grammar, and at least one of ``matrix_id`` / ``email_address``."""
+    contacts = []
+    for i, c in enumerate(raw):
+        key = f"well_known.support_contacts[{i}]"
+        role = c["role"]
+        if role.startswith("m.") and role not in SPEC_SUPPORT_ROLES:
+            raise ConfigError(f"{key}.role: the m. namespace only has {', '.join(SPEC_SUPPORT_ROLES)}")
+        if not _NAMESPACED_ID.match(role):
+            raise ConfigError(f"{key}.role: must be {' or '.join(SPEC_SUPPORT_ROLES)}, or a namespaced"
+                              f" identifier such as org.example.role")
+        if "matrix_id" not in c and "email_address" not in c:
+            raise ConfigError(f"{key}: needs matrix_id or email_address (or both)")
+        if "matrix_id" in c and not _MATRIX_USER_ID.match(c["matrix_id"]):
+            raise ConfigError(f"{key}.matrix_id: must be a user ID like @admin:example.org")
+        if "email_address" in c and not _EMAIL.match(c["email_address"]):
+            raise ConfigError(f"{key}.email_address: must be an email address")
+        contacts.append(SupportContact(role=role, matrix_id=c.get("matrix_id"),
+                                       email_address=c.get("email_address")))
+    return contacts
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
@@ -201,6 +232,8 @@ def parse_config(raw: Any, base_dir: Path | None = None) -> Config:
         server=wk.get("server"),
         serve_client=wk.get("serve_client", True),
         serve_server=wk.get("serve_server", True),
+        support_contacts=parse_support_contacts(wk.get("support_contacts", [])),
+        support_page=wk.get("support_page"),
     )
     return Config(
         server_name=server_name,

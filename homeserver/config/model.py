@@ -80,11 +80,22 @@ class RegistrationConfig:
 
 
 @dataclass(frozen=True)
+class SupportContact:
+    """One admin contact for ``/.well-known/matrix/support``."""
+
+    role: str
+    matrix_id: str | None = None
+    email_address: str | None = None
+
+
+@dataclass(frozen=True)
 class WellKnownConfig:
     client_base_url: str
     server: str | None = None
     serve_client: bool = True
     serve_server: bool = True
+    support_contacts: list[SupportContact] = field(default_factory=list)
+    support_page: str | None = None
 
 
 @dataclass(frozen=True)

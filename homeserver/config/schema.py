@@ -45,6 +45,17 @@ LISTENER = _obj(
     ["port"],
 )
 
+# One entry of /.well-known/matrix/support "contacts". The role grammar and "matrix_id
+# or email_address" are checked by the loader, which can say what is wrong in words.
+SUPPORT_CONTACT = _obj(
+    {
+        "role": {"type": "string", "minLength": 1, "maxLength": 255},
+        "matrix_id": {"type": "string", "minLength": 1, "maxLength": 255},
+        "email_address": {"type": "string", "minLength": 1, "maxLength": 320},
+    },
+    ["role"],
+)
+
 SIGNING_KEY = _obj(
     {
         "kid": {"type": "string", "pattern": r"^[A-Za-z0-9._-]{1,64}$"},
@@ -128,6 +139,8 @@ CONFIG_SCHEMA: dict[str, Any] = _obj(
                 "server": {"type": "string"},
                 "serve_client": {"type": "boolean"},
                 "serve_server": {"type": "boolean"},
+                "support_contacts": {"type": "array", "items": SUPPORT_CONTACT},
+                "support_page": {"type": "string", "pattern": "^https?://[^\\s]+$"},
             }
         ),
         "secrets": _obj({"at_rest_key": SECRET}),

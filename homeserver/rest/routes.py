@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from federation.openid import OpenIdUserInfoServlet
 from homeserver.auth.password_auth import PasswordAuth
 from homeserver.auth.ui_auth import UserInteractiveAuth
 from homeserver.clock import Clock
@@ -13,11 +14,13 @@ from homeserver.handlers.account import AccountHandler
 from homeserver.handlers.account_data import AccountDataHandler
 from homeserver.handlers.devices import DeviceHandler
 from homeserver.handlers.filters import FilterHandler
+from homeserver.handlers.openid import OpenIdHandler
 from homeserver.handlers.profile import ProfileHandler
 from homeserver.handlers.registration import RegistrationHandler
 from homeserver.handlers.security_events import SecurityEventRecorder
 from homeserver.handlers.sessions import SessionHandler
 from homeserver.http.router import Router
+from homeserver.rest.admin._auth import AdminAuth
 from homeserver.rest.admin.routes import register_admin
 from homeserver.rest.client.account import AccountServlets
 from homeserver.rest.client.account_data import AccountDataServlets
@@ -25,8 +28,11 @@ from homeserver.rest.client.devices import DeviceServlets
 from homeserver.rest.client.discovery import DiscoveryServlets
 from homeserver.rest.client.filters import FilterServlets
 from homeserver.rest.client.login import LoginServlets
+from homeserver.rest.client.openid import OpenIdServlets
 from homeserver.rest.client.profile import ProfileServlets
 from homeserver.rest.client.register import RegisterServlets
+from homeserver.rest.client.threepid import ThreepidServlets
+from homeserver.rest.client.whois import WhoisServlets
 
 if TYPE_CHECKING:
     from homeserver.app import Stores
@@ -49,6 +55,7 @@ class Components:
     profile: ProfileHandler
     account_data: AccountDataHandler
     filters: FilterHandler
+    openid: OpenIdHandler
 
 
 def register_all(router: Router, c: Components) -> None:
@@ -65,4 +72,11 @@ def register_all(router: Router, c: Components) -> None:
     ProfileServlets(c.profile).register(router)
     AccountDataServlets(c.account_data).register(router)
     FilterServlets(c.filters).register(router)
+    ThreepidServlets().register(router)
+    WhoisServlets(c.config.server_name, c.stores.users, c.devices,
+                  AdminAuth(c.stores.users, c.events)).register(router)
+    OpenIdServlets(c.openid).register(router)
+    # Not behind federation.enabled: third parties holding a user's OpenID token need it
+    # on non-federating servers too (Synapse's separate "openid" listener resource).
+    OpenIdUserInfoServlet(c.openid).register(router)
     register_admin(router, c)

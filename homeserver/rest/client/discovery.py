@@ -1,4 +1,4 @@
-"""Discovery: /versions, /.well-known/matrix/*, /capabilities, /health."""
+"""Discovery: /versions, /.well-known/matrix/{client,server,support}, /capabilities, /health."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ class DiscoveryServlets:
         router.add("GET", "/_matrix/client/versions", self.versions, auth="none")
         router.add("GET", "/.well-known/matrix/client", self.well_known_client, auth="none")
         router.add("GET", "/.well-known/matrix/server", self.well_known_server, auth="none")
+        router.add("GET", "/.well-known/matrix/support", self.well_known_support, auth="none")
         router.add("GET", client_paths("/capabilities"), self.capabilities)
         router.add("GET", "/health", self.health, auth="none")
 
@@ -40,6 +41,22 @@ class DiscoveryServlets:
         if not wk.serve_server or not wk.server:
             raise not_found("No .well-known server configuration")
         return 200, {"m.server": wk.server}
+
+    async def well_known_support(self, req: ApiRequest) -> tuple[int, Any]:
+        """Admin contacts and support page (spec: at least one of them, else 404)."""
+        wk = self._config.well_known
+        if not wk.support_contacts and not wk.support_page:
+            raise not_found("No support information configured")
+        body: dict[str, Any] = {}
+        if wk.support_contacts:
+            body["contacts"] = [
+                {k: v for k, v in (("matrix_id", c.matrix_id), ("email_address", c.email_address),
+                                   ("role", c.role)) if v is not None}
+                for c in wk.support_contacts
+            ]
+        if wk.support_page:
+            body["support_page"] = wk.support_page
+        return 200, body
 
     async def capabilities(self, req: ApiRequest) -> tuple[int, Any]:
         return 200, {
