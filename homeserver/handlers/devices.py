@@ -9,7 +9,7 @@ from typing import Any
 from homeserver.auth.requester import ClientInfo
 from homeserver.clock import Clock
 from homeserver.handlers.security_events import SecurityEventRecorder
-from homeserver.handlers.sessions import SessionHandler
+from homeserver.handlers.sessions import IssuedTokens, SessionHandler
 from homeserver.http.errors import not_found
 from storage.stores.devices import DeviceRecord, DeviceStore
 
@@ -54,6 +54,27 @@ class DeviceHandler:
             client.user_agent,
         )
         return device_id
+
+    async def login_device(
+        self,
+        user_id: str,
+        device_id: str | None,
+        display_name: str | None,
+        want_refresh: bool,
+        client: ClientInfo,
+        is_guest: bool = False,
+        via: str | None = None,
+    ) -> tuple[str, IssuedTokens]:
+        """Everything a successful login does: create or reuse the device, start a
+        session on it (ending the device's previous one) and record the event.
+        Shared by /login, /register and shared-secret registration."""
+        device_id = await self.ensure_device(user_id, device_id, display_name, client)
+        tokens = await self._sessions.start_session(user_id, device_id, want_refresh,
+                                                    is_guest=is_guest)
+        await self._events.record("login", "success", client, user_id=user_id,
+                                  device_id=device_id, session_id=tokens.session_id,
+                                  details={"via": via} if via else None)
+        return device_id, tokens
 
     async def list_devices(self, user_id: str) -> list[DeviceRecord]:
         return await self._store.list_devices(user_id)

@@ -61,7 +61,7 @@ class Components:
 def register_all(router: Router, c: Components) -> None:
     DiscoveryServlets(c.config).register(router)
     RegisterServlets(
-        c.config.registration, c.registration, c.uia, c.devices, c.sessions, c.events,
+        c.config.registration, c.registration, c.uia, c.devices, c.events,
         c.stores.registration_tokens, c.clock,
     ).register(router)
     LoginServlets(c.config.server_name, c.password_auth, c.devices, c.sessions,

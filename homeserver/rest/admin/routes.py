@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 def register_admin(router: Router, c: Components) -> None:
     admin_auth = AdminAuth(c.stores.users, c.events)
     SharedSecretRegisterServlet(
-        c.config.registration.shared_secret, c.clock, c.registration, c.devices, c.sessions,
+        c.config.registration.shared_secret, c.clock, c.registration, c.devices,
         c.events, c.stores.profiles,
     ).register(router)
     RegistrationTokenServlets(c.stores.registration_tokens, admin_auth, c.clock,

@@ -37,7 +37,6 @@ from homeserver.clock import Clock
 from homeserver.handlers.devices import DeviceHandler
 from homeserver.handlers.registration import RegistrationHandler
 from homeserver.handlers.security_events import SecurityEventRecorder
-from homeserver.handlers.sessions import SessionHandler
 from homeserver.http.errors import Codes, MatrixError
 from homeserver.http.router import Router
 from homeserver.http.server import ApiRequest
@@ -140,14 +139,12 @@ class SharedSecretRegisterServlet:
         clock: Clock,
         registration: RegistrationHandler,
         devices: DeviceHandler,
-        sessions: SessionHandler,
         events: SecurityEventRecorder,
         profiles: ProfileStore,
     ) -> None:
         self._secret = shared_secret
         self._registration = registration
         self._devices = devices
-        self._sessions = sessions
         self._events = events
         self._profiles = profiles
         self.nonces = NonceStore(clock)
@@ -235,11 +232,8 @@ class SharedSecretRegisterServlet:
         await self._events.record("register", "success", req.client, user_id=user_id,
                                   details={"via": "shared_secret", "admin": admin})
 
-        device_id = await self._devices.ensure_device(user_id, None, None, req.client)
-        tokens = await self._sessions.start_session(user_id, device_id, want_refresh)
-        await self._events.record("login", "success", req.client, user_id=user_id,
-                                  device_id=device_id, session_id=tokens.session_id,
-                                  details={"via": "shared_secret_register"})
+        device_id, tokens = await self._devices.login_device(
+            user_id, None, None, want_refresh, req.client, via="shared_secret_register")
         out: dict[str, Any] = {
             "user_id": user_id,
             "home_server": self._registration.server_name,

@@ -98,13 +98,10 @@ class LoginServlets:
                                       reason=reason)
             raise MatrixError(403, "Invalid username or password", Codes.FORBIDDEN)
 
-        device_id = await self._devices.ensure_device(
-            user_id, body.get("device_id"), body.get("initial_device_display_name"), req.client
+        device_id, tokens = await self._devices.login_device(
+            user_id, body.get("device_id"), body.get("initial_device_display_name"),
+            bool(body.get("refresh_token")), req.client,
         )
-        tokens = await self._sessions.start_session(user_id, device_id,
-                                                    bool(body.get("refresh_token")))
-        await self._events.record("login", "success", req.client, user_id=user_id,
-                                  device_id=device_id, session_id=tokens.session_id)
         out: dict[str, Any] = {"user_id": user_id, "device_id": device_id,
                                "home_server": self._server_name}
         out.update(tokens.to_json())

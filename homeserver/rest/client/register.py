@@ -10,7 +10,6 @@ from homeserver.config.model import RegistrationConfig
 from homeserver.handlers.devices import DeviceHandler
 from homeserver.handlers.registration import RegistrationHandler
 from homeserver.handlers.security_events import SecurityEventRecorder
-from homeserver.handlers.sessions import SessionHandler
 from homeserver.http.errors import Codes, MatrixError
 from homeserver.http.router import Router, client_paths
 from homeserver.http.server import ApiRequest
@@ -37,7 +36,6 @@ class RegisterServlets:
         registration: RegistrationHandler,
         uia: UserInteractiveAuth,
         devices: DeviceHandler,
-        sessions: SessionHandler,
         events: SecurityEventRecorder,
         reg_tokens: RegistrationTokenStore,
         clock: Clock,
@@ -47,7 +45,6 @@ class RegisterServlets:
         self._registration = registration
         self._uia = uia
         self._devices = devices
-        self._sessions = sessions
         self._events = events
         self._reg_tokens = reg_tokens
 
@@ -127,15 +124,10 @@ class RegisterServlets:
         out: dict[str, Any] = {"user_id": user_id, "home_server": self._registration.server_name}
         if body.get("inhibit_login"):
             return out
-        device_id = await self._devices.ensure_device(
-            user_id, body.get("device_id"), body.get("initial_device_display_name"), req.client
+        device_id, tokens = await self._devices.login_device(
+            user_id, body.get("device_id"), body.get("initial_device_display_name"),
+            bool(body.get("refresh_token")), req.client, is_guest=is_guest, via="register",
         )
-        tokens = await self._sessions.start_session(
-            user_id, device_id, bool(body.get("refresh_token")), is_guest=is_guest
-        )
-        await self._events.record("login", "success", req.client, user_id=user_id,
-                                  device_id=device_id, session_id=tokens.session_id,
-                                  details={"via": "register"})
         out["device_id"] = device_id
         out.update(tokens.to_json())
         return out
