@@ -23,17 +23,28 @@ from homeserver.auth.session_cache import SessionCache
 from homeserver.auth.ui_auth import UserInteractiveAuth
 from homeserver.clock import Clock
 from homeserver.config.model import Config, ListenerConfig
+from homeserver.events.signing import load_or_generate_signing_key
 from homeserver.handlers.account import AccountHandler
 from homeserver.handlers.account_data import AccountDataHandler
 from homeserver.handlers.devices import DeviceHandler
+from homeserver.handlers.directory import DirectoryHandler, RoomStatsUpdater
+from homeserver.handlers.event_creation import EventCreationHandler
 from homeserver.handlers.filters import FilterHandler
+from homeserver.handlers.membership import MembershipHandler
 from homeserver.handlers.openid import OpenIdHandler
 from homeserver.handlers.profile import ProfileHandler
+from homeserver.handlers.push_rules import PushRulesHandler
 from homeserver.handlers.registration import RegistrationHandler
+from homeserver.handlers.room_creation import RoomCreationHandler
+from homeserver.handlers.room_reads import RoomReadHandler
 from homeserver.handlers.security_events import SecurityEventRecorder
 from homeserver.handlers.sessions import SessionHandler
+from homeserver.handlers.sync import SyncHandler
+from homeserver.handlers.user_directory import UserDirectoryHandler
+from homeserver.handlers.visibility import VisibilityHandler
 from homeserver.http.router import Router
 from homeserver.http.server import MatrixResource, make_site
+from homeserver.notifier import Notifier
 from homeserver.rest import routes
 from plugins import load_plugins
 from storage.database import Database
@@ -41,13 +52,20 @@ from storage.engines import create_engine
 from storage.migrations import migrate
 from storage.stores.account_data import AccountDataStore
 from storage.stores.devices import DeviceStore
+from storage.stores.events import EventStore, StateHistoryStore
 from storage.stores.filters import FilterStore
 from storage.stores.openid_tokens import OpenIdTokenStore
 from storage.stores.profiles import ProfileStore
+from storage.stores.push_rules import PushRulesStore
 from storage.stores.registration_tokens import RegistrationTokenStore
+from storage.stores.room_aliases import RoomAliasStore
+from storage.stores.room_directory import RoomDirectoryStore
+from storage.stores.room_members import RoomMemberStore
+from storage.stores.rooms import RoomStore
 from storage.stores.security_events import SecurityEventStore
 from storage.stores.sessions import SessionStore
 from storage.stores.ui_auth import UiAuthStore
+from storage.stores.user_directory import UserDirectoryStore
 from storage.stores.users import UserStore
 
 logger = logging.getLogger(__name__)
@@ -63,8 +81,16 @@ class Stores:
     profiles: ProfileStore
     security_events: SecurityEventStore
     account_data: AccountDataStore
+    rooms: RoomStore
+    events: EventStore
+    state_history: StateHistoryStore
+    room_members: RoomMemberStore
+    room_aliases: RoomAliasStore
     filters: FilterStore
     openid_tokens: OpenIdTokenStore
+    push_rules: PushRulesStore
+    room_directory: RoomDirectoryStore
+    user_directory: UserDirectoryStore
 
 
 @dataclass
@@ -123,8 +149,16 @@ async def build_homeserver(
         profiles=ProfileStore(db),
         security_events=SecurityEventStore(db),
         account_data=AccountDataStore(db),
+        rooms=RoomStore(db),
+        events=EventStore(db),
+        state_history=StateHistoryStore(db),
+        room_members=RoomMemberStore(db),
+        room_aliases=RoomAliasStore(db),
         filters=FilterStore(db),
         openid_tokens=OpenIdTokenStore(db),
+        push_rules=PushRulesStore(db),
+        room_directory=RoomDirectoryStore(db),
+        user_directory=UserDirectoryStore(db),
     )
     plugin_manager = load_plugins(config.plugins)
     events = SecurityEventRecorder(stores.security_events, clock)
@@ -150,7 +184,32 @@ async def build_homeserver(
     account_data = AccountDataHandler(stores.account_data)
     filters = FilterHandler(stores.filters)
     openid = OpenIdHandler(config.server_name, clock, stores.openid_tokens)
+    push_rules = PushRulesHandler(stores.push_rules)
     authenticator = TokenAuthenticator(codec, cache, stores.devices, clock)
+
+    notifier = Notifier(clock)
+    signing_key = load_or_generate_signing_key(config.signing_key_path)
+    event_creation = EventCreationHandler(config.server_name, signing_key, clock, stores.events,
+                                          stores.rooms, notifier)
+    await event_creation.load_position()
+    visibility = VisibilityHandler(stores.state_history, stores.room_members)
+    room_reads = RoomReadHandler(stores.events, stores.room_members, visibility, event_creation)
+    room_creation = RoomCreationHandler(config, clock, event_creation, stores.profiles,
+                                        stores.room_aliases, stores.rooms)
+    membership = MembershipHandler(config.server_name, event_creation, stores.room_members,
+                                   stores.profiles, stores.room_aliases)
+    sync = SyncHandler(clock, stores.events, event_creation, stores.room_members, visibility,
+                       stores.account_data, account_data, notifier)
+    await sync.load_positions()
+    account_data.on_change.append(sync.note_account_data)
+    room_stats = RoomStatsUpdater(event_creation, stores.room_directory)
+    event_creation.after_persist.append(room_stats.on_event)
+    await room_stats.backfill()
+    directory = DirectoryHandler(config.server_name, clock, event_creation, stores.room_aliases,
+                                 stores.rooms, stores.room_members, stores.users,
+                                 stores.room_directory)
+    event_creation.state_validators["m.room.canonical_alias"] = directory.validate_canonical_alias
+    user_directory = UserDirectoryHandler(stores.user_directory)
 
     router = Router()
     routes.register_all(
@@ -159,7 +218,9 @@ async def build_homeserver(
             config=config, clock=clock, stores=stores, events=events, sessions=sessions,
             devices=devices, registration=registration, uia=uia, account=account,
             password_auth=password_auth, profile=profile, account_data=account_data,
-            filters=filters, openid=openid,
+            filters=filters, openid=openid, push_rules=push_rules, event_creation=event_creation,
+            room_creation=room_creation, room_reads=room_reads, membership=membership, sync=sync,
+            directory=directory, user_directory=user_directory,
         ),
     )
     resource = MatrixResource(router, authenticator,

@@ -39,3 +39,24 @@ def check_localpart(localpart: str, server_name: str) -> None:
     if len(user_id(localpart, server_name)) > MAX_USER_ID_LENGTH:
         raise MatrixError(400, f"User ID may not be longer than {MAX_USER_ID_LENGTH} characters",
                           Codes.INVALID_USERNAME)
+
+
+def check_room_id(room_id: str) -> None:
+    """``!opaque:server`` (v1-11) or ``!hash`` (v12); anything else is a 400."""
+    if not room_id.startswith("!") or len(room_id) < 2 or len(room_id.encode()) > 255:
+        raise MatrixError(400, "Invalid room ID", Codes.INVALID_PARAM)
+
+
+def check_event_type(event_type: str) -> None:
+    if not event_type or len(event_type.encode()) > 255:
+        raise MatrixError(400, "Invalid event type", Codes.INVALID_PARAM)
+
+
+def check_room_alias(alias: str) -> tuple[str, str]:
+    """``#local:server`` → (local, server); a 400 otherwise."""
+    if not alias.startswith("#") or ":" not in alias or len(alias.encode()) > 255:
+        raise MatrixError(400, "Invalid room alias", Codes.INVALID_PARAM)
+    local, _, server = alias[1:].partition(":")
+    if not local or not server:
+        raise MatrixError(400, "Invalid room alias", Codes.INVALID_PARAM)
+    return local, server

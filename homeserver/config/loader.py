@@ -252,4 +252,6 @@ def parse_config(raw: Any, base_dir: Path | None = None) -> Config:
         log_format=raw.get("logging", {}).get("format", "json"),
         federation_enabled=raw.get("federation", {}).get("enabled", False),
         plugins=list(raw.get("plugins", [])),
+        default_room_version=raw.get("rooms", {}).get("default_version", "10"),
+        signing_key_path=rel(raw.get("signing_key_path", os.path.join(data_dir, "signing.key"))),
     )

@@ -116,3 +116,5 @@ class Config:
     log_format: str = "json"
     federation_enabled: bool = False
     plugins: list[str] = field(default_factory=list)
+    default_room_version: str = "10"
+    signing_key_path: str = "signing.key"

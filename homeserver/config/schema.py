@@ -152,6 +152,8 @@ CONFIG_SCHEMA: dict[str, Any] = _obj(
         ),
         "federation": _obj({"enabled": {"type": "boolean"}}),
         "plugins": {"type": "array", "items": {"type": "string", "minLength": 1}},
+        "rooms": _obj({"default_version": {"enum": ["10", "11", "12"]}}),
+        "signing_key_path": {"type": "string"},
     },
     ["server_name"],
 )

@@ -8,6 +8,7 @@ rules) cannot be written through the client endpoints, only by the server's own 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from homeserver.http.errors import Codes, MatrixError, bad_json, forbidden, not_found
@@ -70,6 +71,8 @@ def _check_type(data_type: str) -> None:
 class AccountDataHandler:
     def __init__(self, store: AccountDataStore) -> None:
         self._store = store
+        # Told (position, user_id) after every write, e.g. to wake that user's /sync.
+        self.on_change: list[Callable[[int, str], None]] = []
 
     def _check_request(self, requester_id: str, user_id: str, room_id: str | None,
                        data_type: str) -> None:
@@ -102,8 +105,11 @@ class AccountDataHandler:
         self, user_id: str, room_id: str | None, data_type: str, content: JsonDict
     ) -> int:
         """Any write, server-managed types included; returns its stream position."""
-        return await self._store.set_account_data(user_id, room_id, data_type,
-                                                  to_json_text(content))
+        position = await self._store.set_account_data(user_id, room_id, data_type,
+                                                       to_json_text(content))
+        for listener in self.on_change:
+            listener(position, user_id)
+        return position
 
     async def get_updated_account_data(
         self, user_id: str, since_stream_id: int

@@ -369,6 +369,33 @@ class MatrixResource(resource.Resource):
         request.finish()
 
 
+class RootResource(resource.Resource):
+    """The site root: exact paths mounted here (the WebSocket upgrade endpoint) go to
+    their own resource, every other path to the MatrixResource.
+
+    Needed because :class:`MatrixResource` is a leaf that routes every path itself,
+    so twisted.web never offers another resource a request unless the root does.
+    """
+
+    def __init__(self, default: resource.Resource) -> None:
+        super().__init__()
+        self._default = default
+        self._mounts: dict[bytes, resource.Resource] = {}
+
+    def mount(self, path: str, child: resource.Resource) -> None:
+        self._mounts[path.encode("ascii")] = child
+
+    def mounted(self, path: str) -> resource.Resource | None:
+        return self._mounts.get(path.encode("ascii"))
+
+    def getChildWithDefault(self, path: bytes, request: IRequest) -> resource.Resource:  # noqa: N802
+        return self._mounts.get(request.path, self._default)
+
+    def render(self, request: server.Request) -> Any:  # type: ignore[override]
+        # Reached only for a request with no path segments (e.g. "OPTIONS *").
+        return self._default.render(request)
+
+
 def make_site(root: resource.Resource, max_body_size: int) -> server.Site:
     """A Site whose requests enforce the body limit; access logging is ours."""
 

@@ -13,12 +13,18 @@ from homeserver.config.model import Config
 from homeserver.handlers.account import AccountHandler
 from homeserver.handlers.account_data import AccountDataHandler
 from homeserver.handlers.devices import DeviceHandler
+from homeserver.handlers.event_creation import EventCreationHandler
 from homeserver.handlers.filters import FilterHandler
+from homeserver.handlers.membership import MembershipHandler
 from homeserver.handlers.openid import OpenIdHandler
 from homeserver.handlers.profile import ProfileHandler
+from homeserver.handlers.push_rules import PushRulesHandler
 from homeserver.handlers.registration import RegistrationHandler
+from homeserver.handlers.room_creation import RoomCreationHandler
+from homeserver.handlers.room_reads import RoomReadHandler
 from homeserver.handlers.security_events import SecurityEventRecorder
 from homeserver.handlers.sessions import SessionHandler
+from homeserver.handlers.sync import SyncHandler
 from homeserver.http.router import Router
 from homeserver.rest.admin._auth import AdminAuth
 from homeserver.rest.admin.routes import register_admin
@@ -28,9 +34,13 @@ from homeserver.rest.client.devices import DeviceServlets
 from homeserver.rest.client.discovery import DiscoveryServlets
 from homeserver.rest.client.filters import FilterServlets
 from homeserver.rest.client.login import LoginServlets
+from homeserver.rest.client.membership import MembershipServlets
 from homeserver.rest.client.openid import OpenIdServlets
 from homeserver.rest.client.profile import ProfileServlets
+from homeserver.rest.client.push_rules import PushRuleServlets
 from homeserver.rest.client.register import RegisterServlets
+from homeserver.rest.client.rooms import RoomServlets
+from homeserver.rest.client.sync import SyncServlets
 from homeserver.rest.client.threepid import ThreepidServlets
 from homeserver.rest.client.whois import WhoisServlets
 
@@ -56,6 +66,12 @@ class Components:
     account_data: AccountDataHandler
     filters: FilterHandler
     openid: OpenIdHandler
+    push_rules: PushRulesHandler
+    event_creation: EventCreationHandler
+    room_creation: RoomCreationHandler
+    room_reads: RoomReadHandler
+    membership: MembershipHandler
+    sync: SyncHandler
 
 
 def register_all(router: Router, c: Components) -> None:
@@ -76,7 +92,11 @@ def register_all(router: Router, c: Components) -> None:
     WhoisServlets(c.config.server_name, c.stores.users, c.devices,
                   AdminAuth(c.stores.users, c.events)).register(router)
     OpenIdServlets(c.openid).register(router)
+    PushRuleServlets(c.push_rules).register(router)
     # Not behind federation.enabled: third parties holding a user's OpenID token need it
     # on non-federating servers too (Synapse's separate "openid" listener resource).
     OpenIdUserInfoServlet(c.openid).register(router)
+    RoomServlets(c.clock, c.room_creation, c.event_creation, c.room_reads).register(router)
+    MembershipServlets(c.membership).register(router)
+    SyncServlets(c.sync, c.filters).register(router)
     register_admin(router, c)

@@ -67,3 +67,7 @@ class AccountDataStore:
             target = global_data if room_id == GLOBAL_ROOM else by_room.setdefault(room_id, {})
             target[data_type] = json.loads(content)
         return global_data, by_room
+
+    async def max_stream_id(self) -> int:
+        row = await self._db.query_one("max_account_data", "SELECT MAX(stream_id) FROM account_data")
+        return int(row[0]) if row and row[0] is not None else 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from homeserver.config.model import Config
+from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
 from homeserver.http.errors import not_found
 from homeserver.http.router import Router, client_paths
 from homeserver.http.server import ApiRequest
@@ -66,6 +67,10 @@ class DiscoveryServlets:
                 "m.set_avatar_url": {"enabled": True},
                 "m.3pid_changes": {"enabled": False},
                 "m.get_login_token": {"enabled": False},
+                "m.room_versions": {
+                    "default": self._config.default_room_version,
+                    "available": {v: "stable" for v in KNOWN_ROOM_VERSIONS},
+                },
             }
         }
 

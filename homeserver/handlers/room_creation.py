@@ -1,0 +1,145 @@
+"""POST /createRoom: the create event, the creator's join, power levels, presets,
+initial state, name/topic/alias and invites, in the order Synapse writes them."""
+
+from __future__ import annotations
+
+import secrets
+import string
+from typing import Any
+
+from homeserver.clock import Clock
+from homeserver.config.model import Config
+from homeserver.events.model import Event
+from homeserver.events.room_versions import get_room_version
+from homeserver.handlers.event_creation import EventCreationHandler
+from homeserver.http.errors import Codes, MatrixError
+from homeserver.identifiers import split_user_id
+from storage.stores.profiles import ProfileStore
+from storage.stores.room_aliases import RoomAliasStore
+from storage.stores.rooms import RoomStore
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "private_chat": {"join_rule": "invite", "history_visibility": "shared",
+                     "guest_access": "can_join", "invitees_are_admins": False},
+    "trusted_private_chat": {"join_rule": "invite", "history_visibility": "shared",
+                             "guest_access": "can_join", "invitees_are_admins": True},
+    "public_chat": {"join_rule": "public", "history_visibility": "shared",
+                    "guest_access": "forbidden", "invitees_are_admins": False},
+}
+
+DEFAULT_EVENT_LEVELS = {
+    "m.room.name": 50, "m.room.power_levels": 100, "m.room.history_visibility": 100,
+    "m.room.canonical_alias": 50, "m.room.avatar": 50, "m.room.tombstone": 100,
+    "m.room.server_acl": 100, "m.room.encryption": 100,
+}
+
+
+def generate_room_localpart() -> str:
+    return "".join(secrets.choice(string.ascii_letters) for _ in range(18))
+
+
+class RoomCreationHandler:
+    def __init__(
+        self,
+        config: Config,
+        clock: Clock,
+        creator: EventCreationHandler,
+        profiles: ProfileStore,
+        aliases: RoomAliasStore,
+        rooms: RoomStore,
+    ) -> None:
+        self._rooms = rooms
+        self._config = config
+        self._server_name = config.server_name
+        self._clock = clock
+        self._creator = creator
+        self._profiles = profiles
+        self._aliases = aliases
+
+    async def create_room(self, user_id: str, body: dict[str, Any]) -> tuple[str, str | None]:
+        """Returns (room_id, room_alias or None)."""
+        version_id = body.get("room_version", self._config.default_room_version)
+        version = get_room_version(version_id)
+        if version is None:
+            raise MatrixError(400, f"Your homeserver does not support room version {version_id}",
+                              Codes.UNSUPPORTED_ROOM_VERSION)
+        preset_name = body.get("preset") or (
+            "public_chat" if body.get("visibility") == "public" else "private_chat")
+        preset = PRESETS[preset_name]
+        invites = list(dict.fromkeys(body.get("invite", [])))
+        for invitee in invites:
+            split_user_id(invitee)
+
+        alias = None
+        if body.get("room_alias_name") is not None:
+            alias = f"#{body['room_alias_name']}:{self._server_name}"
+            if await self._aliases.get_alias(alias) is not None:
+                raise MatrixError(400, "Room alias already taken", Codes.ROOM_IN_USE)
+
+        creation_content = dict(body.get("creation_content") or {})
+        creation_content["room_version"] = version.identifier
+        if not version.implicit_room_creator:
+            creation_content["creator"] = user_id
+        else:
+            creation_content.pop("creator", None)
+        room_id = None if version.room_id_is_create_hash else (
+            f"!{generate_room_localpart()}:{self._server_name}")
+        create = await self._creator.create_room_with_create_event(
+            version, user_id, creation_content, room_id)
+        room_id = create.room_id
+
+        async def state(event_type: str, content: dict[str, Any], state_key: str = "") -> Event:
+            return await self._creator.send(room_id, user_id, event_type, content, state_key)
+
+        profile = await self._profiles.get_profile(user_id)
+        member: dict[str, Any] = {"membership": "join"}
+        if profile is not None and profile.displayname:
+            member["displayname"] = profile.displayname
+        if profile is not None and profile.avatar_url:
+            member["avatar_url"] = profile.avatar_url
+        await state("m.room.member", member, user_id)
+
+        initial = {(e["type"], e.get("state_key", "")): e.get("content", {})
+                   for e in body.get("initial_state", [])}
+
+        power: dict[str, Any] = {
+            "users": {} if version.creators_have_infinite_power else {user_id: 100},
+            "users_default": 0, "events": dict(DEFAULT_EVENT_LEVELS), "events_default": 0,
+            "state_default": 50, "ban": 50, "kick": 50, "redact": 50, "invite": 50,
+            "historical": 100,
+        }
+        if preset["invitees_are_admins"]:
+            for invitee in invites:
+                power["users"][invitee] = 100
+        override = body.get("power_level_content_override") or {}
+        power.update(override)
+        if ("m.room.power_levels", "") in initial:
+            power = initial.pop(("m.room.power_levels", ""))
+        await state("m.room.power_levels", power)
+
+        if alias is not None:
+            await state("m.room.canonical_alias", {"alias": alias})
+        if ("m.room.join_rules", "") not in initial:
+            await state("m.room.join_rules", {"join_rule": preset["join_rule"]})
+        if ("m.room.history_visibility", "") not in initial:
+            await state("m.room.history_visibility",
+                        {"history_visibility": preset["history_visibility"]})
+        if ("m.room.guest_access", "") not in initial:
+            await state("m.room.guest_access", {"guest_access": preset["guest_access"]})
+        for (event_type, state_key), content in initial.items():
+            await state(event_type, content, state_key)
+        if body.get("name") is not None:
+            await state("m.room.name", {"name": body["name"]})
+        if body.get("topic") is not None:
+            await state("m.room.topic", {"topic": body["topic"]})
+        for invitee in invites:
+            content = {"membership": "invite"}
+            if body.get("is_direct"):
+                content["is_direct"] = True
+            await state("m.room.member", content, invitee)
+        if alias is not None and not await self._aliases.create_alias(
+                alias, room_id, user_id, self._clock.time_msec()):
+            raise MatrixError(400, "Room alias already taken", Codes.ROOM_IN_USE)
+        if body.get("visibility") == "public":
+            await self._rooms.set_public(room_id, True)
+        return room_id, alias

@@ -1,0 +1,50 @@
+"""Positions of a database-backed stream (receipts, presence) as /sync may read them.
+
+Writes take their position from the database before they commit, and two writes can
+commit out of order. A reader told "everything up to N" must not miss a write at a
+position below N that is still in flight, so the readable position is the highest one
+below which nothing is in flight (the same rule as the events stream).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from twisted.internet import defer
+
+
+class StreamPositions:
+    def __init__(self, allocate: Callable[[], Awaitable[int]]) -> None:
+        self._allocate = allocate
+        self._in_flight: set[int] = set()
+        self._max = 0
+        # Allocation is serialised so that every allocated position is registered as in
+        # flight before a higher one can be: nothing allocated hides below current().
+        self._allocating = defer.DeferredLock()
+
+    def start_at(self, position: int) -> None:
+        """The highest position already persisted (read once at start-up)."""
+        self._max = max(self._max, position)
+
+    def current(self) -> int:
+        """The highest position below which every write has finished."""
+        if self._in_flight:
+            return min(self._in_flight) - 1
+        return self._max
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[int]:
+        """A fresh position, held in flight until the block ends (committed or not:
+        a failed write leaves a hole, which readers simply skip)."""
+        await self._allocating.acquire()
+        try:
+            position = await self._allocate()
+            self._in_flight.add(position)
+        finally:
+            self._allocating.release()
+        try:
+            yield position
+        finally:
+            self._in_flight.discard(position)
+            self._max = max(self._max, position)

@@ -1,0 +1,334 @@
+"""GET /sync: initial and incremental, long-polling on the notifier.
+
+A sync token is ``s<events>_<account_data>``: the event stream position and the
+account-data position the client has seen. Rooms are sectioned into join / invite /
+leave / knock; every event list passes the history-visibility filter.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from homeserver.clock import Clock
+from homeserver.events.client_format import serialize_event
+from homeserver.events.model import Event, StateKey
+from homeserver.events.redaction import prune_event_dict
+from homeserver.handlers.account_data import AccountDataHandler
+from homeserver.handlers.event_creation import EventCreationHandler
+from homeserver.handlers.sync_filter import SyncFilter
+from homeserver.handlers.visibility import VisibilityHandler
+from homeserver.http.errors import Codes, MatrixError
+from homeserver.notifier import NotifierInterface
+from storage.stores.account_data import AccountDataStore
+from storage.stores.events import EventStore, StateMap
+from storage.stores.room_members import MembershipRecord, RoomMemberStore
+
+JsonDict = dict[str, Any]
+_TOKEN = re.compile(r"^s(\d+)(?:_(\d+))+$")
+# Positions in a sync token, in order. Older tokens with fewer fields parse with zeros.
+EXTRA_STREAMS = ("receipts", "typing", "presence", "to_device", "device_lists")
+STRIPPED_STATE_TYPES = ("m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar",
+                        "m.room.canonical_alias", "m.room.encryption", "m.room.topic")
+
+
+@dataclass(frozen=True)
+class SyncToken:
+    """``s<events>_<account_data>_<receipts>_<typing>_<presence>_<to_device>_<device_lists>``."""
+
+    events: int
+    account_data: int
+    extra: tuple[int, ...] = field(default=(0,) * len(EXTRA_STREAMS))
+
+    def __str__(self) -> str:
+        return "s" + "_".join(str(p) for p in (self.events, self.account_data, *self.extra))
+
+    def position(self, stream: str) -> int:
+        return self.extra[EXTRA_STREAMS.index(stream)]
+
+    @classmethod
+    def parse(cls, raw: str) -> SyncToken:
+        if not _TOKEN.match(raw) or raw.count("_") > len(EXTRA_STREAMS) + 1:
+            raise MatrixError(400, "Invalid sync token", Codes.INVALID_PARAM)
+        parts = [int(p) for p in raw[1:].split("_")]
+        extra = parts[2:] + [0] * (len(EXTRA_STREAMS) - len(parts[2:]))
+        return cls(parts[0], parts[1], tuple(extra))
+
+
+class EphemeralSource(Protocol):
+    """A stream that adds to /sync outside the room timeline (typing, receipts,
+    presence, to-device, device lists). ``name`` is one of ``EXTRA_STREAMS``."""
+
+    name: str
+
+    def current_position(self) -> int: ...
+
+    async def has_updates(self, user_id: str, room_ids: list[str], since: int) -> bool: ...
+
+    async def room_events(self, user_id: str, room_ids: list[str], since: int, upto: int
+                          ) -> dict[str, list[JsonDict]]:
+        """Per-room ephemeral events (``rooms.join.<id>.ephemeral``)."""
+        ...
+
+    async def global_section(self, user_id: str, device_id: str | None, since: int, upto: int
+                             ) -> dict[str, Any]:
+        """Top-level sections to merge into the response (e.g. ``presence``)."""
+        ...
+
+
+@dataclass
+class SyncRequest:
+    user_id: str
+    device_id: str | None
+    since: SyncToken | None
+    timeout_ms: int
+    full_state: bool
+    filter: SyncFilter
+
+
+class SyncHandler:
+    def __init__(
+        self,
+        clock: Clock,
+        events: EventStore,
+        creation: EventCreationHandler,
+        members: RoomMemberStore,
+        visibility: VisibilityHandler,
+        account_data_store: AccountDataStore,
+        account_data: AccountDataHandler,
+        notifier: NotifierInterface,
+    ) -> None:
+        self._clock = clock
+        self._events = events
+        self._creation = creation
+        self._members = members
+        self._visibility = visibility
+        self._ad_store = account_data_store
+        self._account_data = account_data
+        self._notifier = notifier
+        self._ad_position = 0
+        self.sources: list[EphemeralSource] = []
+
+    async def load_positions(self) -> None:
+        self._ad_position = await self._ad_store.max_stream_id()
+
+    def note_account_data(self, position: int, user_id: str) -> None:
+        self._ad_position = max(self._ad_position, position)
+        self._notifier.notify(user_ids=[user_id])
+
+    def now_token(self) -> SyncToken:
+        positions = {src.name: src.current_position() for src in self.sources}
+        return SyncToken(self._creation.current_position(), self._ad_position,
+                         tuple(positions.get(n, 0) for n in EXTRA_STREAMS))
+
+    async def sync(self, req: SyncRequest) -> JsonDict:
+        token = self.now_token()
+        if req.since is not None and not req.full_state and req.timeout_ms > 0:
+            if not await self._has_updates(req, token):
+                rooms = [m.room_id for m in await self._members.rooms_for_user(
+                    req.user_id, ("join", "invite", "knock"))]
+                await self._notifier.wait(req.user_id, rooms, req.timeout_ms / 1000)
+                token = self.now_token()
+        return await self._build(req, token)
+
+    async def _has_updates(self, req: SyncRequest, token: SyncToken) -> bool:
+        assert req.since is not None
+        if token.account_data > req.since.account_data:
+            return True
+        joined = [m.room_id for m in await self._members.rooms_for_user(req.user_id)]
+        for src in self.sources:
+            since = req.since.position(src.name)
+            if token.position(src.name) > since and await src.has_updates(
+                    req.user_id, joined, since):
+                return True
+        if token.events <= req.since.events:
+            return False
+        memberships = await self._members.rooms_for_user(
+            req.user_id, ("join", "invite", "leave", "ban", "knock"), include_forgotten=True)
+        changed = await self._events.rooms_with_events_between(
+            [m.room_id for m in memberships], req.since.events, token.events)
+        return bool(changed)
+
+    async def _build(self, req: SyncRequest, token: SyncToken) -> JsonDict:
+        since = req.since
+        rooms: JsonDict = {"join": {}, "invite": {}, "leave": {}, "knock": {}}
+        memberships = await self._members.rooms_for_user(
+            req.user_id, ("join", "invite", "leave", "ban", "knock"), include_forgotten=False)
+        for m in memberships:
+            if not req.filter.allows_room(m.room_id) or m.stream_ordering > token.events:
+                continue
+            changed_membership = since is None or m.stream_ordering > since.events
+            if m.membership == "join":
+                room = await self._joined_room(req, m, token, changed_membership)
+                if room is not None:
+                    rooms["join"][m.room_id] = room
+            elif m.membership == "invite" and changed_membership:
+                rooms["invite"][m.room_id] = {"invite_state": {
+                    "events": await self._stripped_state(m, req.user_id)}}
+            elif m.membership == "knock" and changed_membership:
+                rooms["knock"][m.room_id] = {"knock_state": {
+                    "events": await self._stripped_state(m, req.user_id)}}
+            elif m.membership in ("leave", "ban"):
+                if (since is not None and changed_membership) or (
+                        since is None and req.filter.include_leave):
+                    room = await self._left_room(req, m)
+                    if room is not None:
+                        rooms["leave"][m.room_id] = room
+        joined_ids = [m.room_id for m in memberships if m.membership == "join"
+                      and req.filter.allows_room(m.room_id)]
+        extra_sections: dict[str, Any] = {}
+        for src in self.sources:
+            src_since = since.position(src.name) if since else 0
+            upto = token.position(src.name)
+            per_room = await src.room_events(req.user_id, joined_ids, src_since, upto)
+            for room_id, evs in per_room.items():
+                if not evs:
+                    continue
+                room = rooms["join"].get(room_id)
+                if room is None:
+                    room = rooms["join"][room_id] = self._empty_room(token)
+                room["ephemeral"]["events"].extend(
+                    e for e in evs if req.filter.ephemeral.allows_type(str(e.get("type", ""))))
+            for key, value in (await src.global_section(
+                    req.user_id, req.device_id, src_since, upto)).items():
+                if isinstance(value, dict) and isinstance(extra_sections.get(key), dict):
+                    extra_sections[key].update(value)
+                else:
+                    extra_sections[key] = value
+        global_ad, room_ad = await self._account_data.get_updated_account_data(
+            req.user_id, since.account_data if since else 0)
+        for room_id, data in room_ad.items():
+            if room_id in rooms["join"]:
+                rooms["join"][room_id]["account_data"] = {
+                    "events": [{"type": t, "content": c} for t, c in data.items()
+                               if req.filter.room_account_data.allows_type(t)]}
+        response: JsonDict = {
+            "next_batch": str(token),
+            "rooms": rooms,
+            "account_data": {"events": [{"type": t, "content": c} for t, c in global_ad.items()
+                                        if req.filter.account_data.allows_type(t)]},
+            "presence": {"events": []},
+            "to_device": {"events": []},
+            "device_lists": {"changed": [], "left": []},
+            "device_one_time_keys_count": {},
+        }
+        response.update(extra_sections)
+        return response
+
+    async def _timeline(self, req: SyncRequest, room_id: str, since: int, upto: int
+                        ) -> tuple[list[Event], bool]:
+        """The newest visible events in (since, upto], and whether older ones were cut."""
+        limit = req.filter.timeline_limit
+        fetched = await self._events.get_room_events_stream(room_id, since, upto, limit + 1)
+        limited = len(fetched) > limit
+        events = fetched[-limit:] if limit else []
+        events = req.filter.timeline.filter(events)
+        events = await self._visibility.filter_events(req.user_id, events)
+        return events, limited
+
+    async def _state_at(self, room_id: str, position: int) -> StateMap:
+        """The room state after the last event at or before ``position``."""
+        before = await self._events.paginate_room_events(room_id, position + 1, "b", 1)
+        if not before:
+            return {}
+        group = await self._events.get_state_group_for_event(before[0].event_id)
+        return await self._events.get_state_for_group(group) if group is not None else {}
+
+    async def _joined_room(self, req: SyncRequest, m: MembershipRecord, token: SyncToken,
+                           newly_joined: bool) -> JsonDict | None:
+        since = req.since.events if req.since and not newly_joined else 0
+        events, limited = await self._timeline(req, m.room_id, since, token.events)
+        if req.since is not None and not newly_joined and not events and not req.full_state:
+            return None if not await self._room_has_account_data(req, m.room_id) else \
+                self._empty_room(token)
+        start = (events[0].internal.stream_ordering or 1) - 1 if events else token.events
+        state: StateMap = {}
+        if req.since is None or newly_joined or req.full_state:
+            state = await self._state_at(m.room_id, start)
+        elif limited:
+            before = await self._state_at(m.room_id, req.since.events)
+            after = await self._state_at(m.room_id, start)
+            state = {k: v for k, v in after.items() if before.get(k) != v}
+        state_events = await self._state_events(req, state, events)
+        return {
+            "timeline": {
+                "events": [await self._client_event(e, req) for e in events],
+                "limited": limited or (newly_joined and req.since is not None and limited),
+                "prev_batch": f"t{start}",
+            },
+            "state": {"events": [await self._client_event(e, req) for e in state_events]},
+            "ephemeral": {"events": []},
+            "account_data": {"events": []},
+            "unread_notifications": {"notification_count": 0, "highlight_count": 0},
+            "summary": await self._summary(m.room_id, req.user_id),
+        }
+
+    async def _room_has_account_data(self, req: SyncRequest, room_id: str) -> bool:
+        assert req.since is not None
+        _, room_ad = await self._account_data.get_updated_account_data(
+            req.user_id, req.since.account_data)
+        return room_id in room_ad
+
+    @staticmethod
+    def _empty_room(token: SyncToken) -> JsonDict:
+        return {"timeline": {"events": [], "limited": False, "prev_batch": f"t{token.events}"},
+                "state": {"events": []}, "ephemeral": {"events": []},
+                "account_data": {"events": []},
+                "unread_notifications": {"notification_count": 0, "highlight_count": 0},
+                "summary": {}}
+
+    async def _left_room(self, req: SyncRequest, m: MembershipRecord) -> JsonDict | None:
+        since = req.since.events if req.since else 0
+        events, limited = await self._timeline(req, m.room_id, since, m.stream_ordering)
+        start = (events[0].internal.stream_ordering or 1) - 1 if events else m.stream_ordering
+        state = await self._state_at(m.room_id, start)
+        state_events = await self._state_events(req, state, events)
+        return {
+            "timeline": {"events": [await self._client_event(e, req) for e in events],
+                         "limited": limited, "prev_batch": f"t{start}"},
+            "state": {"events": [await self._client_event(e, req) for e in state_events]},
+            "account_data": {"events": []},
+        }
+
+    async def _state_events(self, req: SyncRequest, state: StateMap,
+                            timeline: list[Event]) -> list[Event]:
+        f = req.filter.state
+        wanted: dict[StateKey, str] = {}
+        lazy_members = {e.sender for e in timeline} | {req.user_id}
+        for (etype, skey), eid in state.items():
+            if not f.allows_type(etype):
+                continue
+            if etype == "m.room.member" and f.lazy_load_members and skey not in lazy_members:
+                continue
+            wanted[(etype, skey)] = eid
+        timeline_ids = {e.event_id for e in timeline}
+        found = await self._events.get_events(v for v in wanted.values() if v not in timeline_ids)
+        return [found[v] for v in wanted.values() if v in found]
+
+    async def _stripped_state(self, m: MembershipRecord, user_id: str) -> list[JsonDict]:
+        group = await self._events.get_state_group_for_event(m.event_id)
+        state = await self._events.get_state_for_group(group) if group is not None else {}
+        ids = [state[(t, "")] for t in STRIPPED_STATE_TYPES if (t, "") in state]
+        ids.append(m.event_id)
+        found = await self._events.get_events(ids)
+        return [{"type": e.type, "state_key": e.state_key, "content": e.content,
+                 "sender": e.sender} for e in (found.get(i) for i in ids) if e is not None]
+
+    async def _summary(self, room_id: str, user_id: str) -> JsonDict:
+        joined = await self._members.members_of_room(room_id, ("join",))
+        invited = await self._members.members_of_room(room_id, ("invite",))
+        heroes = [m.user_id for m in joined + invited if m.user_id != user_id][:5]
+        return {"m.joined_member_count": len(joined), "m.invited_member_count": len(invited),
+                "m.heroes": heroes}
+
+    async def _client_event(self, event: Event, req: SyncRequest) -> JsonDict:
+        redactions = await self._events.get_redaction_ids([event.event_id])
+        redaction = None
+        pruned = None
+        if event.event_id in redactions:
+            redaction = await self._events.get_event(redactions[event.event_id])
+            pruned = prune_event_dict(event.pdu, event.room_version)
+        return serialize_event(event, self._clock.time_msec(), for_user=req.user_id,
+                               for_device=req.device_id, redaction=redaction, pruned_pdu=pruned,
+                               include_room_id=False)

@@ -1,0 +1,111 @@
+"""Applying a sync filter (spec "Filtering") to events and rooms."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Any
+
+from homeserver.events.model import Event
+
+JsonDict = dict[str, Any]
+
+DEFAULT_TIMELINE_LIMIT = 10
+MAX_TIMELINE_LIMIT = 100
+
+
+def _matches(value: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(value, p) for p in patterns)
+
+
+@dataclass
+class EventFilter:
+    """The spec's EventFilter / RoomEventFilter (the parts that apply to events)."""
+
+    types: list[str] | None = None
+    not_types: list[str] = field(default_factory=list)
+    senders: list[str] | None = None
+    not_senders: list[str] = field(default_factory=list)
+    limit: int | None = None
+    lazy_load_members: bool = False
+    include_redundant_members: bool = False
+    contains_url: bool | None = None
+
+    @classmethod
+    def parse(cls, raw: Any) -> EventFilter:
+        raw = raw if isinstance(raw, dict) else {}
+        limit = raw.get("limit")
+        return cls(
+            types=raw.get("types"),
+            not_types=list(raw.get("not_types", [])),
+            senders=raw.get("senders"),
+            not_senders=list(raw.get("not_senders", [])),
+            limit=limit if isinstance(limit, int) and limit >= 0 else None,
+            lazy_load_members=bool(raw.get("lazy_load_members", False)),
+            include_redundant_members=bool(raw.get("include_redundant_members", False)),
+            contains_url=raw.get("contains_url"),
+        )
+
+    def allows_type(self, event_type: str) -> bool:
+        if _matches(event_type, self.not_types):
+            return False
+        return self.types is None or _matches(event_type, self.types)
+
+    def allows(self, event: Event) -> bool:
+        if not self.allows_type(event.type):
+            return False
+        if event.sender in self.not_senders:
+            return False
+        if self.senders is not None and event.sender not in self.senders:
+            return False
+        if self.contains_url is not None:
+            has_url = isinstance(event.content.get("url"), str)
+            if has_url != self.contains_url:
+                return False
+        return True
+
+    def filter(self, events: list[Event]) -> list[Event]:
+        return [e for e in events if self.allows(e)]
+
+
+@dataclass
+class SyncFilter:
+    timeline: EventFilter
+    state: EventFilter
+    ephemeral: EventFilter
+    room_account_data: EventFilter
+    account_data: EventFilter
+    presence: EventFilter
+    rooms: list[str] | None
+    not_rooms: list[str]
+    include_leave: bool
+    event_fields: list[str] | None
+
+    @classmethod
+    def parse(cls, raw: Any) -> SyncFilter:
+        raw = raw if isinstance(raw, dict) else {}
+        room = raw.get("room") if isinstance(raw.get("room"), dict) else {}
+        return cls(
+            timeline=EventFilter.parse(room.get("timeline")),
+            state=EventFilter.parse(room.get("state")),
+            ephemeral=EventFilter.parse(room.get("ephemeral")),
+            room_account_data=EventFilter.parse(room.get("account_data")),
+            account_data=EventFilter.parse(raw.get("account_data")),
+            presence=EventFilter.parse(raw.get("presence")),
+            rooms=room.get("rooms"),
+            not_rooms=list(room.get("not_rooms", [])),
+            include_leave=bool(room.get("include_leave", False)),
+            event_fields=raw.get("event_fields"),
+        )
+
+    def allows_room(self, room_id: str) -> bool:
+        if room_id in self.not_rooms:
+            return False
+        return self.rooms is None or room_id in self.rooms
+
+    @property
+    def timeline_limit(self) -> int:
+        limit = self.timeline.limit
+        if limit is None:
+            return DEFAULT_TIMELINE_LIMIT
+        return min(limit, MAX_TIMELINE_LIMIT)

@@ -1,0 +1,102 @@
+"""Membership endpoints: join (by id or alias), invite, leave, forget, kick, ban,
+unban, knock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from homeserver.handlers.membership import MembershipHandler
+from homeserver.http.errors import Codes, MatrixError
+from homeserver.http.router import Router, client_paths
+from homeserver.http.server import ApiRequest
+from homeserver.identifiers import check_room_id
+
+_REASON = {"reason": {"type": "string", "maxLength": 10000}}
+JOIN_SCHEMA: dict[str, Any] = {"type": "object", "properties": {
+    **_REASON, "third_party_signed": {"type": "object"}}}
+TARGET_SCHEMA: dict[str, Any] = {"type": "object", "required": ["user_id"], "properties": {
+    **_REASON, "user_id": {"type": "string", "minLength": 1, "maxLength": 255}}}
+INVITE_SCHEMA: dict[str, Any] = {"type": "object", "properties": {
+    **_REASON, "user_id": {"type": "string", "minLength": 1, "maxLength": 255},
+    "id_server": {"type": "string"}, "medium": {"type": "string"},
+    "address": {"type": "string"}, "is_direct": {"type": "boolean"}}}
+REASON_SCHEMA: dict[str, Any] = {"type": "object", "properties": dict(_REASON)}
+
+
+class MembershipServlets:
+    def __init__(self, membership: MembershipHandler) -> None:
+        self._m = membership
+
+    def register(self, router: Router) -> None:
+        router.add("POST", client_paths("/rooms/{roomId}/join"), self.on_join_room,
+                   body_schema=JOIN_SCHEMA)
+        router.add("POST", client_paths("/join/{roomIdOrAlias}"), self.on_join,
+                   body_schema=JOIN_SCHEMA)
+        router.add("POST", client_paths("/knock/{roomIdOrAlias}"), self.on_knock,
+                   body_schema=REASON_SCHEMA)
+        router.add("POST", client_paths("/rooms/{roomId}/invite"), self.on_invite,
+                   body_schema=INVITE_SCHEMA)
+        router.add("POST", client_paths("/rooms/{roomId}/leave"), self.on_leave,
+                   body_schema=REASON_SCHEMA)
+        router.add("POST", client_paths("/rooms/{roomId}/forget"), self.on_forget,
+                   body_schema=REASON_SCHEMA)
+        for action in ("kick", "ban", "unban"):
+            router.add("POST", client_paths(f"/rooms/{{roomId}}/{action}"),
+                       self._target_handler(action), body_schema=TARGET_SCHEMA)
+
+    async def on_join_room(self, req: ApiRequest, roomId: str) -> tuple[int, Any]:  # noqa: N803
+        check_room_id(roomId)
+        return await self._join(req, roomId)
+
+    async def on_join(self, req: ApiRequest, roomIdOrAlias: str) -> tuple[int, Any]:  # noqa: N803
+        return await self._join(req, roomIdOrAlias)
+
+    async def _join(self, req: ApiRequest, target: str) -> tuple[int, Any]:
+        r = req.require_requester()
+        if req.body.get("third_party_signed") is not None:
+            raise MatrixError(400, "Third-party invites are not supported", Codes.UNRECOGNIZED)
+        room_id = await self._m.join(r.user_id, target, req.body.get("reason"))
+        return 200, {"room_id": room_id}
+
+    async def on_knock(self, req: ApiRequest, roomIdOrAlias: str) -> tuple[int, Any]:  # noqa: N803
+        r = req.require_requester()
+        room_id = await self._m.resolve_room(roomIdOrAlias)
+        await self._m.update(r.user_id, room_id, r.user_id, "knock", req.body.get("reason"))
+        return 200, {"room_id": room_id}
+
+    async def on_invite(self, req: ApiRequest, roomId: str) -> tuple[int, Any]:  # noqa: N803
+        r = req.require_requester()
+        check_room_id(roomId)
+        body = req.body
+        if "user_id" not in body:
+            if {"id_server", "medium", "address"} <= set(body):
+                raise MatrixError(403, "Third-party invites are not supported", Codes.FORBIDDEN)
+            raise MatrixError(400, "Missing parameter: user_id", Codes.MISSING_PARAM)
+        extra = {"is_direct": True} if body.get("is_direct") else None
+        await self._m.update(r.user_id, roomId, body["user_id"], "invite", body.get("reason"),
+                             extra)
+        return 200, {}
+
+    async def on_leave(self, req: ApiRequest, roomId: str) -> tuple[int, Any]:  # noqa: N803
+        r = req.require_requester()
+        check_room_id(roomId)
+        await self._m.leave(r.user_id, roomId, req.body.get("reason"))
+        return 200, {}
+
+    async def on_forget(self, req: ApiRequest, roomId: str) -> tuple[int, Any]:  # noqa: N803
+        r = req.require_requester()
+        check_room_id(roomId)
+        await self._m.forget(r.user_id, roomId)
+        return 200, {}
+
+    def _target_handler(self, action: str) -> Any:
+        membership = {"kick": "leave", "ban": "ban", "unban": "leave"}[action]
+
+        async def handler(req: ApiRequest, roomId: str) -> tuple[int, Any]:  # noqa: N803
+            r = req.require_requester()
+            check_room_id(roomId)
+            await self._m.change_other(r.user_id, roomId, req.body["user_id"], action,
+                                       membership, req.body.get("reason"))
+            return 200, {}
+
+        return handler

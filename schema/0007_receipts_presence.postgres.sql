@@ -1,0 +1,2 @@
+CREATE SEQUENCE receipts_stream_seq;
+CREATE SEQUENCE presence_stream_seq;

@@ -1,0 +1,85 @@
+"""The ``presence`` table: each local user's last notified presence, positioned on the
+``presence`` stream so /sync can ask whose presence changed after a position."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from storage.database import Database, Txn
+
+_CHUNK = 200
+
+
+@dataclass(frozen=True)
+class PresenceRecord:
+    user_id: str
+    state: str  # online | unavailable | offline
+    status_msg: str | None
+    last_active_ts: int
+    last_sync_ts: int
+    currently_active: bool
+    stream_id: int = 0
+
+
+_COLS = "user_id, state, status_msg, last_active_ts, last_sync_ts, currently_active, stream_id"
+
+
+def _row(r: Sequence) -> PresenceRecord:
+    return PresenceRecord(r[0], r[1], r[2], int(r[3]), int(r[4]), bool(r[5]), int(r[6]))
+
+
+class PresenceStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def allocate_stream_id(self) -> int:
+        return await self._db.run("next_presence_stream", lambda txn: txn.next_stream_id("presence"))
+
+    async def max_stream_id(self) -> int:
+        row = await self._db.query_one("max_presence", "SELECT MAX(stream_id) FROM presence")
+        return int(row[0]) if row and row[0] is not None else 0
+
+    async def store(self, rec: PresenceRecord) -> None:
+        """Write ``rec`` unless a write at a later position already did (two updates of
+        one user may commit out of order)."""
+
+        def _do(txn: Txn) -> None:
+            row = txn.query_one("SELECT stream_id FROM presence WHERE user_id = ?", (rec.user_id,))
+            if row is not None and int(row[0]) > rec.stream_id:
+                return
+            txn.execute(
+                f"INSERT INTO presence ({_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (user_id) DO UPDATE SET state = excluded.state,"
+                " status_msg = excluded.status_msg, last_active_ts = excluded.last_active_ts,"
+                " last_sync_ts = excluded.last_sync_ts,"
+                " currently_active = excluded.currently_active, stream_id = excluded.stream_id",
+                (rec.user_id, rec.state, rec.status_msg, rec.last_active_ts, rec.last_sync_ts,
+                 rec.currently_active, rec.stream_id),
+            )
+
+        await self._db.run("store_presence", _do)
+
+    async def get_many(self, user_ids: Iterable[str], since: int = -1, upto: int | None = None
+                       ) -> dict[str, PresenceRecord]:
+        """The stored presence of these users; with ``since``/``upto``, only of those
+        whose presence was last written at a position in (since, upto]."""
+        out: dict[str, PresenceRecord] = {}
+        ids = list(dict.fromkeys(user_ids))
+        window = " AND stream_id > ?" + (" AND stream_id <= ?" if upto is not None else "")
+        bounds = (since,) if upto is None else (since, upto)
+        for i in range(0, len(ids), _CHUNK):
+            chunk = ids[i:i + _CHUNK]
+            marks = ",".join("?" for _ in chunk)
+            rows = await self._db.query(
+                "get_presence",
+                f"SELECT {_COLS} FROM presence WHERE user_id IN ({marks}){window}",
+                *chunk, *bounds)
+            out.update((r[0], _row(r)) for r in rows)
+        return out
+
+    async def not_offline(self) -> list[PresenceRecord]:
+        """Everyone not offline: their states must time out even if they never return."""
+        rows = await self._db.query(
+            "presence_not_offline", f"SELECT {_COLS} FROM presence WHERE state <> 'offline'")
+        return [_row(r) for r in rows]
