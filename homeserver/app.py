@@ -26,42 +26,60 @@ from homeserver.config.model import Config, ListenerConfig
 from homeserver.events.signing import load_or_generate_signing_key
 from homeserver.handlers.account import AccountHandler
 from homeserver.handlers.account_data import AccountDataHandler
+from homeserver.handlers.client_events import ClientEventSerializer
 from homeserver.handlers.devices import DeviceHandler
 from homeserver.handlers.directory import DirectoryHandler, RoomStatsUpdater
 from homeserver.handlers.event_creation import EventCreationHandler
 from homeserver.handlers.filters import FilterHandler
+from homeserver.handlers.hierarchy import HierarchyHandler
 from homeserver.handlers.membership import MembershipHandler
 from homeserver.handlers.openid import OpenIdHandler
+from homeserver.handlers.pagination import PaginationHandler
+from homeserver.handlers.presence import PresenceHandler
 from homeserver.handlers.profile import ProfileHandler
 from homeserver.handlers.push_rules import PushRulesHandler
+from homeserver.handlers.receipts import ReceiptsHandler
+from homeserver.handlers.redaction import RedactionHandler
 from homeserver.handlers.registration import RegistrationHandler
+from homeserver.handlers.relations import RelationsHandler, RelationsIndexer
 from homeserver.handlers.room_creation import RoomCreationHandler
 from homeserver.handlers.room_reads import RoomReadHandler
+from homeserver.handlers.room_upgrade import RoomUpgradeHandler
+from homeserver.handlers.search import SearchHandler, SearchIndexer
 from homeserver.handlers.security_events import SecurityEventRecorder
 from homeserver.handlers.sessions import SessionHandler
 from homeserver.handlers.sync import SyncHandler
+from homeserver.handlers.typing import TypingHandler
 from homeserver.handlers.user_directory import UserDirectoryHandler
 from homeserver.handlers.visibility import VisibilityHandler
 from homeserver.http.router import Router
-from homeserver.http.server import MatrixResource, make_site
+from homeserver.http.server import MatrixResource, RootResource, make_site
 from homeserver.notifier import Notifier
 from homeserver.rest import routes
+from homeserver.rest.client.websocket import WS_PATH, SyncWebSocketFactory
 from plugins import load_plugins
 from storage.database import Database
 from storage.engines import create_engine
 from storage.migrations import migrate
 from storage.stores.account_data import AccountDataStore
 from storage.stores.devices import DeviceStore
+from storage.stores.event_timestamps import EventTimestampStore
 from storage.stores.events import EventStore, StateHistoryStore
 from storage.stores.filters import FilterStore
 from storage.stores.openid_tokens import OpenIdTokenStore
+from storage.stores.presence import PresenceStore
 from storage.stores.profiles import ProfileStore
 from storage.stores.push_rules import PushRulesStore
+from storage.stores.pushers import PusherStore
+from storage.stores.receipts import ReceiptStore
 from storage.stores.registration_tokens import RegistrationTokenStore
+from storage.stores.relations import RelationsStore
+from storage.stores.reports import ReportStore
 from storage.stores.room_aliases import RoomAliasStore
 from storage.stores.room_directory import RoomDirectoryStore
 from storage.stores.room_members import RoomMemberStore
 from storage.stores.rooms import RoomStore
+from storage.stores.search import SearchStore
 from storage.stores.security_events import SecurityEventStore
 from storage.stores.sessions import SessionStore
 from storage.stores.ui_auth import UiAuthStore
@@ -91,6 +109,12 @@ class Stores:
     push_rules: PushRulesStore
     room_directory: RoomDirectoryStore
     user_directory: UserDirectoryStore
+    receipts: ReceiptStore
+    presence: PresenceStore
+    relations: RelationsStore
+    search: SearchStore
+    pushers: PusherStore
+    reports: ReportStore
 
 
 @dataclass
@@ -159,6 +183,12 @@ async def build_homeserver(
         push_rules=PushRulesStore(db),
         room_directory=RoomDirectoryStore(db),
         user_directory=UserDirectoryStore(db),
+        receipts=ReceiptStore(db),
+        presence=PresenceStore(db),
+        relations=RelationsStore(db),
+        search=SearchStore(db),
+        pushers=PusherStore(db),
+        reports=ReportStore(db),
     )
     plugin_manager = load_plugins(config.plugins)
     events = SecurityEventRecorder(stores.security_events, clock)
@@ -198,10 +228,26 @@ async def build_homeserver(
                                         stores.room_aliases, stores.rooms)
     membership = MembershipHandler(config.server_name, event_creation, stores.room_members,
                                    stores.profiles, stores.room_aliases)
+    client_events = ClientEventSerializer(clock, stores.events)
+    pagination = PaginationHandler(stores.events, stores.state_history, stores.room_members,
+                                   EventTimestampStore(db), visibility, event_creation,
+                                   client_events)
+    redaction = RedactionHandler(event_creation, stores.events)
+    room_upgrade = RoomUpgradeHandler(config.server_name, clock, event_creation, room_creation,
+                                      stores.room_aliases, stores.rooms)
     sync = SyncHandler(clock, stores.events, event_creation, stores.room_members, visibility,
                        stores.account_data, account_data, notifier)
     await sync.load_positions()
     account_data.on_change.append(sync.note_account_data)
+    presence = PresenceHandler(config.server_name, clock, stores.presence, stores.room_members,
+                               stores.users, notifier, enabled=config.presence_enabled)
+    await presence.load()
+    typing_handler = TypingHandler(clock, stores.room_members, notifier, presence)
+    receipts = ReceiptsHandler(clock, stores.receipts, stores.events, stores.room_members,
+                               visibility, account_data, stores.account_data, notifier, presence)
+    await receipts.load_position()
+    sync.sources.extend([receipts, typing_handler, presence])
+    event_creation.after_persist.extend([typing_handler.after_persist, presence.after_persist])
     room_stats = RoomStatsUpdater(event_creation, stores.room_directory)
     event_creation.after_persist.append(room_stats.on_event)
     await room_stats.backfill()
@@ -210,6 +256,23 @@ async def build_homeserver(
                                  stores.room_directory)
     event_creation.state_validators["m.room.canonical_alias"] = directory.validate_canonical_alias
     user_directory = UserDirectoryHandler(stores.user_directory)
+    # Relations: indexed after each persisted event (caught up at start-up), bundled
+    # into events served by /sync and /event; search indexes only when enabled.
+    relations = RelationsHandler(clock, stores.relations, stores.events, visibility, event_creation)
+    relations_indexer = RelationsIndexer(stores.relations, stores.events)
+    event_creation.after_persist.append(relations_indexer.on_event)
+    await relations_indexer.catch_up(event_creation.current_position())
+    sync.aggregations = relations.bundle
+    room_reads.aggregations = relations.bundle
+    client_events.aggregations = relations.bundle  # /messages, /context
+    search_indexer = SearchIndexer(config.search_enabled, stores.search, stores.relations,
+                                   stores.events, event_creation)
+    event_creation.after_persist.append(search_indexer.on_event)
+    await search_indexer.start(event_creation.current_position())
+    search = SearchHandler(config.search_enabled, stores.search, stores.events, stores.room_members,
+                           visibility, event_creation, relations, room_reads)
+    hierarchy = HierarchyHandler(event_creation, stores.room_members, stores.room_directory,
+                                 directory)
 
     router = Router()
     routes.register_all(
@@ -221,18 +284,30 @@ async def build_homeserver(
             filters=filters, openid=openid, push_rules=push_rules, event_creation=event_creation,
             room_creation=room_creation, room_reads=room_reads, membership=membership, sync=sync,
             directory=directory, user_directory=user_directory,
+            typing=typing_handler, receipts=receipts, presence=presence,
+            pagination=pagination, redaction=redaction, room_upgrade=room_upgrade,
+            relations=relations, hierarchy=hierarchy, search=search, visibility=visibility,
         ),
     )
     resource = MatrixResource(router, authenticator,
                               trusted_proxies=any(li.x_forwarded for li in config.listeners))
-    site = make_site(resource, config.max_request_body_size)
+    # The WebSocket endpoint needs its own resource (it takes over the connection);
+    # the root sends that one path there and every other path to MatrixResource.
+    websockets = SyncWebSocketFactory(clock, authenticator, sync, filters, session_cache=cache,
+                                      trusted_proxies=any(li.x_forwarded for li in config.listeners))
+    root = RootResource(resource)
+    root.mount(WS_PATH, websockets.make_resource())
+    site = make_site(root, config.max_request_body_size)
     hs = Homeserver(config, clock, db, stores, router, site, registration, sessions)
 
     cleanup = LoopingCall(lambda: _background(uia.expire_old_sessions()))
     cleanup.clock = clock._time  # noqa: SLF001 (the clock's own IReactorTime)
     cleanup.start(600, now=False)
     hs._loops.append(cleanup)
+    hs._on_stop.append(websockets.close_all)
     hs._on_stop.append(hasher.stop)
+    presence.start()
+    hs._on_stop.append(presence.stop)
     return hs
 
 

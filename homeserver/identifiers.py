@@ -29,7 +29,7 @@ def check_localpart(localpart: str, server_name: str) -> None:
     """Reject localparts new accounts may not use (``M_INVALID_USERNAME``)."""
     if not localpart:
         raise MatrixError(400, "User ID cannot be empty", Codes.INVALID_USERNAME)
-    if not _LOCALPART.match(localpart):
+    if not _LOCALPART.fullmatch(localpart):
         raise MatrixError(
             400, "User ID can only contain characters a-z, 0-9, or '=_-./+'",
             Codes.INVALID_USERNAME,

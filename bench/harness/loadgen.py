@@ -36,6 +36,7 @@ class LoadResult:
     elapsed_s: float = 0.0
     samples: list[Sample] = field(default_factory=list)
     timed_out: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)  # scenario-specific figures
 
     def summary(self) -> dict[str, Any]:
         ok = sorted(s.latency_s for s in self.samples if s.status == 200)
@@ -60,6 +61,7 @@ class LoadResult:
             "p99_ms": _ms(percentile(ok, 99)),
             "mean_ms": _ms(sum(ok) / len(ok) if ok else None),
             "statuses": statuses,
+            **self.extra,
         }
 
 

@@ -16,7 +16,30 @@ METRICS: list[tuple[str, str, bool | None]] = [
     ("rate_limited", "429s", None),
     ("not_run", "not run", None),
 ]
+# Scenario-specific figures (LoadResult.extra); a row appears only where a server has one.
+EXTRA_METRICS: list[tuple[str, str, bool | None]] = [
+    ("send_p50_ms", "PUT send p50 ms", False),
+    ("send_p99_ms", "PUT send p99 ms", False),
+    ("missed", "deliveries missed", None),
+    ("duplicates", "duplicate deliveries", None),
+    ("idle_syncs", "idle long-polls", None),
+    ("held_min", "long-polls held (min)", None),
+    ("poll_errors", "long-poll errors", None),
+    ("early_returns", "idle early returns", None),
+    ("server_rss_mib_before", "server RSS MiB before", False),
+    ("server_rss_mib_peak", "server RSS MiB peak", False),
+    ("server_fds_peak", "server open fds peak", None),
+    ("server_cpu_pct_hold", "server CPU % holding", False),
+    ("server_cpu_pct_send", "server CPU % sending", False),
+]
 SERVERS = (("synapse", "Synapse"), ("parley", "Parley"))
+# What the header mentions, per scenario.
+SCENARIO_PARAMS = {
+    "register": ("users",), "login": ("logins",),
+    "send": ("messages", "send_users", "send_rooms"),
+    "fanout": ("fanout_receivers", "fanout_messages"),
+    "idle_sync": ("idle_syncs", "idle_timeout_ms", "idle_duration", "idle_rate"),
+}
 
 
 def _fmt(value: Any) -> str:
@@ -40,8 +63,10 @@ def markdown_table(results: dict[str, Any]) -> str:
     lines = ["| scenario | metric | Synapse | Parley | ratio Parley/Synapse |",
              "|---|---|---:|---:|---|"]
     for scenario in scenarios:
-        for key, label, direction in METRICS:
+        for key, label, direction in METRICS + EXTRA_METRICS:
             values = [by_server.get(s, {}).get(scenario, {}).get(key) for s, _ in SERVERS]
+            if (key, label, direction) in EXTRA_METRICS and all(v is None for v in values):
+                continue
             lines.append(f"| {scenario} | {label} | {_fmt(values[0])} | {_fmt(values[1])} | "
                          f"{_ratio(values[1], values[0], direction)} |")
     return "\n".join(lines)
@@ -68,8 +93,9 @@ def hashing_line(results: dict[str, Any]) -> str:
 
 def render(results: dict[str, Any]) -> str:
     p = results["params"]
-    head = (f"Parameters: users={p['users']} logins={p['logins']} "
-            f"concurrency={p['concurrency']} (one server at a time, {p['cpus']} CPUs, SQLite)")
+    shown = [k for s in results["scenarios"] for k in SCENARIO_PARAMS.get(s, ()) if k in p]
+    head = ("Parameters: " + " ".join(f"{k}={p[k]}" for k in shown)
+            + f" concurrency={p['concurrency']} (one server at a time, {p['cpus']} CPUs, SQLite)")
     warnings = [f"WARNING: {w}" for w in results.get("warnings", [])]
     return "\n\n".join([head, markdown_table(results), hashing_line(results), *warnings])
 

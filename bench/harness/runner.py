@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 import platform
+import resource
 import secrets
 import shutil
 import tempfile
@@ -26,6 +27,7 @@ from harness.synapse import DEFAULT_BCRYPT_ROUNDS, SynapseServer, ensure_synapse
 
 SERVER_ORDER = ("synapse", "parley")
 BUSY_WARNING = 0.15  # fraction of all CPUs busy before a server starts
+SCENARIO_ARG_PREFIXES = ("messages", "send_", "fanout_", "idle_")
 LIMITS = {"users": 100_000, "logins": 1_000_000, "concurrency": 256}
 
 
@@ -88,7 +90,8 @@ async def run_scenarios(server: ManagedServer, args: argparse.Namespace,
     connector = aiohttp.TCPConnector(limit=args.concurrency)
     out: dict[str, Any] = {}
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-        ctx = BenchContext(server.name, server.base_url, session, args, run_id)
+        ctx = BenchContext(server.name, server.base_url, session, args, run_id,
+                           server_pid=server.pid)
         for name in args.scenarios:
             log(f"{server.name}: {name} ...")
             summary = (await SCENARIOS[name]().run(ctx)).summary()
@@ -96,6 +99,8 @@ async def run_scenarios(server: ManagedServer, args: argparse.Namespace,
             log(f"{server.name}: {name}: {summary['ok']} ok, {summary['errors']} errors, "
                 f"{summary['ops_per_s']} ops/s, p50 {summary['p50_ms']} ms, "
                 f"p95 {summary['p95_ms']} ms, statuses {summary['statuses']}")
+            for what in summary.get("first_errors") or ():
+                log(f"{server.name}: {name}: unexpected answer: {what}")
     return out
 
 
@@ -126,12 +131,22 @@ def bench_server(key: str, root: Path, args: argparse.Namespace, run_id: str,
             log(f"{key}: could not describe server: {exc}")
 
 
+def raise_fd_limit(wanted: int = 65_536) -> None:
+    """Soft RLIMIT_NOFILE up to the hard limit (the servers inherit it): idle_sync holds
+    one socket per long-poll on each side."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    raise_fd_limit()
     run_id = secrets.token_hex(4)
     results: dict[str, Any] = {
         "timestamp": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()),
@@ -139,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         "params": {"users": args.users, "logins": args.logins, "concurrency": args.concurrency,
                    "time_limit_s": args.time_limit, "request_timeout_s": args.request_timeout,
                    "cpus": os.cpu_count(), "python": platform.python_version(),
+                   **{k: v for k, v in vars(args).items() if k.startswith(SCENARIO_ARG_PREFIXES)},
                    "platform": platform.platform()},
         "scenarios": args.scenarios, "servers": {}, "results": {}, "failures": {},
         "cpu_busy_before": {}, "warnings": [],

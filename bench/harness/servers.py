@@ -45,6 +45,11 @@ class ManagedServer(ABC):
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def pid(self) -> int | None:
+        """The server's pid (also its process group id), while it runs."""
+        return None if self._proc is None else self._proc.pid
+
     @abstractmethod
     def prepare(self) -> None:
         """Generate and patch the server's config inside ``workdir``."""

@@ -20,7 +20,7 @@ def load_breached_list(path: str) -> frozenset[str]:
             line = line.rstrip("\r\n")
             if not line:
                 continue
-            if _HEX40.match(line):
+            if _HEX40.fullmatch(line):
                 digests.add(line.split(":", 1)[0].upper())
             else:
                 digests.add(hashlib.sha1(line.encode("utf-8")).hexdigest().upper())

@@ -21,6 +21,7 @@ from homeserver.config.model import (
     RegistrationConfig,
     SigningKeyConfig,
     SupportContact,
+    VoipConfig,
     WellKnownConfig,
 )
 from homeserver.config.schema import CONFIG_SCHEMA
@@ -254,4 +255,12 @@ def parse_config(raw: Any, base_dir: Path | None = None) -> Config:
         plugins=list(raw.get("plugins", [])),
         default_room_version=raw.get("rooms", {}).get("default_version", "10"),
         signing_key_path=rel(raw.get("signing_key_path", os.path.join(data_dir, "signing.key"))),
+        presence_enabled=raw.get("presence", {}).get("enabled", True),
+        voip=VoipConfig(
+            turn_uris=list(raw.get("voip", {}).get("turn_uris", [])),
+            turn_shared_secret=resolve_secret(raw.get("voip", {}).get("turn_shared_secret"),
+                                              "voip.turn_shared_secret"),
+            turn_user_lifetime=parse_duration(raw.get("voip", {}).get("turn_user_lifetime", "1h")),
+        ),
+        search_enabled=raw.get("search", {}).get("enabled", False),
     )

@@ -99,6 +99,15 @@ class WellKnownConfig:
 
 
 @dataclass(frozen=True)
+class VoipConfig:
+    """TURN for /voip/turnServer: time-limited credentials from a shared secret."""
+
+    turn_uris: list[str] = field(default_factory=list)
+    turn_shared_secret: str | None = field(default=None, repr=False)
+    turn_user_lifetime: float = 3600.0
+
+
+@dataclass(frozen=True)
 class Config:
     server_name: str
     public_baseurl: str
@@ -118,3 +127,6 @@ class Config:
     plugins: list[str] = field(default_factory=list)
     default_room_version: str = "10"
     signing_key_path: str = "signing.key"
+    presence_enabled: bool = True
+    voip: VoipConfig = field(default_factory=VoipConfig)
+    search_enabled: bool = False

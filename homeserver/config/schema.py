@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 DURATION = {"anyOf": [{"type": "integer", "minimum": 0},
-                      {"type": "string", "pattern": r"^\d+(ms|s|m|h|d|w|y)?$"}]}
+                      {"type": "string", "pattern": r"^\d+(ms|s|m|h|d|w|y)?\Z"}]}
 SECRET = {
     "anyOf": [
         {"type": "string", "minLength": 1},
@@ -58,7 +58,7 @@ SUPPORT_CONTACT = _obj(
 
 SIGNING_KEY = _obj(
     {
-        "kid": {"type": "string", "pattern": r"^[A-Za-z0-9._-]{1,64}$"},
+        "kid": {"type": "string", "pattern": r"^[A-Za-z0-9._-]{1,64}\Z"},
         "algorithm": {"enum": ["EdDSA", "ES256", "HS256"]},
         "key": SECRET,
         "verify_only": {"type": "boolean"},
@@ -68,7 +68,7 @@ SIGNING_KEY = _obj(
 
 CONFIG_SCHEMA: dict[str, Any] = _obj(
     {
-        "server_name": {"type": "string", "minLength": 1, "pattern": r"^[A-Za-z0-9.\-\[\]:]+$"},
+        "server_name": {"type": "string", "minLength": 1, "pattern": r"^[A-Za-z0-9.\-\[\]:]+\Z"},
         "public_baseurl": {"type": "string", "pattern": "^https?://"},
         "listeners": {"type": "array", "items": LISTENER, "minItems": 1},
         "data_dir": {"type": "string"},
@@ -81,7 +81,7 @@ CONFIG_SCHEMA: dict[str, Any] = _obj(
                 "user": {"type": "string"},
                 "password": SECRET,
                 "database": {"type": "string"},
-                "schema": {"type": "string", "pattern": r"^[a-z_][a-z0-9_]{0,62}$"},
+                "schema": {"type": "string", "pattern": r"^[a-z_][a-z0-9_]{0,62}\Z"},
                 "pool_min": {"type": "integer", "minimum": 1},
                 "pool_max": {"type": "integer", "minimum": 1},
             },
@@ -140,7 +140,7 @@ CONFIG_SCHEMA: dict[str, Any] = _obj(
                 "serve_client": {"type": "boolean"},
                 "serve_server": {"type": "boolean"},
                 "support_contacts": {"type": "array", "items": SUPPORT_CONTACT},
-                "support_page": {"type": "string", "pattern": "^https?://[^\\s]+$"},
+                "support_page": {"type": "string", "pattern": "^https?://[^\\s]+\\Z"},
             }
         ),
         "secrets": _obj({"at_rest_key": SECRET}),
@@ -154,6 +154,13 @@ CONFIG_SCHEMA: dict[str, Any] = _obj(
         "plugins": {"type": "array", "items": {"type": "string", "minLength": 1}},
         "rooms": _obj({"default_version": {"enum": ["10", "11", "12"]}}),
         "signing_key_path": {"type": "string"},
+        "presence": _obj({"enabled": {"type": "boolean"}}),
+        "voip": _obj({
+            "turn_uris": {"type": "array", "items": {"type": "string", "pattern": "^turns?:"}},
+            "turn_shared_secret": SECRET,
+            "turn_user_lifetime": DURATION,
+        }),
+        "search": _obj({"enabled": {"type": "boolean"}}),
     },
     ["server_name"],
 )

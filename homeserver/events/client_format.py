@@ -18,12 +18,14 @@ def serialize_event(
     redaction: Event | None = None,
     include_room_id: bool = True,
     pruned_pdu: JsonDict | None = None,
+    relations: JsonDict | None = None,
 ) -> JsonDict:
     """The client form of ``event``.
 
     ``transaction_id`` goes only to the device that sent the event; a redacted event
     is shown pruned with ``unsigned.redacted_because``. ``pruned_pdu`` is the redacted
     PDU (computed by the caller with the room version's redaction algorithm).
+    ``relations`` is the event's bundled aggregations (``unsigned["m.relations"]``).
     """
     pdu = pruned_pdu if redaction is not None and pruned_pdu is not None else event.pdu
     out: JsonDict = {
@@ -48,6 +50,8 @@ def serialize_event(
                     "knock_room_state", "m.relations"):
             if key in prev_unsigned:
                 unsigned[key] = prev_unsigned[key]
+    if relations:
+        unsigned["m.relations"] = relations
     if (event.internal.txn_id and for_user == event.sender
             and for_device is not None and for_device == event.internal.device_id):
         unsigned["transaction_id"] = event.internal.txn_id

@@ -181,6 +181,7 @@ def load_or_generate_signing_key(path: str) -> SigningKey:
     A concurrent creator wins cleanly: its key is read back instead of overwritten."""
     if os.path.exists(path):
         return read_signing_key_file(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     key = generate_signing_key()
     if _write_private(path, _format_keys([key]), overwrite=False):
         logger.info("generated signing key %s in %s", key_id(key), path)

@@ -17,6 +17,7 @@ import binascii
 import json
 import logging
 import re
+from collections.abc import Callable
 from typing import Any
 
 from homeserver.clock import Clock
@@ -57,23 +58,17 @@ _SERVER_NAME = re.compile(r"^(\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9.\-]{1,255})(:[0
 def parse_alias(alias: str) -> tuple[str, str]:
     """(localpart, server) of a syntactically valid alias; 400 M_INVALID_PARAM otherwise."""
     local, server = check_room_alias(alias)
-    if not _SERVER_NAME.match(server):
+    if not _SERVER_NAME.fullmatch(server):
         raise MatrixError(400, "Room alias invalid", Codes.INVALID_PARAM)
     return local, server
 
 
 def check_server_name(server: str) -> None:
-    if not _SERVER_NAME.match(server):
+    if not _SERVER_NAME.fullmatch(server):
         raise MatrixError(400, "Invalid server name", Codes.INVALID_PARAM)
 
 
 # --------------------------------------------------------------------------- room summary
-
-# State keys the summary is built from; an event of any of these types refreshes it.
-_SUMMARY_STATE = ("m.room.create", "m.room.name", "m.room.topic", CANONICAL_ALIAS,
-                  "m.room.avatar", "m.room.join_rules", "m.room.history_visibility",
-                  "m.room.guest_access")
-
 
 def _string(event: Event | None, key: str) -> str | None:
     value = event.content.get(key) if event is not None else None
@@ -94,27 +89,41 @@ def _plain_topic(event: Event | None) -> str | None:
     return None
 
 
+def _prefixed(key: str, prefix: str) -> Callable[[Event | None], str | None]:
+    """A string field, kept only if it has the prefix the published rooms schema
+    requires (``#`` for an alias, ``mxc://`` for an avatar): bad values are not served."""
+
+    def get(event: Event | None) -> str | None:
+        value = _string(event, key)
+        return value if value and value.startswith(prefix) else None
+
+    return get
+
+
+# State type -> (room_stats_state column, how to read it from the event).
+_SUMMARY: dict[str, tuple[str, Callable[[Event | None], str | None]]] = {
+    "m.room.create": ("room_type", lambda e: _string(e, "type")),
+    "m.room.name": ("name", lambda e: _string(e, "name")),
+    "m.room.topic": ("topic", _plain_topic),
+    CANONICAL_ALIAS: ("canonical_alias", _prefixed("alias", "#")),
+    "m.room.avatar": ("avatar", _prefixed("url", "mxc://")),
+    "m.room.join_rules": ("join_rules", lambda e: _string(e, "join_rule")),
+    "m.room.history_visibility": ("history_visibility",
+                                  lambda e: _string(e, "history_visibility")),
+    "m.room.guest_access": ("guest_access", lambda e: _string(e, "guest_access")),
+}
+# Columns search_text is made of: an event changing one of these rebuilds the row.
+_SEARCHED = ("name", "topic", "canonical_alias")
+
+
 def summarise_state(state: dict[tuple[str, str], Event]) -> dict[str, str | None]:
-    """The ``room_stats_state`` columns from current state. Values that the published
-    rooms schema would reject (an alias not starting with #, a non-mxc avatar) are
-    left out rather than served."""
-    alias = _string(state.get((CANONICAL_ALIAS, "")), "alias")
-    avatar = _string(state.get(("m.room.avatar", "")), "url")
-    return {
-        "name": _string(state.get(("m.room.name", "")), "name"),
-        "topic": _plain_topic(state.get(("m.room.topic", ""))),
-        "canonical_alias": alias if alias and alias.startswith("#") else None,
-        "avatar": avatar if avatar and avatar.startswith("mxc://") else None,
-        "join_rules": _string(state.get(("m.room.join_rules", "")), "join_rule"),
-        "history_visibility": _string(state.get(HISTORY_VISIBILITY), "history_visibility"),
-        "guest_access": _string(state.get(("m.room.guest_access", "")), "guest_access"),
-        "room_type": _string(state.get(CREATE), "type"),
-    }
+    """The ``room_stats_state`` columns from current state."""
+    return {column: read(state.get((event_type, ""))) for event_type, (column, read)
+            in _SUMMARY.items()}
 
 
 def search_text(fields: dict[str, str | None]) -> str:
-    return "\n".join(v.lower() for v in (fields["name"], fields["topic"], fields["canonical_alias"])
-                     if v)
+    return "\n".join(v.lower() for v in (fields[c] for c in _SEARCHED) if v)
 
 
 class RoomStatsUpdater:
@@ -127,18 +136,29 @@ class RoomStatsUpdater:
         self._store = store
 
     async def on_event(self, event: Event) -> None:
-        if not event.is_state() or (event.type != "m.room.member" and event.type not in _SUMMARY_STATE):
+        """Cheapest update that keeps the row right: a recount for a member event, one
+        column for most others, the whole row when search_text or the row itself is new."""
+        if event.type == "m.room.member":
+            if not event.is_state():
+                return
+        elif event.type not in _SUMMARY or event.state_key != "":
             return
         try:
-            if event.type == "m.room.member" and await self._store.update_joined_members(event.room_id):
-                return
+            if event.type == "m.room.member":
+                if await self._store.update_joined_members(event.room_id):
+                    return
+            else:
+                column, read = _SUMMARY[event.type]
+                if column not in _SEARCHED and event.type != "m.room.create" and (
+                        await self._store.update_field(event.room_id, column, read(event))):
+                    return
             await self.refresh(event.room_id)
         except Exception:
             # The event is persisted; a stale summary must not turn the send into a 500.
             logger.exception("Failed to update the directory summary of a room")
 
     async def refresh(self, room_id: str) -> None:
-        state = await self._creation.current_state(room_id, [(t, "") for t in _SUMMARY_STATE])
+        state = await self._creation.current_state(room_id, [(t, "") for t in _SUMMARY])
         fields = summarise_state(state)
         await self._store.upsert_stats(room_id, fields, search_text(fields))
 
@@ -170,8 +190,14 @@ def _decode_token(token: str) -> tuple[int, str, bool]:
     except (ValueError, binascii.Error, UnicodeDecodeError) as e:
         raise bad from e
     if (not isinstance(data, list) or len(data) != 3 or type(data[0]) is not int
-            or not isinstance(data[1], str) or not isinstance(data[2], bool)):
+            or not 0 <= data[0] < 2**31 or not isinstance(data[1], str)
+            or not isinstance(data[2], bool) or "\x00" in data[1]):
         raise bad
+    try:  # the room id goes to the database: no lone surrogates, a sane length
+        if len(data[1].encode("utf-8")) > 255:
+            raise bad
+    except UnicodeEncodeError as e:
+        raise bad from e
     return data[0], data[1], data[2]
 
 

@@ -36,7 +36,7 @@ class FilterHandler:
     async def get_filter(self, user_id: str, filter_id: str | int) -> JsonDict:
         """A stored filter; 404 M_NOT_FOUND for an unknown or malformed id."""
         if isinstance(filter_id, str):
-            if not _FILTER_ID.match(filter_id):
+            if not _FILTER_ID.fullmatch(filter_id):
                 raise not_found("No such filter")
             filter_id = int(filter_id)
         found = await self._store.get_filter(user_id, filter_id)

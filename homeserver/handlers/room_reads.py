@@ -3,6 +3,7 @@ enforced (the read paths of /state, /event and /joined_rooms)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from homeserver.events.model import Event
@@ -26,6 +27,10 @@ class RoomReadHandler:
         self._members = members
         self._visibility = visibility
         self._creation = creation
+        # Bundled aggregations (RelationsHandler.bundle), when wired: (user, device,
+        # events, include_room_id) -> {event_id: unsigned["m.relations"]}.
+        self.aggregations: Callable[[str, str | None, Sequence[Event], bool],
+                                    Awaitable[dict[str, dict[str, Any]]]] | None = None
 
     async def _state_ids(self, user_id: str, room_id: str) -> dict[tuple[str, str], str]:
         await self._creation.room_version(room_id)  # 404 for unknown rooms
@@ -71,6 +76,13 @@ class RoomReadHandler:
             return event, None, None
         redaction = await self._events.get_event(redactions[event.event_id])
         return event, redaction, prune_event_dict(event.pdu, event.room_version)
+
+    async def bundled(self, user_id: str, device_id: str | None, events: Sequence[Event]
+                      ) -> dict[str, dict[str, Any]]:
+        """event id -> ``unsigned["m.relations"]`` for the events that have any."""
+        if self.aggregations is None or not events:
+            return {}
+        return await self.aggregations(user_id, device_id, events, True)
 
     async def joined_rooms(self, user_id: str) -> list[str]:
         return [m.room_id for m in await self._members.rooms_for_user(user_id)]

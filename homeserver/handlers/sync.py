@@ -8,6 +8,7 @@ leave / knock; every event list passes the history-visibility filter.
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -49,7 +50,7 @@ class SyncToken:
 
     @classmethod
     def parse(cls, raw: str) -> SyncToken:
-        if not _TOKEN.match(raw) or raw.count("_") > len(EXTRA_STREAMS) + 1:
+        if not _TOKEN.fullmatch(raw) or raw.count("_") > len(EXTRA_STREAMS) + 1:
             raise MatrixError(400, "Invalid sync token", Codes.INVALID_PARAM)
         parts = [int(p) for p in raw[1:].split("_")]
         extra = parts[2:] + [0] * (len(EXTRA_STREAMS) - len(parts[2:]))
@@ -109,6 +110,10 @@ class SyncHandler:
         self._notifier = notifier
         self._ad_position = 0
         self.sources: list[EphemeralSource] = []
+        # Bundled aggregations for timeline events: (user, device, events, include_room_id)
+        # -> {event_id: unsigned["m.relations"]} (RelationsHandler.bundle), when wired.
+        self.aggregations: Callable[[str, str | None, Sequence[Event], bool],
+                                    Awaitable[dict[str, JsonDict]]] | None = None
 
     async def load_positions(self) -> None:
         self._ad_position = await self._ad_store.max_stream_id()
@@ -124,12 +129,22 @@ class SyncHandler:
 
     async def sync(self, req: SyncRequest) -> JsonDict:
         token = self.now_token()
-        if req.since is not None and not req.full_state and req.timeout_ms > 0:
-            if not await self._has_updates(req, token):
-                rooms = [m.room_id for m in await self._members.rooms_for_user(
-                    req.user_id, ("join", "invite", "knock"))]
-                await self._notifier.wait(req.user_id, rooms, req.timeout_ms / 1000)
-                token = self.now_token()
+        if req.since is None or req.full_state or req.timeout_ms <= 0:
+            return await self._build(req, token)
+        deadline = self._clock.time() + req.timeout_ms / 1000
+        # Wait until something *relevant to this user* arrives or the deadline passes:
+        # a stream moving for other users re-checks and goes back to waiting.
+        while not await self._has_updates(req, token):
+            remaining = deadline - self._clock.time()
+            if remaining <= 0:
+                break
+            rooms = [m.room_id for m in await self._members.rooms_for_user(
+                req.user_id, ("join", "invite", "knock"))]
+            # Anything that arrived during the awaits above has already notified;
+            # only wait if the position is still the one just checked.
+            if self.now_token() == token:
+                await self._notifier.wait(req.user_id, rooms, remaining)
+            token = self.now_token()
         return await self._build(req, token)
 
     async def _has_updates(self, req: SyncRequest, token: SyncToken) -> bool:
@@ -253,7 +268,7 @@ class SyncHandler:
         state_events = await self._state_events(req, state, events)
         return {
             "timeline": {
-                "events": [await self._client_event(e, req) for e in events],
+                "events": await self._timeline_events(events, req),
                 "limited": limited or (newly_joined and req.since is not None and limited),
                 "prev_batch": f"t{start}",
             },
@@ -285,7 +300,7 @@ class SyncHandler:
         state = await self._state_at(m.room_id, start)
         state_events = await self._state_events(req, state, events)
         return {
-            "timeline": {"events": [await self._client_event(e, req) for e in events],
+            "timeline": {"events": await self._timeline_events(events, req),
                          "limited": limited, "prev_batch": f"t{start}"},
             "state": {"events": [await self._client_event(e, req) for e in state_events]},
             "account_data": {"events": []},
@@ -322,7 +337,13 @@ class SyncHandler:
         return {"m.joined_member_count": len(joined), "m.invited_member_count": len(invited),
                 "m.heroes": heroes}
 
-    async def _client_event(self, event: Event, req: SyncRequest) -> JsonDict:
+    async def _timeline_events(self, events: list[Event], req: SyncRequest) -> list[JsonDict]:
+        bundles = (await self.aggregations(req.user_id, req.device_id, events, False)
+                   if self.aggregations is not None and events else {})
+        return [await self._client_event(e, req, bundles.get(e.event_id)) for e in events]
+
+    async def _client_event(self, event: Event, req: SyncRequest,
+                            relations: JsonDict | None = None) -> JsonDict:
         redactions = await self._events.get_redaction_ids([event.event_id])
         redaction = None
         pruned = None
@@ -331,4 +352,4 @@ class SyncHandler:
             pruned = prune_event_dict(event.pdu, event.room_version)
         return serialize_event(event, self._clock.time_msec(), for_user=req.user_id,
                                for_device=req.device_id, redaction=redaction, pruned_pdu=pruned,
-                               include_room_id=False)
+                               include_room_id=False, relations=relations)

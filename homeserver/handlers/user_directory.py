@@ -23,8 +23,8 @@ class UserDirectoryHandler:
 
     async def search(self, user_id: str, search_term: str, limit: int) -> dict[str, Any]:
         limit = max(min(limit, MAX_LIMIT), 0)
-        # Words of the term, lowercased; an over-long term is cut rather than refused.
-        full = " ".join(search_term[:MAX_TERM_CHARS].split()).lower()
+        # Words of the term; an over-long term is cut rather than refused.
+        full = " ".join(search_term[:MAX_TERM_CHARS].split())
         terms = list(dict.fromkeys(full.split()))[:MAX_TERMS]
         if not terms:
             return {"results": [], "limited": False}

@@ -13,35 +13,60 @@ from homeserver.config.model import Config
 from homeserver.handlers.account import AccountHandler
 from homeserver.handlers.account_data import AccountDataHandler
 from homeserver.handlers.devices import DeviceHandler
+from homeserver.handlers.directory import DirectoryHandler
 from homeserver.handlers.event_creation import EventCreationHandler
 from homeserver.handlers.filters import FilterHandler
+from homeserver.handlers.hierarchy import HierarchyHandler
 from homeserver.handlers.membership import MembershipHandler
 from homeserver.handlers.openid import OpenIdHandler
+from homeserver.handlers.pagination import PaginationHandler
+from homeserver.handlers.presence import PresenceHandler
 from homeserver.handlers.profile import ProfileHandler
 from homeserver.handlers.push_rules import PushRulesHandler
+from homeserver.handlers.receipts import ReceiptsHandler
+from homeserver.handlers.redaction import RedactionHandler
 from homeserver.handlers.registration import RegistrationHandler
+from homeserver.handlers.relations import RelationsHandler
 from homeserver.handlers.room_creation import RoomCreationHandler
 from homeserver.handlers.room_reads import RoomReadHandler
+from homeserver.handlers.room_upgrade import RoomUpgradeHandler
+from homeserver.handlers.search import SearchHandler
 from homeserver.handlers.security_events import SecurityEventRecorder
 from homeserver.handlers.sessions import SessionHandler
 from homeserver.handlers.sync import SyncHandler
+from homeserver.handlers.typing import TypingHandler
+from homeserver.handlers.user_directory import UserDirectoryHandler
+from homeserver.handlers.visibility import VisibilityHandler
 from homeserver.http.router import Router
 from homeserver.rest.admin._auth import AdminAuth
 from homeserver.rest.admin.routes import register_admin
 from homeserver.rest.client.account import AccountServlets
 from homeserver.rest.client.account_data import AccountDataServlets
 from homeserver.rest.client.devices import DeviceServlets
+from homeserver.rest.client.directory import DirectoryServlets
 from homeserver.rest.client.discovery import DiscoveryServlets
+from homeserver.rest.client.ephemeral import EphemeralServlets
 from homeserver.rest.client.filters import FilterServlets
+from homeserver.rest.client.hierarchy import HierarchyServlets
 from homeserver.rest.client.login import LoginServlets
 from homeserver.rest.client.membership import MembershipServlets
+from homeserver.rest.client.misc import MiscServlets
 from homeserver.rest.client.openid import OpenIdServlets
 from homeserver.rest.client.profile import ProfileServlets
 from homeserver.rest.client.push_rules import PushRuleServlets
+from homeserver.rest.client.pushers import PusherServlets
+from homeserver.rest.client.redaction import RedactionServlets
 from homeserver.rest.client.register import RegisterServlets
+from homeserver.rest.client.relations import RelationServlets
+from homeserver.rest.client.reporting import ReportingServlets
+from homeserver.rest.client.room_history import RoomHistoryServlets
+from homeserver.rest.client.room_upgrade import RoomUpgradeServlets
 from homeserver.rest.client.rooms import RoomServlets
+from homeserver.rest.client.search import SearchServlets
 from homeserver.rest.client.sync import SyncServlets
+from homeserver.rest.client.tags import TagServlets
 from homeserver.rest.client.threepid import ThreepidServlets
+from homeserver.rest.client.user_directory import UserDirectoryServlets
 from homeserver.rest.client.whois import WhoisServlets
 
 if TYPE_CHECKING:
@@ -72,6 +97,18 @@ class Components:
     room_reads: RoomReadHandler
     membership: MembershipHandler
     sync: SyncHandler
+    directory: DirectoryHandler
+    user_directory: UserDirectoryHandler
+    typing: TypingHandler
+    receipts: ReceiptsHandler
+    presence: PresenceHandler
+    pagination: PaginationHandler
+    redaction: RedactionHandler
+    room_upgrade: RoomUpgradeHandler
+    relations: RelationsHandler
+    hierarchy: HierarchyHandler
+    search: SearchHandler
+    visibility: VisibilityHandler
 
 
 def register_all(router: Router, c: Components) -> None:
@@ -98,5 +135,20 @@ def register_all(router: Router, c: Components) -> None:
     OpenIdUserInfoServlet(c.openid).register(router)
     RoomServlets(c.clock, c.room_creation, c.event_creation, c.room_reads).register(router)
     MembershipServlets(c.membership).register(router)
-    SyncServlets(c.sync, c.filters).register(router)
+    RoomHistoryServlets(c.pagination).register(router)
+    RedactionServlets(c.redaction).register(router)
+    RoomUpgradeServlets(c.room_upgrade).register(router)
+    SyncServlets(c.sync, c.filters, c.presence).register(router)
+    EphemeralServlets(c.typing, c.receipts, c.presence).register(router)
+    DirectoryServlets(c.directory).register(router)
+    UserDirectoryServlets(c.user_directory).register(router)
+    RelationServlets(c.relations).register(router)
+    TagServlets(c.account_data, c.stores.account_data).register(router)
+    PusherServlets(c.clock, c.stores.pushers).register(router)
+    MiscServlets(c.clock, c.config.voip, c.stores.room_members).register(router)
+    HierarchyServlets(c.hierarchy).register(router)
+    SearchServlets(c.search).register(router)
+    ReportingServlets(c.config.server_name, c.clock, c.stores.reports, c.stores.events,
+                      c.stores.room_members, c.visibility, c.event_creation,
+                      c.stores.users).register(router)
     register_admin(router, c)

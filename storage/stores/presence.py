@@ -23,6 +23,7 @@ class PresenceRecord:
 
 
 _COLS = "user_id, state, status_msg, last_active_ts, last_sync_ts, currently_active, stream_id"
+_P_COLS = ", ".join("p." + c for c in _COLS.split(", "))
 
 
 def _row(r: Sequence) -> PresenceRecord:
@@ -60,23 +61,33 @@ class PresenceStore:
 
         await self._db.run("store_presence", _do)
 
-    async def get_many(self, user_ids: Iterable[str], since: int = -1, upto: int | None = None
-                       ) -> dict[str, PresenceRecord]:
-        """The stored presence of these users; with ``since``/``upto``, only of those
-        whose presence was last written at a position in (since, upto]."""
+    async def get_many(self, user_ids: Iterable[str]) -> dict[str, PresenceRecord]:
         out: dict[str, PresenceRecord] = {}
         ids = list(dict.fromkeys(user_ids))
-        window = " AND stream_id > ?" + (" AND stream_id <= ?" if upto is not None else "")
-        bounds = (since,) if upto is None else (since, upto)
         for i in range(0, len(ids), _CHUNK):
             chunk = ids[i:i + _CHUNK]
             marks = ",".join("?" for _ in chunk)
             rows = await self._db.query(
-                "get_presence",
-                f"SELECT {_COLS} FROM presence WHERE user_id IN ({marks}){window}",
-                *chunk, *bounds)
+                "get_presence", f"SELECT {_COLS} FROM presence WHERE user_id IN ({marks})", *chunk)
             out.update((r[0], _row(r)) for r in rows)
         return out
+
+    async def visible_changes(self, viewer: str, since: int, upto: int | None = None,
+                              limit: int | None = None) -> list[PresenceRecord]:
+        """Presence written at a position in (since, upto] of ``viewer`` and of everyone
+        joined to a room ``viewer`` is joined to, in stream order. One query: the set
+        of people sharing a room can be large, the window of changes usually is not."""
+        bound = " AND p.stream_id <= ?" if upto is not None else ""
+        rows = await self._db.query(
+            "presence_visible_changes",
+            f"SELECT {_P_COLS} FROM presence p"
+            f" WHERE p.stream_id > ?{bound} AND (p.user_id = ? OR p.user_id IN ("
+            " SELECT b.user_id FROM local_current_membership a"
+            " JOIN local_current_membership b ON a.room_id = b.room_id"
+            " WHERE a.user_id = ? AND a.membership = 'join' AND b.membership = 'join'))"
+            " ORDER BY p.stream_id" + (f" LIMIT {int(limit)}" if limit else ""),
+            since, *(() if upto is None else (upto,)), viewer, viewer)
+        return [_row(r) for r in rows]
 
     async def not_offline(self) -> list[PresenceRecord]:
         """Everyone not offline: their states must time out even if they never return."""

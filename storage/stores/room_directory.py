@@ -116,6 +116,17 @@ class RoomDirectoryStore:
         )
         return count > 0
 
+    async def update_field(self, room_id: str, column: str, value: str | None) -> bool:
+        """Set one summary column (not one search_text is built from); False if the
+        room has no row yet."""
+        if column not in STATS_FIELDS:
+            raise ValueError(f"unknown room_stats_state column {column!r}")
+        count = await self._db.execute(
+            "update_room_stats_field",
+            f"UPDATE room_stats_state SET {column} = ? WHERE room_id = ?", value, room_id,
+        )
+        return count > 0
+
     async def rooms_without_stats(self, limit: int = 1000) -> list[str]:
         rows = await self._db.query(
             "rooms_without_stats",

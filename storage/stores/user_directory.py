@@ -6,7 +6,8 @@ or world-readable (from ``room_stats_state``).
 Limits, by design for now: matching is ``LIKE`` over every active user (a scan of
 ``users``, fine up to some 10^5 users; a trigram / full-text index is the next step),
 only local users are searched (no federation yet), and SQLite's ``LOWER()`` folds
-ASCII only, so there non-ASCII display names match case-sensitively.
+ASCII only: there a non-ASCII letter matches in lower case or exactly as typed
+("Ünver" is found by "Ünv" and "ünv" only if stored lowercase; PostgreSQL folds all).
 """
 
 from __future__ import annotations
@@ -29,14 +30,20 @@ class DirectoryUser:
 
 
 def _term_clause(term: str) -> tuple[str, list[str]]:
-    """One search term (lowercase): a prefix of the user id (when it starts with @), of
-    the localpart or of one of its words, or of the display name or one of its words."""
-    e = escape_like(term)
-    uid = [f"{e}%"] if term.startswith("@") else (
+    """One search term: a prefix of the user id (when it starts with @), of the
+    localpart or of one of its words, or of the display name or one of its words,
+    case-insensitively (plus the term as typed, for SQLite's ASCII-only LOWER())."""
+    low = term.lower()
+    e = escape_like(low)
+    uid = [f"{e}%"] if low.startswith("@") else (
         [f"@{e}%"] + [f"@%{escape_like(sep)}{e}%:%" for sep in _LOCALPART_SEPARATORS])
     name = [f"{e}%", f"% {e}%"]
     parts = (["LOWER(u.user_id) LIKE ? ESCAPE '\\'"] * len(uid)
              + ["LOWER(p.displayname) LIKE ? ESCAPE '\\'"] * len(name))
+    if low != term:
+        raw = escape_like(term)
+        name += [f"{raw}%", f"% {raw}%"]
+        parts += ["p.displayname LIKE ? ESCAPE '\\'"] * 2
     return "(" + " OR ".join(parts) + ")", uid + name
 
 
@@ -46,7 +53,7 @@ class UserDirectoryStore:
 
     async def search(self, searcher: str, terms: list[str], full_term: str,
                      limit: int) -> list[DirectoryUser]:
-        """Up to ``limit`` visible, active users matching every term (all lowercase).
+        """Up to ``limit`` visible, active users matching every term.
 
         Ordered: exact localpart / display name matches first, then users sharing a
         room with the searcher, then those with a display name and an avatar, then id.
@@ -59,6 +66,7 @@ class UserDirectoryStore:
             sql, args = _term_clause(term)
             clauses.append(sql)
             term_args += args
+        full_term = full_term.lower()
         exact_local = f"@{escape_like(full_term)}:%"
         sql = (
             "SELECT u.user_id, p.displayname, p.avatar_url FROM users u"

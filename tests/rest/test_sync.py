@@ -129,3 +129,20 @@ class SyncTest(RoomTestCase):
         self.assertIn(BOB, members)
         self.assertNotIn("@carol:test.local", members)
         del carol
+
+
+class SyncWakeupTest(RoomTestCase):
+    async def test_unrelated_activity_does_not_end_the_long_poll(self) -> None:
+        alice = await self.user("alice")
+        bob = await self.user("bob")
+        room = await self.create_room(alice)
+        start = await self.sync(bob)
+        waiting = defer.ensureDeferred(self.sync(bob, start["next_batch"], timeout=30000))
+        await task.deferLater(reactor, 0.1, lambda: None)
+        for i in range(3):
+            await self.send_ok(alice, room, f"not for bob {i}")
+            await task.deferLater(reactor, 0.05, lambda: None)
+        self.assertFalse(waiting.called)
+        self.advance(31)
+        result = await waiting
+        self.assertEqual(result["rooms"]["join"], {})

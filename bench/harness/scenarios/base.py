@@ -33,6 +33,7 @@ class BenchContext:
     args: argparse.Namespace
     run_id: str
     state: dict[str, Any] = field(default_factory=dict)
+    server_pid: int | None = None  # leader (= process group id) of the server, for /proc stats
 
     def __post_init__(self) -> None:
         host = urlparse(self.base_url).hostname
@@ -45,6 +46,16 @@ class BenchContext:
     @property
     def users(self) -> list[BenchUser]:
         return self.state.setdefault("users", [])
+
+
+def int_range(lo: int, hi: int) -> Any:
+    """argparse ``type=`` for an int in [lo, hi]."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be between {lo} and {hi}")
+        return value
+    return parse
 
 
 class Scenario(ABC):

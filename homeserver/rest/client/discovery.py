@@ -67,6 +67,7 @@ class DiscoveryServlets:
                 "m.set_avatar_url": {"enabled": True},
                 "m.3pid_changes": {"enabled": False},
                 "m.get_login_token": {"enabled": False},
+                "m.profile_fields": {"enabled": True},
                 "m.room_versions": {
                     "default": self._config.default_room_version,
                     "available": {v: "stable" for v in KNOWN_ROOM_VERSIONS},

@@ -123,9 +123,10 @@ class RoomServlets:
         r = req.require_requester()
         check_room_id(roomId)
         event, redaction, pruned = await self._reads.get_event(r.user_id, roomId, eventId)
+        bundles = await self._reads.bundled(r.user_id, r.device_id, [event])
         return 200, serialize_event(event, self._clock.time_msec(), for_user=r.user_id,
                                     for_device=r.device_id, redaction=redaction,
-                                    pruned_pdu=pruned)
+                                    pruned_pdu=pruned, relations=bundles.get(event.event_id))
 
     async def on_joined_rooms(self, req: ApiRequest) -> tuple[int, Any]:
         r = req.require_requester()

@@ -8,6 +8,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 
 from homeserver.handlers.filters import FilterHandler
+from homeserver.handlers.presence import PresenceHandler
 from homeserver.handlers.sync import SyncHandler, SyncRequest, SyncToken
 from homeserver.handlers.sync_filter import SyncFilter
 from homeserver.http.errors import Codes, MatrixError
@@ -21,9 +22,11 @@ MAX_TIMEOUT_MS = 5 * 60 * 1000
 
 
 class SyncServlets:
-    def __init__(self, sync: SyncHandler, filters: FilterHandler) -> None:
+    def __init__(self, sync: SyncHandler, filters: FilterHandler,
+                 presence: PresenceHandler | None = None) -> None:
         self._sync = sync
         self._filters = filters
+        self._presence = presence
 
     def register(self, router: Router) -> None:
         router.add("GET", client_paths("/sync"), self.on_sync, allow_guest=True)
@@ -37,6 +40,8 @@ class SyncServlets:
         if set_presence not in ("online", "offline", "unavailable"):
             raise MatrixError(400, "Invalid set_presence", Codes.INVALID_PARAM)
         sync_filter = await self._filter(r.user_id, req.query("filter"))
+        if self._presence is not None:
+            await self._presence.user_syncing(r.user_id, r.device_id, set_presence, timeout)
         result = await self._sync.sync(SyncRequest(
             user_id=r.user_id, device_id=r.device_id, since=since, timeout_ms=timeout,
             full_state=req.query_bool("full_state", False), filter=sync_filter,

@@ -30,7 +30,7 @@ from homeserver.http.server import ApiRequest
 
 # Spec: "[0-9a-zA-Z.=_-]", at most 255 characters, not empty (client_secret and sid).
 OPAQUE_ID: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 255,
-                             "pattern": "^[0-9a-zA-Z.=_-]+$"}
+                             "pattern": "^[0-9a-zA-Z.=_-]+\\Z"}
 _STRING: dict[str, Any] = {"type": "string"}
 _IDENTITY_SERVER_PROPS: dict[str, Any] = {"id_server": _STRING, "id_access_token": _STRING}
 

@@ -87,13 +87,14 @@ _VALIDATORS = {name: Draft202012Validator(schema) for name, schema in
 
 class _QuietLog:
     """Stands in for autobahn's logger. Its debug output includes the raw handshake
-    (the Authorization header) and frame payloads, so debug/trace are dropped and
-    warnings keep only their format string, never the substituted values."""
+    (the Authorization header) and frame payloads, so debug/trace are dropped and the
+    rest keeps only its format string, never the substituted values. Its warnings are
+    about misbehaving clients (protocol violations, dropped peers): info for us."""
 
     def __getattr__(self, level: str) -> Callable[..., None]:
-        if level in ("warn", "error", "critical", "failure"):
+        if level in ("info", "warn", "error", "critical", "failure"):
             def emit(fmt: str | None = None, *args: Any, **kwargs: Any) -> None:
-                logger.warning("autobahn: %s", fmt or level)
+                logger.info("autobahn: %s", fmt or level)
             return emit
         return lambda *args, **kwargs: None
 
@@ -244,7 +245,7 @@ class SyncWebSocketProtocol(WebSocketServerProtocol):
     def _error(self, err: MatrixError) -> None:
         """Tell the client what was wrong; a client that keeps sending garbage is cut off."""
         self._errors += 1
-        self._send(_json_error(err))
+        self._send_json(_json_error(err))
         if self._errors >= MAX_ERRORS:
             self._close(CLOSE_BAD_REQUEST, "Too many malformed messages")
 
@@ -356,10 +357,10 @@ class SyncWebSocketProtocol(WebSocketServerProtocol):
             return False
         if stream is not self._stream:
             return False
-        self._send({"type": "sync", "batch": batch})
+        self._send_json({"type": "sync", "batch": batch})
         return True
 
-    def _send(self, message: dict[str, Any]) -> None:
+    def _send_json(self, message: dict[str, Any]) -> None:
         if not self._closing:
             self.sendMessage(encode_json(message), isBinary=False)
 
@@ -425,11 +426,13 @@ class SyncWebSocketFactory(WebSocketServerFactory):
             autoPingTimeout=AUTO_PING_TIMEOUT_S,
             openHandshakeTimeout=AUTH_TIMEOUT_S,
             closeHandshakeTimeout=5,
+            failByDrop=False,  # send the close code (e.g. 1009 too big) before hanging up
+            webStatus=False,  # a plain GET gets an HTTP error, not autobahn's status page
         )
         if session_cache is not None:
             session_cache.add_revocation_listener(self._sessions_revoked)
 
-    def resource(self) -> WebSocketResource:
+    def make_resource(self) -> WebSocketResource:
         return WebSocketResource(self)
 
     def client_info(self, request: ConnectionRequest) -> ClientInfo:

@@ -1,0 +1,1 @@
+CREATE SEQUENCE content_reports_stream_seq;
