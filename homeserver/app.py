@@ -263,6 +263,7 @@ async def build_homeserver(
     event_creation.after_persist.append(relations_indexer.on_event)
     await relations_indexer.catch_up(event_creation.current_position())
     sync.aggregations = relations.bundle
+    sync.serializer = client_events  # redactions and prev_content applied in batches
     room_reads.aggregations = relations.bundle
     client_events.aggregations = relations.bundle  # /messages, /context
     search_indexer = SearchIndexer(config.search_enabled, stores.search, stores.relations,

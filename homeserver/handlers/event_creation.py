@@ -102,6 +102,9 @@ class EventCreationHandler:
             self._snapshots.move_to_end(room_id)
             return snap
         state = await self._events.get_current_state_ids(room_id)
+        if not state:
+            # Unknown room (or not yet created): nothing worth caching.
+            return RoomSnapshot({}, [], None, 0)
         extremities = await self._events.get_forward_extremities(room_id)
         group = None
         depth = 0
@@ -144,7 +147,10 @@ class EventCreationHandler:
             signed = sign_event(pdu, self._server_name, self._key, room_version)
         event = Event(compute_event_id(signed, room_version), signed, room_version)
         event.internal.room_id = room_id  # implied by the id in v12, not in the PDU
-        event_auth.check_auth_rules(event, {}, event)
+        try:
+            event_auth.check_auth_rules(event, {}, event)
+        except event_auth.AuthError as e:
+            raise MatrixError(400, f"Invalid creation content: {e}", Codes.BAD_JSON) from e
         await self._rooms.store_room(room_id, room_version.identifier, sender, False,
                                      self._clock.time_msec())
         await self._persist(event, room_id, RoomSnapshot({}, [], None, 0), None)

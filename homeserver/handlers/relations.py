@@ -72,7 +72,7 @@ def relation_of(event: Event) -> tuple[str, str, str | None] | None:
     if parent == event.event_id:
         return None
     key = rel.get("key") if rel_type == "m.annotation" else None
-    return rel_type, parent, key if isinstance(key, str) and len(key) <= 255 else None
+    return rel_type, parent, key if isinstance(key, str) and len(key) <= 500 else None
 
 
 def relation_row(event: Event) -> RelationRow | None:
@@ -171,11 +171,17 @@ class RelationsHandler:
 
     async def serialize(self, user_id: str, device_id: str | None, events: Sequence[Event],
                         include_room_id: bool = True) -> list[JsonDict]:
-        """Client events with redactions applied and aggregations bundled."""
+        """Client events with redactions applied and aggregations bundled. A state event
+        whose predecessor was redacted since shows that predecessor's content redacted."""
         if not events:
             return []
-        redaction_ids = await self._events.get_redaction_ids(e.event_id for e in events)
+        replaced = {e.event_id: e.pdu["unsigned"]["replaces_state"] for e in events
+                    if isinstance(e.pdu.get("unsigned"), dict)
+                    and isinstance(e.pdu["unsigned"].get("replaces_state"), str)}
+        redaction_ids = await self._events.get_redaction_ids(
+            [e.event_id for e in events] + list(replaced.values()))
         redactions = await self._events.get_events(redaction_ids.values())
+        redacted_prev = await self._events.get_events(p for p in replaced.values() if p in redaction_ids)
         bundles = await self.bundle(user_id, device_id, events, include_room_id)
         now = self._clock.time_msec()
         out = []
@@ -184,11 +190,59 @@ class RelationsHandler:
             if redaction is not None and redaction.room_id != e.room_id:
                 redaction = None
             pruned = prune_event_dict(e.pdu, e.room_version) if redaction is not None else None
-            out.append(serialize_event(e, now, for_user=user_id, for_device=device_id,
-                                       redaction=redaction, pruned_pdu=pruned,
-                                       include_room_id=include_room_id,
-                                       relations=bundles.get(e.event_id)))
+            client = serialize_event(e, now, for_user=user_id, for_device=device_id,
+                                     redaction=redaction, pruned_pdu=pruned,
+                                     include_room_id=include_room_id,
+                                     relations=bundles.get(e.event_id))
+            unsigned = client["unsigned"]
+            prev = redacted_prev.get(replaced.get(e.event_id, ""))
+            prev_redaction = redactions.get(redaction_ids.get(prev.event_id, "")) if prev else None
+            if prev_redaction is None or prev is None or prev_redaction.room_id != prev.room_id:
+                prev = None
+            if redaction is not None:
+                unsigned.pop("prev_content", None)
+            elif prev is not None and "prev_content" in unsigned:
+                unsigned["prev_content"] = prune_event_dict(prev.pdu, prev.room_version)["content"]
+            out.append(client)
         return out
+
+    # ------------------------------------------------------------------ sending
+
+    async def validate_relation(self, room_id: str, sender: str, event_type: str,
+                                content: JsonDict) -> None:
+        """Synapse's checks on a client-sent relation (``_validate_event_relation``), run
+        before the event is created: the parent is in this room (or already a relation
+        target; a parent in another room is answered as unknown, unlike Synapse),
+        an annotation has a key of at most 500 characters and is not a duplicate, and a
+        thread does not start from an event that is itself a relation."""
+        rel = content.get("m.relates_to")
+        if not isinstance(rel, dict) or not isinstance(rel.get("event_id"), str) \
+                or not isinstance(rel.get("rel_type"), str):
+            return
+        # Only for members: the auth rules answer anyone else, and must answer first, or
+        # this would tell non-members which event ids exist.
+        snap = await self._creation.snapshot(room_id)
+        member_id = snap.state_ids.get(("m.room.member", sender))
+        member = await self._events.get_event(member_id) if member_id else None
+        if member is None or member.membership != "join":
+            return
+        rel_type, parent_id = rel["rel_type"], rel["event_id"]
+        parent = await self._events.get_event(parent_id)
+        if parent is not None and parent.room_id != room_id:
+            parent = None  # as unknown: no hint that it exists in another room
+        if parent is None and not await self._store.child_kinds(room_id, [parent_id]):
+            raise MatrixError(400, "Can't send relation to unknown event", Codes.INVALID_PARAM)
+        if rel_type == "m.annotation":
+            key = rel.get("key")
+            if not isinstance(key, str):
+                raise MatrixError(400, "Missing aggregation key", Codes.INVALID_PARAM)
+            if len(key) > 500:
+                raise MatrixError(400, "Aggregation key is too long", Codes.INVALID_PARAM)
+            if await self._store.has_annotation(room_id, parent_id, sender, event_type, key):
+                raise MatrixError(400, "Can't send same reaction twice", "M_DUPLICATE_ANNOTATION")
+        elif rel_type == "m.thread" and parent is not None and relation_of(parent) is not None:
+            raise MatrixError(400, "Cannot start threads from an event with a relation",
+                              Codes.INVALID_PARAM)
 
     # ------------------------------------------------------------------ /relations
 
@@ -287,16 +341,20 @@ class RelationsHandler:
     async def _bundle_room(self, user_id: str, device_id: str | None, room_id: str,
                            parents: list[Event], include_room_id: bool,
                            out: dict[str, JsonDict]) -> None:
-        ids = [e.event_id for e in parents]
-        redacted = set(await self._events.get_redaction_ids(ids))
+        kinds = await self._store.child_kinds(room_id, (e.event_id for e in parents))
+        if not kinds:
+            return
         now = self._clock.time_msec()
         # Threads: only events that are not themselves part of a relation start one.
-        roots = [e for e in parents if relation_of(e) is None]
+        roots = [e for e in parents if "m.thread" in kinds.get(e.event_id, ())
+                 and relation_of(e) is None]
         threads = await self._threads(user_id, room_id, roots)
-        latest_events = [t[0] for t in threads.values()]
-        edits = await self._edits(user_id, room_id,
-                                  [e for e in parents if e.event_id not in redacted] + latest_events)
-        references = await self._references(user_id, room_id, ids)
+        edited = [e for e in parents if "m.replace" in kinds.get(e.event_id, ())]
+        redacted = set(await self._events.get_redaction_ids(e.event_id for e in edited)) if edited else set()
+        edits = await self._edits(user_id, room_id, [e for e in edited if e.event_id not in redacted]
+                                  + [t[0] for t in threads.values()])
+        references = await self._references(
+            user_id, room_id, [e.event_id for e in parents if "m.reference" in kinds.get(e.event_id, ())])
 
         def client(ev: Event, relations: JsonDict | None = None) -> JsonDict:
             return serialize_event(ev, now, for_user=user_id, for_device=device_id,

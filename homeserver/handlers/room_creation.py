@@ -87,6 +87,10 @@ class RoomCreationHandler:
         create = await self._creator.create_room_with_create_event(
             version, user_id, creation_content, room_id)
         room_id = create.room_id
+        # The alias exists before the canonical-alias event names it (as Synapse does).
+        if alias is not None and not await self._aliases.create_alias(
+                alias, room_id, user_id, self._clock.time_msec()):
+            raise MatrixError(400, "Room alias already taken", Codes.ROOM_IN_USE)
 
         async def state(event_type: str, content: dict[str, Any], state_key: str = "") -> Event:
             return await self._creator.send(room_id, user_id, event_type, content, state_key)
@@ -137,9 +141,6 @@ class RoomCreationHandler:
             if body.get("is_direct"):
                 content["is_direct"] = True
             await state("m.room.member", content, invitee)
-        if alias is not None and not await self._aliases.create_alias(
-                alias, room_id, user_id, self._clock.time_msec()):
-            raise MatrixError(400, "Room alias already taken", Codes.ROOM_IN_USE)
         if body.get("visibility") == "public":
             await self._rooms.set_public(room_id, True)
         return room_id, alias

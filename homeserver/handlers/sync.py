@@ -110,6 +110,8 @@ class SyncHandler:
         self._notifier = notifier
         self._ad_position = 0
         self.sources: list[EphemeralSource] = []
+        # Batch serializer (redactions, prev_content pruning, aggregations); wired in app.
+        self.serializer: Any = None
         # Bundled aggregations for timeline events: (user, device, events, include_room_id)
         # -> {event_id: unsigned["m.relations"]} (RelationsHandler.bundle), when wired.
         self.aggregations: Callable[[str, str | None, Sequence[Event], bool],
@@ -272,7 +274,7 @@ class SyncHandler:
                 "limited": limited or (newly_joined and req.since is not None and limited),
                 "prev_batch": f"t{start}",
             },
-            "state": {"events": [await self._client_event(e, req) for e in state_events]},
+            "state": {"events": await self._serialize_state(state_events, req)},
             "ephemeral": {"events": []},
             "account_data": {"events": []},
             "unread_notifications": {"notification_count": 0, "highlight_count": 0},
@@ -302,7 +304,7 @@ class SyncHandler:
         return {
             "timeline": {"events": await self._timeline_events(events, req),
                          "limited": limited, "prev_batch": f"t{start}"},
-            "state": {"events": [await self._client_event(e, req) for e in state_events]},
+            "state": {"events": await self._serialize_state(state_events, req)},
             "account_data": {"events": []},
         }
 
@@ -337,7 +339,16 @@ class SyncHandler:
         return {"m.joined_member_count": len(joined), "m.invited_member_count": len(invited),
                 "m.heroes": heroes}
 
+    async def _serialize_state(self, events: list[Event], req: SyncRequest) -> list[JsonDict]:
+        if self.serializer is not None:
+            return await self.serializer.serialize(events, req.user_id, req.device_id,
+                                                   include_room_id=False)
+        return [await self._client_event(e, req) for e in events]
+
     async def _timeline_events(self, events: list[Event], req: SyncRequest) -> list[JsonDict]:
+        if self.serializer is not None:
+            return await self.serializer.serialize(events, req.user_id, req.device_id,
+                                                   include_room_id=False)
         bundles = (await self.aggregations(req.user_id, req.device_id, events, False)
                    if self.aggregations is not None and events else {})
         return [await self._client_event(e, req, bundles.get(e.event_id)) for e in events]

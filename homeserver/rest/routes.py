@@ -133,7 +133,9 @@ def register_all(router: Router, c: Components) -> None:
     # Not behind federation.enabled: third parties holding a user's OpenID token need it
     # on non-federating servers too (Synapse's separate "openid" listener resource).
     OpenIdUserInfoServlet(c.openid).register(router)
-    RoomServlets(c.clock, c.room_creation, c.event_creation, c.room_reads).register(router)
+    room_servlets = RoomServlets(c.clock, c.room_creation, c.event_creation, c.room_reads)
+    room_servlets.relation_check = c.relations.validate_relation
+    room_servlets.register(router)
     MembershipServlets(c.membership).register(router)
     RoomHistoryServlets(c.pagination).register(router)
     RedactionServlets(c.redaction).register(router)

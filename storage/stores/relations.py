@@ -203,17 +203,30 @@ class RelationsStore:
             out += [_relation(r) for r in rows]
         return out
 
-    async def relation_kinds(self, event_ids: Iterable[str]) -> dict[str, str]:
-        """event id -> its own rel_type, for those of ``event_ids`` that relate to something."""
-        out: dict[str, str] = {}
-        for chunk in _chunks(event_ids):
+    async def child_kinds(self, room_id: str, parent_ids: Iterable[str]) -> dict[str, set[str]]:
+        """parent id -> the rel_types of its children, for parents that have any (one
+        cheap query, so pages without relations cost nothing more)."""
+        out: dict[str, set[str]] = {}
+        for chunk in _chunks(parent_ids):
             rows = await self._db.query(
-                "relation_kinds",
-                f"SELECT event_id, rel_type FROM event_relations WHERE event_id IN ({_marks(chunk)})",
-                *chunk,
+                "child_kinds",
+                f"SELECT DISTINCT relates_to_id, rel_type FROM event_relations WHERE room_id = ?"
+                f" AND relates_to_id IN ({_marks(chunk)})",
+                room_id, *chunk,
             )
-            out.update({r[0]: r[1] for r in rows})
+            for parent, rel_type in rows:
+                out.setdefault(parent, set()).add(rel_type)
         return out
+
+    async def has_annotation(self, room_id: str, parent_id: str, sender: str, event_type: str,
+                             key: str) -> bool:
+        row = await self._db.query_one(
+            "has_annotation",
+            "SELECT 1 FROM event_relations WHERE relates_to_id = ? AND room_id = ? AND rel_type = ?"
+            " AND sender = ? AND type = ? AND aggregation_key = ?",
+            parent_id, room_id, "m.annotation", sender, event_type, key,
+        )
+        return row is not None
 
     async def thread_summaries(self, room_id: str, root_ids: Iterable[str]) -> dict[str, ThreadSummary]:
         out: dict[str, ThreadSummary] = {}

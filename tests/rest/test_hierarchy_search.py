@@ -270,8 +270,14 @@ class SearchTest(TwoUsers):
         self.assertEqual(await self.hs.db.query("rows", "SELECT * FROM event_search"), [])
 
     async def test_context_state_and_groups(self) -> None:
-        room = await self.create_room(self.alice, preset="public_chat", name="Hall")
+        room = await self.create_room(self.alice, preset="public_chat", name="Old name")
         await self.join(self.bob, room)
+        old_name = (await self.request("GET", f"{CS}/rooms/{q(room)}/state/m.room.name?format=event",
+                                       token=self.alice)).json["event_id"]
+        await self.put_state(self.alice, room, "m.room.name", {"name": "Hall"})
+        self._txn += 1
+        await self.request("PUT", f"{CS}/rooms/{q(room)}/redact/{q(old_name)}/r{self._txn}", {},
+                           token=self.alice)
         before = await self.send_ok(self.alice, room, "first")
         hit = await self.send_ok(self.bob, room, "the needle")
         after = await self.send_ok(self.alice, room, "last")
@@ -284,8 +290,10 @@ class SearchTest(TwoUsers):
         self.assertEqual([e["event_id"] for e in context["events_after"]], [after])
         self.assertTrue(context["start"].startswith("t") and context["end"].startswith("t"))
         self.assertEqual(context["profile_info"][BOB], {"displayname": "bob"})
-        names = [e["content"].get("name") for e in events["state"][room] if e["type"] == "m.room.name"]
-        self.assertEqual(names, ["Hall"])
+        names = [e for e in events["state"][room] if e["type"] == "m.room.name"]
+        self.assertEqual(names[0]["content"], {"name": "Hall"})
+        # The redacted old name does not come back through prev_content.
+        self.assertEqual(names[0]["unsigned"]["prev_content"], {})
         self.assertEqual(events["groups"]["room_id"][room], {"results": [hit], "order": 0})
         self.assertEqual(events["groups"]["sender"][BOB]["results"], [hit])
         for bad in (criteria("x", event_context={"before_limit": "5"}), criteria(5),

@@ -5,9 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import defer, reactor, task
+from twisted.trial import unittest
 
 from homeserver.app import build_homeserver
+from homeserver.config import ConfigError, parse_config
 from tests.rest.room_helpers import CS, RoomTestCase, q
+from tests.unit.test_config import minimal
 
 ALICE = "@alice:test.local"
 BOB = "@bob:test.local"
@@ -203,6 +206,16 @@ class PresenceTest(PresenceTestCase):
                                   {"typing": True}, token=alice)
         self.assertEqual(resp.code, 200, resp)
         self.assertLess((await self.get(bob, ALICE)).json["last_active_ago"], 1000)
+
+
+class PresenceConfigTest(unittest.TestCase):
+    def test_presence_config(self) -> None:
+        self.assertTrue(parse_config(minimal()).presence_enabled)
+        self.assertFalse(parse_config(minimal(presence={"enabled": False})).presence_enabled)
+        with self.assertRaisesRegex(ConfigError, "unknown key 'presence.enabeld'"):
+            parse_config(minimal(presence={"enabeld": False}))
+        with self.assertRaisesRegex(ConfigError, "'presence.enabled': expected boolean"):
+            parse_config(minimal(presence={"enabled": "no"}))
 
 
 class PresenceDisabledTest(PresenceTestCase):

@@ -148,12 +148,44 @@ class RelationsEndpointTest(RelationsTestCase):
         # The early reply is hidden on its own too.
         self.assertMatrixError(await self.get_event(self.bob, private, early), 404, "M_NOT_FOUND")
 
-    async def test_cross_room_relation_is_not_served(self) -> None:
+    async def test_send_checks(self) -> None:
         root = await self.send_ok(self.alice, self.room, "root")
         other = await self.create_room(self.alice)
-        await self.send_rel(self.alice, rel("m.thread", root), room=other)
-        got = await self.relations(self.alice, root)
-        self.assertEqual(got.json["chunk"], [])
+
+        async def send(content: dict[str, Any], room: str | None = None, token: str | None = None,
+                       event_type: str = "m.room.message", txn: str | None = None) -> Any:
+            return await self.send(token or self.alice, room or self.room, event_type=event_type,
+                                   content=content, txn=txn)
+
+        # A parent in another room is answered as unknown (no hint that it exists).
+        cross = await send(rel("m.thread", root), room=other)
+        self.assertMatrixError(cross, 400, "M_INVALID_PARAM")
+        self.assertMatrixError(await send(rel("m.thread", "$unknown")), 400, "M_INVALID_PARAM")
+        self.assertMatrixError(await send(rel("m.annotation", root), event_type="m.reaction"), 400,
+                               "M_INVALID_PARAM")
+        self.assertMatrixError(await send(rel("m.annotation", root, key="k" * 501),
+                                          event_type="m.reaction"), 400, "M_INVALID_PARAM")
+        first = await send(rel("m.annotation", root, key="👍"), event_type="m.reaction", txn="r1")
+        self.assertEqual(first.code, 200, first)
+        # A retry of the same transaction is not a duplicate; a new one is.
+        retry = await send(rel("m.annotation", root, key="👍"), event_type="m.reaction", txn="r1")
+        self.assertEqual(retry.json, first.json)
+        self.assertMatrixError(await send(rel("m.annotation", root, key="👍"), event_type="m.reaction"),
+                               400, "M_DUPLICATE_ANNOTATION")
+        self.assertEqual((await send(rel("m.annotation", root, key="👍"), event_type="m.reaction",
+                                     token=self.bob)).code, 200)
+        reply = await self.send_rel(self.bob, rel("m.thread", root))
+        self.assertMatrixError(await send(rel("m.thread", reply)), 400, "M_INVALID_PARAM")
+        # Non-members get the auth rules' answer, not a hint about event ids.
+        carol = await self.user("carol")
+        self.assertMatrixError(await send(rel("m.thread", "$unknown"), token=carol), 403,
+                               "M_FORBIDDEN")
+        self.assertMatrixError(await send(rel("m.thread", root), token=carol), 403, "M_FORBIDDEN")
+        # A malformed m.relates_to is no relation at all: sent, not indexed.
+        plain = await send({"body": "x", "m.relates_to": {"rel_type": 5, "event_id": root}})
+        self.assertEqual(plain.code, 200, plain)
+        kinds = {e["type"] for e in (await self.relations(self.alice, root)).json["chunk"]}
+        self.assertEqual(kinds, {"m.reaction", "m.room.message"})
 
 
 class BundledAggregationsTest(RelationsTestCase):

@@ -157,3 +157,17 @@ class SendTest(RoomTestCase):
         # Power levels: bob cannot raise himself.
         resp = await self.put_state(bob, room, "m.room.power_levels", {"users": {BOB: 100}})
         self.assertMatrixError(resp, 403, "M_FORBIDDEN")
+
+
+class CreateRoomBadContentTest(RoomTestCase):
+    async def test_bad_additional_creators_is_400(self) -> None:
+        alice = await self.user("alice")
+        resp = await self.request("POST", f"{CS}/createRoom", {
+            "room_version": "12", "creation_content": {"additional_creators": [1]}}, token=alice)
+        self.assertMatrixError(resp, 400, "M_BAD_JSON")
+
+    async def test_deeply_nested_sync_filter_is_400(self) -> None:
+        alice = await self.user("alice")
+        deep = '{"a":' + "[" * 1500 + "]" * 1500 + "}"
+        resp = await self.request("GET", f"{CS}/sync?filter={q(deep)}", token=alice)
+        self.assertEqual(resp.code, 400, resp)

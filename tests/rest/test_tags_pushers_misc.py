@@ -6,9 +6,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import os
+import tempfile
 from typing import Any
 
+from twisted.trial import unittest
+
+from homeserver.config.loader import ConfigError
 from homeserver.rest.client import misc
+from tests.harness import make_config
 from tests.rest.room_helpers import CS, RoomTestCase, q
 
 V1 = "/_matrix/client/v1"
@@ -122,6 +128,9 @@ class PushersTest(TwoUsers):
         self.assertEqual(gone.code, 200)
         self.assertEqual(await self.pushers(self.alice), [])
         self.assertEqual(len(await self.pushers(self.bob)), 1)
+        # Deleting a pusher that does not exist is not an error.
+        again = await self.set_pusher(self.alice, {"kind": None, "app_id": "x", "pushkey": "y"})
+        self.assertEqual((again.code, again.json), (200, {}))
 
     async def test_validation(self) -> None:
         self.assertMatrixError(await self.set_pusher(None, self.pusher()), 401, "M_MISSING_TOKEN")
@@ -171,6 +180,27 @@ class TurnServerTest(TwoUsers):
         self.assertEqual(resp.json["password"], base64.b64encode(mac).decode())
         self.assertMatrixError(await self.request("GET", f"{CS}/voip/turnServer"), 401,
                                "M_MISSING_TOKEN")
+
+
+class VoipConfigTest(unittest.TestCase):
+    def test_keys(self) -> None:
+        data_dir = tempfile.mkdtemp(prefix="parley-cfg-")
+        os.environ["PARLEY_TEST_TURN_SECRET"] = "from-env"
+        self.addCleanup(os.environ.pop, "PARLEY_TEST_TURN_SECRET")
+        config, _ = make_config(data_dir, "sqlite", voip={
+            "turn_uris": ["turn:t.example.org"], "turn_user_lifetime": "2h",
+            "turn_shared_secret": {"env": "PARLEY_TEST_TURN_SECRET"}}, search={"enabled": True})
+        self.assertEqual((config.voip.turn_shared_secret, config.voip.turn_user_lifetime),
+                         ("from-env", 7200.0))
+        self.assertTrue(config.search_enabled)
+        defaults, _ = make_config(data_dir, "sqlite")
+        self.assertEqual((defaults.voip.turn_uris, defaults.search_enabled), ([], False))
+        self.assertNotIn("from-env", repr(config))
+        for bad in ({"voip": {"turn_urls": []}}, {"voip": {"turn_uris": ["http://x"]}},
+                    {"voip": {"turn_user_lifetime": "soon"}}, {"search": {"enabled": "yes"}},
+                    {"search": {"on": True}}):
+            with self.assertRaises(ConfigError):
+                make_config(data_dir, "sqlite", **bad)
 
 
 class MiscTest(TwoUsers):

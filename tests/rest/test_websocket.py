@@ -7,7 +7,11 @@ from typing import Any
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import defer, reactor, task
+from twisted.trial import unittest
 
+from homeserver.handlers.sync import SyncToken
+from homeserver.handlers.sync_filter import SyncFilter
+from homeserver.handlers.sync_push import SyncPushStream, is_empty_batch
 from homeserver.rest.client.websocket import (
     AUTH_TIMEOUT_S,
     CLOSE_BAD_REQUEST,
@@ -417,3 +421,31 @@ class WebSocketTest(RoomTestCase):
         self.assertEqual(versions.code, 200)
         unknown = await self.request("GET", WS_PATH + "/x")
         self.assertMatrixError(unknown, 404, "M_UNRECOGNIZED")
+
+
+class PushStreamUnitTest(unittest.TestCase):
+    """The transport-independent parts: what counts as news, how acks free slots."""
+
+    def test_is_empty_batch(self) -> None:
+        empty = {"next_batch": "s2_0", "rooms": {"join": {}, "invite": {}, "leave": {}, "knock": {}},
+                 "account_data": {"events": []}, "presence": {"events": []},
+                 "to_device": {"events": []}, "device_lists": {"changed": [], "left": []},
+                 "device_one_time_keys_count": {"signed_curve25519": 3}}
+        self.assertTrue(is_empty_batch(empty))
+        self.assertFalse(is_empty_batch({**empty, "rooms": {"join": {"!r:x": {}}}}))
+        self.assertFalse(is_empty_batch({**empty, "to_device": {"events": [{"type": "m"}]}}))
+        self.assertFalse(is_empty_batch({**empty, "device_lists": {"changed": ["@a:x"]}}))
+
+    def test_ack_is_cumulative_and_checked(self) -> None:
+        async def send(batch: dict[str, Any]) -> bool:
+            return True
+
+        stream = SyncPushStream(None, "@a:x", "D", SyncToken.parse("s1_0"),  # type: ignore[arg-type]
+                                SyncFilter.parse({}), False, send)
+        stream.in_flight = ["s2_0", "s3_0"]
+        self.assertFalse(stream.ack("s9_0"))
+        self.assertTrue(stream.ack("s1_0"))  # the starting point: a harmless repeat
+        self.assertTrue(stream.ack("s3_0"))
+        self.assertEqual(stream.in_flight, [])
+        self.assertEqual(str(stream.acked), "s3_0_0_0_0_0_0")
+        self.assertFalse(stream.ack("s2_0"))

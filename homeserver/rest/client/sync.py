@@ -13,7 +13,7 @@ from homeserver.handlers.sync import SyncHandler, SyncRequest, SyncToken
 from homeserver.handlers.sync_filter import SyncFilter
 from homeserver.http.errors import Codes, MatrixError
 from homeserver.http.router import Router, client_paths
-from homeserver.http.server import ApiRequest, describe_validation_error
+from homeserver.http.server import ApiRequest, describe_validation_error, json_body_problem
 from homeserver.rest.client.filters import FILTER_SCHEMA
 
 _FILTER_VALIDATOR = Draft202012Validator(FILTER_SCHEMA)
@@ -69,8 +69,11 @@ async def resolve_filter(filters: FilterHandler, user_id: str, raw: str | None) 
     if raw.lstrip().startswith("{"):
         try:
             parsed = json.loads(raw)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             raise MatrixError(400, "Invalid filter JSON", Codes.BAD_JSON) from e
+        problem = json_body_problem(parsed)
+        if problem:
+            raise MatrixError(400, problem, Codes.BAD_JSON)
         return parse_inline_filter(parsed)
     try:
         stored = await filters.get_filter(user_id, raw)
