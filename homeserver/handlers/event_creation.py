@@ -73,6 +73,7 @@ class EventCreationHandler:
         # a reader must not see position N before every position below N is written.
         self._in_flight: set[int] = set()
         self._max_persisted = 0
+        self._held: list[tuple[int, list[str], str]] = []
 
     async def load_position(self) -> None:
         self._max_persisted = await self._events.max_stream_ordering()
@@ -260,8 +261,11 @@ class EventCreationHandler:
                 group_before=snap.state_group, state_before=snap.state_ids, txn_key=txn_key,
                 now_ms=self._clock.time_msec(),
             ))
-        finally:
+        except BaseException:
             self._in_flight.discard(stream)
+            self._release_held()  # later events held behind this one may now be readable
+            raise
+        self._in_flight.discard(stream)
         self._max_persisted = max(self._max_persisted, stream)
         state_ids = dict(snap.state_ids)
         if event.is_state():
@@ -272,8 +276,23 @@ class EventCreationHandler:
             if result is not None:
                 await result
         members = [k[1] for k, _ in state_ids.items() if k[0] == "m.room.member"]
-        self._notifier.notify(user_ids=members if event.type == "m.room.member" else (),
-                              room_ids=[room_id])
+        self._wake(stream, members if event.type == "m.room.member" else [], room_id)
+
+    def _wake(self, stream: int, user_ids: list[str], room_id: str) -> None:
+        """Notify waiters once the event is readable. While a lower position is still
+        being written, readers cannot see this event yet; its wake-up is held and sent
+        when the position catches up, so no long-poll sleeps through it."""
+        self._held.append((stream, user_ids, room_id))
+        self._release_held()
+
+    def _release_held(self) -> None:
+        position = self.current_position()
+        ready = [h for h in self._held if h[0] <= position]
+        if not ready:
+            return
+        self._held = [h for h in self._held if h[0] > position]
+        self._notifier.notify(user_ids={u for h in ready for u in h[1]},
+                              room_ids={h[2] for h in ready})
 
 
 class _locked:
