@@ -215,6 +215,7 @@ async def build_homeserver(
     filters = FilterHandler(stores.filters)
     openid = OpenIdHandler(config.server_name, clock, stores.openid_tokens)
     push_rules = PushRulesHandler(stores.push_rules)
+    devices.on_device_deleted.append(stores.pushers.delete_device_pushers)
     authenticator = TokenAuthenticator(codec, cache, stores.devices, clock)
 
     notifier = Notifier(clock)
@@ -264,6 +265,9 @@ async def build_homeserver(
     await relations_indexer.catch_up(event_creation.current_position())
     sync.aggregations = relations.bundle
     sync.serializer = client_events  # redactions and prev_content applied in batches
+    sync.push_rules = push_rules  # m.push_rules account data in sync
+    push_rules.on_change.append(sync.note_account_data)
+    account_data.push_rules = push_rules  # GET .../account_data/m.push_rules
     room_reads.aggregations = relations.bundle
     client_events.aggregations = relations.bundle  # /messages, /context
     search_indexer = SearchIndexer(config.search_enabled, stores.search, stores.relations,

@@ -73,6 +73,8 @@ class AccountDataHandler:
         self._store = store
         # Told (position, user_id) after every write, e.g. to wake that user's /sync.
         self.on_change: list[Callable[[int, str], None]] = []
+        # The push rules handler, which serves m.push_rules (wired in app).
+        self.push_rules: Any = None
 
     def _check_request(self, requester_id: str, user_id: str, room_id: str | None,
                        data_type: str) -> None:
@@ -96,6 +98,8 @@ class AccountDataHandler:
         self, requester_id: str, user_id: str, room_id: str | None, data_type: str
     ) -> JsonDict:
         self._check_request(requester_id, user_id, room_id, data_type)
+        if data_type == "m.push_rules" and room_id is None and self.push_rules is not None:
+            return await self.push_rules.get_push_rules_json(user_id)
         content = await self._store.get_account_data(user_id, room_id, data_type)
         if content is None:
             raise not_found("Account data not found")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import string
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from homeserver.auth.requester import ClientInfo
@@ -44,6 +45,8 @@ class DeviceHandler:
         self._store = store
         self._sessions = sessions
         self._events = events
+        # Called with (user_id, device_id) after a device is deleted (pushers, keys, ...).
+        self.on_device_deleted: list[Callable[[str, str], Awaitable[Any]]] = []
 
     async def ensure_device(
         self, user_id: str, device_id: str | None, display_name: str | None, client: ClientInfo
@@ -97,6 +100,9 @@ class DeviceHandler:
             return
         await self._sessions.revoke_devices(user_id, device_ids, reason)
         await self._store.delete_devices(user_id, device_ids)
+        for device_id in device_ids:
+            for hook in self.on_device_deleted:
+                await hook(user_id, device_id)
         for device_id in device_ids:
             await self._events.record("device_delete", "success", client, user_id=user_id,
                                       device_id=device_id, reason=reason)

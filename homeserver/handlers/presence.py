@@ -246,8 +246,9 @@ class PresenceHandler:
                 await self._store.store(new)
             if self._live.get(user_id) is live:
                 self._broadcast[user_id] = new
-            rooms = await self._members.rooms_for_user(user_id)
-            self._notifier.notify(user_ids=[user_id], room_ids=[m.room_id for m in rooms])
+            rooms = [m.room_id for m in await self._members.rooms_for_user(user_id)]
+            self._positions.notify_when_readable(
+                new.stream_id, lambda: self._notifier.notify(user_ids=[user_id], room_ids=rooms))
         if not live.devices and new.state == OFFLINE and self._live.get(user_id) is live:
             del self._live[user_id]
             self._broadcast.pop(user_id, None)

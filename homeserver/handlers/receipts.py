@@ -190,9 +190,11 @@ class ReceiptsHandler:
         if not written:
             return
         if receipt_type == READ_PRIVATE:
-            self._notifier.notify(user_ids=[user_id])
+            self._positions.notify_when_readable(
+                position, lambda: self._notifier.notify(user_ids=[user_id]))
         else:
-            self._notifier.notify(room_ids=[room_id])
+            self._positions.notify_when_readable(
+                position, lambda: self._notifier.notify(room_ids=[room_id]))
 
     async def _set_fully_read(self, user_id: str, room_id: str, event: Event) -> None:
         """Move the read marker, forward only (as Synapse without ``allow_backward``)."""

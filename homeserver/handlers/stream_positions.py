@@ -3,7 +3,10 @@
 Writes take their position from the database before they commit, and two writes can
 commit out of order. A reader told "everything up to N" must not miss a write at a
 position below N that is still in flight, so the readable position is the highest one
-below which nothing is in flight (the same rule as the events stream).
+below which nothing is in flight (the same rule as the events stream). For the same
+reason a write's wake-up (``notify_when_readable``) is held until the readable position
+covers it: woken earlier, a long-poll would find nothing, go back to sleep, and sleep
+through the write.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ class StreamPositions:
         # Allocation is serialised so that every allocated position is registered as in
         # flight before a higher one can be: nothing allocated hides below current().
         self._allocating = defer.DeferredLock()
+        self._held: list[tuple[int, Callable[[], None]]] = []
 
     def start_at(self, position: int) -> None:
         """The highest position already persisted (read once at start-up)."""
@@ -48,3 +52,17 @@ class StreamPositions:
         finally:
             self._in_flight.discard(position)
             self._max = max(self._max, position)
+            self._release_held()
+
+    def notify_when_readable(self, position: int, wake: Callable[[], None]) -> None:
+        """Call ``wake`` once readers can see ``position`` (at once if they can)."""
+        self._held.append((position, wake))
+        self._release_held()
+
+    def _release_held(self) -> None:
+        readable = self.current()
+        ready = [w for p, w in self._held if p <= readable]
+        if ready:
+            self._held = [(p, w) for p, w in self._held if p > readable]
+            for wake in ready:
+                wake()

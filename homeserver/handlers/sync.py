@@ -112,6 +112,8 @@ class SyncHandler:
         self.sources: list[EphemeralSource] = []
         # Batch serializer (redactions, prev_content pruning, aggregations); wired in app.
         self.serializer: Any = None
+        # Push rules are served as the m.push_rules global account data.
+        self.push_rules: Any = None
         # Bundled aggregations for timeline events: (user, device, events, include_room_id)
         # -> {event_id: unsigned["m.relations"]} (RelationsHandler.bundle), when wired.
         self.aggregations: Callable[[str, str | None, Sequence[Event], bool],
@@ -220,11 +222,17 @@ class SyncHandler:
                 rooms["join"][room_id]["account_data"] = {
                     "events": [{"type": t, "content": c} for t, c in data.items()
                                if req.filter.room_account_data.allows_type(t)]}
+        ad_events = [{"type": t, "content": c} for t, c in global_ad.items()
+                     if req.filter.account_data.allows_type(t)]
+        if self.push_rules is not None and req.filter.account_data.allows_type("m.push_rules"):
+            changed = await self.push_rules.get_stream_id(req.user_id)
+            if since is None or changed > since.account_data:
+                ad_events.append({"type": "m.push_rules",
+                                  "content": await self.push_rules.get_push_rules_json(req.user_id)})
         response: JsonDict = {
             "next_batch": str(token),
             "rooms": rooms,
-            "account_data": {"events": [{"type": t, "content": c} for t, c in global_ad.items()
-                                        if req.filter.account_data.allows_type(t)]},
+            "account_data": {"events": ad_events},
             "presence": {"events": []},
             "to_device": {"events": []},
             "device_lists": {"changed": [], "left": []},

@@ -146,3 +146,24 @@ class SyncWakeupTest(RoomTestCase):
         self.advance(31)
         result = await waiting
         self.assertEqual(result["rooms"]["join"], {})
+
+
+class PushRulesInSyncTest(RoomTestCase):
+    async def test_push_rules_in_initial_and_after_change(self) -> None:
+        alice = await self.user("alice")
+        first = await self.sync(alice)
+        types = {e["type"]: e["content"] for e in first["account_data"]["events"]}
+        self.assertIn("m.push_rules", types)
+        self.assertIn("override", types["m.push_rules"]["global"])
+        again = await self.sync(alice, first["next_batch"])
+        self.assertNotIn("m.push_rules", {e["type"] for e in again["account_data"]["events"]})
+        resp = await self.request("PUT", f"{CS}/pushrules/global/content/mine",
+                                  {"pattern": "cake", "actions": ["notify"]}, token=alice)
+        self.assertEqual(resp.code, 200, resp)
+        changed = await self.sync(alice, first["next_batch"])
+        rules = {e["type"]: e["content"] for e in changed["account_data"]["events"]}
+        self.assertIn("mine", [r["rule_id"] for r in rules["m.push_rules"]["global"]["content"]])
+        direct = await self.request("GET", f"{CS}/user/{ALICE}/account_data/m.push_rules",
+                                    token=alice)
+        self.assertEqual(direct.code, 200)
+        self.assertIn("global", direct.json)

@@ -103,6 +103,14 @@ class PushersTest(TwoUsers):
         self.assertEqual(resp.code, 200, resp)
         return resp.json["pushers"]
 
+    async def test_logout_removes_the_devices_pushers(self) -> None:
+        other = (await self.login("alice")).json["access_token"]
+        await self.set_pusher(other, self.pusher(pushkey="phone"))
+        await self.set_pusher(self.alice, self.pusher(pushkey="laptop"))
+        self.assertEqual(len(await self.pushers(self.alice)), 2)
+        await self.request("POST", f"{CS}/logout", token=other)
+        self.assertEqual([p["pushkey"] for p in await self.pushers(self.alice)], ["laptop"])
+
     async def test_set_list_replace_delete(self) -> None:
         self.assertEqual(await self.pushers(self.alice), [])
         resp = await self.set_pusher(self.alice, self.pusher())
@@ -326,3 +334,4 @@ class ReportingTest(TwoUsers):
         self.assertMatrixError(await self.request("POST", f"{CS}/users/{q(ALICE)}/report", {},
                                                   token=self.bob), 400, "M_MISSING_PARAM")
         self.assertEqual(await self.reports(), [])
+
