@@ -97,7 +97,7 @@ class VisibilityHandler:
         vis = await self._visibility_timeline(room_id)
         if vis.before(10**18) == "world_readable":
             return True, None
-        if current is not None and current.membership in ("leave", "ban"):
+        if current is not None and current.membership in ("leave", "ban") and not current.forgotten:
             history = await self._members.membership_history(user_id, room_id)
             if any(m == "join" for m, _ in history):
                 return True, current.stream_ordering

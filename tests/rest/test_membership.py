@@ -158,3 +158,17 @@ class HistoryVisibilityTest(RoomTestCase):
                              {"history_visibility": "world_readable"})
         event_id = await self.send_ok(alice, room, "for everyone")
         self.assertEqual((await self.get_event(carol, room, event_id)).code, 200)
+
+
+class ForgottenRoomTest(RoomTestCase):
+    async def test_forgotten_room_state_is_hidden(self) -> None:
+        alice = await self.user("alice")
+        bob = await self.user("bob")
+        room = await self.create_room(alice, preset="public_chat")
+        await self.join(bob, room)
+        await self.member(bob, room, "leave")
+        self.assertEqual((await self.request("GET", f"{CS}/rooms/{q(room)}/state",
+                                             token=bob)).code, 200)
+        await self.member(bob, room, "forget")
+        resp = await self.request("GET", f"{CS}/rooms/{q(room)}/state", token=bob)
+        self.assertMatrixError(resp, 403, "M_FORBIDDEN")

@@ -148,7 +148,7 @@ class PushersTest(TwoUsers):
         self.assertMatrixError(await self.set_pusher(self.alice, body), 400, "M_MISSING_PARAM")
         self.assertMatrixError(await self.set_pusher(self.alice, {"kind": "http"}), 400,
                                "M_MISSING_PARAM")
-        for data in ({}, {"url": "http://push.example.org/_matrix/push/v1/notify"},
+        for data in ({}, {"url": "ftp://push.example.org/_matrix/push/v1/notify"},
                      {"url": "https://push.example.org/other"}, {"url": "https://"},
                      {"url": GATEWAY, "format": "full"}):
             resp = await self.set_pusher(self.alice, self.pusher(data=data))

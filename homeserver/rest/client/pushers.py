@@ -57,8 +57,10 @@ def check_gateway_url(url: Any) -> None:
         host = parts.hostname
     except ValueError as e:
         raise MatrixError(400, "data.url is not a valid URL", Codes.INVALID_PARAM) from e
-    if parts.scheme != "https" or not host:
-        raise MatrixError(400, "data.url must be an https URL", Codes.INVALID_PARAM)
+    # The spec says HTTPS; like Synapse, plain HTTP is accepted too (gateways on a
+    # private network, local development).
+    if parts.scheme not in ("https", "http") or not host:
+        raise MatrixError(400, "data.url must be an http(s) URL", Codes.INVALID_PARAM)
     if parts.path != PUSH_GATEWAY_PATH:
         raise MatrixError(400, f"data.url must have the path {PUSH_GATEWAY_PATH}",
                           Codes.INVALID_PARAM)
