@@ -27,16 +27,21 @@ from homeserver.events.signing import load_or_generate_signing_key
 from homeserver.handlers.account import AccountHandler
 from homeserver.handlers.account_data import AccountDataHandler
 from homeserver.handlers.client_events import ClientEventSerializer
+from homeserver.handlers.cross_signing import CrossSigningHandler
+from homeserver.handlers.device_lists import DeviceListHandler
 from homeserver.handlers.devices import DeviceHandler
 from homeserver.handlers.directory import DirectoryHandler, RoomStatsUpdater
+from homeserver.handlers.e2e_keys import E2eKeysHandler
 from homeserver.handlers.event_creation import EventCreationHandler
 from homeserver.handlers.filters import FilterHandler
 from homeserver.handlers.hierarchy import HierarchyHandler
+from homeserver.handlers.key_backup import KeyBackupHandler
 from homeserver.handlers.membership import MembershipHandler
 from homeserver.handlers.openid import OpenIdHandler
 from homeserver.handlers.pagination import PaginationHandler
 from homeserver.handlers.presence import PresenceHandler
 from homeserver.handlers.profile import ProfileHandler
+from homeserver.handlers.push_actions import PushActionsHandler
 from homeserver.handlers.push_rules import PushRulesHandler
 from homeserver.handlers.receipts import ReceiptsHandler
 from homeserver.handlers.redaction import RedactionHandler
@@ -49,26 +54,35 @@ from homeserver.handlers.search import SearchHandler, SearchIndexer
 from homeserver.handlers.security_events import SecurityEventRecorder
 from homeserver.handlers.sessions import SessionHandler
 from homeserver.handlers.sync import SyncHandler
+from homeserver.handlers.to_device import ToDeviceHandler
 from homeserver.handlers.typing import TypingHandler
 from homeserver.handlers.user_directory import UserDirectoryHandler
 from homeserver.handlers.visibility import VisibilityHandler
 from homeserver.http.router import Router
 from homeserver.http.server import MatrixResource, RootResource, make_site
+from homeserver.media.setup import build_media
 from homeserver.notifier import Notifier
 from homeserver.rest import routes
 from homeserver.rest.client.websocket import WS_PATH, SyncWebSocketFactory
 from plugins import load_plugins
+from plugins.e2ee_only import E2eeOnlyPolicy
 from storage.database import Database
 from storage.engines import create_engine
 from storage.migrations import migrate
 from storage.stores.account_data import AccountDataStore
+from storage.stores.cross_signing import CrossSigningStore
+from storage.stores.device_lists import DeviceListStore
 from storage.stores.devices import DeviceStore
+from storage.stores.e2e_keys import E2eKeyStore
 from storage.stores.event_timestamps import EventTimestampStore
 from storage.stores.events import EventStore, StateHistoryStore
 from storage.stores.filters import FilterStore
+from storage.stores.key_backup import KeyBackupStore
+from storage.stores.media import MediaStore
 from storage.stores.openid_tokens import OpenIdTokenStore
 from storage.stores.presence import PresenceStore
 from storage.stores.profiles import ProfileStore
+from storage.stores.push_actions import PushActionsStore
 from storage.stores.push_rules import PushRulesStore
 from storage.stores.pushers import PusherStore
 from storage.stores.receipts import ReceiptStore
@@ -82,6 +96,7 @@ from storage.stores.rooms import RoomStore
 from storage.stores.search import SearchStore
 from storage.stores.security_events import SecurityEventStore
 from storage.stores.sessions import SessionStore
+from storage.stores.to_device import ToDeviceStore
 from storage.stores.ui_auth import UiAuthStore
 from storage.stores.user_directory import UserDirectoryStore
 from storage.stores.users import UserStore
@@ -115,6 +130,7 @@ class Stores:
     search: SearchStore
     pushers: PusherStore
     reports: ReportStore
+    key_backup: KeyBackupStore
 
 
 @dataclass
@@ -189,6 +205,7 @@ async def build_homeserver(
         search=SearchStore(db),
         pushers=PusherStore(db),
         reports=ReportStore(db),
+        key_backup=KeyBackupStore(db),
     )
     plugin_manager = load_plugins(config.plugins)
     events = SecurityEventRecorder(stores.security_events, clock)
@@ -248,6 +265,31 @@ async def build_homeserver(
                                visibility, account_data, stores.account_data, notifier, presence)
     await receipts.load_position()
     sync.sources.extend([receipts, typing_handler, presence])
+    # E2EE public keys and the device list stream (changed/left and key counts in sync).
+    e2e_key_store = E2eKeyStore(db)
+    device_lists = DeviceListHandler(DeviceListStore(db), e2e_key_store, stores.room_members,
+                                     notifier)
+    await device_lists.load_position()
+    sync.sources.append(device_lists)
+    event_creation.after_persist.append(device_lists.after_persist)
+    devices.on_device_deleted.append(device_lists.on_device_deleted)
+    e2e_keys = E2eKeysHandler(config.server_name, clock, e2e_key_store, device_lists)
+    # To-device messages (a per-device inbox delivered in /sync) and cross-signing.
+    to_device = ToDeviceHandler(config.server_name, clock, ToDeviceStore(db), stores.devices,
+                                notifier)
+    await to_device.load_position()
+    sync.sources.append(to_device)
+    devices.on_device_deleted.append(to_device.on_device_deleted)
+    cross_signing = CrossSigningHandler(config.server_name, clock, CrossSigningStore(db),
+                                        stores.devices)
+    cross_signing.on_change.append(device_lists.notify_device_change)
+    devices.on_device_deleted.append(cross_signing.on_device_deleted)
+    e2e_keys.query_providers.append(cross_signing.query_provider)
+    # The e2ee_only policy: refuse plaintext events; "everywhere" encrypts new rooms.
+    if config.e2ee_policy != "off":
+        e2ee_policy = E2eeOnlyPolicy(config.e2ee_policy)
+        event_creation.event_validators.append(e2ee_policy.check_event)
+        room_creation.default_initial_state.extend(e2ee_policy.default_initial_state())
     event_creation.after_persist.extend([typing_handler.after_persist, presence.after_persist])
     room_stats = RoomStatsUpdater(event_creation, stores.room_directory)
     event_creation.after_persist.append(room_stats.on_event)
@@ -267,6 +309,13 @@ async def build_homeserver(
     sync.serializer = client_events  # redactions and prev_content applied in batches
     sync.push_rules = push_rules  # m.push_rules account data in sync
     push_rules.on_change.append(sync.note_account_data)
+    # Push actions: rules evaluated once per persisted event (rulesets cached until they
+    # change); unread counts in /sync and GET /notifications read the recorded rows.
+    push_actions = PushActionsHandler(config.server_name, clock, PushActionsStore(db), push_rules,
+                                      event_creation, stores.events, visibility, client_events)
+    event_creation.after_persist.append(push_actions.on_event)
+    push_rules.on_change.append(push_actions.on_rules_changed)
+    sync.unread_counts = push_actions.unread_counts
     account_data.push_rules = push_rules  # GET .../account_data/m.push_rules
     room_reads.aggregations = relations.bundle
     client_events.aggregations = relations.bundle  # /messages, /context
@@ -279,6 +328,7 @@ async def build_homeserver(
     hierarchy = HierarchyHandler(event_creation, stores.room_members, stores.room_directory,
                                  directory)
 
+    media, url_previewer = build_media(config, clock, MediaStore(db), plugin_manager, default_reactor)
     router = Router()
     routes.register_all(
         router,
@@ -292,6 +342,11 @@ async def build_homeserver(
             typing=typing_handler, receipts=receipts, presence=presence,
             pagination=pagination, redaction=redaction, room_upgrade=room_upgrade,
             relations=relations, hierarchy=hierarchy, search=search, visibility=visibility,
+            media=media, url_previewer=url_previewer,
+            push_actions=push_actions, notifier=notifier, client_events=client_events,
+            e2e_keys=e2e_keys, device_lists=device_lists,
+            to_device=to_device, cross_signing=cross_signing,
+            key_backup=KeyBackupHandler(stores.key_backup),
         ),
     )
     resource = MatrixResource(router, authenticator,
@@ -302,7 +357,7 @@ async def build_homeserver(
                                       trusted_proxies=any(li.x_forwarded for li in config.listeners))
     root = RootResource(resource)
     root.mount(WS_PATH, websockets.make_resource())
-    site = make_site(root, config.max_request_body_size)
+    site = make_site(root, config.max_request_body_size, config.media.max_upload_size)
     hs = Homeserver(config, clock, db, stores, router, site, registration, sessions)
 
     cleanup = LoopingCall(lambda: _background(uia.expire_old_sessions()))

@@ -16,11 +16,14 @@ from homeserver.config.model import (
     Config,
     DatabaseConfig,
     ListenerConfig,
+    MediaConfig,
+    MediaS3Config,
     PasswordHashingConfig,
     PasswordPolicyConfig,
     RegistrationConfig,
     SigningKeyConfig,
     SupportContact,
+    UrlPreviewConfig,
     VoipConfig,
     WellKnownConfig,
 )
@@ -108,6 +111,57 @@ def parse_support_contacts(raw: list[dict[str, Any]]) -> list[SupportContact]:
         contacts.append(SupportContact(role=role, matrix_id=c.get("matrix_id"),
                                        email_address=c.get("email_address")))
     return contacts
+
+
+def parse_media(raw: dict[str, Any], data_dir: str, rel: Any) -> MediaConfig:
+    """The ``media`` section; an ``s3`` store needs an ``s3`` block, and allow-list
+    entries for URL previews must be valid CIDRs."""
+    import ipaddress
+
+    s3_raw = raw.get("s3")
+    store = raw.get("store", "local")
+    if store == "s3" and s3_raw is None:
+        raise ConfigError("media.s3: required when media.store is 's3'")
+    s3 = None
+    if s3_raw is not None:
+        s3 = MediaS3Config(
+            bucket=s3_raw["bucket"],
+            endpoint_url=s3_raw.get("endpoint_url"),
+            region=s3_raw.get("region"),
+            access_key_id=resolve_secret(s3_raw.get("access_key_id"), "media.s3.access_key_id"),
+            secret_access_key=resolve_secret(s3_raw.get("secret_access_key"),
+                                             "media.s3.secret_access_key"),
+            prefix=s3_raw.get("prefix", ""),
+            presigned_redirect=s3_raw.get("presigned_redirect", False),
+            presigned_url_lifetime=parse_duration(s3_raw.get("presigned_url_lifetime", "5m")),
+        )
+    up = raw.get("url_preview", {})
+    for i, cidr in enumerate(up.get("ip_range_allowlist", [])):
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError as e:
+            raise ConfigError(f"media.url_preview.ip_range_allowlist[{i}]: not an IP range") from e
+    deny = raw.get("sha256_deny_list_file")
+    return MediaConfig(
+        store=store,
+        media_dir=rel(raw.get("media_dir", os.path.join(data_dir, "media"))),
+        max_upload_size=raw.get("max_upload_size", 50 * 1024 * 1024),
+        allowed_content_types=list(raw.get("allowed_content_types", ["*/*"])),
+        user_quota=raw.get("user_quota", 1024 * 1024 * 1024),
+        legacy_unauthenticated_download=raw.get("legacy_unauthenticated_download", True),
+        unused_expiration=parse_duration(raw.get("unused_expiration", "24h")),
+        max_pending_uploads=raw.get("max_pending_uploads", 5),
+        builtin_scanner=raw.get("builtin_scanner", True),
+        sha256_deny_list_file=rel(deny) if deny else None,
+        max_image_pixels=raw.get("max_image_pixels", 32 * 1024 * 1024),
+        s3=s3,
+        url_preview=UrlPreviewConfig(
+            enabled=up.get("enabled", False),
+            ip_range_allowlist=list(up.get("ip_range_allowlist", [])),
+            max_size=up.get("max_size", 1024 * 1024),
+            timeout=parse_duration(up.get("timeout", "10s")),
+        ),
+    )
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
@@ -263,4 +317,6 @@ def parse_config(raw: Any, base_dir: Path | None = None) -> Config:
             turn_user_lifetime=parse_duration(raw.get("voip", {}).get("turn_user_lifetime", "1h")),
         ),
         search_enabled=raw.get("search", {}).get("enabled", False),
+        e2ee_policy=raw.get("e2ee", {}).get("policy", "off") or "off",
+        media=parse_media(raw.get("media", {}), data_dir, rel),
     )

@@ -108,6 +108,47 @@ class VoipConfig:
 
 
 @dataclass(frozen=True)
+class MediaS3Config:
+    """An S3-compatible bucket; credentials usually come from ``{env: ...}`` secrets."""
+
+    bucket: str
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key_id: str | None = field(default=None, repr=False)
+    secret_access_key: str | None = field(default=None, repr=False)
+    prefix: str = ""
+    presigned_redirect: bool = False
+    presigned_url_lifetime: float = 300.0
+
+
+@dataclass(frozen=True)
+class UrlPreviewConfig:
+    """Off by default: fetching arbitrary URLs for clients is an SSRF risk."""
+
+    enabled: bool = False
+    ip_range_allowlist: list[str] = field(default_factory=list)
+    max_size: int = 1024 * 1024
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class MediaConfig:
+    store: str = "local"
+    media_dir: str = "media"
+    max_upload_size: int = 50 * 1024 * 1024
+    allowed_content_types: list[str] = field(default_factory=lambda: ["*/*"])
+    user_quota: int = 1024 * 1024 * 1024
+    legacy_unauthenticated_download: bool = True
+    unused_expiration: float = 86400.0
+    max_pending_uploads: int = 5
+    builtin_scanner: bool = True
+    sha256_deny_list_file: str | None = None
+    max_image_pixels: int = 32 * 1024 * 1024
+    s3: MediaS3Config | None = None
+    url_preview: UrlPreviewConfig = field(default_factory=UrlPreviewConfig)
+
+
+@dataclass(frozen=True)
 class Config:
     server_name: str
     public_baseurl: str
@@ -130,3 +171,5 @@ class Config:
     presence_enabled: bool = True
     voip: VoipConfig = field(default_factory=VoipConfig)
     search_enabled: bool = False
+    e2ee_policy: str = "off"  # off | encrypted_rooms | everywhere (plugins/e2ee_only.py)
+    media: MediaConfig = field(default_factory=MediaConfig)

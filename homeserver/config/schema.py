@@ -66,6 +66,44 @@ SIGNING_KEY = _obj(
     ["kid", "algorithm", "key"],
 )
 
+MEDIA = _obj(
+    {
+        "store": {"enum": ["local", "s3"]},
+        "media_dir": {"type": "string", "minLength": 1},
+        "max_upload_size": {"type": "integer", "minimum": 1},
+        "allowed_content_types": {"type": "array", "items": {
+            "type": "string", "pattern": r"^([a-z0-9!#$&^_.+-]+/([a-z0-9!#$&^_.+-]+|\*)|\*/\*)\Z"}},
+        "user_quota": {"type": "integer", "minimum": 0},
+        "legacy_unauthenticated_download": {"type": "boolean"},
+        "unused_expiration": DURATION,
+        "max_pending_uploads": {"type": "integer", "minimum": 1},
+        "builtin_scanner": {"type": "boolean"},
+        "sha256_deny_list_file": {"type": "string"},
+        "max_image_pixels": {"type": "integer", "minimum": 1},
+        "s3": _obj(
+            {
+                "bucket": {"type": "string", "minLength": 1},
+                "endpoint_url": {"type": "string", "pattern": "^https?://"},
+                "region": {"type": "string"},
+                "access_key_id": SECRET,
+                "secret_access_key": SECRET,
+                "prefix": {"type": "string"},
+                "presigned_redirect": {"type": "boolean"},
+                "presigned_url_lifetime": DURATION,
+            },
+            ["bucket"],
+        ),
+        "url_preview": _obj(
+            {
+                "enabled": {"type": "boolean"},
+                "ip_range_allowlist": {"type": "array", "items": {"type": "string"}},
+                "max_size": {"type": "integer", "minimum": 1},
+                "timeout": DURATION,
+            }
+        ),
+    }
+)
+
 CONFIG_SCHEMA: dict[str, Any] = _obj(
     {
         "server_name": {"type": "string", "minLength": 1, "pattern": r"^[A-Za-z0-9.\-\[\]:]+\Z"},
@@ -161,6 +199,9 @@ CONFIG_SCHEMA: dict[str, Any] = _obj(
             "turn_user_lifetime": DURATION,
         }),
         "search": _obj({"enabled": {"type": "boolean"}}),
+        # YAML reads a bare `off` as false: both mean off.
+        "e2ee": _obj({"policy": {"enum": ["off", "encrypted_rooms", "everywhere", False]}}),
+        "media": MEDIA,
     },
     ["server_name"],
 )

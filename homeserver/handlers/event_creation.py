@@ -69,6 +69,9 @@ class EventCreationHandler:
         # Extra checks on client-sent state (send(..., validate=True)), run once the auth
         # rules pass: event type -> async fn(event, snapshot) raising a MatrixError.
         self.state_validators: dict[str, Callable[[Event, RoomSnapshot], Awaitable[None]]] = {}
+        # Checks on every client-sent event, state or not (validate=True), after the auth
+        # rules: async fn(event, snapshot) raising a MatrixError (e.g. the e2ee_only policy).
+        self.event_validators: list[Callable[[Event, RoomSnapshot], Awaitable[None]]] = []
         # Stream positions handed out but not yet committed, and the highest committed:
         # a reader must not see position N before every position below N is written.
         self._in_flight: set[int] = set()
@@ -189,6 +192,8 @@ class EventCreationHandler:
             validator = self.state_validators.get(event_type) if validate else None
             if validator is not None and event.is_state():
                 await validator(event, snap)
+            for check_event in self.event_validators if validate else ():
+                await check_event(event, snap)
             await self._persist(event, room_id, snap, (sender, *txn) if txn else None)
             return event
 

@@ -55,6 +55,9 @@ class RoomCreationHandler:
         self._creator = creator
         self._profiles = profiles
         self._aliases = aliases
+        # State a new room gets unless the request sets it (e.g. m.room.encryption under
+        # the e2ee_only "everywhere" policy): [{"type", "state_key", "content"}].
+        self.default_initial_state: list[dict[str, Any]] = []
 
     async def create_room(self, user_id: str, body: dict[str, Any]) -> tuple[str, str | None]:
         """Returns (room_id, room_alias or None)."""
@@ -105,6 +108,8 @@ class RoomCreationHandler:
 
         initial = {(e["type"], e.get("state_key", "")): e.get("content", {})
                    for e in body.get("initial_state", [])}
+        for default in self.default_initial_state:
+            initial.setdefault((default["type"], default["state_key"]), default["content"])
 
         power: dict[str, Any] = {
             "users": {} if version.creators_have_infinite_power else {user_id: 100},

@@ -118,6 +118,10 @@ class SyncHandler:
         # -> {event_id: unsigned["m.relations"]} (RelationsHandler.bundle), when wired.
         self.aggregations: Callable[[str, str | None, Sequence[Event], bool],
                                     Awaitable[dict[str, JsonDict]]] | None = None
+        # Unread notification counts (PushActionsHandler.unread_counts), when wired:
+        # (user, joined room ids, per-thread) -> {room_id: {"unread_notifications": ...}}.
+        self.unread_counts: Callable[[str, list[str], bool],
+                                     Awaitable[dict[str, JsonDict]]] | None = None
 
     async def load_positions(self) -> None:
         self._ad_position = await self._ad_store.max_stream_id()
@@ -215,6 +219,11 @@ class SyncHandler:
                     extra_sections[key].update(value)
                 else:
                     extra_sections[key] = value
+        if self.unread_counts is not None and rooms["join"]:
+            counts = await self.unread_counts(req.user_id, list(rooms["join"]),
+                                              req.filter.timeline.unread_thread_notifications)
+            for room_id, fields in counts.items():
+                rooms["join"][room_id].update(fields)
         global_ad, room_ad = await self._account_data.get_updated_account_data(
             req.user_id, since.account_data if since else 0)
         for room_id, data in room_ad.items():

@@ -30,6 +30,7 @@ class EventFilter:
     lazy_load_members: bool = False
     include_redundant_members: bool = False
     contains_url: bool | None = None
+    unread_thread_notifications: bool = False  # per-thread counts in /sync (timeline filter)
 
     @classmethod
     def parse(cls, raw: Any) -> EventFilter:
@@ -44,6 +45,7 @@ class EventFilter:
             lazy_load_members=bool(raw.get("lazy_load_members", False)),
             include_redundant_members=bool(raw.get("include_redundant_members", False)),
             contains_url=raw.get("contains_url"),
+            unread_thread_notifications=raw.get("unread_thread_notifications") is True,
         )
 
     def allows_type(self, event_type: str) -> bool:

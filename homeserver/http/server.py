@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, BinaryIO
 from urllib.parse import unquote
 
 from jsonschema import ValidationError
 from twisted.internet import defer
+from twisted.protocols.basic import FileSender
 from twisted.web import resource, server
 from twisted.web.iweb import IRequest
 
@@ -33,6 +35,11 @@ SECURITY_HEADERS = {
     "Cross-Origin-Resource-Policy": "cross-origin",
 }
 STRICT_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+# Media (downloads, thumbnails, and the JSON answers on media paths): Synapse's sandbox
+# policy, so an uploaded HTML/SVG file opened directly can run nothing.
+MEDIA_PATH_PREFIXES = ("/_matrix/media/", "/_matrix/client/v1/media/")
+MEDIA_CSP = ("sandbox; default-src 'none'; script-src 'none'; plugin-types application/pdf; "
+             "style-src 'unsafe-inline'; media-src 'self'; object-src 'self'")
 HSTS = "max-age=31536000; includeSubDomains"
 
 
@@ -182,18 +189,47 @@ class ApiRequest:
         return self.requester
 
 
+def is_media_upload_path(path: bytes) -> bool:
+    """``/_matrix/media/<version>/upload[/...]``: the only paths whose body may exceed the
+    JSON limit (they get the media limit instead)."""
+    parts = path.split(b"?", 1)[0].split(b"/")
+    return len(parts) >= 5 and parts[1] == b"_matrix" and parts[2] == b"media" and parts[4] == b"upload"
+
+
 class ParleyRequest(server.Request):
-    """A request that stops buffering a body past the configured limit."""
+    """A request that stops storing a body past the limit for its path.
+
+    Media uploads (see :func:`is_media_upload_path`) get ``media_max_body_size``, every
+    other path ``max_body_size``. The path is read from the channel's request line in
+    :meth:`gotLength`, i.e. before any body byte arrives; should it be unavailable the
+    larger limit applies and the dispatcher enforces the JSON one (``json_limit_pending``).
+    Bodies go where Twisted puts them: memory below 100 KB, else an anonymous temp file,
+    so a 50 MB upload is never held in memory.
+    """
 
     max_body_size: int = 10 * 1024 * 1024
+    media_max_body_size: int | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.body_too_large = False
+        self.json_limit_pending = False
+        self.body_limit = self.max_body_size
         self._received = 0
 
+    def _choose_limit(self) -> int:
+        media = self.media_max_body_size
+        if media is None:
+            return self.max_body_size
+        path = getattr(self.channel, "_path", None)  # the request line, parsed before headers
+        if not isinstance(path, bytes):
+            self.json_limit_pending = True
+            return max(self.max_body_size, media)
+        return media if is_media_upload_path(path) else self.max_body_size
+
     def gotLength(self, length: int | None) -> None:  # noqa: N802 (Twisted API)
-        if length is not None and length > self.max_body_size:
+        self.body_limit = self._choose_limit()
+        if length is not None and length > self.body_limit:
             self.body_too_large = True
             length = 0
         super().gotLength(length)
@@ -202,12 +238,27 @@ class ParleyRequest(server.Request):
         if self.body_too_large:
             return
         self._received += len(data)
-        if self._received > self.max_body_size:
+        if self._received > self.body_limit:
             self.body_too_large = True
             self.content.seek(0)
             self.content.truncate()
             return
         super().handleContentChunk(data)
+
+
+class StreamedBody:
+    """A response body sent from an open file without reading it into memory (media
+    downloads); :meth:`MatrixResource._respond` streams it and closes the file."""
+
+    def __init__(self, file: BinaryIO, length: int, on_close: Callable[[], None] | None = None) -> None:
+        self.file = file
+        self.length = length
+        self._on_close = on_close
+
+    def close(self) -> None:
+        self.file.close()
+        if self._on_close is not None:
+            self._on_close()
 
 
 class MatrixResource(resource.Resource):
@@ -279,7 +330,11 @@ class MatrixResource(resource.Resource):
                 )
             raise MatrixError(404, "Unrecognized request", Codes.UNRECOGNIZED)
 
-        if getattr(request, "body_too_large", False):
+        if getattr(request, "body_too_large", False) or (
+            getattr(request, "json_limit_pending", False)
+            and not is_media_upload_path(request.path)
+            and request.content.seek(0, 2) > request.max_body_size  # type: ignore[attr-defined]
+        ):
             raise MatrixError(413, "Request body too large", Codes.TOO_LARGE)
 
         request.route_template = route.template  # type: ignore[attr-defined]
@@ -349,13 +404,18 @@ class MatrixResource(resource.Resource):
             request.setHeader(name, value)
         for name, value in SECURITY_HEADERS.items():
             request.setHeader(name, value)
-        if not raw_path.startswith(("/_matrix/media/", "/_matrix/client/v1/media/")):
+        if raw_path.startswith(MEDIA_PATH_PREFIXES):
+            request.setHeader("Content-Security-Policy", MEDIA_CSP)
+        else:
             request.setHeader("Content-Security-Policy", STRICT_CSP)
         if request.isSecure():
             request.setHeader("Strict-Transport-Security", HSTS)
         request.setHeader("Cache-Control", "no-cache, no-store, must-revalidate")
         for name, value in headers.items():
             request.setHeader(name, value)
+        if isinstance(body, StreamedBody):
+            _send_file(request, body)
+            return
         if isinstance(body, bytes):
             payload = body
             if not request.responseHeaders.hasHeader(b"content-type"):
@@ -367,6 +427,24 @@ class MatrixResource(resource.Resource):
         if request.method != b"HEAD":
             request.write(payload)
         request.finish()
+
+
+def _send_file(request: IRequest, body: StreamedBody) -> None:
+    """Stream ``body`` (headers already set) and finish; the file is closed either way."""
+    if not request.responseHeaders.hasHeader(b"content-type"):
+        request.setHeader("Content-Type", "application/octet-stream")
+    request.setHeader("Content-Length", str(body.length))
+    if request.method == b"HEAD":
+        body.close()
+        request.finish()
+        return
+
+    def done(result: Any) -> None:
+        body.close()
+        if not getattr(request, "_disconnected", False) and not request.finished:
+            request.finish()
+
+    FileSender().beginFileTransfer(body.file, request).addBoth(done)
 
 
 class RootResource(resource.Resource):
@@ -396,13 +474,16 @@ class RootResource(resource.Resource):
         return self._default.render(request)
 
 
-def make_site(root: resource.Resource, max_body_size: int) -> server.Site:
-    """A Site whose requests enforce the body limit; access logging is ours."""
+def make_site(
+    root: resource.Resource, max_body_size: int, media_max_body_size: int | None = None
+) -> server.Site:
+    """A Site whose requests enforce the body limits; access logging is ours."""
 
     class _Request(ParleyRequest):
         pass
 
     _Request.max_body_size = max_body_size
+    _Request.media_max_body_size = media_max_body_size
     site = server.Site(root, logPath=None)
     site.requestFactory = _Request
     site.displayTracebacks = False

@@ -12,16 +12,22 @@ from homeserver.clock import Clock
 from homeserver.config.model import Config
 from homeserver.handlers.account import AccountHandler
 from homeserver.handlers.account_data import AccountDataHandler
+from homeserver.handlers.client_events import ClientEventSerializer
+from homeserver.handlers.cross_signing import CrossSigningHandler
+from homeserver.handlers.device_lists import DeviceListHandler
 from homeserver.handlers.devices import DeviceHandler
 from homeserver.handlers.directory import DirectoryHandler
+from homeserver.handlers.e2e_keys import E2eKeysHandler
 from homeserver.handlers.event_creation import EventCreationHandler
 from homeserver.handlers.filters import FilterHandler
 from homeserver.handlers.hierarchy import HierarchyHandler
+from homeserver.handlers.key_backup import KeyBackupHandler
 from homeserver.handlers.membership import MembershipHandler
 from homeserver.handlers.openid import OpenIdHandler
 from homeserver.handlers.pagination import PaginationHandler
 from homeserver.handlers.presence import PresenceHandler
 from homeserver.handlers.profile import ProfileHandler
+from homeserver.handlers.push_actions import PushActionsHandler
 from homeserver.handlers.push_rules import PushRulesHandler
 from homeserver.handlers.receipts import ReceiptsHandler
 from homeserver.handlers.redaction import RedactionHandler
@@ -34,20 +40,28 @@ from homeserver.handlers.search import SearchHandler
 from homeserver.handlers.security_events import SecurityEventRecorder
 from homeserver.handlers.sessions import SessionHandler
 from homeserver.handlers.sync import SyncHandler
+from homeserver.handlers.to_device import ToDeviceHandler
 from homeserver.handlers.typing import TypingHandler
 from homeserver.handlers.user_directory import UserDirectoryHandler
 from homeserver.handlers.visibility import VisibilityHandler
 from homeserver.http.router import Router
+from homeserver.media.handler import MediaHandler
+from homeserver.media.preview import UrlPreviewer
+from homeserver.notifier import NotifierInterface
 from homeserver.rest.admin._auth import AdminAuth
 from homeserver.rest.admin.routes import register_admin
 from homeserver.rest.client.account import AccountServlets
 from homeserver.rest.client.account_data import AccountDataServlets
+from homeserver.rest.client.cross_signing import CrossSigningServlets
 from homeserver.rest.client.devices import DeviceServlets
 from homeserver.rest.client.directory import DirectoryServlets
 from homeserver.rest.client.discovery import DiscoveryServlets
 from homeserver.rest.client.ephemeral import EphemeralServlets
 from homeserver.rest.client.filters import FilterServlets
 from homeserver.rest.client.hierarchy import HierarchyServlets
+from homeserver.rest.client.key_backup import KeyBackupServlets
+from homeserver.rest.client.keys import KeyServlets
+from homeserver.rest.client.legacy import LegacyDeps, LegacyServlets
 from homeserver.rest.client.login import LoginServlets
 from homeserver.rest.client.membership import MembershipServlets
 from homeserver.rest.client.misc import MiscServlets
@@ -66,8 +80,10 @@ from homeserver.rest.client.search import SearchServlets
 from homeserver.rest.client.sync import SyncServlets
 from homeserver.rest.client.tags import TagServlets
 from homeserver.rest.client.threepid import ThreepidServlets
+from homeserver.rest.client.to_device import ToDeviceServlets
 from homeserver.rest.client.user_directory import UserDirectoryServlets
 from homeserver.rest.client.whois import WhoisServlets
+from homeserver.rest.media import MediaServlets
 
 if TYPE_CHECKING:
     from homeserver.app import Stores
@@ -108,7 +124,17 @@ class Components:
     relations: RelationsHandler
     hierarchy: HierarchyHandler
     search: SearchHandler
+    media: MediaHandler
+    url_previewer: UrlPreviewer
     visibility: VisibilityHandler
+    push_actions: PushActionsHandler
+    notifier: NotifierInterface
+    client_events: ClientEventSerializer
+    e2e_keys: E2eKeysHandler
+    device_lists: DeviceListHandler
+    key_backup: KeyBackupHandler
+    to_device: ToDeviceHandler
+    cross_signing: CrossSigningHandler
 
 
 def register_all(router: Router, c: Components) -> None:
@@ -147,9 +173,22 @@ def register_all(router: Router, c: Components) -> None:
     RelationServlets(c.relations).register(router)
     TagServlets(c.account_data, c.stores.account_data).register(router)
     PusherServlets(c.clock, c.stores.pushers).register(router)
-    MiscServlets(c.clock, c.config.voip, c.stores.room_members).register(router)
+    misc = MiscServlets(c.clock, c.config.voip, c.stores.room_members)
+    misc.notifications = c.push_actions.get_notifications
+    misc.register(router)
+    LegacyServlets(LegacyDeps(
+        c.clock, c.stores.events, c.stores.room_members, c.event_creation, c.visibility,
+        c.room_reads, c.pagination, c.client_events, c.sync, c.account_data, c.directory,
+        c.notifier, c.presence,
+    )).register(router)
     HierarchyServlets(c.hierarchy).register(router)
     SearchServlets(c.search).register(router)
+    MediaServlets(c.media, c.url_previewer, AdminAuth(c.stores.users, c.events),
+                  c.events).register(router)
+    KeyServlets(c.e2e_keys, c.device_lists).register(router)
+    ToDeviceServlets(c.to_device).register(router)
+    CrossSigningServlets(c.cross_signing, c.uia).register(router)
+    KeyBackupServlets(c.key_backup).register(router)
     ReportingServlets(c.config.server_name, c.clock, c.stores.reports, c.stores.events,
                       c.stores.room_members, c.visibility, c.event_creation,
                       c.stores.users).register(router)

@@ -8,8 +8,9 @@ GET /notifications and GET /mutual_rooms.
   so Synapse's ``{}`` would break the schema.
 * Third-party networks need application services (bridges), which Parley does not run:
   no protocols, and 404 ``M_NOT_FOUND`` (with an errcode, unlike Synapse) for lookups.
-* Notifications: nothing records push-rule results per event yet, so the list is empty
-  (``next_token`` is omitted, as "no more results"; the schema forbids null).
+* Notifications: the push actions recorded per event (``handlers/push_actions.py``),
+  newest first, only events the user may see; ``next_token`` is omitted when there
+  are no more results (the schema forbids null).
 * Mutual rooms (v1): rooms where both users' membership is ``join``, by room id.
 """
 
@@ -19,6 +20,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from homeserver.clock import Clock
@@ -31,6 +33,10 @@ from storage.stores.room_members import RoomMemberStore
 
 MUTUAL_ROOMS_BATCH = 100
 MAX_NOTIFICATIONS_LIMIT = 1000
+DEFAULT_NOTIFICATIONS_LIMIT = 50  # as Synapse
+MAX_TOKEN_DIGITS = 18
+# (user_id, device_id, before position or None, limit, only highlights) -> response body.
+NotificationsSource = Callable[[str, str | None, int | None, int, bool], Awaitable[dict[str, Any]]]
 
 
 def turn_credentials(secret: str, user_id: str, now_ms: int, lifetime_s: float) -> tuple[str, str]:
@@ -63,6 +69,8 @@ class MiscServlets:
         self._clock = clock
         self._voip = voip
         self._members = members
+        # PushActionsHandler.get_notifications, when wired (else the list is empty).
+        self.notifications: NotificationsSource | None = None
 
     def register(self, router: Router) -> None:
         router.add("GET", client_paths("/voip/turnServer"), self.on_turn_server)
@@ -95,13 +103,21 @@ class MiscServlets:
         raise MatrixError(404, "No third-party networks are bridged here", Codes.NOT_FOUND)
 
     async def on_notifications(self, req: ApiRequest) -> tuple[int, Any]:
-        req.require_requester()
+        r = req.require_requester()
         limit = req.query_int("limit")
         if limit is not None and not 0 <= limit <= 2**31:
             raise MatrixError(400, "Invalid limit", Codes.INVALID_PARAM)
-        req.query("from")
-        req.query("only")
-        return 200, {"notifications": []}
+        raw_from = req.query("from")
+        before: int | None = None
+        if raw_from is not None:
+            if not (raw_from.isascii() and raw_from.isdigit()) or len(raw_from) > MAX_TOKEN_DIGITS:
+                raise MatrixError(400, "Invalid 'from' token", Codes.INVALID_PARAM)
+            before = int(raw_from)
+        only_highlight = req.query("only") == "highlight"
+        if self.notifications is None:
+            return 200, {"notifications": []}
+        size = min(DEFAULT_NOTIFICATIONS_LIMIT if limit is None else limit, MAX_NOTIFICATIONS_LIMIT)
+        return 200, await self.notifications(r.user_id, r.device_id, before, size, only_highlight)
 
     async def on_mutual_rooms(self, req: ApiRequest) -> tuple[int, Any]:
         r = req.require_requester()

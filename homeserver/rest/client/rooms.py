@@ -100,7 +100,7 @@ class RoomServlets:
         event = await self._events.send(
             roomId, r.user_id, eventType, req.body, txn=(r.device_id or "", txnId),
             check=check_relation if relation_check is not None and "m.relates_to" in req.body
-            else None)
+            else None, validate=True)
         return 200, {"event_id": event.event_id}
 
     async def on_put_state(self, req: ApiRequest, roomId: str, eventType: str,  # noqa: N803

@@ -1,0 +1,272 @@
+"""Push actions: which local users each new event notifies, and the unread counts
+and notification list built from them.
+
+After every persisted event (``EventCreationHandler.after_persist``) the push rules of
+each local joined member other than the sender (plus a local invitee, for their
+invite) are evaluated once, and the notifying outcomes are written in one batch to
+``event_push_actions``. Unread counts are then a count of rows after the user's
+latest ``m.read`` / ``m.read.private`` receipt, so /sync never re-evaluates rules.
+
+Caches, both bounded LRU: each user's merged ruleset (dropped on any push rule change,
+through ``PushRulesHandler.on_change``), and per room the joined members' display
+names and the power levels, dropped when a member, power levels or create event is
+persisted in the room. Events of one room are persisted one at a time, so the hook
+sees the room's state changes in order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from homeserver.clock import Clock
+from homeserver.events.model import Event, StateKey
+from homeserver.events.power_levels import get_user_power_level
+from homeserver.handlers.client_events import ClientEventSerializer
+from homeserver.handlers.event_creation import EventCreationHandler
+from homeserver.handlers.push_rules import PushRulesHandler
+from homeserver.handlers.visibility import VisibilityHandler
+from homeserver.push.evaluator import MAX_SAFE_INTEGER, PushContext, evaluate
+from storage.stores.events import EventStore
+from storage.stores.push_actions import NO_RECEIPT, PushActionRow, PushActionsStore
+
+logger = logging.getLogger(__name__)
+
+JsonDict = dict[str, Any]
+MAIN_THREAD = "main"
+MAX_CACHED_RULESETS = 2_000  # a merged default ruleset is about 10 KiB in memory
+MAX_CACHED_ROOMS = 1_000
+# Rows looked at per GET /notifications before handing back a token, so a user who
+# may no longer see much of their history cannot make one request scan all of it.
+NOTIFICATIONS_SCAN_BUDGET = 2_000
+_ROOM_CACHE_TYPES = frozenset({"m.room.member", "m.room.power_levels", "m.room.create"})
+
+
+@dataclass(frozen=True)
+class RoomPushInfo:
+    """What the evaluator needs about a room's current state."""
+
+    joined: dict[str, str | None]  # user id -> display name, every joined member
+    auth_state: dict[StateKey, Event]  # the power levels event, if any
+    create: Event | None
+
+
+def _counts(notify: int, highlight: int) -> JsonDict:
+    return {"notification_count": notify, "highlight_count": highlight}
+
+
+class PushActionsHandler:
+    def __init__(self, server_name: str, clock: Clock, store: PushActionsStore,
+                 push_rules: PushRulesHandler, creation: EventCreationHandler,
+                 events: EventStore, visibility: VisibilityHandler,
+                 serializer: ClientEventSerializer) -> None:
+        self._suffix = ":" + server_name
+        self._visibility = visibility
+        self._serializer = serializer
+        self._clock = clock
+        self._store = store
+        self._push_rules = push_rules
+        self._creation = creation
+        self._events = events
+        self._rules: OrderedDict[str, dict[str, list[JsonDict]]] = OrderedDict()
+        self._rooms: OrderedDict[str, RoomPushInfo] = OrderedDict()
+
+    # -- caches -------------------------------------------------------------------------
+
+    def on_rules_changed(self, _position: int, user_id: str) -> None:
+        """``PushRulesHandler.on_change`` listener: the next event re-reads the rules."""
+        self._rules.pop(user_id, None)
+
+    async def _ruleset(self, user_id: str) -> dict[str, list[JsonDict]]:
+        rules = self._rules.get(user_id)
+        if rules is not None:
+            self._rules.move_to_end(user_id)
+            return rules
+        rules = await self._push_rules.get_ruleset(user_id)
+        self._rules[user_id] = rules
+        while len(self._rules) > MAX_CACHED_RULESETS:
+            self._rules.popitem(last=False)
+        return rules
+
+    async def _room_info(self, room_id: str) -> RoomPushInfo:
+        info = self._rooms.get(room_id)
+        if info is not None:
+            self._rooms.move_to_end(room_id)
+            return info
+        snap = await self._creation.snapshot(room_id)
+        keys = {k for k in snap.state_ids
+                if k[0] == "m.room.member" or k in (("m.room.power_levels", ""),
+                                                    ("m.room.create", ""))}
+        state = await self._creation.current_state(room_id, list(keys))
+        joined: dict[str, str | None] = {}
+        for (etype, skey), ev in state.items():
+            if etype == "m.room.member" and ev.membership == "join":
+                name = ev.content.get("displayname")
+                joined[skey] = name if isinstance(name, str) else None
+        auth = {k: v for k, v in state.items() if k == ("m.room.power_levels", "")}
+        info = RoomPushInfo(joined, auth, state.get(("m.room.create", "")))
+        self._rooms[room_id] = info
+        while len(self._rooms) > MAX_CACHED_ROOMS:
+            self._rooms.popitem(last=False)
+        return info
+
+    # -- the persist hook ---------------------------------------------------------------
+
+    async def on_event(self, event: Event) -> None:
+        """``after_persist``: evaluate and record; a failure is logged, never raised
+        (the event is already persisted and the send must not fail)."""
+        try:
+            await self._on_event(event)
+        except Exception:
+            logger.exception("push actions failed for %s", event.event_id)
+
+    async def _on_event(self, event: Event) -> None:
+        room_id = event.room_id
+        if event.is_state() and event.type in _ROOM_CACHE_TYPES:
+            self._rooms.pop(room_id, None)
+        if event.type == "m.room.redaction" and event.redacts:
+            await self._store.remove_event(room_id, event.redacts)
+        if event.internal.outlier:
+            return
+        info = await self._room_info(room_id)
+        users = [u for u in info.joined if u.endswith(self._suffix) and u != event.sender]
+        if event.type == "m.room.member" and event.membership == "invite" \
+                and (event.state_key or "").endswith(self._suffix) \
+                and event.state_key not in info.joined:
+            users.append(event.state_key or "")
+        if not users:
+            return
+        ctx_base = await self._sender_context(event, info)
+        event_json: JsonDict = {k: v for k, v in event.pdu.items()
+                                if k in ("type", "content", "sender", "state_key")}
+        event_json["room_id"] = room_id
+        event_json["event_id"] = event.event_id
+        thread_id: str | None = None
+        rows: list[PushActionRow] = []
+        now = self._clock.time_msec()
+        for user_id in users:
+            ctx = PushContext(user_id=user_id, member_count=len(info.joined),
+                              display_name=info.joined.get(user_id), **ctx_base)
+            result = evaluate(await self._ruleset(user_id), event_json, ctx)
+            if not result.notify:
+                continue
+            if thread_id is None:
+                thread_id = await self._thread_of(event)
+            rows.append(PushActionRow(
+                user_id, room_id, event.event_id, event.internal.stream_ordering or 0,
+                True, result.highlight, thread_id,
+                json.dumps(result.actions, separators=(",", ":")), now))
+        await self._store.add(rows)
+
+    async def _sender_context(self, event: Event, info: RoomPushInfo) -> dict[str, Any]:
+        if info.create is None:
+            return {"sender_power_level": None, "notification_power_levels": {}}
+        level = get_user_power_level(event.sender, info.auth_state, info.create)
+        pl = info.auth_state.get(("m.room.power_levels", ""))
+        notifications = pl.content.get("notifications") if pl is not None else None
+        return {
+            "sender_power_level": MAX_SAFE_INTEGER if level == math.inf else int(level),
+            "notification_power_levels": notifications if isinstance(notifications, dict) else {},
+        }
+
+    async def _thread_of(self, event: Event) -> str:
+        """``main``, or the thread root: of an ``m.thread`` relation, or of the event
+        another relation (a reaction, an edit) points at, one hop (as Synapse)."""
+        rel = event.content.get("m.relates_to")
+        if not isinstance(rel, dict) or not isinstance(rel.get("event_id"), str):
+            return MAIN_THREAD
+        if rel.get("rel_type") == "m.thread":
+            return rel["event_id"]
+        parent = await self._events.get_event(rel["event_id"])
+        if parent is None or parent.room_id != event.room_id:
+            return MAIN_THREAD
+        prel = parent.content.get("m.relates_to")
+        if isinstance(prel, dict) and prel.get("rel_type") == "m.thread" \
+                and isinstance(prel.get("event_id"), str):
+            return prel["event_id"]
+        return MAIN_THREAD
+
+    # -- reads --------------------------------------------------------------------------
+
+    async def unread_counts(self, user_id: str, room_ids: list[str], by_thread: bool
+                            ) -> dict[str, JsonDict]:
+        """Per room, the ``unread_notifications`` (and with ``by_thread`` the main
+        timeline's, plus ``unread_thread_notifications`` when any thread has some)."""
+        if not room_ids:
+            return {}
+        bounds = await self._store.read_bounds(user_id, room_ids)
+        base = {rid: bounds.get(rid, NO_RECEIPT).unthreaded for rid in room_ids}
+        per_thread: dict[str, dict[str, tuple[int, int]]] = {}
+        for room_id, thread_id, notify, highlight in await self._store.counts_after(user_id, base):
+            bound = bounds.get(room_id, NO_RECEIPT).for_thread(thread_id)
+            if bound > base[room_id]:  # a threaded receipt reads further in this thread
+                notify, highlight = await self._store.thread_counts_after(
+                    user_id, room_id, thread_id, bound)
+            if notify or highlight:
+                per_thread.setdefault(room_id, {})[thread_id] = (notify, highlight)
+        out: dict[str, JsonDict] = {}
+        for room_id in room_ids:
+            threads = per_thread.get(room_id, {})
+            if not by_thread:
+                out[room_id] = {"unread_notifications": _counts(
+                    sum(n for n, _ in threads.values()), sum(h for _, h in threads.values()))}
+                continue
+            main = threads.get(MAIN_THREAD, (0, 0))
+            entry: JsonDict = {"unread_notifications": _counts(*main)}
+            others = {t: _counts(*c) for t, c in threads.items() if t != MAIN_THREAD}
+            if others:
+                entry["unread_thread_notifications"] = others
+            out[room_id] = entry
+        return out
+
+    async def is_read(self, user_id: str, rows: list[PushActionRow]) -> dict[str, bool]:
+        """event id -> whether the user's receipts cover it (``read`` in /notifications)."""
+        bounds = await self._store.read_bounds(user_id, list({r.room_id for r in rows}))
+        return {r.event_id: r.stream_ordering <= bounds.get(r.room_id, NO_RECEIPT).for_thread(
+            r.thread_id) for r in rows}
+
+    async def get_notifications(self, user_id: str, device_id: str | None,
+                                before: int | None, limit: int, only_highlight: bool
+                                ) -> JsonDict:
+        """GET /notifications: newest first, only events the user may (still) see;
+        ``next_token`` (the position to continue below) only when more may remain."""
+        picked: list[PushActionRow] = []
+        events: dict[str, Event] = {}
+        cursor = before
+        more = False
+        scanned = 0
+        batch = min(max(limit + 1, 20), 500)
+        while limit > 0:
+            rows = await self._store.list_for_user(user_id, cursor, batch, only_highlight)
+            found = await self._events.get_events(r.event_id for r in rows)
+            visible = {e.event_id: e for e in await self._visibility.filter_events(
+                user_id, sorted(found.values(), key=lambda e: e.internal.stream_ordering or 0))}
+            for row in rows:
+                if len(picked) >= limit:
+                    more = True
+                    break
+                cursor = row.stream_ordering
+                if row.event_id in visible:
+                    picked.append(row)
+                    events[row.event_id] = visible[row.event_id]
+            scanned += len(rows)
+            if more or len(rows) < batch:
+                break
+            if scanned >= NOTIFICATIONS_SCAN_BUDGET:
+                more = True
+                break
+        ordered = [events[r.event_id] for r in picked]
+        serialized = await self._serializer.serialize(ordered, user_id, device_id,
+                                                      include_room_id=False)
+        read = await self.is_read(user_id, picked) if picked else {}
+        out: JsonDict = {"notifications": [
+            {"actions": json.loads(row.actions_json), "event": ev, "read": read[row.event_id],
+             "room_id": row.room_id, "ts": row.ts}
+            for row, ev in zip(picked, serialized, strict=True)]}
+        if more and cursor is not None:
+            out["next_token"] = str(cursor)
+        return out

@@ -1,0 +1,1 @@
+"""Media repository: storage backends, upload checks, thumbnails and URL previews."""

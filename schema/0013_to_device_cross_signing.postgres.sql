@@ -1,0 +1,1 @@
+CREATE SEQUENCE to_device_stream_seq;

@@ -1,0 +1,1 @@
+INSERT INTO stream_positions (stream, pos) VALUES ('to_device', 0);
