@@ -247,6 +247,13 @@ class SyncHandler:
             "device_lists": {"changed": [], "left": []},
             "device_one_time_keys_count": {},
         }
+        presence = extra_sections.get("presence")
+        if isinstance(presence, dict) and isinstance(presence.get("events"), list):
+            pf = req.filter.presence
+            presence["events"] = [
+                e for e in presence["events"]
+                if pf.allows_type(str(e.get("type", ""))) and str(e.get("sender", "")) not in
+                pf.not_senders and (pf.senders is None or e.get("sender") in pf.senders)]
         response.update(extra_sections)
         return response
 

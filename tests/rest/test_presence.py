@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from twisted.internet import defer, reactor, task
@@ -144,6 +145,18 @@ class PresenceTest(PresenceTestCase):
         self.assertEqual(again["presence"]["events"], [])
         # Your own presence comes down your own sync.
         self.assertEqual(presence_of(await self.sync_as(alice), ALICE)[0]["presence"], "unavailable")
+
+    async def test_presence_filter_applies(self) -> None:
+        alice, bob, _room = await self.sharing()
+        await self.put(alice, {"presence": "online"})
+        resp = await self.request(
+            "GET", f"{CS}/sync?filter={q(json.dumps({'presence': {'not_types': ['m.presence']}}))}",
+            token=bob)
+        self.assertEqual(resp.json["presence"]["events"], [])
+        resp = await self.request(
+            "GET", f"{CS}/sync?filter={q(json.dumps({'presence': {'senders': [BOB]}}))}",
+            token=bob)
+        self.assertEqual(presence_of(resp.json, ALICE), [])
 
     async def test_long_poll_woken_by_presence(self) -> None:
         alice, bob, _room = await self.sharing()
