@@ -16,7 +16,6 @@ a hung server fails the test instead of hanging the suite.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 from collections.abc import Awaitable, Callable
@@ -37,6 +36,7 @@ from nio import (
 from twisted.internet import threads
 from twisted.trial import unittest
 
+from tests.e2e.nio_runner import run_nio_scenario
 from tests.e2e.server_process import ServerProcess
 
 PASSWORD = "correct-horse-battery-staple"
@@ -106,25 +106,7 @@ class NioAccountsTest(unittest.TestCase):
         self.suffix = secrets.token_hex(3)
 
     async def run_nio(self, scenario: Callable[[NioSession], Awaitable[None]]) -> None:
-        """Run ``scenario`` in a fresh asyncio loop on a thread, with a deadline.
-
-        On failure the server log tail is attached, since the interesting half of
-        an e2e failure is usually on the server side.
-        """
-
-        async def bounded() -> None:
-            session = NioSession(self.server.base_url)
-            try:
-                await asyncio.wait_for(scenario(session), SCENARIO_TIMEOUT_S)
-            finally:
-                await session.close()
-
-        try:
-            await threads.deferToThread(asyncio.run, bounded())
-        except Exception as e:
-            what = str(e) if isinstance(e, self.failureException) else f"{type(e).__name__}: {e}"
-            raise self.failureException(
-                f"{what}\n--- server log (tail) ---\n{self.server.log_tail()}") from e
+        await run_nio_scenario(self, self.server, NioSession, scenario, SCENARIO_TIMEOUT_S)
 
     # -- assertions over nio responses ---------------------------------------
 

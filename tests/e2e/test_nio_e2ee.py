@@ -21,7 +21,6 @@ every request and the whole scenario are bounded.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import os
@@ -56,6 +55,7 @@ from nio.crypto.attachments import decrypt_attachment, encrypt_attachment
 from twisted.internet import threads
 from twisted.trial import unittest
 
+from tests.e2e.nio_runner import run_nio_scenario
 from tests.e2e.test_nio_accounts import PASSWORD, REQUEST_TIMEOUT_S, http_status
 from tests.e2e.test_nio_rooms import RoomsServerProcess
 
@@ -221,19 +221,7 @@ class NioE2eeTest(unittest.TestCase):
         self.assertNotIn("m.room.message", [e["type"] for e in page["chunk"]])
 
     async def run_nio(self, scenario: Callable[[E2eeSession], Awaitable[None]]) -> None:
-        async def bounded() -> None:
-            session = E2eeSession(self.server.base_url)
-            try:
-                await asyncio.wait_for(scenario(session), SCENARIO_TIMEOUT_S)
-            finally:
-                await session.close()
-
-        try:
-            await threads.deferToThread(asyncio.run, bounded())
-        except Exception as e:
-            what = str(e) if isinstance(e, self.failureException) else f"{type(e).__name__}: {e}"
-            raise self.failureException(
-                f"{what}\n--- server log (tail) ---\n{self.server.log_tail()}") from e
+        await run_nio_scenario(self, self.server, E2eeSession, scenario, SCENARIO_TIMEOUT_S)
 
     # -- tests -------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ from nio import (
 from twisted.internet import threads
 from twisted.trial import unittest
 
+from tests.e2e.nio_runner import run_nio_scenario
 from tests.e2e.server_process import ServerProcess
 from tests.e2e.test_nio_accounts import PASSWORD, NioSession, http_status
 
@@ -269,16 +270,4 @@ class NioRoomsTest(unittest.TestCase):
         self.assertEqual(seen[:3], [ids["leave"], ids["reply"], ids["hello"]])
 
     async def run_nio(self, scenario: Any) -> None:
-        async def bounded() -> None:
-            session = NioSession(self.server.base_url)
-            try:
-                await asyncio.wait_for(scenario(session), SCENARIO_TIMEOUT_S)
-            finally:
-                await session.close()
-
-        try:
-            await threads.deferToThread(asyncio.run, bounded())
-        except Exception as e:
-            what = str(e) if isinstance(e, self.failureException) else f"{type(e).__name__}: {e}"
-            raise self.failureException(
-                f"{what}\n--- server log (tail) ---\n{self.server.log_tail()}") from e
+        await run_nio_scenario(self, self.server, NioSession, scenario, SCENARIO_TIMEOUT_S)
