@@ -16,9 +16,6 @@ change), and the walk is redone to that point. Walks are bounded by
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +24,7 @@ from homeserver.events.model import Event
 from homeserver.handlers.directory import DirectoryHandler, room_chunk, summarise_state
 from homeserver.handlers.event_creation import EventCreationHandler
 from homeserver.http.errors import Codes, MatrixError
+from homeserver.http.opaque_tokens import bad_token, decode_token, encode_token
 from storage.stores.room_directory import RoomDirectoryStore, RoomStats
 from storage.stores.room_members import RoomMemberStore
 
@@ -70,23 +68,15 @@ class HierarchyToken:
     max_depth: int | None
 
     def encode(self) -> str:
-        raw = json.dumps([self.offset, self.room_id, self.suggested_only, self.max_depth],
-                         separators=(",", ":")).encode()
-        return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+        return encode_token([self.offset, self.room_id, self.suggested_only, self.max_depth])
 
     @classmethod
     def decode(cls, token: str) -> HierarchyToken:
-        bad = MatrixError(400, "Unknown pagination token", Codes.INVALID_PARAM)
-        if len(token) > MAX_TOKEN:
-            raise bad
-        try:
-            data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        except (ValueError, binascii.Error, UnicodeDecodeError) as e:
-            raise bad from e
-        if (not isinstance(data, list) or len(data) != 4 or type(data[0]) is not int
+        data = decode_token(token, MAX_TOKEN, 4)
+        if (type(data[0]) is not int
                 or data[0] < 0 or not isinstance(data[1], str) or not isinstance(data[2], bool)
                 or not (data[3] is None or type(data[3]) is int)):
-            raise bad
+            raise bad_token()
         return cls(data[0], data[1], data[2], data[3])
 
 

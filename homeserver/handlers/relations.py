@@ -14,9 +14,6 @@ bundle never reveals activity hidden from them.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import logging
 import re
 from collections.abc import Sequence
@@ -30,6 +27,7 @@ from homeserver.events.redaction import prune_event_dict
 from homeserver.handlers.event_creation import EventCreationHandler
 from homeserver.handlers.visibility import VisibilityHandler
 from homeserver.http.errors import Codes, MatrixError
+from homeserver.http.opaque_tokens import bad_token, decode_token, encode_token
 from storage.stores.events import EventStore
 from storage.stores.relations import RECURSION_DEPTH, Relation, RelationRow, RelationsStore
 
@@ -140,21 +138,14 @@ class ThreadsToken:
     root_id: str
 
     def encode(self) -> str:
-        raw = json.dumps([self.position, self.root_id], separators=(",", ":")).encode()
-        return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+        return encode_token([self.position, self.root_id])
 
     @classmethod
     def decode(cls, token: str) -> ThreadsToken:
-        bad = MatrixError(400, "Unknown pagination token", Codes.INVALID_PARAM)
-        if len(token) > MAX_THREADS_TOKEN:
-            raise bad
-        try:
-            data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        except (ValueError, binascii.Error, UnicodeDecodeError) as e:
-            raise bad from e
-        if (not isinstance(data, list) or len(data) != 2 or type(data[0]) is not int
+        data = decode_token(token, MAX_THREADS_TOKEN, 2)
+        if (type(data[0]) is not int
                 or not isinstance(data[1], str)):
-            raise bad
+            raise bad_token()
         return cls(data[0], data[1])
 
 

@@ -133,6 +133,21 @@ def json_body_problem(value: Any) -> str | None:
     return None
 
 
+def parse_json_object(raw: bytes, not_json: str, not_object: str) -> dict[str, Any]:
+    """Strict JSON object from bytes, or the Matrix error a client should see.
+    Shared by HTTP bodies and WebSocket messages."""
+    try:
+        body = decode_json(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise MatrixError(400, not_json, Codes.NOT_JSON) from e
+    if not isinstance(body, dict):
+        raise MatrixError(400, not_object, Codes.BAD_JSON)
+    problem = json_body_problem(body)
+    if problem:
+        raise MatrixError(400, problem, Codes.BAD_JSON)
+    return body
+
+
 class ApiRequest:
     """What a servlet sees of a request: parsed, authenticated, validated."""
 
@@ -382,16 +397,7 @@ class MatrixResource(resource.Resource):
         raw = request.content.read()
         if not raw.strip():
             raw = b"{}"
-        try:
-            body = decode_json(raw)
-        except (ValueError, UnicodeDecodeError, RecursionError) as e:
-            raise MatrixError(400, "Content not JSON.", Codes.NOT_JSON) from e
-        if not isinstance(body, dict):
-            raise MatrixError(400, "Content must be a JSON object.", Codes.BAD_JSON)
-        problem = json_body_problem(body)
-        if problem:
-            raise MatrixError(400, problem, Codes.BAD_JSON)
-        return body
+        return parse_json_object(raw, "Content not JSON.", "Content must be a JSON object.")
 
     @staticmethod
     def _respond(

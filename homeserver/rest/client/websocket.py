@@ -40,7 +40,7 @@ from homeserver.handlers.sync import SyncHandler, SyncToken
 from homeserver.handlers.sync_filter import SyncFilter
 from homeserver.handlers.sync_push import MAX_IN_FLIGHT, POLL_TIMEOUT_MS, SyncPushStream
 from homeserver.http.errors import Codes, MatrixError
-from homeserver.http.server import decode_json, describe_validation_error, encode_json, json_body_problem
+from homeserver.http.server import describe_validation_error, encode_json, parse_json_object
 from homeserver.rest.client.sync import parse_inline_filter, resolve_filter
 
 logger = logging.getLogger(__name__)
@@ -216,15 +216,8 @@ class SyncWebSocketProtocol(WebSocketServerProtocol):
     def _parse(payload: bytes, is_binary: bool) -> dict[str, Any]:
         if is_binary:
             raise MatrixError(400, "Messages must be JSON text frames", Codes.BAD_JSON)
-        try:
-            msg = decode_json(payload)
-        except (ValueError, UnicodeDecodeError, RecursionError) as e:
-            raise MatrixError(400, "Message is not valid JSON", Codes.NOT_JSON) from e
-        if not isinstance(msg, dict):
-            raise MatrixError(400, "Message must be a JSON object", Codes.BAD_JSON)
-        problem = json_body_problem(msg)
-        if problem:
-            raise MatrixError(400, problem, Codes.BAD_JSON)
+        msg = parse_json_object(payload, "Message is not valid JSON",
+                                "Message must be a JSON object")
         kind = msg.get("type")
         validator = _VALIDATORS.get(kind) if isinstance(kind, str) else None
         if validator is None:
