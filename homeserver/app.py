@@ -36,6 +36,7 @@ from homeserver.handlers.event_creation import EventCreationHandler
 from homeserver.handlers.filters import FilterHandler
 from homeserver.handlers.hierarchy import HierarchyHandler
 from homeserver.handlers.key_backup import KeyBackupHandler
+from homeserver.handlers.legacy import LegacyDeps, LegacyHandler
 from homeserver.handlers.membership import MembershipHandler
 from homeserver.handlers.openid import OpenIdHandler
 from homeserver.handlers.pagination import PaginationHandler
@@ -47,6 +48,7 @@ from homeserver.handlers.receipts import ReceiptsHandler
 from homeserver.handlers.redaction import RedactionHandler
 from homeserver.handlers.registration import RegistrationHandler
 from homeserver.handlers.relations import RelationsHandler, RelationsIndexer
+from homeserver.handlers.reporting import ReportingHandler
 from homeserver.handlers.room_creation import RoomCreationHandler
 from homeserver.handlers.room_reads import RoomReadHandler
 from homeserver.handlers.room_upgrade import RoomUpgradeHandler
@@ -59,7 +61,7 @@ from homeserver.handlers.typing import TypingHandler
 from homeserver.handlers.user_directory import UserDirectoryHandler
 from homeserver.handlers.visibility import VisibilityHandler
 from homeserver.http.router import Router
-from homeserver.http.server import MatrixResource, RootResource, make_site
+from homeserver.http.server import MatrixResource, RootResource, listener_site, make_site
 from homeserver.media.setup import build_media
 from homeserver.notifier import Notifier
 from homeserver.rest import routes
@@ -149,7 +151,8 @@ class Homeserver:
 
     def listen(self, reactor: Any = default_reactor) -> list[IListeningPort]:
         for listener in self.config.listeners:
-            self.ports += _listen(reactor, listener, self.site)
+            # Each listener serves only its ``resources`` (client / federation / metrics).
+            self.ports += _listen(reactor, listener, listener_site(self.site, listener.resources))
         return self.ports
 
     async def stop(self) -> None:
@@ -246,6 +249,7 @@ async def build_homeserver(
                                         stores.room_aliases, stores.rooms)
     membership = MembershipHandler(config.server_name, event_creation, stores.room_members,
                                    stores.profiles, stores.room_aliases)
+    account.leave_all_rooms = membership.leave_all_rooms  # deactivation parts rooms
     client_events = ClientEventSerializer(clock, stores.events)
     pagination = PaginationHandler(stores.events, stores.state_history, stores.room_members,
                                    EventTimestampStore(db), visibility, event_creation,
@@ -347,6 +351,12 @@ async def build_homeserver(
             e2e_keys=e2e_keys, device_lists=device_lists,
             to_device=to_device, cross_signing=cross_signing,
             key_backup=KeyBackupHandler(stores.key_backup),
+            legacy=LegacyHandler(LegacyDeps(
+                clock, stores.events, stores.room_members, event_creation, visibility,
+                room_reads, pagination, client_events, sync, account_data, directory, presence)),
+            reporting=ReportingHandler(config.server_name, clock, stores.reports, stores.events,
+                                       stores.room_members, visibility, event_creation,
+                                       stores.users),
         ),
     )
     resource = MatrixResource(router, authenticator,

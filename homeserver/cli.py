@@ -39,6 +39,13 @@ def generate_config_text(
         "password_hashing": {"time_cost": 1, "memory_cost_kib": 65536, "parallelism": 2},
         "password_policy": {"enabled": True, "min_length": 10 if not dev else 8},
         "registration": {"enabled": dev, "requires_token": False, "allow_guests": False},
+        # Per client IP (uia_password: per user). Development gets bigger bursts, so a few
+        # clients signing up and logging in at once from localhost are never refused.
+        "rate_limits": {
+            "login": {"per_second": 5, "burst": 30 if dev else 10},
+            "registration": {"per_second": 5, "burst": 30 if dev else 10},
+            "uia_password": {"per_second": 1, "burst": 10 if dev else 5},
+        },
         "logging": {"level": "INFO", "format": "text" if dev else "json"},
         "federation": {"enabled": False},
     }

@@ -105,6 +105,9 @@ def make_config(data_dir: str, engine: str | None = None, **overrides: Any) -> t
         "password_policy": {"enabled": True, "min_length": 8},
         "registration": {"enabled": True},
         "logging": {"level": "WARNING", "format": "text"},
+        # The clock is frozen in tests: generous limits so only rate-limit tests hit them.
+        "rate_limits": {k: {"per_second": 1000, "burst": 1_000_000}
+                        for k in ("login", "registration", "uia_password")},
     }
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(raw.get(key), dict):

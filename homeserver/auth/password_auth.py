@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import enum
 import logging
 from typing import Any
 
 from homeserver.auth.passwords import PasswordHasher
-from storage.stores.users import UserRecord, UserStore
+from homeserver.http.errors import MatrixError
+from storage.stores.users import UserStore
 
 logger = logging.getLogger(__name__)
+
+
+class PasswordCheck(enum.Enum):
+    """The outcome of a password check; the values are security-event reasons."""
+
+    OK = "ok"
+    UNKNOWN_USER = "unknown_user"
+    BAD_PASSWORD = "bad_password"
+    DEACTIVATED = "deactivated"  # the right password, but the account is deactivated
 
 
 class PasswordAuth:
@@ -38,17 +49,34 @@ class PasswordAuth:
             return None
         return f"@{local.lower()}:{self._server_name}"
 
-    async def verify(self, user_id: str, password: str) -> tuple[bool, UserRecord | None]:
-        """(password correct, user record). Costs one Argon2 verify even for unknown users."""
-        user = await self._users.get_user(user_id)
+    async def verify(self, user_id: str | None, password: str) -> PasswordCheck:
+        """Check a password. Always costs one Argon2 verify (against a dummy hash for an
+        unknown or unresolvable user, or an account without a password), so the answer
+        time does not tell whether an account exists; and the account's state is only
+        looked at once the password has matched, so a wrong password never learns it."""
+        user = await self._users.get_user(user_id) if user_id is not None else None
         ok, needs_rehash = await self._hasher.verify(user.password_hash if user else None,
                                                      password)
-        if ok and user is not None and user.password_hash and needs_rehash:
+        if user is None:
+            return PasswordCheck.UNKNOWN_USER
+        if not ok:
+            return PasswordCheck.BAD_PASSWORD
+        if user.deactivated:
+            return PasswordCheck.DEACTIVATED
+        if user.password_hash and needs_rehash:
+            await self._rehash(user.user_id, user.password_hash, password)
+        return PasswordCheck.OK
+
+    async def _rehash(self, user_id: str, old_hash: str, password: str) -> None:
+        """Upgrade a hash to the current parameters; skipped (until the next login)
+        when the hashing pool is saturated, rather than failing the login."""
+        try:
             new_hash = await self._hasher.hash(password)
-            await self._users.replace_password_hash(user_id, user.password_hash, new_hash)
-            logger.info("rehashed password with current parameters", extra={"user_id": user_id})
-        return ok and user is not None and not user.deactivated, user
+        except MatrixError:
+            return
+        await self._users.replace_password_hash(user_id, old_hash, new_hash)
+        logger.info("rehashed password with current parameters", extra={"user_id": user_id})
 
     async def check(self, user_id: str, password: str) -> bool:
-        ok, _ = await self.verify(user_id, password)
-        return ok
+        """The UIA password stage: only the right password of an active account passes."""
+        return await self.verify(user_id, password) is PasswordCheck.OK

@@ -11,8 +11,10 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from homeserver.auth.ratelimit import RateLimiter
 from homeserver.clock import Clock
 from homeserver.http.errors import Codes, InteractiveAuthRequired, MatrixError
+from storage.database import Txn
 from storage.stores.registration_tokens import RegistrationTokenStore
 from storage.stores.ui_auth import UiAuthSession, UiAuthStore
 
@@ -48,6 +50,9 @@ class UserInteractiveAuth:
         self._clock = clock
         self._check_password = check_password
         self._resolve_identifier = resolve_identifier
+        # Password-stage attempts per user being authenticated; set from the config when
+        # the routes are built (None: unlimited, for tools that build UIA on its own).
+        self.password_limiter: RateLimiter | None = None
 
     async def check(
         self,
@@ -69,10 +74,14 @@ class UserInteractiveAuth:
                                      "Unknown or unexpected auth type")
             if stage not in session.results:
                 try:
-                    result = await self._run_stage(stage, auth, user_id)
+                    if stage == REGISTRATION_TOKEN:
+                        # Recorded together with the token's reservation (one per session).
+                        await self._registration_token_stage(session.session_id, auth)
+                    else:
+                        result = await self._run_stage(stage, auth, user_id)
+                        await self._store.mark_stage_complete(session.session_id, stage, result)
                 except StageFailed as e:
                     raise self._required(session, flows, e.errcode, e.msg) from e
-                await self._store.mark_stage_complete(session.session_id, stage, result)
                 session = await self._store.get(session.session_id) or session
         done = set(session.results)
         if any(set(flow) <= done for flow in flows):
@@ -82,16 +91,27 @@ class UserInteractiveAuth:
     async def delete_session(self, session_id: str) -> None:
         await self._store.delete(session_id)
 
+    def consumer(self, session_id: str, results: dict[str, Any]) -> Callable[[Txn], None]:
+        """A step for the transaction of the action this session authorises: it spends
+        the session, and the registration-token use it holds, exactly once. Raises
+        :class:`~storage.stores.ui_auth.GrantSpentError` there if already spent."""
+        token = results.get(REGISTRATION_TOKEN)
+        return self._store.consumer(session_id, self._not_before(),
+                                    token if isinstance(token, str) else None)
+
+    async def consume(self, session_id: str) -> None:
+        """Spend a completed session before acting on it, so concurrent requests
+        replaying it cannot all act: only one wins, the others get what a spent
+        session gets (400 ``M_UNKNOWN``)."""
+        if not await self._store.consume(session_id, self._not_before()):
+            raise unknown_session()
+
     async def expire_old_sessions(self) -> int:
         """Drop sessions older than the lifetime, releasing reserved registration tokens."""
-        cutoff = self._clock.time_msec() - SESSION_LIFETIME_MS
-        expired = await self._store.expired_sessions(cutoff)
-        for s in expired:
-            token = s.results.get(REGISTRATION_TOKEN)
-            if isinstance(token, str):
-                await self._reg_tokens.release(token)
-            await self._store.delete(s.session_id)
-        return len(expired)
+        return await self._store.delete_expired(self._not_before())
+
+    def _not_before(self) -> int:
+        return self._clock.time_msec() - SESSION_LIFETIME_MS
 
     async def _session(
         self, auth: dict[str, Any] | None, uri: str, method: str, user_id: str | None
@@ -106,8 +126,8 @@ class UserInteractiveAuth:
         if not isinstance(sid, str):
             raise MatrixError(400, "'auth.session' must be a string", Codes.BAD_JSON)
         session = await self._store.get(sid)
-        if session is None or session.created_ts < self._clock.time_msec() - SESSION_LIFETIME_MS:
-            raise MatrixError(400, "Unknown session ID", Codes.UNKNOWN)
+        if session is None or session.created_ts < self._not_before():
+            raise unknown_session()
         if session.uri != uri or session.method != method:
             raise MatrixError(403, "Requested operation has changed during the UI "
                               "authentication session.", Codes.FORBIDDEN)
@@ -136,8 +156,6 @@ class UserInteractiveAuth:
             return True
         if stage == PASSWORD:
             return await self._password_stage(auth, user_id)
-        if stage == REGISTRATION_TOKEN:
-            return await self._registration_token_stage(auth)
         raise StageFailed(Codes.UNRECOGNIZED, "Unknown auth type")
 
     async def _password_stage(self, auth: dict[str, Any], user_id: str | None) -> str:
@@ -153,14 +171,21 @@ class UserInteractiveAuth:
         target = user_id or claimed
         if target is None or (claimed is not None and claimed != target):
             raise StageFailed(Codes.FORBIDDEN, "Invalid username or password")
+        if self.password_limiter is not None:
+            self.password_limiter.check(target)  # 429 before any Argon2 work
         if not await self._check_password(target, password):
             raise StageFailed(Codes.FORBIDDEN, "Invalid password")
         return target
 
-    async def _registration_token_stage(self, auth: dict[str, Any]) -> str:
+    async def _registration_token_stage(self, session_id: str, auth: dict[str, Any]) -> None:
         token = auth.get("token")
         if not isinstance(token, str) or not token:
             raise StageFailed(Codes.MISSING_PARAM, "Missing registration token")
-        if not await self._reg_tokens.reserve(token, self._clock.time_msec()):
+        if not await self._store.complete_token_stage(session_id, token,
+                                                      self._clock.time_msec()):
             raise StageFailed(Codes.UNAUTHORIZED, "Invalid registration token")
-        return token
+
+
+def unknown_session() -> MatrixError:
+    """What a missing, expired or already spent UIA session gets (as Synapse)."""
+    return MatrixError(400, "Unknown session ID", Codes.UNKNOWN)

@@ -12,6 +12,8 @@ import yaml
 from jsonschema import Draft202012Validator
 
 from homeserver.config.model import (
+    DEFAULT_RATE_LIMITS,
+    DEFAULT_THUMBNAIL_SIZES,
     AuthConfig,
     Config,
     DatabaseConfig,
@@ -20,9 +22,12 @@ from homeserver.config.model import (
     MediaS3Config,
     PasswordHashingConfig,
     PasswordPolicyConfig,
+    RateLimitConfig,
+    RateLimitsConfig,
     RegistrationConfig,
     SigningKeyConfig,
     SupportContact,
+    ThumbnailSize,
     UrlPreviewConfig,
     VoipConfig,
     WellKnownConfig,
@@ -154,6 +159,9 @@ def parse_media(raw: dict[str, Any], data_dir: str, rel: Any) -> MediaConfig:
         builtin_scanner=raw.get("builtin_scanner", True),
         sha256_deny_list_file=rel(deny) if deny else None,
         max_image_pixels=raw.get("max_image_pixels", 32 * 1024 * 1024),
+        thumbnail_sizes=tuple(
+            ThumbnailSize(t["width"], t["height"], t.get("method", "scale"))
+            for t in raw["thumbnail_sizes"]) if "thumbnail_sizes" in raw else DEFAULT_THUMBNAIL_SIZES,
         s3=s3,
         url_preview=UrlPreviewConfig(
             enabled=up.get("enabled", False),
@@ -162,6 +170,14 @@ def parse_media(raw: dict[str, Any], data_dir: str, rel: Any) -> MediaConfig:
             timeout=parse_duration(up.get("timeout", "10s")),
         ),
     )
+
+
+def parse_rate_limits(raw: dict[str, Any]) -> RateLimitsConfig:
+    """``rate_limits``: each class given replaces its default (both keys are required)."""
+    return RateLimitsConfig(**{
+        name: RateLimitConfig(**{**default, **raw.get(name, {})})
+        for name, default in DEFAULT_RATE_LIMITS.items()
+    })
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
@@ -252,6 +268,7 @@ def parse_config(raw: Any, base_dir: Path | None = None) -> Config:
         time_cost=ph.get("time_cost", 1),
         memory_cost_kib=ph.get("memory_cost_kib", 64 * 1024),
         parallelism=ph.get("parallelism", 2),
+        max_pending=ph.get("max_pending"),
     )
     pp = raw.get("password_policy", {})
     policy = PasswordPolicyConfig(
@@ -319,4 +336,5 @@ def parse_config(raw: Any, base_dir: Path | None = None) -> Config:
         search_enabled=raw.get("search", {}).get("enabled", False),
         e2ee_policy=raw.get("e2ee", {}).get("policy", "off") or "off",
         media=parse_media(raw.get("media", {}), data_dir, rel),
+        rate_limits=parse_rate_limits(raw.get("rate_limits", {})),
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ class PasswordHashingConfig:
     time_cost: int = 1
     memory_cost_kib: int = 64 * 1024
     parallelism: int = 2
+    # Hashes queued or running at once; past it requests get 429. None: 4 x CPU cores.
+    max_pending: int | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,34 @@ class PasswordPolicyConfig:
     require_lowercase: bool = False
     require_uppercase: bool = False
     breached_list_file: str | None = None
+
+
+@dataclass(frozen=True)
+class RateLimitConfig:
+    """A token bucket: ``burst`` requests at once, refilled at ``per_second``."""
+
+    per_second: float
+    burst: int
+
+
+# Defaults per PRODUCT.md (auth <= 5 req/s per IP); the bursts fit a client's sign-up.
+DEFAULT_RATE_LIMITS: dict[str, dict[str, Any]] = {
+    "login": {"per_second": 5, "burst": 10},
+    "registration": {"per_second": 5, "burst": 10},
+    "uia_password": {"per_second": 1, "burst": 5},
+}
+
+
+@dataclass(frozen=True)
+class RateLimitsConfig:
+    """Per-IP limits on /login and /register, per-user on UIA password checks."""
+
+    login: RateLimitConfig = field(
+        default_factory=lambda: RateLimitConfig(**DEFAULT_RATE_LIMITS["login"]))
+    registration: RateLimitConfig = field(
+        default_factory=lambda: RateLimitConfig(**DEFAULT_RATE_LIMITS["registration"]))
+    uia_password: RateLimitConfig = field(
+        default_factory=lambda: RateLimitConfig(**DEFAULT_RATE_LIMITS["uia_password"]))
 
 
 @dataclass(frozen=True)
@@ -132,6 +163,23 @@ class UrlPreviewConfig:
 
 
 @dataclass(frozen=True)
+class ThumbnailSize:
+    """One entry of ``media.thumbnail_sizes``: thumbnails are only ever made at these."""
+
+    width: int
+    height: int
+    method: str  # scale | crop
+
+
+# Synapse's default thumbnail_sizes.
+DEFAULT_THUMBNAIL_SIZES = (
+    ThumbnailSize(32, 32, "crop"), ThumbnailSize(96, 96, "crop"),
+    ThumbnailSize(320, 240, "scale"), ThumbnailSize(640, 480, "scale"),
+    ThumbnailSize(800, 600, "scale"),
+)
+
+
+@dataclass(frozen=True)
 class MediaConfig:
     store: str = "local"
     media_dir: str = "media"
@@ -144,6 +192,7 @@ class MediaConfig:
     builtin_scanner: bool = True
     sha256_deny_list_file: str | None = None
     max_image_pixels: int = 32 * 1024 * 1024
+    thumbnail_sizes: tuple[ThumbnailSize, ...] = DEFAULT_THUMBNAIL_SIZES
     s3: MediaS3Config | None = None
     url_preview: UrlPreviewConfig = field(default_factory=UrlPreviewConfig)
 
@@ -173,3 +222,4 @@ class Config:
     search_enabled: bool = False
     e2ee_policy: str = "off"  # off | encrypted_rooms | everywhere (plugins/e2ee_only.py)
     media: MediaConfig = field(default_factory=MediaConfig)
+    rate_limits: RateLimitsConfig = field(default_factory=RateLimitsConfig)

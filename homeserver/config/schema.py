@@ -80,6 +80,14 @@ MEDIA = _obj(
         "builtin_scanner": {"type": "boolean"},
         "sha256_deny_list_file": {"type": "string"},
         "max_image_pixels": {"type": "integer", "minimum": 1},
+        "thumbnail_sizes": {"type": "array", "minItems": 1, "maxItems": 20, "items": _obj(
+            {
+                "width": {"type": "integer", "minimum": 1, "maximum": 4096},
+                "height": {"type": "integer", "minimum": 1, "maximum": 4096},
+                "method": {"enum": ["scale", "crop"]},
+            },
+            ["width", "height"],
+        )},
         "s3": _obj(
             {
                 "bucket": {"type": "string", "minLength": 1},
@@ -102,6 +110,15 @@ MEDIA = _obj(
             }
         ),
     }
+)
+
+# A token bucket: ``burst`` requests at once, refilled at ``per_second``.
+RATE_LIMIT = _obj(
+    {
+        "per_second": {"type": "number", "exclusiveMinimum": 0},
+        "burst": {"type": "integer", "minimum": 1},
+    },
+    ["per_second", "burst"],
 )
 
 CONFIG_SCHEMA: dict[str, Any] = _obj(
@@ -143,7 +160,11 @@ CONFIG_SCHEMA: dict[str, Any] = _obj(
                 "time_cost": {"type": "integer", "minimum": 1},
                 "memory_cost_kib": {"type": "integer", "minimum": 8},
                 "parallelism": {"type": "integer", "minimum": 1},
+                "max_pending": {"type": "integer", "minimum": 1},
             }
+        ),
+        "rate_limits": _obj(
+            {"login": RATE_LIMIT, "registration": RATE_LIMIT, "uia_password": RATE_LIMIT}
         ),
         "password_policy": _obj(
             {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from homeserver.auth.password_policy import PasswordPolicy
 from homeserver.auth.passwords import PasswordHasher
 from homeserver.auth.requester import ClientInfo, Requester
@@ -14,6 +16,9 @@ from storage.stores.users import UserStore
 
 
 class AccountHandler:
+    # Leaves every room on deactivation; set in app.py (the membership handler is built later).
+    leave_all_rooms: Callable[[str], Awaitable[None]] | None = None
+
     def __init__(
         self,
         clock: Clock,
@@ -33,6 +38,10 @@ class AccountHandler:
         self._devices = devices
         self._sessions = sessions
         self._events = events
+
+    def check_new_password(self, new_password: str) -> None:
+        """400 ``M_WEAK_PASSWORD`` if the policy refuses it (before any UIA is spent)."""
+        self._policy.check(new_password)
 
     async def change_password(
         self, requester: Requester, new_password: str, logout_devices: bool, client: ClientInfo
@@ -57,6 +66,8 @@ class AccountHandler:
         await self._sessions.revoke_user(user_id, "deactivate")
         await self._devices.delete_all_devices(user_id, client, "deactivate", except_device=None)
         await self._users.deactivate(user_id, self._clock.time_msec())
+        if self.leave_all_rooms is not None:  # as Synapse: part rooms, reject invites and knocks
+            await self.leave_all_rooms(user_id)
         if erase:
             await self._profiles.clear(user_id)
         await self._events.record("deactivate", "success", client, user_id=user_id,

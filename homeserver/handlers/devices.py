@@ -65,15 +65,16 @@ class DeviceHandler:
         display_name: str | None,
         want_refresh: bool,
         client: ClientInfo,
-        is_guest: bool = False,
         via: str | None = None,
     ) -> tuple[str, IssuedTokens]:
         """Everything a successful login does: create or reuse the device, start a
         session on it (ending the device's previous one) and record the event.
-        Shared by /login, /register and shared-secret registration."""
-        device_id = await self.ensure_device(user_id, device_id, display_name, client)
-        tokens = await self._sessions.start_session(user_id, device_id, want_refresh,
-                                                    is_guest=is_guest)
+        Shared by /login, /register and shared-secret registration. What the token
+        may do comes from the stored account (see :meth:`SessionHandler.start_session`)."""
+        # The session first: it refuses a deactivated account before any device is made.
+        device_id = device_id or generate_device_id()
+        tokens = await self._sessions.start_session(user_id, device_id, want_refresh)
+        await self.ensure_device(user_id, device_id, display_name, client)
         await self._events.record("login", "success", client, user_id=user_id,
                                   device_id=device_id, session_id=tokens.session_id,
                                   details={"via": via} if via else None)

@@ -12,9 +12,6 @@ since nothing could vouch for it.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import logging
 import re
 from collections.abc import Callable
@@ -29,6 +26,7 @@ from homeserver.events.power_levels import (
 )
 from homeserver.handlers.event_creation import EventCreationHandler, RoomSnapshot
 from homeserver.http.errors import Codes, MatrixError
+from homeserver.http.opaque_tokens import Bool, Int, Str, decode_token, encode_token
 from homeserver.identifiers import check_room_alias, check_room_id
 from storage.stores.room_aliases import RoomAliasStore
 from storage.stores.room_directory import PublicRoomsQuery, RoomDirectoryStore, RoomStats
@@ -176,28 +174,16 @@ class RoomStatsUpdater:
 # --------------------------------------------------------------------------- aliases & list
 
 
+# joined members (a room's count, stored as INTEGER), room id, direction
+_SINCE_TOKEN = (Int(maximum=2**31 - 1), Str(prefix="!"), Bool())
+
+
 def _encode_token(members: int, room_id: str, forwards: bool) -> str:
-    raw = json.dumps([members, room_id, forwards], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+    return encode_token([members, room_id, forwards])
 
 
 def _decode_token(token: str) -> tuple[int, str, bool]:
-    bad = MatrixError(400, "Invalid pagination token", Codes.INVALID_PARAM)
-    if len(token) > MAX_SINCE_TOKEN:
-        raise bad
-    try:
-        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-    except (ValueError, binascii.Error, UnicodeDecodeError) as e:
-        raise bad from e
-    if (not isinstance(data, list) or len(data) != 3 or type(data[0]) is not int
-            or not 0 <= data[0] < 2**31 or not isinstance(data[1], str)
-            or not isinstance(data[2], bool) or "\x00" in data[1]):
-        raise bad
-    try:  # the room id goes to the database: no lone surrogates, a sane length
-        if len(data[1].encode("utf-8")) > 255:
-            raise bad
-    except UnicodeEncodeError as e:
-        raise bad from e
+    data = decode_token(token, MAX_SINCE_TOKEN, _SINCE_TOKEN)
     return data[0], data[1], data[2]
 
 

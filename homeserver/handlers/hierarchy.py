@@ -24,7 +24,7 @@ from homeserver.events.model import Event
 from homeserver.handlers.directory import DirectoryHandler, room_chunk, summarise_state
 from homeserver.handlers.event_creation import EventCreationHandler
 from homeserver.http.errors import Codes, MatrixError
-from homeserver.http.opaque_tokens import bad_token, decode_token, encode_token
+from homeserver.http.opaque_tokens import Bool, Int, Str, decode_token, encode_token
 from storage.stores.room_directory import RoomDirectoryStore, RoomStats
 from storage.stores.room_members import RoomMemberStore
 
@@ -60,6 +60,10 @@ def _valid_child(ev: Event) -> bool:
             and bool(ev.state_key) and (ev.state_key or "").startswith("!"))
 
 
+# offset, root room, suggested_only, max_depth
+_HIERARCHY_TOKEN = (Int(), Str(prefix="!"), Bool(), Int(nullable=True))
+
+
 @dataclass(frozen=True)
 class HierarchyToken:
     offset: int
@@ -72,11 +76,7 @@ class HierarchyToken:
 
     @classmethod
     def decode(cls, token: str) -> HierarchyToken:
-        data = decode_token(token, MAX_TOKEN, 4)
-        if (type(data[0]) is not int
-                or data[0] < 0 or not isinstance(data[1], str) or not isinstance(data[2], bool)
-                or not (data[3] is None or type(data[3]) is int)):
-            raise bad_token()
+        data = decode_token(token, MAX_TOKEN, _HIERARCHY_TOKEN)
         return cls(data[0], data[1], data[2], data[3])
 
 

@@ -1,20 +1,40 @@
-"""Membership changes: join, invite, leave, kick, ban, unban, knock, forget.
+"""Membership changes: join, invite, leave, kick, ban, unban, knock, forget, and
+leaving every room on deactivation.
 
 Whether a change is allowed is decided by the event authorization rules (the one
 module every event goes through); this handler only builds the right member event.
+For joins to ``restricted`` / ``knock_restricted`` rooms that means choosing the
+authorising user (``join_authorised_via_users_server``) the rules then check.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from typing import Any
 
-from homeserver.events.model import Event
+from homeserver.events.auth import AUTHORISING_USER, JOIN_RULES
+from homeserver.events.model import Event, StateKey
+from homeserver.events.power_levels import (
+    CREATE,
+    POWER_LEVELS,
+    domain_of,
+    get_named_level,
+    get_user_power_level,
+)
+from homeserver.events.room_versions import RoomVersion
 from homeserver.handlers.event_creation import EventCreationHandler
 from homeserver.http.errors import Codes, MatrixError
 from homeserver.identifiers import check_room_alias, split_user_id
 from storage.stores.profiles import ProfileStore
 from storage.stores.room_aliases import RoomAliasStore
 from storage.stores.room_members import RoomMemberStore
+
+logger = logging.getLogger(__name__)
+
+# The spec's error when no local user may vouch for a restricted join (not yet in Codes).
+UNABLE_TO_GRANT_JOIN = "M_UNABLE_TO_GRANT_JOIN"
+ROOM_MEMBERSHIP_CONDITION = "m.room_membership"
 
 
 class MembershipHandler:
@@ -95,8 +115,77 @@ class MembershipHandler:
         current = await self._members.get_membership(user_id, room_id)
         if current is not None and current.membership == "join":
             return room_id  # idempotent, as Synapse
-        await self.update(user_id, room_id, user_id, "join", reason)
+        extra = await self._restricted_join_fields(
+            user_id, room_id, current.membership if current is not None else None)
+        await self.update(user_id, room_id, user_id, "join", reason, extra)
         return room_id
+
+    @staticmethod
+    def _is_restricted(join_rule: Any, version: RoomVersion) -> bool:
+        return (join_rule == "restricted" and version.restricted_joins) or (
+            join_rule == "knock_restricted" and version.knock_restricted)
+
+    async def _restricted_join_fields(self, user_id: str, room_id: str,
+                                      current: str | None) -> dict[str, Any] | None:
+        """``{join_authorised_via_users_server: ...}`` for a join that needs one.
+
+        A restricted room (rule 4.3.5) admits a user who is not invited only when they
+        are joined to one of the rooms its ``allow`` list names and a user joined to the
+        room, able to invite, vouches for the join. As Synapse, the voucher is the local
+        member with the highest power level. Invited users, and rooms that are not
+        restricted, need nothing (the auth rules decide as usual).
+        """
+        version = await self._creation.room_version(room_id)
+        if current in ("invite", "join") or current == "ban":
+            return None  # invited: 4.3.5.1; banned: refused by the auth rules
+        state = await self._creation.current_state(
+            room_id, [(CREATE, ""), (POWER_LEVELS, ""), (JOIN_RULES, "")])
+        join_rules = state.get((JOIN_RULES, ""))
+        content = join_rules.content if join_rules is not None else {}
+        if not self._is_restricted(content.get("join_rule"), version):
+            return None
+        if not await self._in_allowed_room(user_id, content.get("allow")):
+            raise MatrixError(403, "You do not belong to any of the required rooms/spaces to"
+                              " join this room.", Codes.FORBIDDEN)
+        authoriser = await self._choose_authoriser(room_id, state)
+        if authoriser is None:
+            raise MatrixError(400, "Unable to find a user which could issue an invite",
+                              UNABLE_TO_GRANT_JOIN)
+        return {AUTHORISING_USER: authoriser}
+
+    async def _in_allowed_room(self, user_id: str, allow: Any) -> bool:
+        """Whether ``user_id`` is joined to a room an ``m.room_membership`` condition names
+        (other condition types are not understood and grant nothing)."""
+        if not isinstance(allow, list):
+            return False
+        for condition in allow:
+            if not isinstance(condition, Mapping):
+                continue
+            allowed_room = condition.get("room_id")
+            if condition.get("type") != ROOM_MEMBERSHIP_CONDITION or not isinstance(allowed_room, str):
+                continue
+            record = await self._members.get_membership(user_id, allowed_room)
+            if record is not None and record.membership == "join":
+                return True
+        return False
+
+    async def _choose_authoriser(self, room_id: str,
+                                 state: Mapping[StateKey, Event]) -> str | None:
+        """The joined local user with the highest power level, if it may invite."""
+        create = state.get((CREATE, ""))
+        if create is None:
+            return None
+        best: str | None = None
+        best_level: float = 0
+        for record in await self._members.members_of_room(room_id, ("join",)):
+            if domain_of(record.user_id) != self._server_name:
+                continue
+            level = get_user_power_level(record.user_id, state, create)
+            if best is None or level > best_level:
+                best, best_level = record.user_id, level
+        if best is None or best_level < get_named_level("invite", state):
+            return None
+        return best
 
     async def leave(self, user_id: str, room_id: str, reason: str | None = None) -> None:
         current = await self._members.get_membership(user_id, room_id)
@@ -104,6 +193,18 @@ class MembershipHandler:
             await self._creation.room_version(room_id)
             raise MatrixError(403, "You are not a member of this room", Codes.FORBIDDEN)
         await self.update(user_id, room_id, user_id, "leave", reason)
+
+    async def leave_all_rooms(self, user_id: str) -> None:
+        """On deactivation (as Synapse): leave every joined room, reject every invite and
+        withdraw every knock. One room failing (e.g. a broken room) does not stop the rest."""
+        records = await self._members.rooms_for_user(
+            user_id, ("join", "invite", "knock"), include_forgotten=True)
+        for record in records:
+            try:
+                await self.update(user_id, record.room_id, user_id, "leave")
+            except MatrixError as e:
+                logger.warning("deactivation: could not leave %s for %s: %s", record.room_id,
+                               user_id, e)
 
     async def forget(self, user_id: str, room_id: str) -> None:
         current = await self._members.get_membership(user_id, room_id)

@@ -12,6 +12,7 @@ import secrets
 from typing import Any
 
 from homeserver.clock import Clock
+from homeserver.http.errors import Codes, MatrixError
 from storage.stores.openid_tokens import OpenIdTokenStore
 
 # Synapse's lifetime; the spec leaves it to the server.
@@ -32,8 +33,9 @@ class OpenIdHandler:
         """A fresh token for ``user_id``, as the spec's OpenIdCredentials object."""
         token = secrets.token_urlsafe(32)
         now = self._clock.time_msec()
-        await self._store.add_token(hash_openid_token(token), user_id, now,
-                                    now + OPENID_TOKEN_LIFETIME_S * 1000)
+        if not await self._store.add_token(hash_openid_token(token), user_id, now,
+                                           now + OPENID_TOKEN_LIFETIME_S * 1000):
+            raise MatrixError(403, "This account has been deactivated", Codes.USER_DEACTIVATED)
         return {
             "access_token": token,
             "token_type": "Bearer",

@@ -20,7 +20,6 @@ visibility handler itself, gives the window without restating its rules here.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +31,7 @@ from homeserver.handlers.event_creation import EventCreationHandler
 from homeserver.handlers.sync_filter import EventFilter
 from homeserver.handlers.visibility import VisibilityHandler
 from homeserver.http.errors import Codes, MatrixError
+from homeserver.http.params import parse_room_token
 from storage.stores.event_timestamps import EventTimestampStore
 from storage.stores.events import EventStore, StateHistoryStore, StateMap
 from storage.stores.room_members import RoomMemberStore
@@ -43,18 +43,13 @@ MAX_LIMIT = 1000  # as Synapse caps /messages
 # Rows looked at per request before handing back a token (bounds the work one request
 # can cause when the requester may see little of a long stretch of history).
 SCAN_BUDGET = 2000
-_T_TOKEN = re.compile(r"^t(\d{1,18})$")
-_S_TOKEN = re.compile(r"^s(\d{1,18})(?:_\d{1,18}){0,16}$")
 MEMBERSHIPS = ("join", "invite", "knock", "leave", "ban")
 HISTORY_VISIBILITY = ("m.room.history_visibility", "")
 
 
 def parse_position(raw: str, name: str) -> int:
     """The event position of a ``t<N>`` or ``s<N>_...`` token; 400 for anything else."""
-    m = _T_TOKEN.match(raw) or _S_TOKEN.match(raw)
-    if m is None:
-        raise MatrixError(400, f"Invalid '{name}' token", Codes.INVALID_PARAM)
-    return int(m.group(1))
+    return parse_room_token(raw, name)
 
 
 def check_event_id(event_id: str) -> None:

@@ -13,6 +13,8 @@ from homeserver.clock import Clock
 from homeserver.config.model import RegistrationConfig
 from homeserver.http.errors import Codes, MatrixError
 from homeserver.identifiers import check_localpart, user_id
+from storage.database import Txn
+from storage.stores.ui_auth import GrantSpentError
 from storage.stores.users import UserInUseError, UserStore
 
 
@@ -62,8 +64,32 @@ class RegistrationHandler:
         is_admin: bool = False,
         is_guest: bool = False,
         enforce_policy: bool = True,
+        consume: Callable[[Txn], None] | None = None,
     ) -> str:
-        """Create the account; a missing localpart gets a generated one."""
+        """Create the account; a missing localpart gets a generated one.
+
+        ``consume`` (from :meth:`UserInteractiveAuth.consumer`) spends the UIA session
+        and registration-token use in the account's own transaction: of concurrent
+        requests replaying one session, exactly one creates an account.
+        """
+        try:
+            return await self._create_account(localpart, password, is_admin, is_guest,
+                                              enforce_policy, consume)
+        except GrantSpentError as e:
+            if e.what == "registration_token":
+                raise MatrixError(403, "Registration token is no longer valid",
+                                  Codes.FORBIDDEN) from e
+            raise MatrixError(400, "Unknown session ID", Codes.UNKNOWN) from e
+
+    async def _create_account(
+        self,
+        localpart: str | None,
+        password: str | None,
+        is_admin: bool,
+        is_guest: bool,
+        enforce_policy: bool,
+        consume: Callable[[Txn], None] | None,
+    ) -> str:
         if password is not None and enforce_policy:
             self._policy.check(password)
         password_hash = await self._hasher.hash(password) if password is not None else None
@@ -73,7 +99,8 @@ class RegistrationHandler:
                 candidate = "u" + "".join(secrets.choice(string.digits) for _ in range(10))
                 try:
                     uid = user_id(candidate, self.server_name)
-                    await self._users.create_user(uid, password_hash, now, is_admin, is_guest)
+                    await self._users.create_user(uid, password_hash, now, is_admin, is_guest,
+                                                  consume=consume)
                     return uid
                 except UserInUseError:
                     continue
@@ -82,7 +109,8 @@ class RegistrationHandler:
         try:
             # Like Synapse, a new account's display name starts as its localpart.
             await self._users.create_user(uid, password_hash, now, is_admin, is_guest,
-                                          displayname=None if is_guest else localpart)
+                                          displayname=None if is_guest else localpart,
+                                          consume=consume)
         except UserInUseError as e:
             raise MatrixError(400, "User ID already taken.", Codes.USER_IN_USE) from e
         return uid

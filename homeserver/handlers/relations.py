@@ -7,15 +7,17 @@ they must be a few indexed queries per page, never a read of the room.
 
 Visibility: the parent of /relations must be visible to the requester (else 404, the
 spec's answer), and every child, edit, thread reply and reference served or bundled
-passes :meth:`VisibilityHandler.filter_events` too: a thread's ``latest_event`` is the
-latest reply the requester may see and ``count`` counts the replies up to it, so a
-bundle never reveals activity hidden from them.
+passes :meth:`VisibilityHandler.filter_events` too. Counts, orderings and page
+boundaries are computed in SQL over the stream positions the requester may see
+(:meth:`VisibilityHandler.visible_ranges`): a thread's ``latest_event``, ``count`` and
+``current_user_participated`` cover visible replies only, /threads orders threads by
+their latest visible reply and /relations pages visible children only, so nothing
+reveals activity hidden from them.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +29,8 @@ from homeserver.events.redaction import prune_event_dict
 from homeserver.handlers.event_creation import EventCreationHandler
 from homeserver.handlers.visibility import VisibilityHandler
 from homeserver.http.errors import Codes, MatrixError
-from homeserver.http.opaque_tokens import bad_token, decode_token, encode_token
+from homeserver.http.opaque_tokens import Int, Str, decode_token, encode_token
+from homeserver.http.params import parse_room_token
 from storage.stores.events import EventStore
 from storage.stores.relations import RECURSION_DEPTH, Relation, RelationRow, RelationsStore
 
@@ -39,21 +42,8 @@ MAX_LIMIT = 100
 # Relation types that are never themselves aggregated onto (spec: an edit or a reaction
 # cannot be the parent of an edit, a thread or a reference).
 NO_AGGREGATIONS_FOR = ("m.replace", "m.annotation")
-# Older replies examined when a thread's newest reply is hidden from the requester.
-HIDDEN_REPLY_SCAN = 50
 CATCH_UP_BATCH = 500
-_T_TOKEN = re.compile(r"^t(\d{1,18})$")
-_S_TOKEN = re.compile(r"^s(\d{1,18})(?:_\d{1,18}){0,16}$")
 MAX_THREADS_TOKEN = 600
-
-
-def parse_position(raw: str, name: str) -> int:
-    """A room pagination token as /messages and /sync hand out (``t<N>``: the gap after
-    position N; ``s<N>_...``: a sync token, read as its event position)."""
-    m = _T_TOKEN.match(raw) or _S_TOKEN.match(raw)
-    if m is None:
-        raise MatrixError(400, f"Invalid '{name}' token", Codes.INVALID_PARAM)
-    return int(m.group(1))
 
 
 def relation_of(event: Event) -> tuple[str, str, str | None] | None:
@@ -142,10 +132,7 @@ class ThreadsToken:
 
     @classmethod
     def decode(cls, token: str) -> ThreadsToken:
-        data = decode_token(token, MAX_THREADS_TOKEN, 2)
-        if (type(data[0]) is not int
-                or not isinstance(data[1], str)):
-            raise bad_token()
+        data = decode_token(token, MAX_THREADS_TOKEN, (Int(), Str(prefix="$")))
         return cls(data[0], data[1])
 
 
@@ -245,15 +232,18 @@ class RelationsHandler:
         if limit is not None and limit < 0:
             raise MatrixError(400, "limit must not be negative", Codes.INVALID_PARAM)
         limit = min(DEFAULT_LIMIT if limit is None else limit, MAX_LIMIT)
-        from_pos = parse_position(from_token, "from") if from_token is not None else None
-        to_pos = parse_position(to_token, "to") if to_token is not None else None
+        from_pos = parse_room_token(from_token, "from") if from_token is not None else None
+        to_pos = parse_room_token(to_token, "to") if to_token is not None else None
         parent = await self._events.get_event(event_id)
         if (parent is None or parent.room_id != room_id
                 or not await self._visibility.filter_events(user_id, [parent])):
             raise MatrixError(404, "Event not found.", Codes.NOT_FOUND)
         redacted = bool(await self._events.get_redaction_ids([event_id]))
+        # Only children the user may see are paged, so neither next_batch nor a short page
+        # tells of hidden ones.
+        ranges = await self._visibility.visible_ranges(user_id, room_id)
         rows = await self._store.children(room_id, event_id, rel_type, event_type, direction,
-                                          from_pos, to_pos, limit + 1, bool(recurse))
+                                          from_pos, to_pos, limit + 1, bool(recurse), ranges)
         more = len(rows) > limit
         rows = rows[:limit]
         # Edits of a redacted event would show the content the redaction removed.
@@ -286,12 +276,14 @@ class RelationsHandler:
             allowed = False
         if not allowed:
             raise MatrixError(403, "You are not allowed to view this room.", Codes.FORBIDDEN)
+        # Threads are listed and ordered by their latest reply the user may see.
+        ranges = await self._visibility.visible_ranges(user_id, room_id)
         chosen: list[Event] = []
         cursor = (before.position, before.root_id) if before else None
         exhausted = False
         # Participated threads may be sparse: look at a few pages before handing back a token.
         for _page in range(10):
-            roots = await self._store.thread_roots(room_id, cursor, limit)
+            roots = await self._store.thread_roots(room_id, cursor, limit, ranges)
             if len(roots) < limit:
                 exhausted = True
             if not roots:
@@ -301,7 +293,7 @@ class RelationsHandler:
             events = [found[r] for r, _ in roots if r in found and found[r].room_id == room_id]
             if include == "participated":
                 mine = await self._store.threads_participated(
-                    room_id, [e.event_id for e in events], user_id)
+                    room_id, [e.event_id for e in events], user_id, ranges)
                 events = [e for e in events if e.sender == user_id or e.event_id in mine]
             chosen += await self._visibility.filter_events(user_id, events)
             if len(chosen) >= limit or exhausted:
@@ -399,10 +391,13 @@ class RelationsHandler:
 
     async def _threads(self, user_id: str, room_id: str, roots: list[Event]
                        ) -> dict[str, tuple[Event, int, bool]]:
-        """root id -> (latest visible reply, replies up to it, whether the user replied)."""
+        """root id -> (latest visible reply, visible replies, whether the user replied
+        where they can see it). Counted in SQL over the positions the user may see, so a
+        summary says nothing about replies hidden from them."""
         if not roots:
             return {}
-        summaries = await self._store.thread_summaries(room_id, (e.event_id for e in roots))
+        ranges = await self._visibility.visible_ranges(user_id, room_id)
+        summaries = await self._store.thread_summaries(room_id, (e.event_id for e in roots), ranges)
         if not summaries:
             return {}
         at = await self._store.thread_events_at(room_id, (s.latest_position for s in summaries.values()))
@@ -411,24 +406,12 @@ class RelationsHandler:
         found = await self._events.get_events(latest_ids.values())
         visible = {e.event_id for e in await self._visibility.filter_events(
             user_id, list(found.values()))}
-        participated = await self._store.threads_participated(room_id, summaries, user_id)
+        participated = await self._store.threads_participated(room_id, summaries, user_id, ranges)
         out: dict[str, tuple[Event, int, bool]] = {}
         for root, summary in summaries.items():
             latest_id = latest_ids.get(root)
-            if latest_id in visible:
+            if latest_id in visible:  # always, unless ranges and filter ever disagree
                 out[root] = (found[latest_id], summary.count, root in participated)
-                continue
-            # The newest reply is hidden from the user: fall back to the newest they may see.
-            older = await self._store.thread_events_before(room_id, root, summary.latest_position,
-                                                           HIDDEN_REPLY_SCAN)
-            older_events = await self._events.get_events(r.event_id for r in older)
-            shown = await self._visibility.filter_events(
-                user_id, [older_events[r.event_id] for r in older if r.event_id in older_events])
-            if shown:
-                best = max(shown, key=lambda e: e.internal.stream_ordering or 0)
-                count = await self._store.count_thread_upto(room_id, root,
-                                                            best.internal.stream_ordering or 0)
-                out[root] = (best, count, root in participated)
         return out
 
     async def _references(self, user_id: str, room_id: str, parent_ids: list[str]

@@ -8,15 +8,15 @@ off again the copies are deleted at the next start.
 When on, ``event_search`` holds the casefolded ``content.body`` of ``m.room.message``
 events of unencrypted rooms (an ``after_persist`` hook, caught up at start-up); a room
 that turns encrypted has its rows deleted, a redacted event loses its row. A query
-covers the requester's joined, currently unencrypted rooms, and every result passes
-the history-visibility filter.
+covers the requester's joined, currently unencrypted rooms, and within each only the
+stream positions the requester may see (``VisibilityHandler.visible_ranges``): the
+``count``, the ranking window and the ``next_batch`` positions are computed in SQL over
+visible events only, so none of them reveals a match in hidden history. Every result
+also passes the history-visibility filter.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -29,8 +29,9 @@ from homeserver.handlers.room_reads import RoomReadHandler
 from homeserver.handlers.sync_filter import EventFilter
 from homeserver.handlers.visibility import VisibilityHandler
 from homeserver.http.errors import Codes, MatrixError
+from homeserver.http.opaque_tokens import Int, Str, decode_token, encode_token
 from storage.stores.events import EventStore
-from storage.stores.relations import RelationsStore
+from storage.stores.relations import Ranges, RelationsStore
 from storage.stores.room_members import RoomMemberStore
 from storage.stores.search import SearchQuery, SearchRow, SearchStore
 
@@ -60,23 +61,12 @@ def rank(body: str, terms: Sequence[str]) -> float:
     return round(hits / math.log2(2 + len(body.split())), 6)
 
 
-def _encode(data: list[Any]) -> str:
-    raw = json.dumps(data, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+# order, then: recent = (position to continue below, 0); rank = (offset, live edge).
+_SEARCH_TOKEN = (Str(choices=("recent", "rank")), Int(), Int())
 
 
 def _decode(token: str) -> list[Any]:
-    bad = MatrixError(400, "Invalid next_batch token", Codes.INVALID_PARAM)
-    if len(token) > MAX_TOKEN:
-        raise bad
-    try:
-        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-    except (ValueError, binascii.Error, UnicodeDecodeError) as e:
-        raise bad from e
-    if (not isinstance(data, list) or len(data) != 3 or data[0] not in ("recent", "rank")
-            or any(type(v) is not int or v < 0 for v in data[1:])):
-        raise bad
-    return data
+    return decode_token(token, MAX_TOKEN, _SEARCH_TOKEN)
 
 
 class SearchIndexer:
@@ -187,7 +177,7 @@ class SearchHandler:
         query = SearchQuery(rooms, terms, flt.senders, flt.not_senders)
         if order_by == "recent":
             hits, more = await self._recent(user_id, query, flt, token, limit)
-            next_token = _encode(["recent", more, 0]) if more is not None else None
+            next_token = encode_token(["recent", more, 0]) if more is not None else None
         else:
             hits, next_token = await self._ranked(user_id, query, flt, token, limit)
         out: JsonDict = {"results": [], "count": await self._store.count(query), "highlights": terms}
@@ -208,18 +198,21 @@ class SearchHandler:
                 out["state"][room_id] = await self._relations.serialize(user_id, device_id, state)
         return {"search_categories": {"room_events": out}}
 
-    async def _rooms(self, user_id: str, raw_filter: JsonDict) -> list[str]:
-        """Joined, currently unencrypted rooms, narrowed by the filter's rooms/not_rooms."""
+    async def _rooms(self, user_id: str, raw_filter: JsonDict) -> dict[str, Ranges]:
+        """Joined, currently unencrypted rooms, narrowed by the filter's rooms/not_rooms,
+        each with the stream positions the user may see (rooms with none are left out)."""
         joined = [m.room_id for m in await self._members.rooms_for_user(user_id)]
         wanted = raw_filter.get("rooms")
         excluded = set(raw_filter.get("not_rooms") or [])
-        out = []
+        out: dict[str, Ranges] = {}
         for room_id in joined:
             if (wanted is not None and room_id not in wanted) or room_id in excluded:
                 continue
             if ENCRYPTION in (await self._creation.snapshot(room_id)).state_ids:
                 continue
-            out.append(room_id)
+            ranges = await self._visibility.visible_ranges(user_id, room_id)
+            if ranges:
+                out[room_id] = ranges
         return out
 
     async def _visible(self, user_id: str, rows: Sequence[SearchRow], flt: EventFilter
@@ -260,7 +253,7 @@ class SearchHandler:
         visible = await self._visible(user_id, page, flt)
         hits = [(visible[r.event_id], rank(r.body, query.terms)) for r in page if r.event_id in visible]
         more = offset + limit < len(ranked)
-        return hits, _encode(["rank", offset + limit, edge]) if more else None
+        return hits, encode_token(["rank", offset + limit, edge]) if more else None
 
     async def _context(self, user_id: str, device_id: str | None, event: Event,
                        spec: JsonDict) -> JsonDict:

@@ -14,7 +14,7 @@ from homeserver.clock import Clock
 from homeserver.config.model import AuthConfig
 from homeserver.handlers.security_events import SecurityEventRecorder
 from homeserver.http.errors import Codes, MatrixError
-from storage.stores.sessions import RefreshOutcome, SessionStore
+from storage.stores.sessions import AccountUnavailableError, RefreshOutcome, SessionStore
 
 REFRESH_PREFIX = "prt_"
 
@@ -65,22 +65,29 @@ class SessionHandler:
         token, _exp = self._codec.issue(user_id, device_id, session_id, lifetime, is_guest)
         return token, int(lifetime * 1000)
 
-    async def start_session(
-        self, user_id: str, device_id: str, want_refresh: bool, is_guest: bool = False
-    ) -> IssuedTokens:
-        """A new login on a device; any earlier session of that device ends."""
+    async def start_session(self, user_id: str, device_id: str, want_refresh: bool) -> IssuedTokens:
+        """A new login on a device; any earlier session of that device ends.
+
+        The token's privileges (``is_guest``) are read from the users table in the
+        transaction that creates the session, never passed in by the caller, and a
+        deactivated or unknown user gets no session (403 ``M_USER_DEACTIVATED``).
+        """
         session_id = secrets.token_urlsafe(18)
         now = self._clock.time_msec()
         refresh = REFRESH_PREFIX + secrets.token_urlsafe(32) if want_refresh else None
-        revoked = await self._store.create_session(
-            session_id, user_id, device_id, now,
-            hash_refresh_token(refresh) if refresh else None,
-            now + int(self._config.refresh_token_lifetime * 1000) if refresh else None,
-        )
-        self._cache.invalidate(revoked)
+        try:
+            started = await self._store.create_session(
+                session_id, user_id, device_id, now,
+                hash_refresh_token(refresh) if refresh else None,
+                now + int(self._config.refresh_token_lifetime * 1000) if refresh else None,
+            )
+        except AccountUnavailableError as e:
+            raise MatrixError(403, "This account has been deactivated",
+                              Codes.USER_DEACTIVATED) from e
+        self._cache.invalidate(started.revoked)
         self._cache.mark_active(session_id)
         token, expires_in = self._access_token(user_id, device_id, session_id, want_refresh,
-                                               is_guest)
+                                               started.is_guest)
         return IssuedTokens(token, expires_in, refresh, session_id)
 
     async def refresh(self, refresh_token: str, client: ClientInfo) -> IssuedTokens:
@@ -99,7 +106,7 @@ class SessionHandler:
         if result.outcome is RefreshOutcome.OK and session is not None:
             await self._events.record("token_refresh", "success", client, **ids)
             token, expires_in = self._access_token(
-                session.user_id, session.device_id, session.session_id, True, False
+                session.user_id, session.device_id, session.session_id, True, result.is_guest
             )
             return IssuedTokens(token, expires_in, new_refresh, session.session_id)
         if result.outcome is RefreshOutcome.REUSED and session is not None:
@@ -110,6 +117,8 @@ class SessionHandler:
             )
             raise MatrixError(401, "Refresh token has already been used; session revoked",
                               Codes.UNKNOWN_TOKEN, soft_logout=False)
+        if result.outcome is RefreshOutcome.REVOKED and session is not None:
+            self._cache.invalidate([session.session_id])
         reason = {
             RefreshOutcome.UNKNOWN: "unknown refresh token",
             RefreshOutcome.EXPIRED: "refresh token expired",

@@ -7,7 +7,6 @@ leave / knock; every event list passes the history-visibility filter.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -21,13 +20,13 @@ from homeserver.handlers.event_creation import EventCreationHandler
 from homeserver.handlers.sync_filter import SyncFilter
 from homeserver.handlers.visibility import VisibilityHandler
 from homeserver.http.errors import Codes, MatrixError
+from homeserver.http.params import parse_stream_token
 from homeserver.notifier import NotifierInterface
 from storage.stores.account_data import AccountDataStore
 from storage.stores.events import EventStore, StateMap
 from storage.stores.room_members import MembershipRecord, RoomMemberStore
 
 JsonDict = dict[str, Any]
-_TOKEN = re.compile(r"^s(\d+)(?:_(\d+))+$")
 # Positions in a sync token, in order. Older tokens with fewer fields parse with zeros.
 EXTRA_STREAMS = ("receipts", "typing", "presence", "to_device", "device_lists")
 STRIPPED_STATE_TYPES = ("m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar",
@@ -50,11 +49,20 @@ class SyncToken:
 
     @classmethod
     def parse(cls, raw: str) -> SyncToken:
-        if not _TOKEN.fullmatch(raw) or raw.count("_") > len(EXTRA_STREAMS) + 1:
-            raise MatrixError(400, "Invalid sync token", Codes.INVALID_PARAM)
-        parts = [int(p) for p in raw[1:].split("_")]
+        """Every position is bounded (MAX_POSITION): anything else is 400 M_INVALID_PARAM."""
+        try:
+            parts = parse_stream_token(raw, "s", 2, len(EXTRA_STREAMS) + 2)
+        except MatrixError as e:
+            raise MatrixError(400, "Invalid sync token", Codes.INVALID_PARAM) from e
         extra = parts[2:] + [0] * (len(EXTRA_STREAMS) - len(parts[2:]))
         return cls(parts[0], parts[1], tuple(extra))
+
+    def bounded_by(self, now: SyncToken) -> SyncToken:
+        """Positions ahead of ``now`` brought back to it (Synapse's ``bound_future_token``):
+        a token from the future would otherwise wait for positions that never come and
+        skip what arrives meanwhile."""
+        return SyncToken(min(self.events, now.events), min(self.account_data, now.account_data),
+                         tuple(min(a, b) for a, b in zip(self.extra, now.extra, strict=True)))
 
 
 class EphemeralSource(Protocol):
@@ -137,23 +145,32 @@ class SyncHandler:
 
     async def sync(self, req: SyncRequest) -> JsonDict:
         token = self.now_token()
+        if req.since is not None:
+            req.since = req.since.bounded_by(token)
         if req.since is None or req.full_state or req.timeout_ms <= 0:
             return await self._build(req, token)
         deadline = self._clock.time() + req.timeout_ms / 1000
-        # Wait until something *relevant to this user* arrives or the deadline passes:
-        # a stream moving for other users re-checks and goes back to waiting.
-        while not await self._has_updates(req, token):
+        token = await self.wait_for(req.user_id, token, deadline,
+                                    lambda t: self._has_updates(req, t))
+        return await self._build(req, token)
+
+    async def wait_for(self, user_id: str, token: SyncToken, deadline: float,
+                       ready: Callable[[SyncToken], Awaitable[bool]]) -> SyncToken:
+        """The long-poll of /sync and legacy /events: wait until ``ready(now)`` (something
+        *relevant to this user*) or the deadline (clock seconds); returns the token the
+        answer is built at. A stream moving for other users re-checks and waits again."""
+        while not await ready(token):
             remaining = deadline - self._clock.time()
             if remaining <= 0:
                 break
             rooms = [m.room_id for m in await self._members.rooms_for_user(
-                req.user_id, ("join", "invite", "knock"))]
+                user_id, ("join", "invite", "knock"))]
             # Anything that arrived during the awaits above has already notified;
             # only wait if the position is still the one just checked.
             if self.now_token() == token:
-                await self._notifier.wait(req.user_id, rooms, remaining)
+                await self._notifier.wait(user_id, rooms, remaining)
             token = self.now_token()
-        return await self._build(req, token)
+        return token
 
     async def _has_updates(self, req: SyncRequest, token: SyncToken) -> bool:
         assert req.since is not None

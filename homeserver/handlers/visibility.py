@@ -30,6 +30,8 @@ VISIBLE_WHEN = {
     "shared": {"join"},
     "world_readable": set(),
 }
+# Below any stream position (events without one are read at position 0).
+MIN_POSITION = -(2**62)
 
 
 class _Timeline:
@@ -43,6 +45,19 @@ class _Timeline:
     def before(self, position: int) -> str:
         i = bisect.bisect_left(self._positions, position)
         return self._values[i - 1] if i else self._default
+
+    def positions(self) -> list[int]:
+        return list(self._positions)
+
+
+def _allowed(visibility: str, membership: str, joined_now: bool) -> bool:
+    """Whether an event is visible, given the history visibility and the user's
+    membership in the state before it, and whether the user is joined now."""
+    if visibility == "world_readable":
+        return True
+    if visibility == "shared" and joined_now:
+        return True
+    return membership in VISIBLE_WHEN[visibility]
 
 
 class VisibilityHandler:
@@ -77,16 +92,37 @@ class VisibilityHandler:
                 out.append(ev)
                 continue
             pos = ev.internal.stream_ordering or 0
-            visibility = vis.before(pos)
-            if visibility == "world_readable":
+            # The visibility and the user's membership in the state before the event.
+            if _allowed(vis.before(pos), mem.before(pos), joined_now):
                 out.append(ev)
-                continue
-            if visibility == "shared" and joined_now:
-                out.append(ev)
-                continue
-            # The user's membership in the state before the event.
-            if mem.before(pos) in VISIBLE_WHEN[visibility]:
-                out.append(ev)
+        return out
+
+    async def visible_ranges(self, user_id: str, room_id: str) -> list[tuple[int, int | None]]:
+        """The stream positions of ``room_id`` whose events ``user_id`` may see, as
+        ``(after, upto)`` intervals (``after < position <= upto``; ``upto`` None: no end),
+        by the same rule as :meth:`filter_events` (the user's own membership events
+        aside). Why: counts, orderings and pages computed in SQL over these ranges only
+        ever reflect visible events (search counts, thread summaries, /threads)."""
+        vis = await self._visibility_timeline(room_id)
+        mem = await self._membership_timeline(room_id, user_id)
+        current = await self._members.get_membership(user_id, room_id)
+        joined_now = current is not None and current.membership == "join"
+        # Both timelines are constant between their change points: the value for the
+        # positions in (p_i, p_{i+1}] is the one at p_i + 1.
+        points = sorted(set(vis.positions()) | set(mem.positions()))
+        bounds: list[int | None] = [*points, None]
+        out: list[tuple[int, int | None]] = []
+        after = MIN_POSITION
+        for upto in bounds:
+            probe = after + 1
+            if _allowed(vis.before(probe), mem.before(probe), joined_now):
+                if out and out[-1][1] == after:
+                    out[-1] = (out[-1][0], upto)
+                else:
+                    out.append((after, upto))
+            if upto is None:
+                break
+            after = upto
         return out
 
     async def can_see_room_state(self, user_id: str, room_id: str) -> tuple[bool, int | None]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, BinaryIO
 from urllib.parse import unquote
 
@@ -18,6 +18,7 @@ from twisted.web.iweb import IRequest
 
 from homeserver.auth.requester import Authenticator, ClientInfo, Requester
 from homeserver.http.errors import Codes, InteractiveAuthRequired, MatrixError
+from homeserver.http.params import MAX_INT64, parse_int
 from homeserver.http.router import Route, Router
 
 logger = logging.getLogger(__name__)
@@ -179,14 +180,11 @@ class ApiRequest:
         except UnicodeDecodeError as e:
             raise MatrixError(400, f"Query parameter '{name}' is not UTF-8", Codes.INVALID_PARAM) from e
 
-    def query_int(self, name: str, default: int | None = None) -> int | None:
-        value = self.query(name)
-        if value is None:
-            return default
-        try:
-            return int(value)
-        except ValueError as e:
-            raise MatrixError(400, f"Query parameter '{name}' must be an integer", Codes.INVALID_PARAM) from e
+    def query_int(self, name: str, default: int | None = None, *, minimum: int = 0,
+                  maximum: int = MAX_INT64) -> int | None:
+        """A bounded integer (homeserver/http/params.py): out of range or not decimal
+        digits is 400 M_INVALID_PARAM, never a value SQL cannot hold."""
+        return parse_int(self.query(name), name, default, minimum=minimum, maximum=maximum)
 
     def query_bool(self, name: str, default: bool = False) -> bool:
         value = self.query(name)
@@ -478,6 +476,82 @@ class RootResource(resource.Resource):
     def render(self, request: server.Request) -> Any:  # type: ignore[override]
         # Reached only for a request with no path segments (e.g. "OPTIONS *").
         return self._default.render(request)
+
+
+# What each ``listeners[].resources`` name serves, as Synapse splits them: the admin
+# APIs ride on the client resource. /.well-known/matrix/server is on both: federation
+# is where it belongs, and Synapse serves it on the client resource too. Prefixes end in
+# "/" or are exact paths, so "/_matrix/clientx" belongs to nothing.
+RESOURCE_PATHS: dict[str, tuple[str, ...]] = {
+    "client": ("/_matrix/client/", "/_matrix/media/", "/.well-known/matrix/client",
+               "/.well-known/matrix/support", "/.well-known/matrix/server",
+               "/_parley/client/", "/_synapse/admin/", "/_parley/admin/"),
+    "federation": ("/_matrix/federation/", "/_matrix/key/", "/.well-known/matrix/server"),
+    "metrics": (),  # accepted; nothing is exported yet
+}
+# Served on every listener (load balancers probe each port).
+EVERY_LISTENER_PATHS = ("/health",)
+
+
+def path_resources(path: bytes) -> frozenset[str]:
+    """The resource names that serve ``path`` (empty: none does)."""
+    text = path.decode("ascii", "replace")
+    return frozenset(name for name, prefixes in RESOURCE_PATHS.items()
+                     if any(text == p or (p.endswith("/") and text.startswith(p))
+                            or text + "/" == p for p in prefixes))
+
+
+class ListenerResource(resource.Resource):
+    """The root of one listener: a request for a path none of the listener's
+    ``resources`` serves is answered 404 M_UNRECOGNIZED (as an unknown path is) before
+    any routing, authentication or body parsing; anything else goes to the shared root."""
+
+    def __init__(self, root: resource.Resource, resources: Iterable[str]) -> None:
+        super().__init__()
+        self._root = root
+        self.resources = frozenset(resources)
+        unknown = self.resources - set(RESOURCE_PATHS)
+        if unknown:
+            raise ValueError(f"unknown listener resources {sorted(unknown)}")
+        self._refuse = _Unrecognized()
+
+    def serves(self, path: bytes) -> bool:
+        if path.decode("ascii", "replace") in EVERY_LISTENER_PATHS:
+            return True
+        return bool(path_resources(path) & self.resources)
+
+    def getChildWithDefault(self, path: bytes, request: IRequest) -> resource.Resource:  # noqa: N802
+        if not self.serves(request.path):
+            return self._refuse
+        return self._root.getChildWithDefault(path, request)
+
+    def render(self, request: server.Request) -> Any:  # type: ignore[override]
+        if not self.serves(request.path):
+            return self._refuse.render(request)
+        return self._root.render(request)
+
+
+class _Unrecognized(resource.Resource):
+    """404 M_UNRECOGNIZED with the usual headers, for paths this listener does not serve."""
+
+    isLeaf = True
+
+    def render(self, request: server.Request) -> Any:  # type: ignore[override]
+        body = {"errcode": Codes.UNRECOGNIZED, "error": "Unrecognized request"}
+        MatrixResource._respond(request, 404, body, {},  # noqa: SLF001
+                                request.path.decode("ascii", "replace"))
+        return server.NOT_DONE_YET
+
+
+def listener_site(site: server.Site, resources: Iterable[str]) -> server.Site:
+    """The Site of one listener: ``site``'s root, request class and limits, serving only
+    the paths of ``resources``."""
+    out = server.Site(ListenerResource(site.resource, resources), logPath=None)
+    out.requestFactory = site.requestFactory
+    out.displayTracebacks = False
+    out.noisy = False
+    out.log = lambda _request: None  # type: ignore[method-assign]
+    return out
 
 
 def make_site(

@@ -4,6 +4,11 @@
 A file becomes downloadable only after it is complete, hashed and scanned: it is
 staged in ``<media_dir>/tmp``, the scan hook runs on the staged copy, and only then is
 it handed to the store and its metadata row written.
+
+Thumbnails are only made at the configured ``thumbnail_sizes`` (a request maps to one
+of them), on threads, a few at a time, one generation per (media, size) however many
+clients ask at once; so a media has at most ``len(thumbnail_sizes)`` cached thumbnails,
+counted in its owner's quota and dropped with it (quarantine, delete).
 """
 
 from __future__ import annotations
@@ -21,9 +26,10 @@ from typing import Any, BinaryIO
 
 from twisted.internet import defer
 from twisted.internet.threads import deferToThread
+from twisted.python import failure
 
 from homeserver.clock import Clock
-from homeserver.config.model import MediaConfig
+from homeserver.config.model import MediaConfig, ThumbnailSize
 from homeserver.http.errors import Codes, MatrixError
 from homeserver.media import thumbnailer
 from homeserver.media.backends import MediaBackend
@@ -36,6 +42,8 @@ MEDIA_ID = re.compile(r"^[A-Za-z0-9_-]{1,255}\Z")
 _ID_ALPHABET = string.ascii_letters
 _CHUNK = 1024 * 1024
 MAX_WAIT_MS = 60_000
+# Thumbnails decoded at once: each holds a thread and a core for up to a second or so.
+THUMBNAIL_CONCURRENCY = 2
 
 
 def not_found(msg: str = "Not found") -> MatrixError:
@@ -73,6 +81,9 @@ class MediaHandler:
         os.makedirs(self._staging, exist_ok=True)
         self._uploading: set[str] = set()
         self._waiters: dict[str, list[defer.Deferred[None]]] = {}
+        # (media id, width, height, method) being generated -> callers waiting for it.
+        self._generating: dict[tuple[str, int, int, str], list[defer.Deferred[tuple[bytes, str]]]] = {}
+        self._thumbnail_slots = defer.DeferredSemaphore(THUMBNAIL_CONCURRENCY)
 
     # -- upload ---------------------------------------------------------------------
 
@@ -146,6 +157,10 @@ class MediaHandler:
         finally:
             if media_id is not None:
                 self._uploading.discard(media_id)
+        if await self._store.is_hash_quarantined(staged.sha256):
+            # Stored (as Synapse) but quarantined by the INSERT/UPDATE: never served.
+            logger.warning("upload %s by %s has quarantined content; stored quarantined",
+                           new_id, owner)
         self._wake(new_id)
         return f"mxc://{self.server_name}/{new_id}"
 
@@ -240,38 +255,103 @@ class MediaHandler:
 
     async def thumbnail(self, info: MediaInfo, width: int, height: int,
                         method: str) -> tuple[bytes, str]:
-        """A cached or freshly generated thumbnail; 400 for types we never thumbnail
-        (``application/octet-stream``, i.e. encrypted attachments, among them)."""
+        """The thumbnail at the configured size that best serves the request, cached or
+        freshly generated; 400 for types we never thumbnail (``application/octet-stream``,
+        i.e. encrypted attachments, among them)."""
         if info.content_type not in thumbnailer.THUMBNAILABLE:
             raise MatrixError(400, "Cannot generate thumbnails for this type of media", Codes.UNKNOWN)
-        key = thumbnail_key(info.media_id, width, height, method)
-        cached = await self._store.get_thumbnail(info.media_id, width, height, method)
+        size = thumbnailer.select_size(self.config.thumbnail_sizes, width, height, method)
+        cached = await self._store.get_thumbnail(info.media_id, size.width, size.height,
+                                                 size.method)
         if cached is not None:
-            data = await self.backend.read_bytes(key)
+            data = await self.backend.read_bytes(self._thumb_key(info.media_id, size))
             if data is not None:
                 return data, cached.content_type
+        return await self._generate_once(info, size)
+
+    @staticmethod
+    def _thumb_key(media_id: str, size: ThumbnailSize) -> str:
+        return thumbnail_key(media_id, size.width, size.height, size.method)
+
+    async def _generate_once(self, info: MediaInfo, size: ThumbnailSize) -> tuple[bytes, str]:
+        """Generate (or wait for the generation already running of) one thumbnail, so
+        concurrent requests for it decode the source once."""
+        key = (info.media_id, size.width, size.height, size.method)
+        waiting = self._generating.get(key)
+        if waiting is not None:
+            d: defer.Deferred[tuple[bytes, str]] = defer.Deferred()
+            waiting.append(d)
+            return await d
+        self._generating[key] = []
+        try:
+            result = await self._thumbnail_slots.run(
+                lambda: defer.ensureDeferred(self._generate(info, size)))
+        except BaseException as e:
+            for d in self._generating.pop(key, []):
+                d.errback(failure.Failure(e))
+            raise
+        for d in self._generating.pop(key, []):
+            d.callback(result)
+        return result
+
+    async def _generate(self, info: MediaInfo, size: ThumbnailSize) -> tuple[bytes, str]:
         source = await self.backend.local_path(media_key(info.media_id))
         if source is None:
             raise not_found()
         path, cleanup = source
         try:
             data, ctype, _w, _h = await deferToThread(
-                thumbnailer.generate, path, info.content_type, width, height, method,
-                self.config.max_image_pixels)
+                thumbnailer.generate, path, info.content_type, size.width, size.height,
+                size.method, self.config.max_image_pixels)
         except thumbnailer.ThumbnailError as e:
             logger.info("thumbnail of %s failed: %s", info.media_id, e)
             raise MatrixError(400, "Failed to generate thumbnail.", Codes.UNKNOWN) from e
         finally:
             await deferToThread(cleanup)
-        await self.backend.store_bytes(key, data, ctype)
-        await self._store.add_thumbnail(info.media_id, ThumbnailInfo(width, height, method, ctype,
-                                                                     len(data)))
+        await self.backend.store_bytes(self._thumb_key(info.media_id, size), data, ctype)
+        await self._store.add_thumbnail(info.media_id, ThumbnailInfo(
+            size.width, size.height, size.method, ctype, len(data)))
+        # Quarantined or deleted while we worked: drop what we just cached.
+        current = await self._store.get(info.media_id)
+        if current is None or current.quarantined:
+            await self._drop_thumbnails(info.media_id)
+            raise not_found()
         return data, ctype
+
+    async def _drop_thumbnails(self, media_id: str) -> None:
+        """Delete every cached thumbnail of ``media_id`` (files, then rows)."""
+        for thumb in await self._store.list_thumbnails(media_id):
+            await self.backend.delete(thumbnail_key(media_id, thumb.width, thumb.height,
+                                                    thumb.method))
+            await self._store.delete_thumbnail(media_id, thumb)
 
     # -- admin ----------------------------------------------------------------------
 
-    async def quarantine(self, server_name: str, media_id: str) -> None:
+    def _check_local(self, server_name: str, media_id: str) -> None:
         if server_name != self.server_name or not MEDIA_ID.match(media_id):
             raise not_found()
-        if not await self._store.set_quarantined(media_id, True):
+
+    async def quarantine(self, server_name: str, media_id: str, by: str) -> None:
+        """Quarantine a media and its content: every media with the same sha256 (now or
+        uploaded later) is refused too. Their cached thumbnails are deleted."""
+        self._check_local(server_name, media_id)
+        affected = await self._store.quarantine(media_id, by, self._clock.time_msec())
+        if affected is None:
             raise not_found()
+        for mid in affected:
+            await self._drop_thumbnails(mid)
+
+    async def unquarantine(self, server_name: str, media_id: str) -> None:
+        """Lift the quarantine of a media and of its content hash."""
+        self._check_local(server_name, media_id)
+        if not await self._store.unquarantine(media_id):
+            raise not_found()
+
+    async def delete(self, server_name: str, media_id: str) -> None:
+        """Delete a local media: its file, its thumbnails and its metadata."""
+        self._check_local(server_name, media_id)
+        if await self._store.get(media_id) is None:
+            raise not_found()
+        await self._drop_thumbnails(media_id)
+        await self.backend.delete(media_key(media_id))
+        await self._store.delete_media(media_id)

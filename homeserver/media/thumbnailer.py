@@ -7,8 +7,11 @@ before any pixel is decoded, and Pillow's own ``MAX_IMAGE_PIXELS`` guard is set 
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 
 from PIL import Image, ImageOps
+
+from homeserver.config.model import ThumbnailSize
 
 # Source type -> (Pillow format, thumbnail content type); Synapse's choice: PNG for
 # types that may carry transparency, JPEG otherwise.
@@ -19,11 +22,26 @@ THUMBNAILABLE = {
     "image/webp": ("JPEG", "image/jpeg"),
 }
 METHODS = ("scale", "crop")
-MAX_DIMENSION = 4096
 
 
 class ThumbnailError(Exception):
     """The source cannot be thumbnailed (corrupt, too many pixels, wrong type)."""
+
+
+def select_size(sizes: Sequence[ThumbnailSize], width: int, height: int,
+                method: str) -> ThumbnailSize:
+    """The configured size that serves a request for ``width`` x ``height``.
+
+    As Synapse: among the sizes of the requested method (any method if none is
+    configured), the smallest that is at least as large as the request in both
+    dimensions, else the largest. Every request thus maps to one of a fixed set, which
+    bounds the work and the cache per media to ``len(sizes)`` thumbnails.
+    """
+    candidates = [s for s in sizes if s.method == method] or list(sizes)
+    big_enough = [s for s in candidates if s.width >= width and s.height >= height]
+    if big_enough:
+        return min(big_enough, key=lambda s: (s.width * s.height, s.width))
+    return max(candidates, key=lambda s: (s.width * s.height, s.width))
 
 
 def target_size(src_w: int, src_h: int, width: int, height: int, method: str) -> tuple[int, int]:

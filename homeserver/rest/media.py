@@ -1,6 +1,7 @@
 """Media endpoints: upload (``/_matrix/media/v3/upload``, ``/v1/create`` + PUT), download,
 thumbnail, config and preview_url on the authenticated ``/_matrix/client/v1/media``
-paths and the legacy ``/_matrix/media/v3`` ones, plus the admin quarantine endpoint.
+paths and the legacy ``/_matrix/media/v3`` ones, plus Synapse's admin endpoints to
+quarantine, unquarantine and delete local media.
 
 Downloads carry ``Content-Disposition`` (``inline`` only for plain raster images),
 the sandbox CSP (set for all media paths by the HTTP layer) and ``nosniff``.
@@ -11,13 +12,14 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
+from homeserver.auth.requester import Requester
 from homeserver.handlers.security_events import SecurityEventRecorder
 from homeserver.http.errors import Codes, MatrixError
 from homeserver.http.router import Router
 from homeserver.http.server import ApiRequest, StreamedBody
 from homeserver.media.handler import MediaHandler
 from homeserver.media.preview import UrlPreviewer
-from homeserver.media.thumbnailer import MAX_DIMENSION, METHODS
+from homeserver.media.thumbnailer import METHODS
 from homeserver.rest.admin._auth import AdminAuth, admin_paths
 from storage.stores.media import MediaInfo
 
@@ -75,6 +77,9 @@ class MediaServlets:
             router.add("GET", dl, self.on_download if prefix else self.on_legacy_download, auth=auth)
             router.add("GET", th, self.on_thumbnail if prefix else self.on_legacy_thumbnail, auth=auth)
         router.add("POST", admin_paths("/media/quarantine/{serverName}/{mediaId}"), self.on_quarantine)
+        router.add("POST", admin_paths("/media/unquarantine/{serverName}/{mediaId}"),
+                   self.on_unquarantine)
+        router.add("DELETE", admin_paths("/media/{serverName}/{mediaId}"), self.on_delete)
 
     # -- upload ---------------------------------------------------------------------
 
@@ -163,7 +168,8 @@ class MediaServlets:
         width, height = req.query_int("width"), req.query_int("height")
         if width is None or height is None:
             raise MatrixError(400, "Missing 'width' or 'height' parameter", Codes.MISSING_PARAM)
-        if not (0 < width <= MAX_DIMENSION and 0 < height <= MAX_DIMENSION):
+        # Any positive size: it only selects one of the configured thumbnail sizes.
+        if width <= 0 or height <= 0:
             raise MatrixError(400, "Invalid thumbnail size", Codes.INVALID_PARAM)
         method = req.query("method", "scale") or "scale"
         if method not in METHODS:
@@ -185,13 +191,32 @@ class MediaServlets:
 
     # -- admin ----------------------------------------------------------------------
 
-    async def on_quarantine(self, req: ApiRequest, serverName: str, mediaId: str) -> tuple[int, Any]:  # noqa: N803
-        requester = await self._admin.require_admin(req)
-        await self._media.quarantine(serverName, mediaId)
-        # Incident response is audited: who quarantined what (ids only, never content).
+    async def _audit(self, req: ApiRequest, requester: Requester, action: str, media_id: str) -> None:
+        # Incident response is audited: who did what to which media (ids only, never content).
         await self._events.record(
             "admin_action", "success", req.client, user_id=requester.user_id,
             device_id=requester.device_id, session_id=requester.session_id,
-            details={"action": "quarantine_media", "media_id": mediaId},
+            details={"action": action, "media_id": media_id},
         )
+
+    async def on_quarantine(self, req: ApiRequest, serverName: str, mediaId: str) -> tuple[int, Any]:  # noqa: N803
+        requester = await self._admin.require_admin(req)
+        await self._media.quarantine(serverName, mediaId, requester.user_id)
+        await self._audit(req, requester, "quarantine_media", mediaId)
         return 200, {}
+
+    async def on_unquarantine(self, req: ApiRequest, serverName: str,  # noqa: N803
+                              mediaId: str) -> tuple[int, Any]:  # noqa: N803
+        requester = await self._admin.require_admin(req)
+        await self._media.unquarantine(serverName, mediaId)
+        await self._audit(req, requester, "unquarantine_media", mediaId)
+        return 200, {}
+
+    async def on_delete(self, req: ApiRequest, serverName: str, mediaId: str) -> tuple[int, Any]:  # noqa: N803
+        requester = await self._admin.require_admin(req)
+        if serverName != self._media.server_name:
+            # Synapse's answer for remote media.
+            raise MatrixError(400, "Can only delete local media", Codes.UNKNOWN)
+        await self._media.delete(serverName, mediaId)
+        await self._audit(req, requester, "delete_media", mediaId)
+        return 200, {"deleted_media": [mediaId], "total": 1}

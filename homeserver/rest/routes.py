@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from federation.openid import OpenIdUserInfoServlet
 from homeserver.auth.password_auth import PasswordAuth
+from homeserver.auth.ratelimit import AuthRateLimiters
 from homeserver.auth.ui_auth import UserInteractiveAuth
 from homeserver.clock import Clock
 from homeserver.config.model import Config
@@ -22,6 +23,7 @@ from homeserver.handlers.event_creation import EventCreationHandler
 from homeserver.handlers.filters import FilterHandler
 from homeserver.handlers.hierarchy import HierarchyHandler
 from homeserver.handlers.key_backup import KeyBackupHandler
+from homeserver.handlers.legacy import LegacyHandler
 from homeserver.handlers.membership import MembershipHandler
 from homeserver.handlers.openid import OpenIdHandler
 from homeserver.handlers.pagination import PaginationHandler
@@ -33,6 +35,7 @@ from homeserver.handlers.receipts import ReceiptsHandler
 from homeserver.handlers.redaction import RedactionHandler
 from homeserver.handlers.registration import RegistrationHandler
 from homeserver.handlers.relations import RelationsHandler
+from homeserver.handlers.reporting import ReportingHandler
 from homeserver.handlers.room_creation import RoomCreationHandler
 from homeserver.handlers.room_reads import RoomReadHandler
 from homeserver.handlers.room_upgrade import RoomUpgradeHandler
@@ -52,6 +55,7 @@ from homeserver.rest.admin._auth import AdminAuth
 from homeserver.rest.admin.routes import register_admin
 from homeserver.rest.client.account import AccountServlets
 from homeserver.rest.client.account_data import AccountDataServlets
+from homeserver.rest.client.appservice import AppserviceOnlyServlets
 from homeserver.rest.client.cross_signing import CrossSigningServlets
 from homeserver.rest.client.devices import DeviceServlets
 from homeserver.rest.client.directory import DirectoryServlets
@@ -61,7 +65,7 @@ from homeserver.rest.client.filters import FilterServlets
 from homeserver.rest.client.hierarchy import HierarchyServlets
 from homeserver.rest.client.key_backup import KeyBackupServlets
 from homeserver.rest.client.keys import KeyServlets
-from homeserver.rest.client.legacy import LegacyDeps, LegacyServlets
+from homeserver.rest.client.legacy import LegacyServlets
 from homeserver.rest.client.login import LoginServlets
 from homeserver.rest.client.membership import MembershipServlets
 from homeserver.rest.client.misc import MiscServlets
@@ -135,16 +139,20 @@ class Components:
     key_backup: KeyBackupHandler
     to_device: ToDeviceHandler
     cross_signing: CrossSigningHandler
+    legacy: LegacyHandler
+    reporting: ReportingHandler
 
 
 def register_all(router: Router, c: Components) -> None:
     DiscoveryServlets(c.config).register(router)
+    auth_limits = AuthRateLimiters.from_config(c.clock, c.config.rate_limits)
+    c.uia.password_limiter = auth_limits.uia_password
     RegisterServlets(
         c.config.registration, c.registration, c.uia, c.devices, c.events,
-        c.stores.registration_tokens, c.clock,
+        c.stores.registration_tokens, c.clock, auth_limits,
     ).register(router)
     LoginServlets(c.config.server_name, c.password_auth, c.devices, c.sessions,
-                  c.events).register(router)
+                  c.events, auth_limits).register(router)
     AccountServlets(c.account, c.uia,
                     c.config.registration.logout_devices_on_password_change).register(router)
     DeviceServlets(c.devices, c.uia).register(router)
@@ -176,11 +184,7 @@ def register_all(router: Router, c: Components) -> None:
     misc = MiscServlets(c.clock, c.config.voip, c.stores.room_members)
     misc.notifications = c.push_actions.get_notifications
     misc.register(router)
-    LegacyServlets(LegacyDeps(
-        c.clock, c.stores.events, c.stores.room_members, c.event_creation, c.visibility,
-        c.room_reads, c.pagination, c.client_events, c.sync, c.account_data, c.directory,
-        c.notifier, c.presence,
-    )).register(router)
+    LegacyServlets(c.legacy).register(router)
     HierarchyServlets(c.hierarchy).register(router)
     SearchServlets(c.search).register(router)
     MediaServlets(c.media, c.url_previewer, AdminAuth(c.stores.users, c.events),
@@ -189,7 +193,6 @@ def register_all(router: Router, c: Components) -> None:
     ToDeviceServlets(c.to_device).register(router)
     CrossSigningServlets(c.cross_signing, c.uia).register(router)
     KeyBackupServlets(c.key_backup).register(router)
-    ReportingServlets(c.config.server_name, c.clock, c.stores.reports, c.stores.events,
-                      c.stores.room_members, c.visibility, c.event_creation,
-                      c.stores.users).register(router)
+    AppserviceOnlyServlets().register(router)
+    ReportingServlets(c.reporting).register(router)
     register_admin(router, c)

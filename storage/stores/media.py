@@ -1,8 +1,12 @@
-"""The ``local_media`` and ``local_media_thumbnails`` tables.
+"""The ``local_media``, ``local_media_thumbnails`` and ``quarantined_media_hashes`` tables.
 
 Metadata only: owner, size, sha256, content type, created time and the quarantine
 flag. The filename a client sends is never stored (data minimisation); downloads use
 the name in the URL, if any.
+
+Quarantine is by id and by content: quarantining a media id also records its sha256,
+and a row reads as quarantined when its own flag is set *or* its hash is recorded, so
+the same bytes under another id (uploaded before or after) are never served.
 """
 
 from __future__ import annotations
@@ -12,6 +16,12 @@ from dataclasses import dataclass
 from storage.database import Database, Txn
 
 _COLUMNS = "media_id, owner, content_type, size, sha256, created_ts, unused_expires_ts, quarantined"
+# The effective quarantine state: the row's flag or its content's hash.
+_HASH_QUARANTINED = ("EXISTS (SELECT 1 FROM quarantined_media_hashes h"
+                     " WHERE h.sha256 = local_media.sha256)")
+_READ_COLUMNS = ("media_id, owner, content_type, size, sha256, created_ts, unused_expires_ts,"
+                 f" CASE WHEN quarantined = 1 OR {_HASH_QUARANTINED} THEN 1 ELSE 0 END")
+_THUMB_COLUMNS = "width, height, method, content_type, size"
 
 
 @dataclass(frozen=True)
@@ -44,6 +54,10 @@ def _row(row: tuple) -> MediaInfo:  # type: ignore[type-arg]
                      int(row[5]), None if row[6] is None else int(row[6]), bool(row[7]))
 
 
+def _thumb(row: tuple) -> ThumbnailInfo:  # type: ignore[type-arg]
+    return ThumbnailInfo(int(row[0]), int(row[1]), row[2], row[3], int(row[4]))
+
+
 class MediaStore:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -70,68 +84,139 @@ class MediaStore:
         return int(row[0]), None if row[1] is None else int(row[1])
 
     async def insert_uploaded(self, info: MediaInfo) -> None:
+        """Insert an uploaded file; content whose hash is quarantined is stored
+        quarantined (kept, as Synapse does, but never served)."""
         await self._db.execute(
             "insert_media",
-            f"INSERT INTO local_media ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
+            f"INSERT INTO local_media ({_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?, ?,"
+            " CASE WHEN EXISTS (SELECT 1 FROM quarantined_media_hashes WHERE sha256 = ?)"
+            " THEN 1 ELSE 0 END",
             info.media_id, info.owner, info.content_type, info.size, info.sha256,
-            info.created_ts, None,
+            info.created_ts, None, info.sha256,
         )
 
     async def fill_reserved(self, media_id: str, content_type: str, size: int, sha256: str) -> bool:
         """Record the content of a reserved id; False if someone filled it first."""
         n = await self._db.execute(
             "fill_reserved_media",
-            "UPDATE local_media SET content_type = ?, size = ?, sha256 = ?, unused_expires_ts = NULL"
+            "UPDATE local_media SET content_type = ?, size = ?, sha256 = ?, unused_expires_ts = NULL,"
+            " quarantined = CASE WHEN quarantined = 1 OR EXISTS (SELECT 1 FROM"
+            " quarantined_media_hashes WHERE sha256 = ?) THEN 1 ELSE 0 END"
             " WHERE media_id = ? AND size IS NULL",
-            content_type, size, sha256, media_id,
+            content_type, size, sha256, sha256, media_id,
         )
         return n == 1
 
     async def get(self, media_id: str) -> MediaInfo | None:
+        """The media's metadata; ``quarantined`` also reflects a quarantined hash."""
         row = await self._db.query_one(
-            "get_media", f"SELECT {_COLUMNS} FROM local_media WHERE media_id = ?", media_id)
+            "get_media", f"SELECT {_READ_COLUMNS} FROM local_media WHERE media_id = ?", media_id)
         return _row(row) if row else None
 
     async def used_bytes(self, owner: str) -> int:
-        """Bytes of uploaded content ``owner`` holds (quota accounting)."""
+        """Bytes ``owner``'s media takes (quota accounting): uploaded content plus the
+        thumbnails cached for it, which are stored on the owner's behalf too."""
         row = await self._db.query_one(
             "media_used_bytes",
-            "SELECT COALESCE(SUM(size), 0) FROM local_media WHERE owner = ? AND size IS NOT NULL",
-            owner,
+            "SELECT COALESCE(SUM(size), 0) + (SELECT COALESCE(SUM(t.size), 0)"
+            " FROM local_media_thumbnails t JOIN local_media m ON m.media_id = t.media_id"
+            " WHERE m.owner = ?) FROM local_media WHERE owner = ? AND size IS NOT NULL",
+            owner, owner,
         )
         return int(row[0]) if row else 0
 
-    async def set_quarantined(self, media_id: str, quarantined: bool) -> bool:
-        n = await self._db.execute(
-            "quarantine_media", "UPDATE local_media SET quarantined = ? WHERE media_id = ?",
-            1 if quarantined else 0, media_id,
-        )
-        return n == 1
+    async def quarantine(self, media_id: str, by: str, now_ms: int) -> list[str] | None:
+        """Quarantine ``media_id`` and its content hash; returns every media id now
+        quarantined through either (to drop their thumbnails), None if unknown."""
+
+        def _quarantine(txn: Txn) -> list[str] | None:
+            row = txn.query_one("SELECT sha256 FROM local_media WHERE media_id = ?", (media_id,))
+            if row is None:
+                return None
+            sha256 = row[0]
+            txn.execute("UPDATE local_media SET quarantined = 1 WHERE media_id = ?", (media_id,))
+            if sha256 is None:  # reserved, no content yet
+                return [media_id]
+            txn.execute(
+                "INSERT INTO quarantined_media_hashes (sha256, quarantined_by, quarantined_ts)"
+                " VALUES (?, ?, ?) ON CONFLICT (sha256) DO NOTHING",
+                (sha256, by, now_ms),
+            )
+            txn.execute("UPDATE local_media SET quarantined = 1 WHERE sha256 = ?", (sha256,))
+            rows = txn.query("SELECT media_id FROM local_media WHERE sha256 = ?", (sha256,))
+            return sorted({media_id, *(r[0] for r in rows)})
+
+        return await self._db.run("quarantine_media", _quarantine)
+
+    async def unquarantine(self, media_id: str) -> bool:
+        """Lift the quarantine of ``media_id`` and of its content hash (so every copy of
+        those bytes is served again); False if unknown."""
+
+        def _unquarantine(txn: Txn) -> bool:
+            row = txn.query_one("SELECT sha256 FROM local_media WHERE media_id = ?", (media_id,))
+            if row is None:
+                return False
+            txn.execute("UPDATE local_media SET quarantined = 0 WHERE media_id = ?", (media_id,))
+            if row[0] is not None:
+                txn.execute("DELETE FROM quarantined_media_hashes WHERE sha256 = ?", (row[0],))
+                txn.execute("UPDATE local_media SET quarantined = 0 WHERE sha256 = ?", (row[0],))
+            return True
+
+        return await self._db.run("unquarantine_media", _unquarantine)
+
+    async def is_hash_quarantined(self, sha256: str) -> bool:
+        row = await self._db.query_one(
+            "is_media_hash_quarantined", "SELECT 1 FROM quarantined_media_hashes WHERE sha256 = ?",
+            sha256)
+        return row is not None
 
     async def get_thumbnail(self, media_id: str, width: int, height: int,
                             method: str) -> ThumbnailInfo | None:
         row = await self._db.query_one(
             "get_media_thumbnail",
-            "SELECT width, height, method, content_type, size FROM local_media_thumbnails"
+            f"SELECT {_THUMB_COLUMNS} FROM local_media_thumbnails"
             " WHERE media_id = ? AND width = ? AND height = ? AND method = ?",
             media_id, width, height, method,
         )
-        return ThumbnailInfo(int(row[0]), int(row[1]), row[2], row[3], int(row[4])) if row else None
+        return _thumb(row) if row else None
+
+    async def list_thumbnails(self, media_id: str) -> list[ThumbnailInfo]:
+        rows = await self._db.query(
+            "list_media_thumbnails",
+            f"SELECT {_THUMB_COLUMNS} FROM local_media_thumbnails WHERE media_id = ?"
+            " ORDER BY width, height, method",
+            media_id,
+        )
+        return [_thumb(r) for r in rows]
+
+    async def delete_thumbnail(self, media_id: str, thumb: ThumbnailInfo) -> None:
+        await self._db.execute(
+            "delete_media_thumbnail",
+            "DELETE FROM local_media_thumbnails"
+            " WHERE media_id = ? AND width = ? AND height = ? AND method = ?",
+            media_id, thumb.width, thumb.height, thumb.method,
+        )
+
+    async def delete_media(self, media_id: str) -> bool:
+        """Delete the media row and its thumbnail rows; False if unknown. A quarantined
+        hash stays quarantined."""
+
+        def _delete(txn: Txn) -> bool:
+            txn.execute("DELETE FROM local_media_thumbnails WHERE media_id = ?", (media_id,))
+            txn.execute("DELETE FROM local_media WHERE media_id = ?", (media_id,))
+            return txn.rowcount == 1
+
+        return await self._db.run("delete_media", _delete)
 
     async def add_thumbnail(self, media_id: str, thumb: ThumbnailInfo) -> None:
-        """Record a generated thumbnail; a concurrent identical insert is harmless."""
-
-        def _add(txn: Txn) -> None:
-            exists = txn.query_one(
-                "SELECT 1 FROM local_media_thumbnails"
-                " WHERE media_id = ? AND width = ? AND height = ? AND method = ?",
-                (media_id, thumb.width, thumb.height, thumb.method),
-            )
-            if exists is None:
-                txn.execute(
-                    "INSERT INTO local_media_thumbnails"
-                    " (media_id, width, height, method, content_type, size) VALUES (?, ?, ?, ?, ?, ?)",
-                    (media_id, thumb.width, thumb.height, thumb.method, thumb.content_type, thumb.size),
-                )
-
-        await self._db.run("add_media_thumbnail", _add)
+        """Record a generated thumbnail (a regenerated one replaces its row, so the size
+        counted in the quota stays right); nothing if the media was deleted meanwhile."""
+        await self._db.execute(
+            "add_media_thumbnail",
+            "INSERT INTO local_media_thumbnails (media_id, width, height, method, content_type, size)"
+            " SELECT ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM local_media WHERE media_id = ?)"
+            " ON CONFLICT (media_id, width, height, method)"
+            " DO UPDATE SET content_type = excluded.content_type, size = excluded.size",
+            media_id, thumb.width, thumb.height, thumb.method, thumb.content_type, thumb.size,
+            media_id,
+        )

@@ -13,22 +13,25 @@ class OpenIdTokenStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def add_token(self, token_hash: str, user_id: str, now_ms: int, expires_ms: int) -> None:
+    async def add_token(self, token_hash: str, user_id: str, now_ms: int, expires_ms: int) -> bool:
         """Store a new token and, in the same transaction, drop every expired one.
+        False (nothing stored) if the user is unknown or deactivated: the account as
+        stored decides, not the caller.
 
         Deleting on insert keeps the table bounded without a background job: it only
         grows while tokens are being issued, and each issue sweeps what has expired.
         """
 
-        def _add(txn: Txn) -> None:
+        def _add(txn: Txn) -> bool:
             txn.execute("DELETE FROM openid_tokens WHERE expires_ts <= ?", (now_ms,))
             txn.execute(
                 "INSERT INTO openid_tokens (token_hash, user_id, created_ts, expires_ts)"
-                " VALUES (?, ?, ?, ?)",
-                (token_hash, user_id, now_ms, expires_ms),
+                " SELECT ?, user_id, ?, ? FROM users WHERE user_id = ? AND deactivated = ?",
+                (token_hash, now_ms, expires_ms, user_id, False),
             )
+            return txn.rowcount == 1
 
-        await self._db.run("add_openid_token", _add)
+        return await self._db.run("add_openid_token", _add)
 
     async def get_user_id(self, token_hash: str, now_ms: int) -> str | None:
         """The owner of an unexpired token, or None (unknown, expired, or the owner has

@@ -131,30 +131,38 @@ class RegistrationTokenStore:
         )
         return count > 0
 
-    async def reserve(self, token: str, now_ms: int) -> bool:
-        """Count a pending use if the token is still usable (atomic)."""
-        count = await self._db.execute(
-            "reserve_registration_token",
-            "UPDATE registration_tokens SET pending = pending + 1 WHERE token = ?"
-            " AND (expiry_time IS NULL OR expiry_time > ?)"
-            " AND (uses_allowed IS NULL OR pending + completed < uses_allowed)",
-            token, now_ms,
-        )
-        return count > 0
 
-    async def complete(self, token: str) -> None:
-        """Turn one pending use into a completed one (registration succeeded)."""
-        await self._db.execute(
-            "complete_registration_token",
-            "UPDATE registration_tokens SET pending = pending - 1, completed = completed + 1"
-            " WHERE token = ? AND pending > 0",
-            token,
-        )
+# Transaction helpers: a token's use is counted in the same transaction as what it pays
+# for (the UIA stage result, the new account), so no request can spend it twice.
 
-    async def release(self, token: str) -> None:
-        """Give back a pending use (the UIA session expired unused)."""
-        await self._db.execute(
-            "release_registration_token",
-            "UPDATE registration_tokens SET pending = pending - 1 WHERE token = ? AND pending > 0",
-            token,
-        )
+
+def reserve_token_txn(txn: Txn, token: str, now_ms: int) -> bool:
+    """Count a pending use if the token is unexpired and has a use left; False otherwise."""
+    txn.execute(
+        "UPDATE registration_tokens SET pending = pending + 1 WHERE token = ?"
+        " AND (expiry_time IS NULL OR expiry_time > ?)"
+        " AND (uses_allowed IS NULL OR pending + completed < uses_allowed)",
+        (token, now_ms),
+    )
+    return txn.rowcount == 1
+
+
+def use_token_txn(txn: Txn, token: str) -> bool:
+    """Turn the caller's pending use into a completed one. The guard on ``completed``
+    refuses the use if the limit has been reached meanwhile (e.g. an admin lowered
+    ``uses_allowed``) or the token was deleted; False then."""
+    txn.execute(
+        "UPDATE registration_tokens SET completed = completed + 1,"
+        " pending = CASE WHEN pending > 0 THEN pending - 1 ELSE 0 END"
+        " WHERE token = ? AND (uses_allowed IS NULL OR completed < uses_allowed)",
+        (token,),
+    )
+    return txn.rowcount == 1
+
+
+def release_token_txn(txn: Txn, token: str) -> None:
+    """Give back a pending use (its UIA session expired unused)."""
+    txn.execute(
+        "UPDATE registration_tokens SET pending = pending - 1 WHERE token = ? AND pending > 0",
+        (token,),
+    )

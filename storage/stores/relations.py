@@ -52,6 +52,27 @@ def _marks(items: Sequence[Any]) -> str:
     return ",".join("?" for _ in items)
 
 
+# ``(after, upto)`` stream-position intervals (``after < position <= upto``, ``upto`` None:
+# no end), as VisibilityHandler.visible_ranges gives them.
+Ranges = Sequence[tuple[int, int | None]]
+
+
+def ranges_clause(ranges: Ranges, column: str = "stream_ordering") -> tuple[str, list[Any]]:
+    """SQL restricting ``column`` to the intervals (no interval: nothing matches)."""
+    if not ranges:
+        return "1 = 0", []
+    parts: list[str] = []
+    args: list[Any] = []
+    for after, upto in ranges:
+        if upto is None:
+            parts.append(f"{column} > ?")
+            args.append(after)
+        else:
+            parts.append(f"({column} > ? AND {column} <= ?)")
+            args += [after, upto]
+    return "(" + " OR ".join(parts) + ")", args
+
+
 @dataclass(frozen=True)
 class RelationRow:
     """What the indexer writes for one child event."""
@@ -130,13 +151,15 @@ class RelationsStore:
     async def children(
         self, room_id: str, parent_id: str, rel_type: str | None, event_type: str | None,
         direction: str, from_pos: int | None, to_pos: int | None, limit: int, recurse: bool,
+        ranges: Ranges,
     ) -> list[Relation]:
         """Children of ``parent_id`` (with ``recurse``, also their children, up to
         :data:`RECURSION_DEPTH` levels; the type filters apply to every level) by position:
         backwards = newest first, positions <= from and > to; forwards = oldest first,
-        positions > from and <= to."""
-        where = ["room_id = ?"]
-        args: list[Any] = [room_id]
+        positions > from and <= to; only children at positions in ``ranges``."""
+        visible, visible_args = ranges_clause(ranges)
+        where = ["room_id = ?", visible]
+        args: list[Any] = [room_id, *visible_args]
         if rel_type is not None:
             where.append("rel_type = ?")
             args.append(rel_type)
@@ -228,15 +251,18 @@ class RelationsStore:
         )
         return row is not None
 
-    async def thread_summaries(self, room_id: str, root_ids: Iterable[str]) -> dict[str, ThreadSummary]:
+    async def thread_summaries(self, room_id: str, root_ids: Iterable[str], ranges: Ranges
+                               ) -> dict[str, ThreadSummary]:
+        """root id -> (replies, position of the latest) counting replies in ``ranges`` only."""
+        visible, visible_args = ranges_clause(ranges)
         out: dict[str, ThreadSummary] = {}
         for chunk in _chunks(root_ids):
             rows = await self._db.query(
                 "thread_summaries",
                 f"SELECT relates_to_id, COUNT(*), MAX(stream_ordering) FROM event_relations"
-                f" WHERE room_id = ? AND rel_type = ? AND relates_to_id IN ({_marks(chunk)})"
-                f" GROUP BY relates_to_id",
-                room_id, "m.thread", *chunk,
+                f" WHERE room_id = ? AND rel_type = ? AND {visible}"
+                f" AND relates_to_id IN ({_marks(chunk)}) GROUP BY relates_to_id",
+                room_id, "m.thread", *visible_args, *chunk,
             )
             out.update({r[0]: ThreadSummary(r[0], int(r[1]), int(r[2])) for r in rows})
         return out
@@ -256,55 +282,40 @@ class RelationsStore:
             out.update({int(r[7]): _relation(r) for r in rows})
         return out
 
-    async def thread_events_before(self, room_id: str, root_id: str, upto: int, limit: int
-                                   ) -> list[Relation]:
-        """The thread's replies at positions <= ``upto``, newest first."""
-        rows = await self._db.query(
-            "thread_events_before",
-            f"SELECT {_COLS} FROM event_relations WHERE room_id = ? AND rel_type = ?"
-            f" AND relates_to_id = ? AND stream_ordering <= ? ORDER BY stream_ordering DESC LIMIT ?",
-            room_id, "m.thread", root_id, upto, limit,
-        )
-        return [_relation(r) for r in rows]
-
-    async def count_thread_upto(self, room_id: str, root_id: str, upto: int) -> int:
-        row = await self._db.query_one(
-            "count_thread_upto",
-            "SELECT COUNT(*) FROM event_relations WHERE room_id = ? AND rel_type = ?"
-            " AND relates_to_id = ? AND stream_ordering <= ?",
-            room_id, "m.thread", root_id, upto,
-        )
-        return int(row[0]) if row else 0
-
-    async def threads_participated(self, room_id: str, root_ids: Iterable[str], user_id: str
-                                   ) -> set[str]:
+    async def threads_participated(self, room_id: str, root_ids: Iterable[str], user_id: str,
+                                   ranges: Ranges) -> set[str]:
+        """The roots the user replied to in ``ranges``."""
+        visible, visible_args = ranges_clause(ranges)
         out: set[str] = set()
         for chunk in _chunks(root_ids):
             rows = await self._db.query(
                 "threads_participated",
                 f"SELECT DISTINCT relates_to_id FROM event_relations WHERE room_id = ?"
-                f" AND rel_type = ? AND sender = ? AND relates_to_id IN ({_marks(chunk)})",
-                room_id, "m.thread", user_id, *chunk,
+                f" AND rel_type = ? AND sender = ? AND {visible}"
+                f" AND relates_to_id IN ({_marks(chunk)})",
+                room_id, "m.thread", user_id, *visible_args, *chunk,
             )
             out.update(r[0] for r in rows)
         return out
 
     # ------------------------------------------------------------------ /threads
 
-    async def thread_roots(self, room_id: str, before: tuple[int, str] | None, limit: int
-                           ) -> list[tuple[str, int]]:
+    async def thread_roots(self, room_id: str, before: tuple[int, str] | None, limit: int,
+                           ranges: Ranges) -> list[tuple[str, int]]:
         """(root id, latest reply position), most recently active first, strictly after
-        ``before`` in that order."""
+        ``before`` in that order; replies outside ``ranges`` neither list nor order a
+        thread."""
+        visible, visible_args = ranges_clause(ranges)
         having = ""
-        args: list[Any] = [room_id, "m.thread"]
         if before is not None:
             having = " HAVING MAX(stream_ordering) < ? OR (MAX(stream_ordering) = ? AND relates_to_id < ?)"
         rows = await self._db.query(
             "thread_roots",
-            "SELECT relates_to_id, MAX(stream_ordering) FROM event_relations"
-            " WHERE room_id = ? AND rel_type = ? GROUP BY relates_to_id" + having +
+            f"SELECT relates_to_id, MAX(stream_ordering) FROM event_relations"
+            f" WHERE room_id = ? AND rel_type = ? AND {visible} GROUP BY relates_to_id" + having +
             " ORDER BY MAX(stream_ordering) DESC, relates_to_id DESC LIMIT ?",
-            *args, *((before[0], before[0], before[1]) if before else ()), limit,
+            room_id, "m.thread", *visible_args,
+            *((before[0], before[0], before[1]) if before else ()), limit,
         )
         return [(r[0], int(r[1])) for r in rows]
 

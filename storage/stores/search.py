@@ -2,20 +2,22 @@
 
 Matching is by substring (every term must occur), with LIKE on both engines: no
 full-text engine to configure and the same results on SQLite and PostgreSQL. Queries
-are always scoped to a list of rooms (the requester's joined, unencrypted rooms).
+are always scoped to a list of rooms (the requester's joined, unencrypted rooms) and,
+within each, to the stream positions the requester may see.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from storage.database import Database, Txn
-from storage.stores.relations import set_progress
+from storage.stores.relations import Ranges, ranges_clause, set_progress
 from storage.stores.room_directory import escape_like
 
-ROOM_CHUNK = 500
+# Bound parameters spent on room ids and visible ranges per statement.
+MAX_PARAMS = 600
 
 
 @dataclass(frozen=True)
@@ -29,15 +31,38 @@ class SearchRow:
 
 @dataclass(frozen=True)
 class SearchQuery:
-    room_ids: Sequence[str]
+    # room id -> the stream positions of that room the requester may see: every count,
+    # rank and page is computed over those only, so none reflects a hidden event.
+    rooms: Mapping[str, Ranges]
     terms: Sequence[str]  # casefolded, non-empty
     senders: Sequence[str] | None = None
     not_senders: Sequence[str] = ()
 
 
+def _room_chunks(q: SearchQuery) -> list[list[str]]:
+    """Rooms in groups whose range bounds keep a statement's parameters few."""
+    chunks: list[list[str]] = [[]]
+    weight = 0
+    for room_id, ranges in q.rooms.items():
+        if not ranges:
+            continue
+        cost = 1 + 2 * len(ranges)
+        if chunks[-1] and weight + cost > MAX_PARAMS:
+            chunks.append([])
+            weight = 0
+        chunks[-1].append(room_id)
+        weight += cost
+    return [c for c in chunks if c]
+
+
 def _where(q: SearchQuery, room_chunk: Sequence[str]) -> tuple[str, list[Any]]:
-    clauses = [f"room_id IN ({','.join('?' for _ in room_chunk)})"]
-    args: list[Any] = list(room_chunk)
+    per_room: list[str] = []
+    args: list[Any] = []
+    for room_id in room_chunk:
+        clause, range_args = ranges_clause(q.rooms[room_id])
+        per_room.append(f"(room_id = ? AND {clause})")
+        args += [room_id, *range_args]
+    clauses = ["(" + " OR ".join(per_room) + ")"]
     for term in q.terms:
         clauses.append("body LIKE ? ESCAPE '\\'")
         args.append(f"%{escape_like(term)}%")
@@ -89,8 +114,8 @@ class SearchStore:
     async def search(self, q: SearchQuery, before: int | None, limit: int) -> list[SearchRow]:
         """Matches at positions < ``before``, newest first."""
         out: list[SearchRow] = []
-        for i in range(0, len(q.room_ids), ROOM_CHUNK):
-            where, args = _where(q, q.room_ids[i:i + ROOM_CHUNK])
+        for chunk in _room_chunks(q):
+            where, args = _where(q, chunk)
             if before is not None:
                 where += " AND stream_ordering < ?"
                 args.append(before)
@@ -105,9 +130,10 @@ class SearchStore:
         return out[:limit]
 
     async def count(self, q: SearchQuery) -> int:
+        """How many matches there are in the visible ranges of the query's rooms."""
         total = 0
-        for i in range(0, len(q.room_ids), ROOM_CHUNK):
-            where, args = _where(q, q.room_ids[i:i + ROOM_CHUNK])
+        for chunk in _room_chunks(q):
+            where, args = _where(q, chunk)
             row = await self._db.query_one("search_count",
                                            f"SELECT COUNT(*) FROM event_search WHERE {where}", *args)
             total += int(row[0]) if row else 0

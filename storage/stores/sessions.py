@@ -30,6 +30,25 @@ class RefreshOutcome(enum.Enum):
 class RefreshResult:
     outcome: RefreshOutcome
     session: SessionRecord | None = None
+    # From the users table at the moment of the refresh, never from the old token.
+    is_guest: bool = False
+
+
+@dataclass(frozen=True)
+class StartedSession:
+    revoked: list[str]  # earlier sessions of the device, now ended
+    is_guest: bool  # from the users table, in the transaction that started the session
+
+
+class AccountUnavailableError(Exception):
+    """The user does not exist or is deactivated: no session may start for it."""
+
+
+def _account_flags(txn: Txn, user_id: str) -> tuple[bool, bool] | None:
+    """(is_guest, deactivated) of a user as stored, or None if there is no such user.
+    Every token is minted from these, so a token can never claim more than the account has."""
+    row = txn.query_one("SELECT is_guest, deactivated FROM users WHERE user_id = ?", (user_id,))
+    return (bool(row[0]), bool(row[1])) if row else None
 
 
 _COLS = "session_id, user_id, device_id, created_ts, uses_refresh, revoked_ts"
@@ -63,12 +82,17 @@ class SessionStore:
         now_ms: int,
         refresh_hash: str | None,
         refresh_expires_ms: int | None,
-    ) -> list[str]:
+    ) -> StartedSession:
         """Start a session for a device, ending any earlier session of that device
         (the spec: logging in with a device id invalidates its old tokens).
-        Returns the session ids revoked."""
 
-        def _create(txn: Txn) -> list[str]:
+        Raises :class:`AccountUnavailableError` (and changes nothing) if the user does
+        not exist or is deactivated, checked in the same transaction."""
+
+        def _create(txn: Txn) -> StartedSession:
+            flags = _account_flags(txn, user_id)
+            if flags is None or flags[1]:
+                raise AccountUnavailableError(user_id)
             revoked = _revoke_where(
                 txn, "user_id = ? AND device_id = ?", (user_id, device_id), "relogin", now_ms
             )
@@ -82,7 +106,7 @@ class SessionStore:
                     " VALUES (?, ?, ?, ?)",
                     (refresh_hash, session_id, now_ms, refresh_expires_ms),
                 )
-            return revoked
+            return StartedSession(revoked, flags[0])
 
         return await self._db.run("create_session", _create)
 
@@ -136,7 +160,9 @@ class SessionStore:
         """Spend a refresh token and store its successor, atomically.
 
         A token that was already spent is *reuse*: the whole session is revoked,
-        because either the client or an attacker holds a stolen copy.
+        because either the client or an attacker holds a stolen copy. A session whose
+        user is gone or deactivated is revoked too (outcome ``REVOKED``). On success the
+        result carries the user's stored ``is_guest``, for the new access token.
         """
 
         def _rotate(txn: Txn) -> RefreshResult:
@@ -162,12 +188,16 @@ class SessionStore:
                 return RefreshResult(RefreshOutcome.REUSED, session)
             if expires_ts <= now_ms:
                 return RefreshResult(RefreshOutcome.EXPIRED, session)
+            flags = _account_flags(txn, session.user_id)
+            if flags is None or flags[1]:
+                _revoke_where(txn, "session_id = ?", (session_id,), "deactivated", now_ms)
+                return RefreshResult(RefreshOutcome.REVOKED, session)
             txn.execute(
                 "INSERT INTO refresh_tokens (token_hash, session_id, created_ts, expires_ts)"
                 " VALUES (?, ?, ?, ?)",
                 (new_hash, session_id, now_ms, new_expires_ms),
             )
-            return RefreshResult(RefreshOutcome.OK, session)
+            return RefreshResult(RefreshOutcome.OK, session, is_guest=flags[0])
 
         result = await self._db.run("rotate_refresh_token", _rotate)
         return result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from storage.database import Database, Txn
@@ -33,10 +34,18 @@ class UserStore:
         is_admin: bool = False,
         is_guest: bool = False,
         displayname: str | None = None,
+        consume: Callable[[Txn], None] | None = None,
     ) -> None:
-        """Insert a user and its profile row; raise :class:`UserInUseError` if taken."""
+        """Insert a user and its profile row; raise :class:`UserInUseError` if taken.
+
+        ``consume`` runs first in the same transaction: it spends the one-time grants
+        that pay for this account (UIA session, registration-token use) and raises to
+        refuse, so a grant is spent if and only if the account is created.
+        """
 
         def _create(txn: Txn) -> None:
+            if consume is not None:
+                consume(txn)
             txn.execute(
                 "INSERT INTO users (user_id, password_hash, created_ts, is_admin, is_guest)"
                 " VALUES (?, ?, ?, ?, ?)",

@@ -83,7 +83,9 @@ class DeactivateTest(HomeserverTestCase):
         self.assertEqual(resp.json, {"id_server_unbind_result": "no-support"})
         gone = await self.request("GET", WHOAMI, token=reg["access_token"])
         self.assertMatrixError(gone, 401, "M_UNKNOWN_TOKEN")
-        self.assertMatrixError(await self.login("sam"), 403, "M_USER_DEACTIVATED")
+        # Deactivation drops the password hash, so no password is "right" any more: the
+        # login is refused like any wrong password (the account's state is not revealed).
+        self.assertMatrixError(await self.login("sam"), 403, "M_FORBIDDEN")
         profile = await self.hs.stores.profiles.get_profile("@sam:test.local")
         self.assertIsNone(profile.displayname)
         # The user id stays reserved.

@@ -73,7 +73,7 @@ class HttpBasicsTest(HomeserverTestCase):
     async def test_versions(self) -> None:
         resp = await self.request("GET", "/_matrix/client/versions")
         self.assertEqual(resp.code, 200)
-        self.assertIn("v1.6", resp.json["versions"])
+        self.assertIn("v1.15", resp.json["versions"])
         self.assertIsInstance(resp.json["unstable_features"], dict)
 
     async def test_well_known(self) -> None:

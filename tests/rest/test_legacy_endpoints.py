@@ -146,6 +146,24 @@ class LegacyEndpointsTest(RoomTestCase):
         body = await pending
         self.assertEqual(body["chunk"], [])
 
+    async def test_events_long_poll_ignores_other_streams(self) -> None:
+        """/events waits like /sync: typing notices (another stream) wake it up, but it goes
+        back to waiting instead of counting them as empty scans and answering early."""
+        await self.prepare()
+        start = (await self.get(self.bob, "/events?timeout=0", EVENTS))["end"]
+        pending = defer.ensureDeferred(self.get(self.bob, f"/events?from={q(start)}&timeout=30000"))
+        await task.deferLater(reactor, 0.1, lambda: None)
+        path = f"{CS}/rooms/{q(self.room)}/typing/{q('@alice:test.local')}"
+        for i in range(25):
+            resp = await self.request("PUT", path, {"typing": i % 2 == 0, "timeout": 30000},
+                                      token=self.alice)
+            self.assertEqual(resp.code, 200, resp)
+        await task.deferLater(reactor, 0.1, lambda: None)
+        self.assertFalse(pending.called)
+        event_id = await self.send_ok(self.alice, self.room, "finally")
+        body = await pending
+        self.assertEqual([e["event_id"] for e in body["chunk"]], [event_id])
+
     async def test_events_bad_input(self) -> None:
         await self.prepare()
         for query in ("?from=nonsense", "?from=s", "?timeout=abc", "?from=t" + "9" * 30):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import time
 from typing import Any
 
 import treq
@@ -262,6 +263,79 @@ class MediaTestMixin:
                                      body={}, token=admin)
         self.assertMatrixError(unknown, 404, "M_NOT_FOUND")
 
+    async def _admin(self) -> str:
+        await self.hs.registration.create_account("admin", TEST_PASSWORD, is_admin=True)
+        return (await self.login("admin")).json["access_token"]
+
+    async def test_quarantine_by_hash(self) -> None:
+        """Finding 11: quarantining A quarantines its bytes. A copy uploaded before or after
+        (B) is not served, nor its thumbnails; A's cached thumbnails are deleted."""
+        token = await self._user()
+        bob = await self._user("bob")
+        admin = await self._admin()
+        _, media_a = mxc_parts(await self.upload_ok(token))
+        _, earlier = mxc_parts(await self.upload_ok(bob))
+        self.assertEqual((await self.thumb(token, media_a, "width=32&height=32&method=crop")).code,
+                         200)
+        self.assertEqual(len(self.thumbnail_files(media_a)), 1)
+        ok = await self.request("POST", f"/_synapse/admin/v1/media/quarantine/test.local/{media_a}",
+                                body={}, token=admin)
+        self.assertEqual(ok.code, 200, ok)
+        self.assertEqual(await self.hs_media_store().list_thumbnails(media_a), [])
+        self.assertEqual(self.thumbnail_files(media_a), [])
+        # The same bytes again, under a new id, by someone else: stored, never served.
+        up = await self.upload(bob, PNG)
+        self.assertEqual(up.code, 200, up)
+        _, media_b = mxc_parts(up.json["content_uri"])
+        self.assertTrue((await self.hs_media_store().get(media_b)).quarantined)
+        # Through /create + PUT as well.
+        created = await self.request("POST", CREATE, token=bob)
+        _, reserved = mxc_parts(created.json["content_uri"])
+        put = await self.request("PUT", f"{LEGACY}/upload/test.local/{reserved}", raw_body=PNG,
+                                 headers={"Content-Type": "image/png"}, token=bob)
+        self.assertEqual(put.code, 200, put)
+        for media_id in (media_a, earlier, media_b, reserved):
+            for p in (f"{AUTHED}/download/test.local/{media_id}",
+                      f"{AUTHED}/thumbnail/test.local/{media_id}?width=10&height=10",
+                      f"{AUTHED}/thumbnail/test.local/{media_id}?width=96&height=96&method=crop",
+                      f"{LEGACY}/download/test.local/{media_id}",
+                      f"{LEGACY}/thumbnail/test.local/{media_id}?width=10&height=10"):
+                self.assertMatrixError(await self.request("GET", p, token=bob), 404, "M_NOT_FOUND")
+        # Other bytes are unaffected.
+        _, other = mxc_parts(await self.upload_ok(bob, JPEG, "image/jpeg"))
+        self.assertEqual((await self.request("GET", f"{AUTHED}/download/test.local/{other}",
+                                             token=bob)).code, 200)
+        # Lifting the quarantine of A lifts it for its bytes.
+        lift = await self.request("POST", f"/_synapse/admin/v1/media/unquarantine/test.local/{media_a}",
+                                  body={}, token=admin)
+        self.assertEqual(lift.code, 200, lift)
+        for media_id in (media_a, media_b, earlier):
+            resp = await self.request("GET", f"{AUTHED}/download/test.local/{media_id}", token=bob)
+            self.assertEqual(resp.code, 200, resp)
+            self.assertEqual(resp.raw, PNG)
+        denied = await self.request("POST", f"/_synapse/admin/v1/media/unquarantine/test.local/{media_a}",
+                                    body={}, token=bob)
+        self.assertMatrixError(denied, 403, "M_FORBIDDEN")
+
+    async def test_admin_delete_media(self) -> None:
+        token = await self._user()
+        admin = await self._admin()
+        _, media_id = mxc_parts(await self.upload_ok(token))
+        self.assertEqual((await self.thumb(token, media_id, "width=32&height=32&method=crop")).code,
+                         200)
+        path = f"/_synapse/admin/v1/media/test.local/{media_id}"
+        self.assertMatrixError(await self.request("DELETE", path, token=token), 403, "M_FORBIDDEN")
+        resp = await self.request("DELETE", path, token=admin)
+        self.assertEqual(resp.code, 200, resp)
+        self.assertEqual(resp.json, {"deleted_media": [media_id], "total": 1})
+        self.assertIsNone(await self.hs_media_store().get(media_id))
+        self.assertEqual(await self.hs_media_store().list_thumbnails(media_id), [])
+        self.assertEqual(self.thumbnail_files(media_id), [])
+        self.assertEqual(await self.hs_media_store().used_bytes("@alice:test.local"), 0)
+        self.assertMatrixError(await self.request("GET", f"{AUTHED}/download/test.local/{media_id}",
+                                                  token=token), 404, "M_NOT_FOUND")
+        self.assertMatrixError(await self.request("DELETE", path, token=admin), 404, "M_NOT_FOUND")
+
     # -- async upload ---------------------------------------------------------------
 
     async def test_async_upload(self) -> None:
@@ -330,9 +404,12 @@ class MediaTestMixin:
     async def test_thumbnail_scale_and_crop(self) -> None:
         token = await self._user()
         _, media_id = mxc_parts(await self.upload_ok(token))
-        for query, size, ctype in (("width=96&height=96&method=scale", (96, 72), "image/png"),
+        # Default thumbnail_sizes (Synapse's): 32x32 and 96x96 crop, 320x240, 640x480 and
+        # 800x600 scale; a request gets the smallest of its method that covers it, else
+        # the largest, never larger than the 640x480 source.
+        for query, size, ctype in (("width=96&height=96&method=scale", (320, 240), "image/png"),
                                    ("width=96&height=96&method=crop", (96, 96), "image/png"),
-                                   ("width=320&height=100&method=crop", (320, 100), "image/png"),
+                                   ("width=320&height=100&method=crop", (96, 96), "image/png"),
                                    ("width=2000&height=2000", (640, 480), "image/png")):
             resp = await self.thumb(token, media_id, query)
             self.assertEqual(resp.code, 200, (query, resp))
@@ -356,7 +433,67 @@ class MediaTestMixin:
             resp = await self.thumb(token, media_id, "width=64&height=64&method=scale")
             self.assertEqual(resp.code, 200, resp)
             self.assertEqual(resp.header("Content-Type"), expect)
-            self.assertEqual(Image.open(io.BytesIO(resp.raw)).size, (64, 48))
+            self.assertEqual(Image.open(io.BytesIO(resp.raw)).size, (320, 240))
+
+    def thumbnail_files(self, media_id: str) -> list[str]:
+        """The cached thumbnail files of ``media_id`` in the store (local filesystem)."""
+        folder = os.path.join(self.config.media.media_dir, "thumbnails", media_id[:2],
+                              media_id[2:4], media_id[4:])
+        return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+
+    async def test_thumbnail_sizes_are_a_fixed_set(self) -> None:
+        """Finding 6: odd sizes map to a configured one (one cached thumbnail, not one per
+        requested size); 4000x4000 gives the largest configured size."""
+        token = await self._user()
+        _, media_id = mxc_parts(await self.upload_ok(token, make_image("PNG", (1000, 750))))
+        store = self.hs_media_store()
+        first = await self.thumb(token, media_id, "width=33&height=41&method=crop")
+        second = await self.thumb(token, media_id, "width=77&height=90&method=crop")
+        self.assertEqual((first.code, second.code), (200, 200), (first, second))
+        self.assertEqual(first.raw, second.raw)
+        self.assertEqual(Image.open(io.BytesIO(first.raw)).size, (96, 96))
+        thumbs = await store.list_thumbnails(media_id)
+        self.assertEqual([(t.width, t.height, t.method) for t in thumbs], [(96, 96, "crop")])
+        self.assertEqual(self.thumbnail_files(media_id), ["96-96-crop"])
+        big = await self.thumb(token, media_id, "width=4000&height=4000&method=scale")
+        self.assertEqual(big.code, 200, big)
+        self.assertEqual(Image.open(io.BytesIO(big.raw)).size, (800, 600))
+        # However many sizes are asked for, at most len(thumbnail_sizes) are cached ...
+        for w in range(1, 1200, 37):
+            for method in ("scale", "crop"):
+                resp = await self.thumb(token, media_id, f"width={w}&height={w + 3}&method={method}")
+                self.assertEqual(resp.code, 200, resp)
+        thumbs = await store.list_thumbnails(media_id)
+        self.assertEqual({(t.width, t.height, t.method) for t in thumbs},
+                         {(32, 32, "crop"), (96, 96, "crop"), (320, 240, "scale"),
+                          (640, 480, "scale"), (800, 600, "scale")})
+        self.assertEqual(len(self.thumbnail_files(media_id)), 5)
+        # ... and they count against the owner's quota.
+        self.assertEqual(await store.used_bytes("@alice:test.local"),
+                         (await store.get(media_id)).size + sum(t.size for t in thumbs))
+
+    async def test_concurrent_thumbnail_requests_generate_once(self) -> None:
+        """Requests arriving while a thumbnail is being made wait for it: one decode."""
+        from homeserver.media import thumbnailer
+
+        calls = []
+        real = thumbnailer.generate
+
+        def slow_generate(*args: Any) -> Any:
+            calls.append(args[2:5])
+            time.sleep(0.3)  # on a thread: the other requests arrive meanwhile
+            return real(*args)
+
+        self.patch(thumbnailer, "generate", slow_generate)
+        token = await self._user()
+        _, media_id = mxc_parts(await self.upload_ok(token, make_image("PNG", (1000, 750))))
+        results = await defer.gatherResults([
+            defer.ensureDeferred(self.thumb(token, media_id, f"width={w}&height={w}&method=scale"))
+            for w in (100, 150, 200, 240)])
+        self.assertEqual({r.code for r in results}, {200})
+        self.assertEqual(len({r.raw for r in results}), 1)
+        self.assertEqual(len(await self.hs_media_store().list_thumbnails(media_id)), 1)
+        self.assertEqual(calls, [(320, 240, "scale")])
 
     async def test_thumbnail_bad_input(self) -> None:
         token = await self._user()

@@ -71,6 +71,10 @@ class S3MediaTestMixin(MediaTestMixin):
     def media_config(self) -> dict[str, Any]:
         return {"max_image_pixels": 4_000_000}
 
+    def thumbnail_files(self, media_id: str) -> list[str]:
+        prefix = f"media/thumbnails/{media_id[:2]}/{media_id[2:4]}/{media_id[4:]}/"
+        return sorted(k[len(prefix):] for k in self.s3_keys() if k.startswith(prefix))
+
     def s3_keys(self) -> list[str]:
         client = boto3.client("s3", endpoint_url=moto_endpoint(), region_name="us-east-1",
                               aws_access_key_id="testing", aws_secret_access_key="testing")

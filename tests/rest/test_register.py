@@ -104,7 +104,7 @@ class RegisterTest(HomeserverTestCase):
 
     async def test_guest_registration_is_off(self) -> None:
         resp = await self.request("POST", REGISTER + "?kind=guest", {})
-        self.assertMatrixError(resp, 403, "M_GUEST_ACCESS_FORBIDDEN")
+        self.assertMatrixError(resp, 403, "M_FORBIDDEN")
 
     async def test_available(self) -> None:
         resp = await self.request("GET", REGISTER + "/available?username=freeone")

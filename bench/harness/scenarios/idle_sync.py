@@ -13,6 +13,14 @@ process group: RSS before the long-polls, and peak RSS, CPU (% of one core) and 
 while they are held; and from the client: the fewest long-polls outstanding at any 0.5 s
 sample during the send phase, long-poll errors, and early returns (a /sync that came back
 well before its timeout, i.e. an idle user was woken).
+
+Ramp figures ("time until all N long-polls are in flight", from the moment the first is
+opened): *sent* is when the last request's headers were written on an established
+connection (client side; a full listen backlog shows here); *parked* is when the server
+had the last one waiting, estimated for each long-poll as the time its first answer came
+back minus its timeout (both servers start the timeout clock when they park the request,
+so this is an upper bound by the time to build an empty answer). The scenario waits for
+every first answer (up to timeout + 90 s) so the figure is complete.
 """
 
 from __future__ import annotations
@@ -48,6 +56,13 @@ class IdleSyncScenario(Scenario):
                             help="idle_sync: seconds of sending while holding (40)")
         parser.add_argument("--idle-rate", type=float, default=5.0,
                             help="idle_sync: messages per second in the other room (5)")
+        parser.add_argument("--idle-ramp-batch", type=int_range(1, 5000), default=RAMP_BATCH,
+                            help="idle_sync: long-polls opened per 50 ms step (50; the idle "
+                                 "count opens them all at once, like clients reconnecting "
+                                 "after a restart)")
+        parser.add_argument("--idle-presence", choices=("offline", "online"), default="offline",
+                            help="idle_sync: set_presence of the idle /syncs (offline; online "
+                                 "is what most clients send)")
 
     async def run(self, ctx: BenchContext) -> LoadResult:
         args = ctx.args
@@ -56,25 +71,46 @@ class IdleSyncScenario(Scenario):
         sender = await api.register(f"bench_{ctx.run_id}_idlesender")
         room = await api.create_room(sender)
         pid = ctx.server_pid
-        async with wide_session(len(idle) + 8, args.idle_timeout_ms / 1000 + 60) as session:
-            run = _IdleRun(Api(ctx, session), args.idle_timeout_ms)
+        run = _IdleRun(Api(ctx), args.idle_timeout_ms, args.idle_presence)
+        async with wide_session(len(idle) + 8, args.idle_timeout_ms / 1000 + 60,
+                                [run.trace_config()]) as session:
+            run.api = Api(ctx, session)
             result = await run.measure(idle, sender, room, pid, args)
         result.extra["first_errors"] = api.errors + run.api.errors
         return result
 
 
 class _IdleRun:
-    def __init__(self, api: Api, timeout_ms: int) -> None:
-        self.api, self.timeout_ms = api, timeout_ms
+    def __init__(self, api: Api, timeout_ms: int, presence: str = "offline") -> None:
+        self.api, self.timeout_ms, self.presence = api, timeout_ms, presence
         self.outstanding = 0
         self.poll_errors = self.early_returns = self.returns = 0
+        # Ramp: monotonic times per long-poll (index) of its first request.
+        self.ramp_start = 0.0
+        self.first_sent: dict[int, float] = {}
+        self.first_parked: dict[int, float] = {}
 
-    async def hold(self, account: Account, since: str) -> None:
+    def trace_config(self) -> aiohttp.TraceConfig:
+        """Records when the headers of each long-poll's first request were written."""
+        tc = aiohttp.TraceConfig()
+
+        async def headers_sent(_session: Any, ctx: Any, _params: Any) -> None:
+            key = ctx.trace_request_ctx
+            if isinstance(key, int):
+                self.first_sent.setdefault(key, time.monotonic())
+
+        tc.on_request_headers_sent.append(headers_sent)
+        return tc
+
+    async def hold(self, account: Account, since: str, index: int) -> None:
+        first = True
         while True:
             self.outstanding += 1
             t0 = time.monotonic()
             try:
-                status, data = await self.api.sync(account, since, self.timeout_ms)
+                status, data = await self.api.sync(account, since, self.timeout_ms,
+                                                   trace=index if first else None,
+                                                   presence=self.presence)
             except (TimeoutError, aiohttp.ClientError) as exc:
                 status, data = TRANSPORT_ERROR, None
                 self.api.note(f"GET /sync (idle): {type(exc).__name__}: {exc}")
@@ -85,7 +121,15 @@ class _IdleRun:
                 await asyncio.sleep(1.0)
                 continue
             self.returns += 1
-            waited = time.monotonic() - t0
+            now = time.monotonic()
+            waited = now - t0
+            if first:
+                # Parked at the latest one timeout before it came back (a woken one: when
+                # it came back).
+                parked = now - self.timeout_ms / 1000
+                self.first_parked[index] = now if waited < 0.8 * self.timeout_ms / 1000 \
+                    else max(parked, t0)
+                first = False
             if waited < 0.8 * self.timeout_ms / 1000:
                 self.early_returns += 1
                 self.api.note(f"GET /sync (idle) returned after {waited:.1f}s of "
@@ -97,7 +141,7 @@ class _IdleRun:
 
         async def one(account: Account) -> str:
             async with gate:
-                status, data = await self.api.sync(account)
+                status, data = await self.api.sync(account, presence=self.presence)
             if status != 200:
                 raise RuntimeError(f"initial /sync failed: {self.api.errors[-1:]}")
             return str(data["next_batch"])
@@ -109,9 +153,10 @@ class _IdleRun:
         sinces = await self.initial_syncs(idle, args.concurrency)
         base = _sample(pid)
         tasks = []
+        self.ramp_start = time.monotonic()
         for i, (account, since) in enumerate(zip(idle, sinces, strict=True)):
-            tasks.append(asyncio.create_task(self.hold(account, since)))
-            if i % RAMP_BATCH == RAMP_BATCH - 1:
+            tasks.append(asyncio.create_task(self.hold(account, since, i)))
+            if i % args.idle_ramp_batch == args.idle_ramp_batch - 1:
                 await asyncio.sleep(0.05)
         result = LoadResult(requested=max(1, int(args.idle_duration * args.idle_rate)),
                             concurrency=len(idle))
@@ -122,6 +167,7 @@ class _IdleRun:
             hold1 = _sample(pid)
             peak, held_min = await self._send_phase(sender, room, pid, args, result)
             send1 = _sample(pid)
+            await self._await_first_answers(len(idle))
         finally:
             for t in tasks:
                 t.cancel()
@@ -135,8 +181,31 @@ class _IdleRun:
             "server_fds_peak": max((s.fds for s in peak), default=None),
             "server_cpu_pct_hold": cpu_percent(hold0, hold1),
             "server_cpu_pct_send": cpu_percent(hold1, send1),
+            **self.ramp_figures(len(idle)),
         })
         return result
+
+    async def _await_first_answers(self, count: int) -> None:
+        """Wait (at most timeout + 90 s after the ramp began) until every long-poll has
+        come back once, so the *parked* ramp figure covers all of them."""
+        limit = self.ramp_start + self.timeout_ms / 1000 + 90
+        while len(self.first_parked) < count and time.monotonic() < limit:
+            await asyncio.sleep(0.5)
+
+    def ramp_figures(self, count: int) -> dict[str, Any]:
+        """Seconds from the first long-poll opened until all were sent / parked."""
+        def last(times: dict[int, float]) -> float | None:
+            if not times:
+                return None
+            return round(max(times.values()) - self.ramp_start, 2)
+
+        parked = sorted(t - self.ramp_start for t in self.first_parked.values())
+        return {
+            "ramp_sent_all_s": last(self.first_sent),
+            "ramp_parked_p50_s": round(parked[len(parked) // 2], 2) if parked else None,
+            "ramp_parked_all_s": last(self.first_parked),
+            "ramp_unaccounted": count - len(self.first_parked),
+        }
 
     async def _send_phase(self, sender: Account, room: str, pid: int | None,
                           args: argparse.Namespace, result: LoadResult,

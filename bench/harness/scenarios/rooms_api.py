@@ -30,12 +30,14 @@ class Account:
     token: str
 
 
-def wide_session(connections: int, timeout_s: float) -> aiohttp.ClientSession:
+def wide_session(connections: int, timeout_s: float,
+                 trace_configs: list[aiohttp.TraceConfig] | None = None) -> aiohttp.ClientSession:
     """A session of its own for scenarios that hold many connections (long-polls): the
     shared one is capped at --concurrency connections."""
     connector = aiohttp.TCPConnector(limit=connections, limit_per_host=connections)
     return aiohttp.ClientSession(connector=connector,
-                                 timeout=aiohttp.ClientTimeout(total=timeout_s))
+                                 timeout=aiohttp.ClientTimeout(total=timeout_s),
+                                 trace_configs=trace_configs)
 
 
 class Api:
@@ -46,13 +48,17 @@ class Api:
 
     async def call(self, method: str, path: str, token: str | None = None, body: Any = None,
                    params: dict[str, str] | None = None, ok: tuple[int, ...] = (200,),
-                   timeout_s: float | None = None) -> tuple[int, Any]:
+                   timeout_s: float | None = None, trace: Any = None) -> tuple[int, Any]:
+        """One request; ``trace`` is handed to the session's trace hooks
+        (``trace_request_ctx``) so a scenario can time that very request."""
         headers = {"Authorization": f"Bearer {token}"} if token else None
         kw: dict[str, Any] = {"headers": headers, "params": params}
         if body is not None:
             kw["json"] = body
         if timeout_s is not None:
             kw["timeout"] = aiohttp.ClientTimeout(total=timeout_s)
+        if trace is not None:
+            kw["trace_request_ctx"] = trace
         async with self.session.request(method, self.ctx.url(path), **kw) as resp:
             raw = await resp.read()
             status = resp.status
@@ -121,13 +127,14 @@ class Api:
         return status, event_id
 
     async def sync(self, account: Account, since: str | None = None, timeout_ms: int = 0,
-                   ) -> tuple[int, Any]:
-        params = {"timeout": str(timeout_ms), "set_presence": SYNC_PRESENCE}
+                   trace: Any = None, presence: str = SYNC_PRESENCE) -> tuple[int, Any]:
+        params = {"timeout": str(timeout_ms), "set_presence": presence}
         if since:
             params["since"] = since
         # The client gives the server its long-poll timeout plus a margin before giving up.
         status, data = await self.call("GET", "/_matrix/client/v3/sync", account.token,
-                                       params=params, timeout_s=timeout_ms / 1000 + 30)
+                                       params=params, timeout_s=timeout_ms / 1000 + 30,
+                                       trace=trace)
         if status == 200 and not (isinstance(data, dict) and isinstance(data.get("next_batch"),
                                                                         str)):
             self.note(f"GET /sync -> 200 without next_batch: {str(data)[:200]}")

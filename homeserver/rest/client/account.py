@@ -49,8 +49,10 @@ class AccountServlets:
         _, session = await self._uia.check(body, [[PASSWORD]], req.raw.path.decode(), "POST",
                                            user_id=r.user_id)
         logout = body.get("logout_devices", self._logout_by_default)
+        # A weak password is refused before the session is spent, so the client can retry.
+        self._account.check_new_password(body["new_password"])
+        await self._uia.consume(session)  # one completed session, one change
         await self._account.change_password(r, body["new_password"], logout, req.client)
-        await self._uia.delete_session(session)
         return 200, {}
 
     async def on_deactivate(self, req: ApiRequest) -> tuple[int, Any]:
@@ -59,6 +61,6 @@ class AccountServlets:
             raise MatrixError(403, "Guests cannot deactivate", Codes.GUEST_ACCESS_FORBIDDEN)
         _, session = await self._uia.check(req.body, [[PASSWORD]], req.raw.path.decode(), "POST",
                                            user_id=r.user_id)
+        await self._uia.consume(session)
         await self._account.deactivate(r, bool(req.body.get("erase", False)), req.client)
-        await self._uia.delete_session(session)
         return 200, {"id_server_unbind_result": "no-support"}

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from homeserver.handlers.directory import DirectoryHandler
+from homeserver.http.params import json_int
 from homeserver.http.router import Router, client_paths
 from homeserver.http.server import ApiRequest
 
@@ -22,7 +23,7 @@ PUBLIC_ROOMS_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
         # null is accepted wherever a field is optional, as clients send it.
-        "limit": {"type": ["integer", "null"], "minimum": 0},
+        "limit": json_int(nullable=True),
         "since": {"type": ["string", "null"], "maxLength": 1024},
         "filter": {
             "type": ["object", "null"],
@@ -93,7 +94,7 @@ class DirectoryServlets:
         body = req.body
         search_filter = body.get("filter") or {}
         return 200, await self._directory.public_rooms(
-            limit=body.get("limit"),
+            limit=None if body.get("limit") is None else int(body["limit"]),
             since=body.get("since"),
             search=search_filter.get("generic_search_term"),
             room_types=search_filter.get("room_types"),

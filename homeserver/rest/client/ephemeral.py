@@ -8,6 +8,7 @@ from typing import Any
 from homeserver.handlers.presence import STATES, PresenceHandler
 from homeserver.handlers.receipts import ReceiptsHandler
 from homeserver.handlers.typing import TypingHandler
+from homeserver.http.params import json_int
 from homeserver.http.router import Router, client_paths
 from homeserver.http.server import ApiRequest
 
@@ -18,7 +19,7 @@ TYPING_SCHEMA: dict[str, Any] = {
     "required": ["typing"],
     "properties": {
         "typing": {"type": "boolean"},
-        "timeout": {"type": "integer", "minimum": 0},
+        "timeout": json_int(),
     },
 }
 # Synapse refuses any other key, and a null or non-string status_msg.

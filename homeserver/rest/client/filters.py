@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from homeserver.handlers.filters import FilterHandler
+from homeserver.http.params import json_int
 from homeserver.http.router import Router, client_paths
 from homeserver.http.server import ApiRequest
 
@@ -19,7 +20,7 @@ _ROOM_IDS: dict[str, Any] = {"type": "array", "items": {"type": "string", "patte
 
 # EventFilter. The spec asks for limit > 0; 0 is accepted as Synapse does (clients send it).
 _EVENT_FILTER_PROPERTIES: dict[str, Any] = {
-    "limit": {"type": "integer", "minimum": 0},
+    "limit": json_int(),
     "types": _STRINGS,
     "not_types": _STRINGS,
     "senders": _USER_IDS,

@@ -8,6 +8,7 @@ from homeserver.handlers.device_lists import DeviceListHandler
 from homeserver.handlers.e2e_keys import E2eKeysHandler
 from homeserver.handlers.sync import SyncToken
 from homeserver.http.errors import Codes, MatrixError
+from homeserver.http.params import json_int
 from homeserver.http.router import Router, client_paths
 from homeserver.http.server import ApiRequest
 
@@ -20,7 +21,7 @@ UPLOAD_SCHEMA: dict[str, Any] = {
         "fallback_keys": _KEY_MAP,
     },
 }
-_TIMEOUT: dict[str, Any] = {"type": "integer", "minimum": 0}
+_TIMEOUT: dict[str, Any] = json_int()
 QUERY_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["device_keys"],

@@ -1,75 +1,26 @@
 """The deprecated pre-/sync API Synapse still serves: GET /events, GET /events/{eventId},
-GET /initialSync and GET /rooms/{roomId}/initialSync.
-
-All built on the modern read paths, so the same visibility rules apply:
-- /events streams the room events of the user's rooms after ``from`` (a token from
-  /events, /initialSync or /sync), long-polling on the notifier. Only timeline events:
-  unlike Synapse, no presence, typing or receipts (clients of this API poll /sync
-  for those), and no ``room_id`` peeking.
-- /events/{eventId} is /rooms/{roomId}/event/{eventId} without the room: an unknown
-  event and one the user may not see are the same 404.
-- /initialSync and /rooms/{roomId}/initialSync take their messages from /messages
-  (backwards from now, or from the user's departure) and their state from /state.
-  A world-readable room can be peeked at through the per-room endpoint; the answer
-  then has no ``membership`` (Synapse says ``join``, which the user is not).
+GET /initialSync and GET /rooms/{roomId}/initialSync. Parsing and validation only; the
+reads (and the /events long-poll, shared with /sync) are in homeserver/handlers/legacy.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
-from homeserver.clock import Clock
-from homeserver.events.model import Event
-from homeserver.handlers.account_data import AccountDataHandler
-from homeserver.handlers.client_events import ClientEventSerializer
-from homeserver.handlers.directory import DirectoryHandler
-from homeserver.handlers.event_creation import EventCreationHandler
-from homeserver.handlers.pagination import PaginationHandler, check_event_id, parse_position
-from homeserver.handlers.presence import PresenceHandler
-from homeserver.handlers.room_reads import RoomReadHandler
-from homeserver.handlers.sync import SyncHandler
-from homeserver.handlers.visibility import VisibilityHandler
-from homeserver.http.errors import Codes, MatrixError, forbidden, not_found
+from homeserver.handlers.legacy import LegacyHandler
+from homeserver.handlers.pagination import check_event_id
+from homeserver.http.errors import Codes, MatrixError
 from homeserver.http.router import Router, client_paths
 from homeserver.http.server import ApiRequest
 from homeserver.identifiers import check_room_id
-from homeserver.notifier import NotifierInterface
-from storage.stores.events import EventStore
-from storage.stores.room_members import MembershipRecord, RoomMemberStore
-
-JsonDict = dict[str, Any]
 
 DEFAULT_TIMEOUT_MS = 30_000  # Synapse's default long-poll for /events
-MAX_TIMEOUT_MS = 5 * 60 * 1000
-EVENTS_LIMIT = 100  # events per /events answer; the rest come with the next ``from``
-SCAN_ROUNDS = 20  # /events: batches looked at before answering with an empty chunk
 DEFAULT_INITIAL_LIMIT = 10
-MAX_INITIAL_LIMIT = 100  # messages per room: an initial sync touches every room
-
-
-@dataclasses.dataclass
-class LegacyDeps:
-    """What the legacy endpoints read from."""
-
-    clock: Clock
-    events: EventStore
-    members: RoomMemberStore
-    creation: EventCreationHandler
-    visibility: VisibilityHandler
-    room_reads: RoomReadHandler
-    pagination: PaginationHandler
-    serializer: ClientEventSerializer
-    sync: SyncHandler
-    account_data: AccountDataHandler
-    directory: DirectoryHandler
-    notifier: NotifierInterface
-    presence: PresenceHandler | None = None
 
 
 class LegacyServlets:
-    def __init__(self, deps: LegacyDeps) -> None:
-        self._d = deps
+    def __init__(self, legacy: LegacyHandler) -> None:
+        self._legacy = legacy
 
     def register(self, router: Router) -> None:
         router.add("GET", client_paths("/events"), self.on_events, allow_guest=True)
@@ -78,164 +29,32 @@ class LegacyServlets:
         router.add("GET", client_paths("/rooms/{roomId}/initialSync"), self.on_room_initial_sync,
                    allow_guest=True)
 
-    # -- tokens -------------------------------------------------------------------------
-
-    def _token(self, position: int) -> str:
-        """A sync-style token at event ``position`` (accepted by /events and /sync)."""
-        return str(dataclasses.replace(self._d.sync.now_token(), events=position))
-
-    # -- GET /events --------------------------------------------------------------------
-
     async def on_events(self, req: ApiRequest) -> tuple[int, Any]:
         r = req.require_requester()
-        raw_from = req.query("from")
         timeout = req.query_int("timeout", DEFAULT_TIMEOUT_MS)
-        timeout = max(0, min(timeout if timeout is not None else 0, MAX_TIMEOUT_MS))
-        live = self._d.creation.current_position()
-        start = parse_position(raw_from, "from") if raw_from else live
-        start = min(start, live)
-        deadline = self._d.clock.time() + timeout / 1000
-        events: list[Event] = []
-        end = start
-        rounds = 0
-        while True:
-            events, end = await self._stream(r.user_id, end, live)
-            rounds += 1
-            if events or rounds >= SCAN_ROUNDS:
-                break
-            if end < live:  # everything scanned was hidden: keep reading, do not wait
-                continue
-            remaining = deadline - self._d.clock.time()
-            if remaining <= 0:
-                break
-            if self._d.creation.current_position() == live:
-                rooms = [m.room_id for m in await self._d.members.rooms_for_user(
-                    r.user_id, ("join", "invite"))]
-                await self._d.notifier.wait(r.user_id, rooms, remaining)
-            live = self._d.creation.current_position()
-        chunk = await self._d.serializer.serialize(events, r.user_id, r.device_id)
-        return 200, {"chunk": chunk, "start": raw_from or self._token(start),
-                     "end": self._token(end)}
-
-    async def _stream(self, user_id: str, since: int, upto: int) -> tuple[list[Event], int]:
-        """The visible events in the user's rooms at positions in (since, cut], oldest
-        first, and ``cut``: ``upto`` unless the answer was capped."""
-        if upto <= since:
-            return [], since
-        memberships = await self._d.members.rooms_for_user(
-            user_id, ("join", "invite", "leave", "ban", "knock"))
-        room_ids = [m.room_id for m in memberships
-                    if m.membership in ("join", "invite") or m.stream_ordering > since]
-        changed = await self._d.events.rooms_with_events_between(room_ids, since, upto)
-        cut = upto
-        fetched: list[Event] = []
-        for room_id in sorted(changed):
-            rows = await self._d.events.paginate_room_events(room_id, since, "f", EVENTS_LIMIT,
-                                                             to_position=upto)
-            if len(rows) == EVENTS_LIMIT:
-                cut = min(cut, rows[-1].internal.stream_ordering or 0)
-            fetched.extend(rows)
-        merged = sorted((e for e in fetched if (e.internal.stream_ordering or 0) <= cut),
-                        key=lambda e: e.internal.stream_ordering or 0)
-        if len(merged) > EVENTS_LIMIT:
-            merged = merged[:EVENTS_LIMIT]
-            cut = merged[-1].internal.stream_ordering or 0
-        return await self._d.visibility.filter_events(user_id, merged), cut
-
-    # -- GET /events/{eventId} ----------------------------------------------------------
+        return 200, await self._legacy.events(r.user_id, r.device_id, req.query("from"),
+                                              timeout if timeout is not None else 0)
 
     async def on_event(self, req: ApiRequest, eventId: str) -> tuple[int, Any]:  # noqa: N803
         r = req.require_requester()
         check_event_id(eventId)
-        found = await self._d.events.get_event(eventId)
-        if found is None or found.internal.outlier:
-            raise not_found("Event not found.")
-        event, _, _ = await self._d.room_reads.get_event(r.user_id, found.room_id, eventId)
-        return 200, (await self._d.serializer.serialize([event], r.user_id, r.device_id))[0]
-
-    # -- GET /initialSync ---------------------------------------------------------------
+        return 200, await self._legacy.event(r.user_id, r.device_id, eventId)
 
     async def on_initial_sync(self, req: ApiRequest) -> tuple[int, Any]:
         r = req.require_requester()
-        limit = self._limit(req)
-        archived = req.query_bool("archived", False)
-        token = self._token(self._d.creation.current_position())
-        wanted = ("join", "invite") + (("leave", "ban") if archived else ())
-        global_ad, room_ad = await self._d.account_data.get_updated_account_data(r.user_id, 0)
-        rooms = []
-        for m in await self._d.members.rooms_for_user(r.user_id, wanted):
-            rooms.append(await self._room(r.user_id, r.device_id, m.room_id, m, limit,
-                                          room_ad.get(m.room_id, {})))
-        return 200, {
-            "end": token,
-            "rooms": rooms,
-            "presence": await self._presence(r.user_id, r.device_id),
-            "account_data": [{"type": t, "content": c} for t, c in global_ad.items()],
-        }
+        return 200, await self._legacy.initial_sync(r.user_id, r.device_id, _limit(req),
+                                                    req.query_bool("archived", False))
 
     async def on_room_initial_sync(self, req: ApiRequest, roomId: str  # noqa: N803
                                    ) -> tuple[int, Any]:
         r = req.require_requester()
         check_room_id(roomId)
-        limit = self._limit(req)
-        m = await self._d.members.get_membership(r.user_id, roomId)
-        member = m is not None and (m.membership == "join" or (
-            m.membership in ("leave", "ban") and not m.forgotten))
-        if not member:
-            allowed, _ = await self._d.visibility.can_see_room_state(r.user_id, roomId)
-            if not allowed:
-                # Unknown and private rooms look the same.
-                raise forbidden("You are not a member of this room")
-            m = None
-        _, room_ad = await self._d.account_data.get_updated_account_data(r.user_id, 0)
-        room = await self._room(r.user_id, r.device_id, roomId, m, limit, room_ad.get(roomId, {}))
-        room["presence"] = []
-        return 200, room
+        return 200, await self._legacy.room_initial_sync(r.user_id, r.device_id, roomId,
+                                                         _limit(req))
 
-    @staticmethod
-    def _limit(req: ApiRequest) -> int:
-        limit = req.query_int("limit", DEFAULT_INITIAL_LIMIT)
-        if limit is None or limit < 0:
-            raise MatrixError(400, "limit must be a non-negative integer", Codes.INVALID_PARAM)
-        return min(limit, MAX_INITIAL_LIMIT)
 
-    async def _room(self, user_id: str, device_id: str | None, room_id: str,
-                    m: MembershipRecord | None, limit: int, account_data: JsonDict) -> JsonDict:
-        """One RoomInfo: invites carry the invite event; others messages and state (as
-        of the user's departure for left and banned users)."""
-        out: JsonDict = {"room_id": room_id}
-        if m is not None:
-            out["membership"] = m.membership
-        if m is not None and m.membership == "invite":
-            invite = await self._d.events.get_event(m.event_id)
-            if invite is not None:
-                out["invite"] = (await self._d.serializer.serialize([invite], user_id,
-                                                                    device_id))[0]
-                out["inviter"] = invite.sender
-            return out
-        departed = m is not None and m.membership in ("leave", "ban")
-        position = m.stream_ordering if departed and m is not None \
-            else self._d.creation.current_position()
-        page = await self._d.pagination.get_messages(user_id, device_id, room_id, "b",
-                                                     f"t{position}", None, limit, None)
-        messages: JsonDict = {"chunk": list(reversed(page["chunk"])), "end": page["start"]}
-        if "end" in page:
-            messages["start"] = page["end"]
-        out["messages"] = messages
-        state = await self._d.room_reads.get_state(user_id, room_id)
-        out["state"] = await self._d.serializer.serialize(state, user_id, device_id)
-        out["account_data"] = [{"type": t, "content": c} for t, c in account_data.items()]
-        try:
-            out["visibility"] = await self._d.directory.get_visibility(room_id)
-        except MatrixError:
-            out["visibility"] = "private"
-        return out
-
-    async def _presence(self, user_id: str, device_id: str | None) -> list[JsonDict]:
-        presence = self._d.presence
-        if presence is None:
-            return []
-        section = await presence.global_section(user_id, device_id, 0,
-                                                presence.current_position())
-        events = section.get("presence", {}).get("events", [])
-        return list(events) if isinstance(events, list) else []
+def _limit(req: ApiRequest) -> int:
+    limit = req.query_int("limit", DEFAULT_INITIAL_LIMIT)
+    if limit is None or limit < 0:
+        raise MatrixError(400, "limit must be a non-negative integer", Codes.INVALID_PARAM)
+    return limit

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from homeserver.auth.password_auth import PasswordAuth
+from homeserver.auth.password_auth import PasswordAuth, PasswordCheck
+from homeserver.auth.ratelimit import AuthRateLimiters
 from homeserver.handlers.devices import DeviceHandler
 from homeserver.handlers.security_events import SecurityEventRecorder
 from homeserver.handlers.sessions import SessionHandler
@@ -45,7 +46,9 @@ class LoginServlets:
         devices: DeviceHandler,
         sessions: SessionHandler,
         events: SecurityEventRecorder,
+        limits: AuthRateLimiters,
     ) -> None:
+        self._limits = limits
         self._server_name = server_name
         self._password_auth = password_auth
         self._devices = devices
@@ -68,6 +71,7 @@ class LoginServlets:
         return 200, {"flows": [{"type": "m.login.password"}]}
 
     async def on_login(self, req: ApiRequest) -> tuple[int, Any]:
+        self._limits.login.check(req.client.ip)
         body: dict[str, Any] = req.body
         if body["type"] != "m.login.password":
             raise MatrixError(400, "Unknown login type", Codes.UNKNOWN)
@@ -85,17 +89,16 @@ class LoginServlets:
             raise MatrixError(400, "Missing parameter: password", Codes.MISSING_PARAM)
 
         user_id = self._password_auth.resolve_identifier(identifier)
-        ok, user = (False, None)
-        if user_id is not None:
-            ok, user = await self._password_auth.verify(user_id, password)
-        if user is not None and user.deactivated:
+        # The password is checked first, at the same Argon2 cost whether or not the
+        # account exists: only the right password learns that an account is deactivated.
+        check = await self._password_auth.verify(user_id, password)
+        if check is PasswordCheck.DEACTIVATED:
             await self._events.record("login", "failure", req.client, user_id=user_id,
                                       reason="deactivated")
             raise MatrixError(403, "This account has been deactivated", Codes.USER_DEACTIVATED)
-        if not ok or user_id is None:
-            reason = "unknown_user" if user is None else "bad_password"
+        if check is not PasswordCheck.OK or user_id is None:
             await self._events.record("login", "failure", req.client, user_id=user_id,
-                                      reason=reason)
+                                      reason=check.value)
             raise MatrixError(403, "Invalid username or password", Codes.FORBIDDEN)
 
         device_id, tokens = await self._devices.login_device(

@@ -17,7 +17,6 @@ GET /notifications and GET /mutual_rooms.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 from collections.abc import Awaitable, Callable
@@ -26,6 +25,7 @@ from typing import Any
 from homeserver.clock import Clock
 from homeserver.config.model import VoipConfig
 from homeserver.http.errors import Codes, MatrixError
+from homeserver.http.opaque_tokens import Str, decode_token, encode_token
 from homeserver.http.router import Router, client_paths
 from homeserver.http.server import ApiRequest
 from homeserver.identifiers import split_user_id
@@ -35,6 +35,7 @@ MUTUAL_ROOMS_BATCH = 100
 MAX_NOTIFICATIONS_LIMIT = 1000
 DEFAULT_NOTIFICATIONS_LIMIT = 50  # as Synapse
 MAX_TOKEN_DIGITS = 18
+MAX_CURSOR = 400
 # (user_id, device_id, before position or None, limit, only highlights) -> response body.
 NotificationsSource = Callable[[str, str | None, int | None, int, bool], Awaitable[dict[str, Any]]]
 
@@ -48,20 +49,12 @@ def turn_credentials(secret: str, user_id: str, now_ms: int, lifetime_s: float) 
 
 
 def _encode_cursor(room_id: str) -> str:
-    return base64.urlsafe_b64encode(room_id.encode("utf-8")).decode("ascii").rstrip("=")
+    return encode_token([room_id])
 
 
 def _decode_cursor(token: str) -> str:
-    try:
-        if len(token) > 400:
-            raise ValueError("too long")
-        raw = base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_", validate=True)
-        room_id = raw.decode("utf-8")
-        if not room_id.startswith("!"):
-            raise ValueError("not a room id")
-        return room_id
-    except (ValueError, binascii.Error, UnicodeDecodeError) as e:
-        raise MatrixError(400, "Invalid pagination token", Codes.INVALID_PARAM) from e
+    room_id: str = decode_token(token, MAX_CURSOR, (Str(prefix="!"),))[0]
+    return room_id
 
 
 class MiscServlets:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from homeserver.auth.ratelimit import AuthRateLimiters
 from homeserver.auth.ui_auth import DUMMY, REGISTRATION_TOKEN, UserInteractiveAuth
 from homeserver.clock import Clock
 from homeserver.config.model import RegistrationConfig
@@ -39,8 +40,10 @@ class RegisterServlets:
         events: SecurityEventRecorder,
         reg_tokens: RegistrationTokenStore,
         clock: Clock,
+        limits: AuthRateLimiters,
     ) -> None:
         self._clock = clock
+        self._limits = limits
         self._config = config
         self._registration = registration
         self._uia = uia
@@ -62,6 +65,7 @@ class RegisterServlets:
         return [[REGISTRATION_TOKEN]] if self._config.requires_token else [[DUMMY]]
 
     async def on_available(self, req: ApiRequest) -> tuple[int, Any]:
+        self._limits.registration.check(req.client.ip)
         if not self._config.enabled:
             raise MatrixError(403, "Registration has been disabled", Codes.FORBIDDEN)
         username = req.query("username")
@@ -71,6 +75,8 @@ class RegisterServlets:
         return 200, {"available": True}
 
     async def on_token_validity(self, req: ApiRequest) -> tuple[int, Any]:
+        # Limited: otherwise an oracle for guessing registration tokens.
+        self._limits.registration.check(req.client.ip)
         if not self._config.enabled:
             raise MatrixError(403, "Registration has been disabled", Codes.FORBIDDEN)
         token = req.query("token")
@@ -81,6 +87,7 @@ class RegisterServlets:
         return 200, {"valid": valid}
 
     async def on_register(self, req: ApiRequest) -> tuple[int, Any]:
+        self._limits.registration.check(req.client.ip)  # guests included, as Synapse
         body: dict[str, Any] = req.body
         kind = req.query("kind", "user")
         if kind not in ("user", "guest"):
@@ -101,32 +108,35 @@ class RegisterServlets:
                                                      "POST")
         if password is None:
             raise MatrixError(400, "Missing parameter: password", Codes.MISSING_PARAM)
-        user_id = await self._registration.create_account(username, password)
+        # The UIA session and the registration-token use are spent in the transaction
+        # that creates the account: one session, one account, however many requests race.
+        user_id = await self._registration.create_account(
+            username, password, consume=self._uia.consumer(uia_session, results))
         token = results.get(REGISTRATION_TOKEN)
-        if isinstance(token, str):
-            await self._reg_tokens.complete(token)
-        await self._uia.delete_session(uia_session)
         await self._events.record("register", "success", req.client, user_id=user_id,
                                   details={"registration_token": isinstance(token, str)})
-        return 200, await self._login_response(req, user_id, body, is_guest=False)
+        return 200, await self._login_response(req, user_id, body)
 
     async def _register_guest(self, req: ApiRequest) -> tuple[int, Any]:
+        # Guests only where the operator turned them on (registration.allow_guests, off by
+        # default), whatever registration.enabled / requires_token say: a guest account is
+        # limited by its stored is_guest flag, which every token minted for it carries.
         if not self._config.allow_guests:
-            raise MatrixError(403, "Guest access is disabled", Codes.GUEST_ACCESS_FORBIDDEN)
+            raise MatrixError(403, "Guest access is disabled", Codes.FORBIDDEN)
         user_id = await self._registration.create_account(None, None, is_guest=True)
         await self._events.record("register", "success", req.client, user_id=user_id,
                                   details={"guest": True})
-        return 200, await self._login_response(req, user_id, req.body, is_guest=True)
+        return 200, await self._login_response(req, user_id, req.body)
 
     async def _login_response(
-        self, req: ApiRequest, user_id: str, body: dict[str, Any], is_guest: bool
+        self, req: ApiRequest, user_id: str, body: dict[str, Any]
     ) -> dict[str, Any]:
         out: dict[str, Any] = {"user_id": user_id, "home_server": self._registration.server_name}
         if body.get("inhibit_login"):
             return out
         device_id, tokens = await self._devices.login_device(
             user_id, body.get("device_id"), body.get("initial_device_display_name"),
-            bool(body.get("refresh_token")), req.client, is_guest=is_guest, via="register",
+            bool(body.get("refresh_token")), req.client, via="register",
         )
         out["device_id"] = device_id
         out.update(tokens.to_json())

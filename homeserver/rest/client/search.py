@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from homeserver.handlers.search import SearchHandler
+from homeserver.http.params import json_int
 from homeserver.http.router import Router, client_paths
 from homeserver.http.server import ApiRequest
 
@@ -13,7 +14,7 @@ _STRINGS = {"type": "array", "items": {"type": "string"}, "maxItems": 1000}
 ROOM_EVENT_FILTER: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "limit": {"type": "integer", "minimum": 0},
+        "limit": json_int(),
         "types": _STRINGS, "not_types": _STRINGS,
         "senders": {**_STRINGS, "items": {"type": "string", "pattern": "^@"}},
         "not_senders": {**_STRINGS, "items": {"type": "string", "pattern": "^@"}},
@@ -44,8 +45,8 @@ SEARCH_SCHEMA: dict[str, Any] = {
                         "event_context": {
                             "type": "object",
                             "properties": {
-                                "before_limit": {"type": "integer", "minimum": 0},
-                                "after_limit": {"type": "integer", "minimum": 0},
+                                "before_limit": json_int(),
+                                "after_limit": json_int(),
                                 "include_profile": {"type": "boolean"},
                             },
                         },

@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 from homeserver.http.errors import Codes, MatrixError
+from homeserver.http.params import MAX_SAFE_INTEGER, json_int
 from homeserver.http.router import Router, client_paths
 from homeserver.http.server import ApiRequest
 
@@ -41,7 +42,7 @@ EMAIL_REQUEST_TOKEN_SCHEMA: dict[str, Any] = {
     "properties": {
         "client_secret": OPAQUE_ID,
         "email": _STRING,
-        "send_attempt": {"type": "integer"},
+        "send_attempt": json_int(minimum=-MAX_SAFE_INTEGER),
         "next_link": _STRING,
         **_IDENTITY_SERVER_PROPS,
     },
@@ -54,7 +55,7 @@ MSISDN_REQUEST_TOKEN_SCHEMA: dict[str, Any] = {
         "client_secret": OPAQUE_ID,
         "country": _STRING,
         "phone_number": _STRING,
-        "send_attempt": {"type": "integer"},
+        "send_attempt": json_int(minimum=-MAX_SAFE_INTEGER),
         "next_link": _STRING,
         **_IDENTITY_SERVER_PROPS,
     },

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from homeserver.handlers.user_directory import UserDirectoryHandler
+from homeserver.http.params import MAX_SAFE_INTEGER, json_int
 from homeserver.http.router import Router, client_paths
 from homeserver.http.server import ApiRequest
 
@@ -13,7 +14,7 @@ SEARCH_SCHEMA: dict[str, Any] = {
     "required": ["search_term"],
     "properties": {
         "search_term": {"type": "string"},
-        "limit": {"type": "integer"},
+        "limit": json_int(minimum=-MAX_SAFE_INTEGER),
     },
 }
 
@@ -30,4 +31,4 @@ class UserDirectoryServlets:
     async def on_search(self, req: ApiRequest) -> tuple[int, Any]:
         r = req.require_requester()
         return 200, await self._handler.search(r.user_id, req.body["search_term"],
-                                               req.body.get("limit", 10))
+                                               int(req.body.get("limit", 10)))
