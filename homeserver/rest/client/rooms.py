@@ -100,7 +100,7 @@ class RoomServlets:
         event = await self._events.send(
             roomId, r.user_id, eventType, req.body, txn=(r.device_id or "", txnId),
             check=check_relation if relation_check is not None and "m.relates_to" in req.body
-            else None, validate=True)
+            else None)
         return 200, {"event_id": event.event_id}
 
     async def on_put_state(self, req: ApiRequest, roomId: str, eventType: str,  # noqa: N803
@@ -111,8 +111,7 @@ class RoomServlets:
         if eventType == "m.room.member":
             raise MatrixError(400, "Use the membership endpoints to change membership",
                               Codes.BAD_JSON)
-        event = await self._events.send(roomId, r.user_id, eventType, req.body, stateKey,
-                                        validate=True)
+        event = await self._events.send(roomId, r.user_id, eventType, req.body, stateKey)
         return 200, {"event_id": event.event_id}
 
     async def on_get_state_event(self, req: ApiRequest, roomId: str, eventType: str,  # noqa: N803
