@@ -35,7 +35,7 @@ from homeserver.http.errors import Codes, MatrixError
 from storage.stores.events import EventStore
 from storage.stores.rooms import RoomStore
 
-__all__ = ["EventCreationHandler", "EventDraft", "RoomSnapshot"]
+__all__ = ["EventCreationHandler", "EventDraft", "RoomSnapshot", "check_client_state_type"]
 
 MAX_EVENT_SIZE = 65536
 MAX_PREV_EVENTS = 10
@@ -214,6 +214,21 @@ class EventCreationHandler:
         if len(encode_canonical_json({**signed, "event_id": event_id})) > MAX_EVENT_SIZE:
             raise MatrixError(413, "Event too large", Codes.TOO_LARGE)
         return Event(event_id, signed, version)
+
+
+# State a client may not set directly (PUT /state or createRoom's initial_state):
+# membership has its own endpoints and checks, and a room has one create event.
+_NOT_CLIENT_STATE = {
+    "m.room.member": "Use the membership endpoints to change membership",
+    "m.room.create": "A room's create event cannot be replaced",
+}
+
+
+def check_client_state_type(event_type: str) -> None:
+    """Refuse state types whose side effects only their own endpoints may cause."""
+    reason = _NOT_CLIENT_STATE.get(event_type)
+    if reason is not None:
+        raise MatrixError(400, reason, Codes.BAD_JSON)
 
 
 def _check_draft(draft: EventDraft) -> None:

@@ -10,7 +10,11 @@ from typing import Any
 from homeserver.clock import Clock
 from homeserver.config.model import Config
 from homeserver.events.room_versions import get_room_version
-from homeserver.handlers.event_creation import EventCreationHandler, EventDraft
+from homeserver.handlers.event_creation import (
+    EventCreationHandler,
+    EventDraft,
+    check_client_state_type,
+)
 from homeserver.http.errors import Codes, MatrixError
 from homeserver.identifiers import split_user_id
 from storage.stores.profiles import ProfileStore
@@ -65,6 +69,8 @@ class RoomCreationHandler:
         if version is None:
             raise MatrixError(400, f"Your homeserver does not support room version {version_id}",
                               Codes.UNSUPPORTED_ROOM_VERSION)
+        for given in body.get("initial_state", []):
+            check_client_state_type(given["type"])
         preset_name = body.get("preset") or (
             "public_chat" if body.get("visibility") == "public" else "private_chat")
         preset = PRESETS[preset_name]

@@ -130,6 +130,22 @@ class InitialStateValidationTest(RoomTestCase):
         self.assertTrue(room)
 
 
+    async def test_membership_and_create_refused_in_initial_state(self) -> None:
+        alice = await self.user("alice")
+        await self.user("bob")
+        for event_type, state_key, content in (
+            ("m.room.member", "@bob:test.local", {"membership": "invite"}),
+            ("m.room.create", "", {"room_version": "10"}),
+        ):
+            resp = await self.request("POST", f"{CS}/createRoom", {
+                "initial_state": [{"type": event_type, "state_key": state_key,
+                                   "content": content}]}, token=alice)
+            self.assertMatrixError(resp, 400, "M_BAD_JSON")
+            room = await self.create_room(alice)
+            resp = await self.put_state(alice, room, event_type, content, state_key)
+            self.assertMatrixError(resp, 400, "M_BAD_JSON")
+
+
 class InitialStateE2eePolicyTest(RoomTestCase):
     def config_overrides(self) -> dict[str, Any]:
         return {"e2ee": {"policy": "everywhere"}}

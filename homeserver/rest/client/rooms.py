@@ -9,7 +9,11 @@ from typing import Any
 from homeserver.clock import Clock
 from homeserver.events.client_format import serialize_event
 from homeserver.events.model import Event
-from homeserver.handlers.event_creation import EventCreationHandler, RoomSnapshot
+from homeserver.handlers.event_creation import (
+    EventCreationHandler,
+    RoomSnapshot,
+    check_client_state_type,
+)
 from homeserver.handlers.room_creation import PRESETS, RoomCreationHandler
 from homeserver.handlers.room_reads import RoomReadHandler
 from homeserver.http.errors import Codes, MatrixError
@@ -108,9 +112,7 @@ class RoomServlets:
         r = req.require_requester()
         check_room_id(roomId)
         check_event_type(eventType)
-        if eventType == "m.room.member":
-            raise MatrixError(400, "Use the membership endpoints to change membership",
-                              Codes.BAD_JSON)
+        check_client_state_type(eventType)
         event = await self._events.send(roomId, r.user_id, eventType, req.body, stateKey)
         return 200, {"event_id": event.event_id}
 
