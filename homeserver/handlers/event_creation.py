@@ -101,11 +101,13 @@ class EventCreationHandler:
             await check_event(event, snap)
 
     def build_create_event(self, room_version: RoomVersion, sender: str,
-                           content: dict[str, Any], room_id: str | None) -> Event:
+                           content: dict[str, Any], room_id: str | None,
+                           ts: int | None = None) -> Event:
         """The m.room.create event of a new room (v12 derives the room id from it)."""
         pdu: dict[str, Any] = {
             "type": "m.room.create", "state_key": "", "sender": sender, "content": content,
-            "origin_server_ts": self._clock.time_msec(), "depth": 1, "prev_events": [],
+            "origin_server_ts": self._clock.time_msec() if ts is None else ts, "depth": 1,
+            "prev_events": [],
             "auth_events": [],
         }
         if room_version.room_id_is_create_hash:

@@ -93,6 +93,14 @@ class RoomCreationHandler:
         room_id = None if version.room_id_is_create_hash else (
             f"!{generate_room_localpart()}:{self._server_name}")
         create = self._creator.build_create_event(version, user_id, creation_content, room_id)
+        # A v12 room id is the create event's hash: the same creator and content in the
+        # same millisecond would name an existing room, so move the timestamp on.
+        ts = create.origin_server_ts
+        while version.room_id_is_create_hash and \
+                await self._rooms.get_room_version(create.room_id) is not None:
+            ts += 1
+            create = self._creator.build_create_event(version, user_id, creation_content,
+                                                      None, ts)
         room_id = create.room_id
         # The alias exists before the canonical-alias event names it (as Synapse does);
         # it goes again if any event of the new room is refused.

@@ -101,6 +101,17 @@ class CrossRoomRedactionTest(RoomTestCase):
         self.assertEqual(redaction.get("redacts", redaction["content"].get("redacts")), target)
 
 
+class CreateRoomTest(RoomTestCase):
+    async def test_same_v12_room_twice_in_one_millisecond(self) -> None:
+        """The clock does not move between the two: the second room gets its own id."""
+        alice = await self.user("alice")
+        first = await self.create_room(alice, room_version="12")
+        second = await self.create_room(alice, room_version="12")
+        self.assertNotEqual(first, second)
+        joined = await self.request("GET", f"{CS}/joined_rooms", token=alice)
+        self.assertEqual(sorted(joined.json["joined_rooms"]), sorted([first, second]))
+
+
 class InitialStateValidationTest(RoomTestCase):
     async def test_canonical_alias_of_another_room_refused(self) -> None:
         alice = await self.user("alice")
