@@ -82,14 +82,14 @@ class UserInteractiveAuth:
                         await self._store.mark_stage_complete(session.session_id, stage, result)
                 except StageFailed as e:
                     raise self._required(session, flows, e.errcode, e.msg) from e
-                session = await self._store.get(session.session_id) or session
+                refreshed = await self._store.get(session.session_id)
+                if refreshed is None:  # spent by a concurrent request meanwhile
+                    raise unknown_session()
+                session = refreshed
         done = set(session.results)
         if any(set(flow) <= done for flow in flows):
             return session.results, session.session_id
         raise self._required(session, flows)
-
-    async def delete_session(self, session_id: str) -> None:
-        await self._store.delete(session_id)
 
     def consumer(self, session_id: str, results: dict[str, Any]) -> Callable[[Txn], None]:
         """A step for the transaction of the action this session authorises: it spends

@@ -86,8 +86,9 @@ class Event:
 
     @property
     def redacts(self) -> str | None:
-        """The redacted event id: top-level in v10, in content from v11."""
-        if self.type != "m.room.redaction":
+        """The redacted event id: top-level in v10, in content from v11. Only a
+        message event redacts: a state event of this type is just state."""
+        if self.type != "m.room.redaction" or self.is_state():
             return None
         value = self.content.get("redacts") if self.room_version.redaction_v11 else None
         if value is None:

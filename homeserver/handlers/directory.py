@@ -125,9 +125,9 @@ def search_text(fields: dict[str, str | None]) -> str:
 
 
 class RoomStatsUpdater:
-    """Keeps ``room_stats_state`` in step with current state: an ``after_persist`` hook
-    of EventCreationHandler (runs under the room's lock), plus a start-up pass for rooms
-    that have no row (rooms created before this table existed)."""
+    """Keeps ``room_stats_state`` in step with current state: a subscriber of the event
+    fan-out (in stream order per room), plus a start-up pass for rooms that have no row
+    (rooms created before this table existed)."""
 
     def __init__(self, creation: EventCreationHandler, store: RoomDirectoryStore) -> None:
         self._creation = creation

@@ -1,7 +1,7 @@
 """Push actions: which local users each new event notifies, and the unread counts
 and notification list built from them.
 
-After every persisted event (``EventCreationHandler.after_persist``) the push rules of
+After every persisted event (a subscriber of the event fan-out) the push rules of
 each local joined member other than the sender (plus a local invitee, for their
 invite) are evaluated once, and the notifying outcomes are written in one batch to
 ``event_push_actions``. Unread counts are then a count of rows after the user's
@@ -117,7 +117,7 @@ class PushActionsHandler:
     # -- the persist hook ---------------------------------------------------------------
 
     async def on_event(self, event: Event) -> None:
-        """``after_persist``: evaluate and record; a failure is logged, never raised
+        """Fan-out subscriber: evaluate and record; a failure is logged, never raised
         (the event is already persisted and the send must not fail)."""
         try:
             await self._on_event(event)

@@ -43,7 +43,9 @@ class RedactionHandler:
         async def check(snap: RoomSnapshot) -> None:
             await self._check(user_id, room_id, event_id, snap)
 
-        event = await self._creation.send(room_id, user_id, "m.room.redaction", content,
+        # Only the reason rides along: the request body is not event content.
+        kept = {"reason": content["reason"]} if isinstance(content.get("reason"), str) else {}
+        event = await self._creation.send(room_id, user_id, "m.room.redaction", kept,
                                           txn=(device, txn_id), redacts=event_id, check=check)
         return event.event_id
 

@@ -73,8 +73,8 @@ def relation_row(event: Event) -> RelationRow | None:
 
 
 class RelationsIndexer:
-    """Keeps ``event_relations`` in step with persisted events (an ``after_persist``
-    hook), and at start-up indexes what a crash between persisting and the hook missed."""
+    """Keeps ``event_relations`` in step with persisted events (a subscriber of the event
+    fan-out), and at start-up indexes what a crash between persisting and delivery missed."""
 
     def __init__(self, store: RelationsStore, events: EventStore) -> None:
         self._store = store

@@ -9,9 +9,12 @@ from typing import Any
 
 from homeserver.clock import Clock
 from homeserver.config.model import Config
-from homeserver.events.model import Event
 from homeserver.events.room_versions import get_room_version
-from homeserver.handlers.event_creation import EventCreationHandler
+from homeserver.handlers.event_creation import (
+    EventCreationHandler,
+    EventDraft,
+    check_client_state_type,
+)
 from homeserver.http.errors import Codes, MatrixError
 from homeserver.identifiers import split_user_id
 from storage.stores.profiles import ProfileStore
@@ -66,6 +69,8 @@ class RoomCreationHandler:
         if version is None:
             raise MatrixError(400, f"Your homeserver does not support room version {version_id}",
                               Codes.UNSUPPORTED_ROOM_VERSION)
+        for given in body.get("initial_state", []):
+            check_client_state_type(given["type"])
         preset_name = body.get("preset") or (
             "public_chat" if body.get("visibility") == "public" else "private_chat")
         preset = PRESETS[preset_name]
@@ -87,16 +92,26 @@ class RoomCreationHandler:
             creation_content.pop("creator", None)
         room_id = None if version.room_id_is_create_hash else (
             f"!{generate_room_localpart()}:{self._server_name}")
-        create = await self._creator.create_room_with_create_event(
-            version, user_id, creation_content, room_id)
+        create = self._creator.build_create_event(version, user_id, creation_content, room_id)
+        # A v12 room id is the create event's hash: the same creator and content in the
+        # same millisecond would name an existing room, so move the timestamp on.
+        ts = create.origin_server_ts
+        while version.room_id_is_create_hash and \
+                await self._rooms.get_room_version(create.room_id) is not None:
+            ts += 1
+            create = self._creator.build_create_event(version, user_id, creation_content,
+                                                      None, ts)
         room_id = create.room_id
-        # The alias exists before the canonical-alias event names it (as Synapse does).
+        # The alias exists before the canonical-alias event names it (as Synapse does);
+        # it goes again if any event of the new room is refused.
         if alias is not None and not await self._aliases.create_alias(
                 alias, room_id, user_id, self._clock.time_msec()):
             raise MatrixError(400, "Room alias already taken", Codes.ROOM_IN_USE)
 
-        async def state(event_type: str, content: dict[str, Any], state_key: str = "") -> Event:
-            return await self._creator.send(room_id, user_id, event_type, content, state_key)
+        drafts: list[EventDraft] = []
+
+        def state(event_type: str, content: dict[str, Any], state_key: str = "") -> None:
+            drafts.append(EventDraft(event_type, content, state_key))
 
         profile = await self._profiles.get_profile(user_id)
         member: dict[str, Any] = {"membership": "join"}
@@ -104,7 +119,7 @@ class RoomCreationHandler:
             member["displayname"] = profile.displayname
         if profile is not None and profile.avatar_url:
             member["avatar_url"] = profile.avatar_url
-        await state("m.room.member", member, user_id)
+        state("m.room.member", member, user_id)
 
         initial = {(e["type"], e.get("state_key", "")): e.get("content", {})
                    for e in body.get("initial_state", [])}
@@ -124,28 +139,38 @@ class RoomCreationHandler:
         power.update(override)
         if ("m.room.power_levels", "") in initial:
             power = initial.pop(("m.room.power_levels", ""))
-        await state("m.room.power_levels", power)
+        state("m.room.power_levels", power)
 
         if alias is not None:
-            await state("m.room.canonical_alias", {"alias": alias})
+            state("m.room.canonical_alias", {"alias": alias})
         if ("m.room.join_rules", "") not in initial:
-            await state("m.room.join_rules", {"join_rule": preset["join_rule"]})
+            state("m.room.join_rules", {"join_rule": preset["join_rule"]})
         if ("m.room.history_visibility", "") not in initial:
-            await state("m.room.history_visibility",
-                        {"history_visibility": preset["history_visibility"]})
+            state("m.room.history_visibility", {"history_visibility": preset["history_visibility"]})
         if ("m.room.guest_access", "") not in initial:
-            await state("m.room.guest_access", {"guest_access": preset["guest_access"]})
+            state("m.room.guest_access", {"guest_access": preset["guest_access"]})
         for (event_type, state_key), content in initial.items():
-            await state(event_type, content, state_key)
+            state(event_type, content, state_key)
         if body.get("name") is not None:
-            await state("m.room.name", {"name": body["name"]})
+            state("m.room.name", {"name": body["name"]})
         if body.get("topic") is not None:
-            await state("m.room.topic", {"topic": body["topic"]})
+            state("m.room.topic", {"topic": body["topic"]})
         for invitee in invites:
             content = {"membership": "invite"}
             if body.get("is_direct"):
                 content["is_direct"] = True
-            await state("m.room.member", content, invitee)
+            state("m.room.member", content, invitee)
+
+        async def store_room() -> None:
+            await self._rooms.store_room(room_id, version.identifier, user_id, False,
+                                         self._clock.time_msec())
+
+        try:
+            await self._creator.create_room(create, drafts, before_write=store_room)
+        except BaseException:
+            if alias is not None:
+                await self._aliases.delete_alias(alias)
+            raise
         if body.get("visibility") == "public":
             await self._rooms.set_public(room_id, True)
         return room_id, alias

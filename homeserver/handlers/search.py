@@ -6,7 +6,7 @@ rooms are never indexed (clients search those locally), and when search is switc
 off again the copies are deleted at the next start.
 
 When on, ``event_search`` holds the casefolded ``content.body`` of ``m.room.message``
-events of unencrypted rooms (an ``after_persist`` hook, caught up at start-up); a room
+events of unencrypted rooms (an event fan-out subscriber, caught up at start-up); a room
 that turns encrypted has its rows deleted, a redacted event loses its row. A query
 covers the requester's joined, currently unencrypted rooms, and within each only the
 stream positions the requester may see (``VisibilityHandler.visible_ranges``): the

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from federation.openid import OpenIdUserInfoServlet
 from homeserver.auth.password_auth import PasswordAuth
@@ -88,9 +87,7 @@ from homeserver.rest.client.to_device import ToDeviceServlets
 from homeserver.rest.client.user_directory import UserDirectoryServlets
 from homeserver.rest.client.whois import WhoisServlets
 from homeserver.rest.media import MediaServlets
-
-if TYPE_CHECKING:
-    from homeserver.app import Stores
+from storage.stores.all_stores import Stores
 
 
 @dataclass

@@ -36,6 +36,9 @@ class PersistRequest:
     state_before: StateMap
     txn_key: tuple[str, str, str] | None = None  # (user_id, device_id, txn_id)
     now_ms: int = 0
+    # The event this redaction takes effect on, as the persister authorised it
+    # (None: not a redaction, or one that does not apply).
+    redaction_target: str | None = None
 
 
 def _delta_depth(txn: Txn, group: int) -> int:
@@ -111,10 +114,9 @@ def _persist(txn: Txn, req: PersistRequest) -> int:
             (ev.state_key, ev.room_id, ev.membership, ev.event_id, req.stream_ordering, False),
         )
 
-    redacts = ev.redacts
-    if redacts is not None:
+    if req.redaction_target is not None:
         txn.execute("INSERT INTO redactions (event_id, redacts, stream_ordering) VALUES (?, ?, ?)",
-                    (ev.event_id, redacts, req.stream_ordering))
+                    (ev.event_id, req.redaction_target, req.stream_ordering))
 
     for prev in ev.prev_event_ids:
         txn.execute("DELETE FROM room_forward_extremities WHERE room_id = ? AND event_id = ?",
@@ -230,7 +232,9 @@ class EventStore:
         return {(r[0], r[1]): r[2] for r in rows}
 
     async def get_redaction_ids(self, event_ids: Iterable[str]) -> dict[str, str]:
-        """redacted event id -> the id of (one) redaction event targeting it."""
+        """redacted event id -> the id of the earliest redaction applied to it. Only a
+        message (non-state) redaction of the target's own room counts, whatever an
+        older row says."""
         ids = list(event_ids)
         out: dict[str, str] = {}
         for i in range(0, len(ids), 200):
@@ -238,8 +242,12 @@ class EventStore:
             marks = ",".join("?" for _ in chunk)
             rows = await self._db.query(
                 "redactions",
-                f"SELECT redacts, event_id FROM redactions WHERE redacts IN ({marks})"
-                " ORDER BY stream_ordering",
+                "SELECT x.redacts, x.event_id FROM redactions x"
+                " JOIN events r ON r.event_id = x.event_id"
+                " JOIN events t ON t.event_id = x.redacts"
+                f" WHERE x.redacts IN ({marks}) AND r.room_id = t.room_id"
+                " AND r.state_key IS NULL AND r.type = 'm.room.redaction'"
+                " ORDER BY x.stream_ordering",
                 *chunk,
             )
             for redacts, event_id in rows:

@@ -53,20 +53,19 @@ class UiAuthStore:
 
     async def get(self, session_id: str) -> UiAuthSession | None:
         def _get(txn: Txn) -> UiAuthSession | None:
-            row = txn.query_one(
-                "SELECT session_id, created_ts, uri, method, user_id, serverdict"
-                " FROM ui_auth_sessions WHERE session_id = ?",
+            # One statement, so one snapshot: read as two, a session spent between them
+            # (on PostgreSQL's READ COMMITTED) would look like one with no stage done.
+            rows = txn.query(
+                "SELECT s.session_id, s.created_ts, s.uri, s.method, s.user_id, s.serverdict,"
+                " r.stage_type, r.result FROM ui_auth_sessions s"
+                " LEFT JOIN ui_auth_stage_results r ON r.session_id = s.session_id"
+                " WHERE s.session_id = ?",
                 (session_id,),
             )
-            if row is None:
+            if not rows:
                 return None
-            results = {
-                r[0]: json.loads(r[1])
-                for r in txn.query(
-                    "SELECT stage_type, result FROM ui_auth_stage_results WHERE session_id = ?",
-                    (session_id,),
-                )
-            }
+            row = rows[0]
+            results = {r[6]: json.loads(r[7]) for r in rows if r[6] is not None}
             return UiAuthSession(row[0], int(row[1]), row[2], row[3], row[4],
                                  json.loads(row[5]), results)
 

@@ -31,16 +31,13 @@ class CrossSigningServlets:
 
     async def on_upload_keys(self, req: ApiRequest) -> tuple[int, Any]:
         r = req.require_requester()
-        session: str | None = None
 
         async def authenticate() -> None:
-            nonlocal session
             _, session = await self._uia.check(req.body, [[PASSWORD]], req.raw.path.decode(),
                                                "POST", user_id=r.user_id)
+            await self._uia.consume(session)  # spent before the keys are replaced
 
         await self._cross_signing.upload_keys(r.user_id, req.body, authenticate)
-        if session is not None:
-            await self._uia.delete_session(session)
         return 200, {}
 
     async def on_upload_signatures(self, req: ApiRequest) -> tuple[int, Any]:

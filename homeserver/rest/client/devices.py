@@ -58,15 +58,15 @@ class DeviceServlets:
         await self._devices.get_device(r.user_id, deviceId)  # 404 before asking for auth
         _, session = await self._uia.check(req.body, [[PASSWORD]], req.raw.path.decode(),
                                            "DELETE", user_id=r.user_id)
+        await self._uia.consume(session)  # spent before acting: a replay cannot act again
         await self._devices.delete_devices(r.user_id, [deviceId], req.client, "device_delete")
-        await self._uia.delete_session(session)
         return 200, {}
 
     async def on_delete_many(self, req: ApiRequest) -> tuple[int, Any]:
         r = req.require_requester()
         _, session = await self._uia.check(req.body, [[PASSWORD]], req.raw.path.decode(),
                                            "POST", user_id=r.user_id)
+        await self._uia.consume(session)
         await self._devices.delete_devices(r.user_id, list(dict.fromkeys(req.body["devices"])),
                                            req.client, "device_delete")
-        await self._uia.delete_session(session)
         return 200, {}

@@ -7,10 +7,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from homeserver.clock import Clock
-from homeserver.events.canonical_json import encode_canonical_json
 from homeserver.events.client_format import serialize_event
 from homeserver.events.model import Event
-from homeserver.handlers.event_creation import EventCreationHandler, RoomSnapshot
+from homeserver.handlers.event_creation import (
+    EventCreationHandler,
+    RoomSnapshot,
+    check_client_state_type,
+)
 from homeserver.handlers.room_creation import PRESETS, RoomCreationHandler
 from homeserver.handlers.room_reads import RoomReadHandler
 from homeserver.http.errors import Codes, MatrixError
@@ -46,17 +49,6 @@ CREATE_ROOM_SCHEMA: dict[str, Any] = {
 CONTENT_SCHEMA: dict[str, Any] = {"type": "object"}
 
 
-def check_event_json(body: dict[str, Any]) -> None:
-    """What becomes event content must be canonical JSON (integers within ±(2**53-1), no
-    non-integral or non-finite numbers), as Synapse requires for room versions 6+: a 400
-    M_BAD_JSON here rather than a failure while hashing and signing the event."""
-    try:
-        encode_canonical_json(body)
-    except ValueError as e:
-        raise MatrixError(400, "Event content must be canonical JSON: integers between"
-                          " -(2**53)+1 and 2**53-1, no fractions", Codes.BAD_JSON) from e
-
-
 class RoomServlets:
     def __init__(
         self,
@@ -90,7 +82,6 @@ class RoomServlets:
 
     async def on_create_room(self, req: ApiRequest) -> tuple[int, Any]:
         r = req.require_requester()
-        check_event_json(req.body)
         room_id, alias = await self._creation.create_room(r.user_id, req.body)
         out: dict[str, Any] = {"room_id": room_id}
         if alias is not None:
@@ -104,7 +95,6 @@ class RoomServlets:
         check_event_type(eventType)
         if eventType in ("m.room.redaction",):
             raise MatrixError(400, "Use /redact to redact events", Codes.BAD_JSON)
-        check_event_json(req.body)
         relation_check = self.relation_check
 
         async def check_relation(_snap: RoomSnapshot) -> None:  # after the txn dedup, locked
@@ -114,7 +104,7 @@ class RoomServlets:
         event = await self._events.send(
             roomId, r.user_id, eventType, req.body, txn=(r.device_id or "", txnId),
             check=check_relation if relation_check is not None and "m.relates_to" in req.body
-            else None, validate=True)
+            else None)
         return 200, {"event_id": event.event_id}
 
     async def on_put_state(self, req: ApiRequest, roomId: str, eventType: str,  # noqa: N803
@@ -122,12 +112,8 @@ class RoomServlets:
         r = req.require_requester()
         check_room_id(roomId)
         check_event_type(eventType)
-        if eventType == "m.room.member":
-            raise MatrixError(400, "Use the membership endpoints to change membership",
-                              Codes.BAD_JSON)
-        check_event_json(req.body)
-        event = await self._events.send(roomId, r.user_id, eventType, req.body, stateKey,
-                                        validate=True)
+        check_client_state_type(eventType)
+        event = await self._events.send(roomId, r.user_id, eventType, req.body, stateKey)
         return 200, {"event_id": event.event_id}
 
     async def on_get_state_event(self, req: ApiRequest, roomId: str, eventType: str,  # noqa: N803
