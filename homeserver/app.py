@@ -96,7 +96,7 @@ async def build_homeserver(
     rooms = await build_rooms(config, clock, stores, notifier, accounts.push_rules)
     e2ee = await build_e2ee(config, clock, stores, notifier, accounts.devices, rooms.fanout)
     sync = await build_sync(config, clock, stores, notifier, accounts, rooms, e2ee)
-    accounts.account.leave_all_rooms = rooms.membership.leave_all_rooms  # on deactivation
+    accounts.account.on_deactivated.append(rooms.membership.leave_all_rooms)
     media, url_previewer = build_media(config, clock, stores.media, plugin_manager,
                                        default_reactor)
     router = Router()
@@ -117,6 +117,7 @@ async def build_homeserver(
         notifier=notifier, client_events=rooms.client_events, e2e_keys=e2ee.e2e_keys,
         device_lists=e2ee.device_lists, to_device=e2ee.to_device,
         cross_signing=e2ee.cross_signing, key_backup=e2ee.key_backup,
+        auth_limits=accounts.auth_limits,
         legacy=LegacyHandler(LegacyDeps(
             clock, stores.events, stores.room_members, rooms.event_creation, rooms.visibility,
             rooms.room_reads, rooms.pagination, rooms.client_events, sync.sync,

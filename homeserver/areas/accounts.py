@@ -12,6 +12,7 @@ from homeserver.auth.authenticator import TokenAuthenticator
 from homeserver.auth.password_auth import PasswordAuth
 from homeserver.auth.password_policy import PasswordPolicy
 from homeserver.auth.passwords import PasswordHasher
+from homeserver.auth.ratelimit import AuthRateLimiters
 from homeserver.auth.session_cache import SessionCache
 from homeserver.auth.ui_auth import UserInteractiveAuth
 from homeserver.clock import Clock
@@ -46,6 +47,7 @@ class AccountsArea:
     openid: OpenIdHandler
     push_rules: PushRulesHandler
     authenticator: TokenAuthenticator
+    auth_limits: AuthRateLimiters
 
 
 def build_accounts(config: Config, clock: Clock, stores: Stores,
@@ -64,20 +66,21 @@ def build_accounts(config: Config, clock: Clock, stores: Stores,
         config.server_name, config.registration, clock, stores.users, hasher, policy,
         spam_check=lambda uid: any(plugin_manager.hook.check_username_for_spam(user_id=uid)),
     )
-    uia = UserInteractiveAuth(
-        stores.ui_auth, stores.registration_tokens, clock, password_auth.check,
-        password_auth.resolve_identifier,
-    )
+    auth_limits = AuthRateLimiters.from_config(clock, config.rate_limits)
+    uia = UserInteractiveAuth(stores.ui_auth, clock, password_auth.check,
+                              password_auth.resolve_identifier, auth_limits.uia_password)
     account = AccountHandler(clock, stores.users, stores.profiles, hasher, policy, devices,
                              sessions, events)
+    push_rules = PushRulesHandler(stores.push_rules)
     return AccountsArea(
         security_events=events, session_cache=cache, hasher=hasher,
         password_auth=password_auth, sessions=sessions, devices=devices,
         registration=registration, uia=uia, account=account,
         profile=ProfileHandler(config.server_name, stores.profiles),
-        account_data=AccountDataHandler(stores.account_data),
+        account_data=AccountDataHandler(stores.account_data, push_rules),
         filters=FilterHandler(stores.filters),
         openid=OpenIdHandler(config.server_name, clock, stores.openid_tokens),
-        push_rules=PushRulesHandler(stores.push_rules),
+        push_rules=push_rules,
         authenticator=TokenAuthenticator(codec, cache, stores.devices, clock),
+        auth_limits=auth_limits,
     )

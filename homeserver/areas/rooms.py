@@ -64,15 +64,19 @@ async def build_rooms(config: Config, clock: Clock, stores: Stores, notifier: No
     creation = EventCreationHandler(config.server_name, signing_key, clock, stores.events,
                                     stores.rooms, persister)
     visibility = VisibilityHandler(stores.state_history, stores.room_members)
-    client_events = ClientEventSerializer(clock, stores.events)
-    room_reads = RoomReadHandler(stores.events, stores.room_members, visibility, creation)
-    room_creation = RoomCreationHandler(config, clock, creation, stores.profiles,
-                                        stores.room_aliases, stores.rooms)
+    # Relations: indexed after each persisted event (caught up at start-up), bundled
+    # into events served by /sync, /event, /messages and /context.
+    relations = RelationsHandler(clock, stores.relations, stores.events, visibility, creation)
+    client_events = ClientEventSerializer(clock, stores.events, relations.bundle)
+    room_reads = RoomReadHandler(stores.events, stores.room_members, visibility, creation,
+                                 relations.bundle)
     # The e2ee_only policy: refuse plaintext events; "everywhere" encrypts new rooms.
-    if config.e2ee_policy != "off":
-        e2ee_policy = E2eeOnlyPolicy(config.e2ee_policy)
+    e2ee_policy = E2eeOnlyPolicy(config.e2ee_policy) if config.e2ee_policy != "off" else None
+    if e2ee_policy is not None:
         creation.event_validators.append(e2ee_policy.check_event)
-        room_creation.default_initial_state.extend(e2ee_policy.default_initial_state())
+    room_creation = RoomCreationHandler(
+        config, clock, creation, stores.profiles, stores.room_aliases, stores.rooms,
+        default_initial_state=e2ee_policy.default_initial_state() if e2ee_policy else [])
     directory = DirectoryHandler(config.server_name, clock, creation, stores.room_aliases,
                                  stores.rooms, stores.room_members, stores.users,
                                  stores.room_directory)
@@ -80,14 +84,10 @@ async def build_rooms(config: Config, clock: Clock, stores: Stores, notifier: No
     room_stats = RoomStatsUpdater(creation, stores.room_directory)
     fanout.subscribe("room_stats", lambda rec: room_stats.on_event(rec.event))
     await room_stats.backfill()
-    # Relations: indexed after each persisted event (caught up at start-up), bundled
-    # into events served by /sync, /event, /messages and /context.
-    relations = RelationsHandler(clock, stores.relations, stores.events, visibility, creation)
+    creation.event_validators.append(relations.validate_event_relation)
     relations_indexer = RelationsIndexer(stores.relations, stores.events)
     fanout.subscribe("relations", lambda rec: relations_indexer.on_event(rec.event))
     await relations_indexer.catch_up(creation.current_position())
-    room_reads.aggregations = relations.bundle
-    client_events.aggregations = relations.bundle
     # Push actions: rules evaluated once per persisted event (rulesets cached until they
     # change); unread counts in /sync and GET /notifications read the recorded rows.
     push_actions = PushActionsHandler(config.server_name, clock, stores.push_actions, push_rules,

@@ -29,10 +29,6 @@ class SyncArea:
 async def build_sync(config: Config, clock: Clock, stores: Stores, notifier: NotifierInterface,
                      accounts: AccountsArea, rooms: RoomsArea, e2ee: E2eeArea) -> SyncArea:
     account_data = accounts.account_data
-    sync = SyncHandler(clock, stores.events, rooms.event_creation, stores.room_members,
-                       rooms.visibility, stores.account_data, account_data, notifier)
-    await sync.load_positions()
-    account_data.on_change.append(sync.note_account_data)
     presence = PresenceHandler(config.server_name, clock, stores.presence, stores.room_members,
                                stores.users, notifier, enabled=config.presence_enabled)
     await presence.load()
@@ -41,13 +37,18 @@ async def build_sync(config: Config, clock: Clock, stores: Stores, notifier: Not
                                rooms.visibility, account_data, stores.account_data, notifier,
                                presence)
     await receipts.load_position()
-    sync.sources.extend([receipts, typing, presence, e2ee.device_lists, e2ee.to_device])
+    sync = SyncHandler(
+        clock, stores.events, rooms.event_creation, stores.room_members, rooms.visibility,
+        stores.account_data, account_data, notifier,
+        sources=[receipts, typing, presence, e2ee.device_lists, e2ee.to_device],
+        serializer=rooms.client_events,  # redactions and prev_content applied in batches
+        push_rules=accounts.push_rules,  # m.push_rules account data in sync
+        aggregations=rooms.relations.bundle,
+        unread_counts=rooms.push_actions.unread_counts,
+    )
+    await sync.load_positions()
+    account_data.on_change.append(sync.note_account_data)
+    accounts.push_rules.on_change.append(sync.note_account_data)
     rooms.fanout.subscribe("typing", lambda rec: typing.after_persist(rec.event))
     rooms.fanout.subscribe("presence", lambda rec: presence.after_persist(rec.event))
-    sync.aggregations = rooms.relations.bundle
-    sync.serializer = rooms.client_events  # redactions and prev_content applied in batches
-    sync.push_rules = accounts.push_rules  # m.push_rules account data in sync
-    accounts.push_rules.on_change.append(sync.note_account_data)
-    sync.unread_counts = rooms.push_actions.unread_counts
-    account_data.push_rules = accounts.push_rules  # GET .../account_data/m.push_rules
     return SyncArea(sync=sync, presence=presence, typing=typing, receipts=receipts)

@@ -15,7 +15,6 @@ from homeserver.auth.ratelimit import RateLimiter
 from homeserver.clock import Clock
 from homeserver.http.errors import Codes, InteractiveAuthRequired, MatrixError
 from storage.database import Txn
-from storage.stores.registration_tokens import RegistrationTokenStore
 from storage.stores.ui_auth import UiAuthSession, UiAuthStore
 
 DUMMY = "m.login.dummy"
@@ -40,19 +39,17 @@ class UserInteractiveAuth:
     def __init__(
         self,
         store: UiAuthStore,
-        reg_tokens: RegistrationTokenStore,
         clock: Clock,
         check_password: PasswordChecker,
         resolve_identifier: IdentifierResolver,
+        password_limiter: RateLimiter | None = None,
     ) -> None:
         self._store = store
-        self._reg_tokens = reg_tokens
         self._clock = clock
         self._check_password = check_password
         self._resolve_identifier = resolve_identifier
-        # Password-stage attempts per user being authenticated; set from the config when
-        # the routes are built (None: unlimited, for tools that build UIA on its own).
-        self.password_limiter: RateLimiter | None = None
+        # Password-stage attempts per user being authenticated (None: unlimited).
+        self.password_limiter = password_limiter
 
     async def check(
         self,

@@ -16,9 +16,6 @@ from storage.stores.users import UserStore
 
 
 class AccountHandler:
-    # Leaves every room on deactivation; set in app.py (the membership handler is built later).
-    leave_all_rooms: Callable[[str], Awaitable[None]] | None = None
-
     def __init__(
         self,
         clock: Clock,
@@ -30,6 +27,8 @@ class AccountHandler:
         sessions: SessionHandler,
         events: SecurityEventRecorder,
     ) -> None:
+        # Told the user id once an account is deactivated (the rooms area leaves its rooms).
+        self.on_deactivated: list[Callable[[str], Awaitable[None]]] = []
         self._clock = clock
         self._users = users
         self._profiles = profiles
@@ -66,8 +65,8 @@ class AccountHandler:
         await self._sessions.revoke_user(user_id, "deactivate")
         await self._devices.delete_all_devices(user_id, client, "deactivate", except_device=None)
         await self._users.deactivate(user_id, self._clock.time_msec())
-        if self.leave_all_rooms is not None:  # as Synapse: part rooms, reject invites and knocks
-            await self.leave_all_rooms(user_id)
+        for deactivated in self.on_deactivated:  # e.g. part rooms, reject invites and knocks
+            await deactivated(user_id)
         if erase:
             await self._profiles.clear(user_id)
         await self._events.record("deactivate", "success", client, user_id=user_id,

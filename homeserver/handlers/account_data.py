@@ -69,12 +69,12 @@ def _check_type(data_type: str) -> None:
 
 
 class AccountDataHandler:
-    def __init__(self, store: AccountDataStore) -> None:
+    def __init__(self, store: AccountDataStore, push_rules: Any = None) -> None:
         self._store = store
         # Told (position, user_id) after every write, e.g. to wake that user's /sync.
         self.on_change: list[Callable[[int, str], None]] = []
-        # The push rules handler, which serves m.push_rules (wired in app).
-        self.push_rules: Any = None
+        # The push rules handler, which serves m.push_rules.
+        self.push_rules = push_rules
 
     def _check_request(self, requester_id: str, user_id: str, room_id: str | None,
                        data_type: str) -> None:

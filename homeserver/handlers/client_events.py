@@ -22,13 +22,15 @@ JsonDict = dict[str, Any]
 
 
 class ClientEventSerializer:
-    def __init__(self, clock: Clock, events: EventStore) -> None:
+    def __init__(self, clock: Clock, events: EventStore,
+                 aggregations: Callable[[str, str | None, Sequence[Event], bool],
+                                        Awaitable[dict[str, dict[str, Any]]]] | None = None,
+                 ) -> None:
         self._clock = clock
         self._events = events
-        # Bundled aggregations (as RoomReadHandler.aggregations), when wired:
+        # Bundled aggregations (as RoomReadHandler.aggregations):
         # (user, device, events, include_room_id) -> {event_id: unsigned["m.relations"]}.
-        self.aggregations: Callable[[str, str | None, Sequence[Event], bool],
-                                    Awaitable[dict[str, dict[str, Any]]]] | None = None
+        self.aggregations = aggregations
 
     async def _applied_redactions(self, events: Sequence[Event]) -> dict[str, Event]:
         """event id -> the redaction event that applies to it. A redaction only counts

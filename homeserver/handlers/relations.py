@@ -186,6 +186,11 @@ class RelationsHandler:
 
     # ------------------------------------------------------------------ sending
 
+    async def validate_event_relation(self, event: Event, _snap: object) -> None:
+        """The same checks as a validator of every local event (the event builder's)."""
+        if "m.relates_to" in event.content:
+            await self.validate_relation(event.room_id, event.sender, event.type, event.content)
+
     async def validate_relation(self, room_id: str, sender: str, event_type: str,
                                 content: JsonDict) -> None:
         """Synapse's checks on a client-sent relation (``_validate_event_relation``), run

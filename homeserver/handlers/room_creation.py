@@ -50,6 +50,7 @@ class RoomCreationHandler:
         profiles: ProfileStore,
         aliases: RoomAliasStore,
         rooms: RoomStore,
+        default_initial_state: list[dict[str, Any]] | None = None,
     ) -> None:
         self._rooms = rooms
         self._config = config
@@ -60,7 +61,7 @@ class RoomCreationHandler:
         self._aliases = aliases
         # State a new room gets unless the request sets it (e.g. m.room.encryption under
         # the e2ee_only "everywhere" policy): [{"type", "state_key", "content"}].
-        self.default_initial_state: list[dict[str, Any]] = []
+        self.default_initial_state: list[dict[str, Any]] = list(default_initial_state or [])
 
     async def create_room(self, user_id: str, body: dict[str, Any]) -> tuple[str, str | None]:
         """Returns (room_id, room_alias or None)."""

@@ -22,15 +22,16 @@ class RoomReadHandler:
         members: RoomMemberStore,
         visibility: VisibilityHandler,
         creation: EventCreationHandler,
+        aggregations: Callable[[str, str | None, Sequence[Event], bool],
+                               Awaitable[dict[str, dict[str, Any]]]] | None = None,
     ) -> None:
         self._events = events
         self._members = members
         self._visibility = visibility
         self._creation = creation
-        # Bundled aggregations (RelationsHandler.bundle), when wired: (user, device,
-        # events, include_room_id) -> {event_id: unsigned["m.relations"]}.
-        self.aggregations: Callable[[str, str | None, Sequence[Event], bool],
-                                    Awaitable[dict[str, dict[str, Any]]]] | None = None
+        # Bundled aggregations (RelationsHandler.bundle): (user, device, events,
+        # include_room_id) -> {event_id: unsigned["m.relations"]}.
+        self.aggregations = aggregations
 
     async def _state_ids(self, user_id: str, room_id: str) -> dict[tuple[str, str], str]:
         await self._creation.room_version(room_id)  # 404 for unknown rooms

@@ -107,6 +107,14 @@ class SyncHandler:
         account_data_store: AccountDataStore,
         account_data: AccountDataHandler,
         notifier: NotifierInterface,
+        *,
+        sources: Sequence[EphemeralSource] = (),
+        serializer: Any = None,
+        push_rules: Any = None,
+        aggregations: Callable[[str, str | None, Sequence[Event], bool],
+                               Awaitable[dict[str, JsonDict]]] | None = None,
+        unread_counts: Callable[[str, list[str], bool],
+                                Awaitable[dict[str, JsonDict]]] | None = None,
     ) -> None:
         self._clock = clock
         self._events = events
@@ -117,19 +125,18 @@ class SyncHandler:
         self._account_data = account_data
         self._notifier = notifier
         self._ad_position = 0
-        self.sources: list[EphemeralSource] = []
-        # Batch serializer (redactions, prev_content pruning, aggregations); wired in app.
-        self.serializer: Any = None
+        # The ephemeral streams (receipts, typing, presence, device lists, to-device).
+        self.sources: list[EphemeralSource] = list(sources)
+        # Batch serializer (redactions, prev_content pruning, aggregations).
+        self.serializer = serializer
         # Push rules are served as the m.push_rules global account data.
-        self.push_rules: Any = None
+        self.push_rules = push_rules
         # Bundled aggregations for timeline events: (user, device, events, include_room_id)
-        # -> {event_id: unsigned["m.relations"]} (RelationsHandler.bundle), when wired.
-        self.aggregations: Callable[[str, str | None, Sequence[Event], bool],
-                                    Awaitable[dict[str, JsonDict]]] | None = None
-        # Unread notification counts (PushActionsHandler.unread_counts), when wired:
+        # -> {event_id: unsigned["m.relations"]} (RelationsHandler.bundle).
+        self.aggregations = aggregations
+        # Unread notification counts (PushActionsHandler.unread_counts):
         # (user, joined room ids, per-thread) -> {room_id: {"unread_notifications": ...}}.
-        self.unread_counts: Callable[[str, list[str], bool],
-                                     Awaitable[dict[str, JsonDict]]] | None = None
+        self.unread_counts = unread_counts
 
     async def load_positions(self) -> None:
         self._ad_position = await self._ad_store.max_stream_id()

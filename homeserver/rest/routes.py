@@ -138,12 +138,12 @@ class Components:
     cross_signing: CrossSigningHandler
     legacy: LegacyHandler
     reporting: ReportingHandler
+    auth_limits: AuthRateLimiters
 
 
 def register_all(router: Router, c: Components) -> None:
     DiscoveryServlets(c.config).register(router)
-    auth_limits = AuthRateLimiters.from_config(c.clock, c.config.rate_limits)
-    c.uia.password_limiter = auth_limits.uia_password
+    auth_limits = c.auth_limits
     RegisterServlets(
         c.config.registration, c.registration, c.uia, c.devices, c.events,
         c.stores.registration_tokens, c.clock, auth_limits,
@@ -164,9 +164,7 @@ def register_all(router: Router, c: Components) -> None:
     # Not behind federation.enabled: third parties holding a user's OpenID token need it
     # on non-federating servers too (Synapse's separate "openid" listener resource).
     OpenIdUserInfoServlet(c.openid).register(router)
-    room_servlets = RoomServlets(c.clock, c.room_creation, c.event_creation, c.room_reads)
-    room_servlets.relation_check = c.relations.validate_relation
-    room_servlets.register(router)
+    RoomServlets(c.clock, c.room_creation, c.event_creation, c.room_reads).register(router)
     MembershipServlets(c.membership).register(router)
     RoomHistoryServlets(c.pagination).register(router)
     RedactionServlets(c.redaction).register(router)
@@ -178,9 +176,8 @@ def register_all(router: Router, c: Components) -> None:
     RelationServlets(c.relations).register(router)
     TagServlets(c.account_data, c.stores.account_data).register(router)
     PusherServlets(c.clock, c.stores.pushers).register(router)
-    misc = MiscServlets(c.clock, c.config.voip, c.stores.room_members)
-    misc.notifications = c.push_actions.get_notifications
-    misc.register(router)
+    MiscServlets(c.clock, c.config.voip, c.stores.room_members,
+                 c.push_actions.get_notifications).register(router)
     LegacyServlets(c.legacy).register(router)
     HierarchyServlets(c.hierarchy).register(router)
     SearchServlets(c.search).register(router)

@@ -58,12 +58,13 @@ def _decode_cursor(token: str) -> str:
 
 
 class MiscServlets:
-    def __init__(self, clock: Clock, voip: VoipConfig, members: RoomMemberStore) -> None:
+    def __init__(self, clock: Clock, voip: VoipConfig, members: RoomMemberStore,
+                 notifications: NotificationsSource | None = None) -> None:
         self._clock = clock
         self._voip = voip
         self._members = members
-        # PushActionsHandler.get_notifications, when wired (else the list is empty).
-        self.notifications: NotificationsSource | None = None
+        # PushActionsHandler.get_notifications (None: the list is empty).
+        self.notifications = notifications
 
     def register(self, router: Router) -> None:
         router.add("GET", client_paths("/voip/turnServer"), self.on_turn_server)

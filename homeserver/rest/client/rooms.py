@@ -3,7 +3,6 @@ GET /rooms/{roomId}/event/{eventId}, GET /joined_rooms."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from homeserver.clock import Clock
@@ -11,7 +10,6 @@ from homeserver.events.client_format import serialize_event
 from homeserver.events.model import Event
 from homeserver.handlers.event_creation import (
     EventCreationHandler,
-    RoomSnapshot,
     check_client_state_type,
 )
 from homeserver.handlers.room_creation import PRESETS, RoomCreationHandler
@@ -61,9 +59,6 @@ class RoomServlets:
         self._creation = creation
         self._events = events
         self._reads = reads
-        # Checks on a sent event's m.relates_to (RelationsHandler.validate_relation), when
-        # wired: (room_id, sender, event_type, content), raising a MatrixError.
-        self.relation_check: Callable[[str, str, str, dict[str, Any]], Awaitable[None]] | None = None
 
     def register(self, router: Router) -> None:
         router.add("POST", client_paths("/createRoom"), self.on_create_room,
@@ -95,16 +90,8 @@ class RoomServlets:
         check_event_type(eventType)
         if eventType in ("m.room.redaction",):
             raise MatrixError(400, "Use /redact to redact events", Codes.BAD_JSON)
-        relation_check = self.relation_check
-
-        async def check_relation(_snap: RoomSnapshot) -> None:  # after the txn dedup, locked
-            if relation_check is not None:
-                await relation_check(roomId, r.user_id, eventType, req.body)
-
-        event = await self._events.send(
-            roomId, r.user_id, eventType, req.body, txn=(r.device_id or "", txnId),
-            check=check_relation if relation_check is not None and "m.relates_to" in req.body
-            else None)
+        event = await self._events.send(roomId, r.user_id, eventType, req.body,
+                                        txn=(r.device_id or "", txnId))
         return 200, {"event_id": event.event_id}
 
     async def on_put_state(self, req: ApiRequest, roomId: str, eventType: str,  # noqa: N803
