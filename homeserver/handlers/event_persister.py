@@ -84,6 +84,7 @@ class EventPersister:
         self.positions = StreamPositions(events.allocate_stream_ordering)
         self._locks: dict[str, defer.DeferredLock] = {}
         self._snapshots: OrderedDict[str, RoomSnapshot] = OrderedDict()
+        self._versions: OrderedDict[str, RoomVersion] = OrderedDict()
 
     async def load_position(self) -> None:
         self.positions.start_at(await self._events.max_stream_ordering())
@@ -95,10 +96,18 @@ class EventPersister:
     # ---- reading the state the persister keeps
 
     async def room_version(self, room_id: str) -> RoomVersion:
+        """A room's version never changes, so it is read once (rooms in use stay cached)."""
+        version = self._versions.get(room_id)
+        if version is not None:
+            self._versions.move_to_end(room_id)
+            return version
         ident = await self._rooms.get_room_version(room_id)
         version = get_room_version(ident) if ident else None
         if version is None:
             raise MatrixError(404, "Unknown room", Codes.NOT_FOUND)
+        self._versions[room_id] = version
+        while len(self._versions) > _SNAPSHOT_CACHE:
+            self._versions.popitem(last=False)
         return version
 
     async def snapshot(self, room_id: str) -> RoomSnapshot:
