@@ -223,17 +223,15 @@ class PushActionsHandler:
             out[room_id] = entry
         return out
 
-    async def is_read(self, user_id: str, rows: list[PushActionRow]) -> dict[str, bool]:
-        """event id -> whether the user's receipts cover it (``read`` in /notifications)."""
-        bounds = await self._store.read_bounds(user_id, list({r.room_id for r in rows}))
-        return {r.event_id: r.stream_ordering <= bounds.get(r.room_id, NO_RECEIPT).for_thread(
-            r.thread_id) for r in rows}
-
     async def get_notifications(self, user_id: str, device_id: str | None,
                                 before: int | None, limit: int, only_highlight: bool
                                 ) -> JsonDict:
-        """GET /notifications: newest first, only events the user may (still) see;
-        ``next_token`` (the position to continue below) only when more may remain."""
+        """GET /notifications: newest first, only events the user may (still) see and
+        has not read yet (a read receipt at or after the event removes it, as in Synapse,
+        whose clients and SyTest expect the list to empty once read); ``next_token`` (the
+        position to continue below) only when more may remain. ``profile_tag`` is always
+        present, as clients (and SyTest) expect: empty, since no rule has a profile tag
+        (Synapse sends null, which the spec's string type does not allow)."""
         picked: list[PushActionRow] = []
         events: dict[str, Event] = {}
         cursor = before
@@ -241,7 +239,8 @@ class PushActionsHandler:
         scanned = 0
         batch = min(max(limit + 1, 20), 500)
         while limit > 0:
-            rows = await self._store.list_for_user(user_id, cursor, batch, only_highlight)
+            rows = await self._store.list_for_user(user_id, cursor, batch, only_highlight,
+                                                   unread_only=True)
             found = await self._events.get_events(r.event_id for r in rows)
             visible = {e.event_id: e for e in await self._visibility.filter_events(
                 user_id, sorted(found.values(), key=lambda e: e.internal.stream_ordering or 0))}
@@ -262,10 +261,9 @@ class PushActionsHandler:
         ordered = [events[r.event_id] for r in picked]
         serialized = await self._serializer.serialize(ordered, user_id, device_id,
                                                       include_room_id=False)
-        read = await self.is_read(user_id, picked) if picked else {}
         out: JsonDict = {"notifications": [
-            {"actions": json.loads(row.actions_json), "event": ev, "read": read[row.event_id],
-             "room_id": row.room_id, "ts": row.ts}
+            {"actions": json.loads(row.actions_json), "event": ev, "read": False,
+             "room_id": row.room_id, "ts": row.ts, "profile_tag": ""}
             for row, ev in zip(picked, serialized, strict=True)]}
         if more and cursor is not None:
             out["next_token"] = str(cursor)

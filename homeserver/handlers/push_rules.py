@@ -106,17 +106,25 @@ def _is_member_count(spec: str) -> bool:
 
 def check_rule_id_for_put(kind: str, rule_id: str) -> None:
     """A rule id a client may create: not reserved, no slashes, and for room/sender
-    rules the room or user it is about."""
+    rules the room or user it is about. A room rule may also be keyed by a room alias,
+    as Synapse accepts (SyTest uses ``#a:example.com``): the rule is stored and listed,
+    but since its implied condition compares the event's ``room_id`` it never matches."""
     if rule_id.startswith("."):
         raise invalid("Cannot add or replace a server-default rule (ids starting with '.')")
     if "/" in rule_id or "\\" in rule_id:
         raise invalid("rule_id may not contain slashes or backslashes")
     if len(rule_id) > MAX_RULE_ID_LENGTH or any(ord(c) < 0x20 or ord(c) == 0x7F for c in rule_id):
         raise invalid("Invalid rule_id")
-    if kind == "room" and not is_valid_room_id(rule_id):
+    if kind == "room" and not (is_valid_room_id(rule_id) or _is_room_alias(rule_id)):
         raise invalid("The rule_id of a room rule must be a room ID")
     if kind == "sender" and not _is_user_id(rule_id):
         raise invalid("The rule_id of a sender rule must be a user ID")
+
+
+def _is_room_alias(value: str) -> bool:
+    local, sep, server = value[1:].partition(":")
+    return value.startswith("#") and bool(local) and bool(sep) and bool(server) \
+        and not any(ord(c) <= 0x20 for c in value)
 
 
 def _is_user_id(value: str) -> bool:
@@ -175,6 +183,11 @@ class PushRulesHandler:
     async def get_stream_id(self, user_id: str) -> int:
         """Position of the user's last push rule change, for /sync (0: never)."""
         return await self._store.get_stream_id(user_id)
+
+    async def get_kind(self, user_id: str, kind: str) -> list[JsonDict]:
+        """One kind's rules, in evaluation order (GET /pushrules/global/{kind}/)."""
+        check_kind(kind)
+        return (await self.get_ruleset(user_id))[kind]
 
     async def get_rule(self, user_id: str, kind: str, rule_id: str) -> JsonDict:
         check_kind(kind)

@@ -130,10 +130,20 @@ class PushActionsStore:
         return (int(row[0]), int(row[1] or 0)) if row else (0, 0)
 
     async def list_for_user(self, user_id: str, before: int | None, limit: int,
-                            only_highlight: bool) -> list[PushActionRow]:
-        """The user's notifying rows, newest first, below ``before`` (None: from the top)."""
+                            only_highlight: bool, unread_only: bool = False
+                            ) -> list[PushActionRow]:
+        """The user's notifying rows, newest first, below ``before`` (None: from the top);
+        with ``unread_only``, only rows after the user's m.read / m.read.private receipt
+        in the room (unthreaded, or threaded for the row's thread)."""
         clauses = ["user_id = ?", "notify = 1"]
         args: list[object] = [user_id]
+        if unread_only:
+            clauses.append(
+                "NOT EXISTS (SELECT 1 FROM receipts r WHERE r.room_id = event_push_actions.room_id"
+                " AND r.receipt_type IN (?, ?) AND r.user_id = event_push_actions.user_id"
+                " AND r.thread_id IN ('', event_push_actions.thread_id)"
+                " AND r.event_stream_ordering >= event_push_actions.stream_ordering)")
+            args.extend(READ_TYPES)
         if before is not None:
             clauses.append("stream_ordering < ?")
             args.append(before)

@@ -19,7 +19,7 @@ SCHEMA: dict[str, Any] = {
     "properties": {
         "next_token": {"type": "string"},
         "notifications": {"type": "array", "items": {
-            "type": "object", "required": ["actions", "event", "read", "room_id", "ts"],
+            "type": "object", "required": ["actions", "event", "profile_tag", "read", "room_id", "ts"],
             "properties": {
                 "actions": {"type": "array", "items": {"type": ["object", "string"]}},
                 "event": _EVENT, "profile_tag": {"type": "string"},
@@ -59,14 +59,22 @@ class NotificationsTest(RoomTestCase):
         self.assertEqual([n["read"] for n in listed], [False, False, False])
         self.assertIn("notify", listed[0]["actions"])
         self.assertEqual(listed[0]["event"]["content"]["body"], "three")
-        resp = await self.request(
-            "POST", f"{CS}/rooms/{q(self.room)}/receipt/m.read/{q(second)}", {}, token=self.bob)
-        self.assertEqual(resp.code, 200, resp)
-        listed = (await self.notifications(self.bob))["notifications"]
-        self.assertEqual([n["read"] for n in listed], [False, True, True])
         only = (await self.notifications(self.bob, "?only=highlight"))["notifications"]
         self.assertEqual([n["event"]["event_id"] for n in only], [second])
         self.assertIn({"set_tweak": "highlight"}, only[0]["actions"])
+        # Alice's receipt is not Bob's.
+        resp = await self.request(
+            "POST", f"{CS}/rooms/{q(self.room)}/receipt/m.read/{q(third)}", {}, token=self.alice)
+        self.assertEqual(resp.code, 200, resp)
+        resp = await self.request(
+            "POST", f"{CS}/rooms/{q(self.room)}/receipt/m.read/{q(second)}", {}, token=self.bob)
+        self.assertEqual(resp.code, 200, resp)
+        # Read notifications are no longer listed (as Synapse; SyTest 09_notifications_api).
+        listed = (await self.notifications(self.bob))["notifications"]
+        self.assertEqual([n["event"]["event_id"] for n in listed], [third])
+        self.assertEqual([n["read"] for n in listed], [False])
+        self.assertEqual((await self.notifications(self.bob, "?only=highlight"))["notifications"],
+                         [])
         mine = (await self.notifications(self.alice))["notifications"]
         self.assertEqual([n["event"]["content"]["body"] for n in mine], ["own messages never notify"])
 

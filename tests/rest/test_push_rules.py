@@ -375,7 +375,7 @@ class PushRulesTest(HomeserverTestCase):
             resp = await self.request(method, path + sub, body, token=token)
             self.assertMatrixError(resp, 400, "M_INVALID_PARAM")
         resp = await self.request("GET", f"{BASE}/device/override/x", token=token)
-        self.assertMatrixError(resp, 404, "M_UNRECOGNIZED")
+        self.assertMatrixError(resp, 400, "M_UNRECOGNIZED")
 
     async def test_server_default_rules_cannot_be_replaced_or_deleted(self) -> None:
         token = await self.alice()
@@ -447,7 +447,7 @@ class PushRulesTest(HomeserverTestCase):
         body = {"conditions": [], "actions": [], "pattern": "x"}
         for kind, rule_id in (("override", "a/b"), ("override", "a\\b"), ("override", "x" * 256),
                               ("override", "tab\there"), ("room", "not-a-room"),
-                              ("room", "!"), ("room", "#alias:test.local"),
+                              ("room", "!"), ("room", "#alias"), ("room", "#:test.local"),
                               ("sender", "bob"), ("sender", "@bob"), ("sender", "@:test.local"),
                               ("sender", "!room:test.local")):
             resp = await self.put(token, kind, rule_id, body)

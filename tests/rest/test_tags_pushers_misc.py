@@ -150,7 +150,7 @@ class PushersTest(TwoUsers):
                                "M_MISSING_PARAM")
         for data in ({}, {"url": "ftp://push.example.org/_matrix/push/v1/notify"},
                      {"url": "https://push.example.org/other"}, {"url": "https://"},
-                     {"url": GATEWAY, "format": "full"}):
+                     {"url": GATEWAY, "format": 5}, {"url": GATEWAY, "format": "f" * 65}):
             resp = await self.set_pusher(self.alice, self.pusher(data=data))
             self.assertEqual(resp.code, 400, (data, resp))
         for bad in ({"kind": "carrier-pigeon"}, {"pushkey": "k" * 513},

@@ -9,8 +9,9 @@ GET /notifications and GET /mutual_rooms.
 * Third-party networks need application services (bridges), which Parley does not run:
   no protocols, and 404 ``M_NOT_FOUND`` (with an errcode, unlike Synapse) for lookups.
 * Notifications: the push actions recorded per event (``handlers/push_actions.py``),
-  newest first, only events the user may see; ``next_token`` is omitted when there
-  are no more results (the schema forbids null).
+  newest first, only events the user may see and has not yet read (as Synapse: a read
+  receipt empties the list); ``next_token`` is omitted when there are no more results
+  (the schema forbids null).
 * Mutual rooms (v1): rooms where both users' membership is ``join``, by room id.
 """
 

@@ -41,7 +41,9 @@ SET_PUSHER_SCHEMA: dict[str, Any] = {
         "data": {
             "type": "object",
             "properties": {"url": {"type": "string", "maxLength": 2048},
-                           "format": {"enum": ["event_id_only"]}},
+                           # Only event_id_only is defined; any other string means the
+                           # full format, as in Synapse (SyTest sends "id_event_only").
+                           "format": {"type": "string", "maxLength": 64}},
         },
         "append": {"type": "boolean"},
     },
