@@ -96,6 +96,41 @@ class UserInteractiveAuth:
         return self._store.consumer(session_id, self._not_before(),
                                     token if isinstance(token, str) else None)
 
+    def registration_consumer(
+        self, session: UiAuthSession, results: dict[str, Any]
+    ) -> Callable[[Txn, str], None]:
+        """:meth:`consumer` for registration: it also records the account the session
+        created, so a re-sent completed request gets that account (see
+        :meth:`registered_user`) and can never create a second one."""
+        token = results.get(REGISTRATION_TOKEN)
+        return self._store.registration_consumer(
+            session.session_id, self._not_before(), session.created_ts,
+            token if isinstance(token, str) else None)
+
+    async def registered_user(self, session_id: str) -> str | None:
+        """The account a spent registration session created, within the session's
+        lifetime; None otherwise."""
+        return await self._store.registered_user(session_id, self._not_before())
+
+    async def live_session(self, session_id: str, uri: str, method: str) -> UiAuthSession | None:
+        """An unexpired, unspent session started for this ``uri``/``method`` by an
+        unauthenticated client; None otherwise (``check`` then says why)."""
+        session = await self._store.get(session_id)
+        if (session is None or session.created_ts < self._not_before() or session.uri != uri
+                or session.method != method or session.user_id is not None):
+            return None
+        return session
+
+    async def set_session_value(self, session_id: str, key: str, value: Any) -> None:
+        """Remember a server-side value (e.g. a password hash) with the session."""
+        await self._store.set_server_value(session_id, key, value)
+
+    async def check_password(self, user_id: str, password: str) -> bool:
+        """The password stage's check (rate-limited per user) outside a UIA flow."""
+        if self.password_limiter is not None:
+            self.password_limiter.check(user_id)
+        return await self._check_password(user_id, password)
+
     async def consume(self, session_id: str) -> None:
         """Spend a completed session before acting on it, so concurrent requests
         replaying it cannot all act: only one wins, the others get what a spent
@@ -165,8 +200,14 @@ class UserInteractiveAuth:
             claimed = self._resolve_identifier(identifier)
         elif isinstance(auth.get("user"), str):
             claimed = self._resolve_identifier({"type": "m.id.user", "user": auth["user"]})
+        if user_id is not None and claimed is not None and claimed != user_id:
+            # Someone holding this user's access token names another account (as
+            # Synapse, 403 rather than another try): that account's password is not
+            # checked, so this cannot be used to guess other users' passwords.
+            raise MatrixError(403, "Invalid auth: you can only authenticate as yourself",
+                              Codes.FORBIDDEN)
         target = user_id or claimed
-        if target is None or (claimed is not None and claimed != target):
+        if target is None:
             raise StageFailed(Codes.FORBIDDEN, "Invalid username or password")
         if self.password_limiter is not None:
             self.password_limiter.check(target)  # 429 before any Argon2 work

@@ -57,6 +57,12 @@ class RegistrationHandler:
     def check_password_policy(self, password: str) -> None:
         self._policy.check(password)
 
+    async def hash_password(self, password: str) -> str:
+        """A policy-checked hash, for a UIA session to remember until it completes
+        (never the password itself)."""
+        self._policy.check(password)
+        return await self._hasher.hash(password)
+
     async def create_account(
         self,
         localpart: str | None,
@@ -65,21 +71,52 @@ class RegistrationHandler:
         is_guest: bool = False,
         enforce_policy: bool = True,
         consume: Callable[[Txn], None] | None = None,
+        password_hash: str | None = None,
+        spend: Callable[[Txn, str], None] | None = None,
     ) -> str:
         """Create the account; a missing localpart gets a generated one.
 
         ``consume`` (from :meth:`UserInteractiveAuth.consumer`) spends the UIA session
         and registration-token use in the account's own transaction: of concurrent
-        requests replaying one session, exactly one creates an account.
+        requests replaying one session, exactly one creates an account. ``spend`` does
+        the same and is also told the new user id (to record it with the session).
+        ``password_hash`` is used when no ``password`` is given: the hash a UIA session
+        remembered from an earlier request (the policy was checked then).
         """
+        step: Callable[[Txn, str], None] | None = None
+        if consume is not None or spend is not None:
+            def step(txn: Txn, uid: str) -> None:
+                if consume is not None:
+                    consume(txn)
+                if spend is not None:
+                    spend(txn, uid)
         try:
             return await self._create_account(localpart, password, is_admin, is_guest,
-                                              enforce_policy, consume)
+                                              enforce_policy, step, password_hash)
         except GrantSpentError as e:
-            if e.what == "registration_token":
-                raise MatrixError(403, "Registration token is no longer valid",
-                                  Codes.FORBIDDEN) from e
-            raise MatrixError(400, "Unknown session ID", Codes.UNKNOWN) from e
+            raise _grant_spent(e) from e
+
+    async def upgrade_guest(
+        self,
+        uid: str,
+        password: str | None,
+        password_hash: str | None,
+        spend: Callable[[Txn, str], None] | None = None,
+    ) -> None:
+        """Make the guest account ``uid`` a full account (the spec's guest upgrade),
+        spending ``spend``'s grants in the same transaction. The caller proved it holds
+        that guest's access token."""
+        if password is not None:
+            self._policy.check(password)
+            password_hash = await self._hasher.hash(password)
+        if password_hash is None:
+            raise MatrixError(400, "Missing parameter: password", Codes.MISSING_PARAM)
+        try:
+            upgraded = await self._users.upgrade_guest(uid, password_hash, _bound(spend, uid))
+        except GrantSpentError as e:
+            raise _grant_spent(e) from e
+        if not upgraded:
+            raise guest_credentials_required()
 
     async def _create_account(
         self,
@@ -88,11 +125,13 @@ class RegistrationHandler:
         is_admin: bool,
         is_guest: bool,
         enforce_policy: bool,
-        consume: Callable[[Txn], None] | None,
+        step: Callable[[Txn, str], None] | None,
+        password_hash: str | None,
     ) -> str:
         if password is not None and enforce_policy:
             self._policy.check(password)
-        password_hash = await self._hasher.hash(password) if password is not None else None
+        if password is not None:
+            password_hash = await self._hasher.hash(password)
         now = self._clock.time_msec()
         if localpart is None:
             for _ in range(10):
@@ -100,7 +139,7 @@ class RegistrationHandler:
                 try:
                     uid = user_id(candidate, self.server_name)
                     await self._users.create_user(uid, password_hash, now, is_admin, is_guest,
-                                                  consume=consume)
+                                                  consume=_bound(step, uid))
                     return uid
                 except UserInUseError:
                     continue
@@ -110,7 +149,26 @@ class RegistrationHandler:
             # Like Synapse, a new account's display name starts as its localpart.
             await self._users.create_user(uid, password_hash, now, is_admin, is_guest,
                                           displayname=None if is_guest else localpart,
-                                          consume=consume)
+                                          consume=_bound(step, uid))
         except UserInUseError as e:
             raise MatrixError(400, "User ID already taken.", Codes.USER_IN_USE) from e
         return uid
+
+
+def _bound(step: Callable[[Txn, str], None] | None, uid: str) -> Callable[[Txn], None] | None:
+    """The account transaction's grant-spending step, told which user id it creates."""
+    if step is None:
+        return None
+    return lambda txn: step(txn, uid)
+
+
+def _grant_spent(e: GrantSpentError) -> MatrixError:
+    if e.what == "registration_token":
+        return MatrixError(403, "Registration token is no longer valid", Codes.FORBIDDEN)
+    return MatrixError(400, "Unknown session ID", Codes.UNKNOWN)
+
+
+def guest_credentials_required() -> MatrixError:
+    """What registering a taken user id with a wrong guest token gets (as Synapse)."""
+    return MatrixError(403, "Cannot register taken user ID without valid guest credentials "
+                       "for that user.", Codes.FORBIDDEN)

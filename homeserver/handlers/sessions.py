@@ -7,7 +7,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from homeserver.auth.access_tokens import AccessTokenCodec
+from homeserver.auth.access_tokens import AccessClaims, AccessTokenCodec, TokenError
 from homeserver.auth.requester import ClientInfo
 from homeserver.auth.session_cache import SessionCache
 from homeserver.clock import Clock
@@ -64,6 +64,17 @@ class SessionHandler:
                     else self._config.access_token_lifetime_without_refresh)
         token, _exp = self._codec.issue(user_id, device_id, session_id, lifetime, is_guest)
         return token, int(lifetime * 1000)
+
+    async def verify_access_token(self, token: str) -> AccessClaims | None:
+        """The claims of a genuine, unexpired, unrevoked access token, else None: for a
+        token sent in a request body (registration's ``guest_access_token``)."""
+        try:
+            claims = self._codec.verify(token)
+        except TokenError:
+            return None
+        if not await self._cache.is_active(claims.session_id):
+            return None
+        return claims
 
     async def start_session(self, user_id: str, device_id: str, want_refresh: bool) -> IssuedTokens:
         """A new login on a device; any earlier session of that device ends.

@@ -146,7 +146,7 @@ def register_all(router: Router, c: Components) -> None:
     auth_limits = c.auth_limits
     RegisterServlets(
         c.config.registration, c.registration, c.uia, c.devices, c.events,
-        c.stores.registration_tokens, c.clock, auth_limits,
+        c.stores.registration_tokens, c.clock, auth_limits, c.sessions,
     ).register(router)
     LoginServlets(c.config.server_name, c.password_auth, c.devices, c.sessions,
                   c.events, auth_limits).register(router)

@@ -150,6 +150,35 @@ class UiAuthStore:
 
         return _consume
 
+    def registration_consumer(
+        self, session_id: str, not_before_ms: int, session_created_ts: int,
+        registration_token: str | None = None,
+    ) -> Callable[[Txn, str], None]:
+        """Like :meth:`consumer`, and also records which account the session created,
+        in the same transaction, so a re-sent completed registration can be answered
+        with that account rather than creating another (see :meth:`registered_user`)."""
+        spend = self.consumer(session_id, not_before_ms, registration_token)
+
+        def _consume(txn: Txn, user_id: str) -> None:
+            spend(txn)
+            txn.execute(
+                "INSERT INTO ui_auth_registrations (session_id, user_id, created_ts)"
+                " VALUES (?, ?, ?)",
+                (session_id, user_id, session_created_ts),
+            )
+
+        return _consume
+
+    async def registered_user(self, session_id: str, not_before_ms: int) -> str | None:
+        """The account a spent registration session created, while the session would
+        still be alive (created at or after ``not_before_ms``); else None."""
+        row = await self._db.query_one(
+            "get_ui_auth_registration",
+            "SELECT user_id FROM ui_auth_registrations WHERE session_id = ? AND created_ts >= ?",
+            session_id, not_before_ms,
+        )
+        return str(row[0]) if row is not None else None
+
     async def consume(self, session_id: str, not_before_ms: int) -> bool:
         """Spend a completed session on its own; False if it was already spent."""
         try:
@@ -184,6 +213,8 @@ class UiAuthStore:
                 token = json.loads(token_json) if token_json is not None else None
                 if isinstance(token, str):
                     release_token_txn(txn, token)
+            txn.execute("DELETE FROM ui_auth_registrations WHERE created_ts < ?",
+                        (older_than_ms,))
             return count
 
         return await self._db.run("expire_ui_auth_sessions", _expire)

@@ -61,6 +61,27 @@ class UserStore:
                 raise UserInUseError(user_id) from e
             raise
 
+    async def upgrade_guest(
+        self, user_id: str, password_hash: str, consume: Callable[[Txn], None] | None = None
+    ) -> bool:
+        """Make an active guest account a full account with this password, spending
+        ``consume``'s grants in the same transaction. False (nothing spent) if the
+        account is not an active guest (any more)."""
+
+        def _upgrade(txn: Txn) -> bool:
+            txn.execute(
+                "UPDATE users SET password_hash = ?, is_guest = ?"
+                " WHERE user_id = ? AND is_guest = ? AND deactivated = ?",
+                (password_hash, False, user_id, True, False),
+            )
+            if txn.rowcount != 1:
+                return False
+            if consume is not None:
+                consume(txn)
+            return True
+
+        return bool(await self._db.run("upgrade_guest", _upgrade))
+
     async def get_user(self, user_id: str) -> UserRecord | None:
         row = await self._db.query_one(
             "get_user",

@@ -54,7 +54,7 @@ class RegisterTest(HomeserverTestCase):
         self.assertMatrixError(resp, 400, "M_USER_IN_USE")
 
     async def test_invalid_usernames(self) -> None:
-        for name in ("Upper", "sp ace", "_appservice", "é", "a:b", "x" * 300, "eve\n"):
+        for name in ("sp ace", "_appservice", "é", "a:b", "x" * 300, "eve\n"):
             resp = await self.request("POST", REGISTER, {"username": name, "password": TEST_PASSWORD})
             self.assertMatrixError(resp, 400, "M_INVALID_USERNAME")
 
