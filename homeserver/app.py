@@ -97,6 +97,7 @@ async def build_homeserver(
     e2ee = await build_e2ee(config, clock, stores, notifier, accounts.devices, rooms.fanout)
     sync = await build_sync(config, clock, stores, notifier, accounts, rooms, e2ee)
     accounts.account.on_deactivated.append(rooms.membership.leave_all_rooms)
+    accounts.profile.on_member_profile_changed.append(rooms.membership.refresh_profile)
     media, url_previewer = build_media(config, clock, stores.media, plugin_manager,
                                        default_reactor)
     router = Router()

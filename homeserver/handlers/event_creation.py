@@ -167,10 +167,36 @@ class EventCreationHandler:
             if check is not None:
                 await check(turn.snapshot)
             event = await self._build(version, room_id, sender, draft, turn.snapshot, {})
-            await self._persister.persist_in_turn(
-                turn, [event], PersistKind.LOCAL, self.validate,
-                txn_key=(sender, *txn) if txn is not None else None)
+            current = await self._same_as_current(event, turn.snapshot)
+
+            async def validate(ev: Event, snap: RoomSnapshot) -> None:
+                # Runs once the auth rules passed: a duplicate is still refused to a
+                # sender who may not send it.
+                if current is not None:
+                    raise _Duplicate(current)
+                await self.validate(ev, snap)
+
+            try:
+                await self._persister.persist_in_turn(
+                    turn, [event], PersistKind.LOCAL, validate,
+                    txn_key=(sender, *txn) if txn is not None else None)
+            except _Duplicate as dup:
+                return dup.event
         return event
+
+    async def _same_as_current(self, event: Event, snap: RoomSnapshot) -> Event | None:
+        """The current state event ``event`` would only repeat (same sender, same
+        content), as Synapse de-duplicates state: setting identical state twice makes
+        no new event and the first one is the answer."""
+        if event.state_key is None:
+            return None
+        current_id = snap.state_ids.get((event.type, event.state_key))
+        if current_id is None:
+            return None
+        current = await self._events.get_event(current_id)
+        if current is None or current.sender != event.sender or current.content != event.content:
+            return None
+        return current
 
     async def _event_for_txn(self, room_id: str, sender: str,
                              txn: tuple[str, str]) -> Event | None:
@@ -217,6 +243,15 @@ class EventCreationHandler:
         if len(encode_canonical_json({**signed, "event_id": event_id})) > MAX_EVENT_SIZE:
             raise MatrixError(413, "Event too large", Codes.TOO_LARGE)
         return Event(event_id, signed, version)
+
+
+class _Duplicate(Exception):
+    """Raised inside the room queue to drop an authorised event that repeats the
+    current state; carries the existing event."""
+
+    def __init__(self, event: Event) -> None:
+        super().__init__(event.event_id)
+        self.event = event
 
 
 # State a client may not set directly (PUT /state or createRoom's initial_state):

@@ -187,9 +187,10 @@ class LegacyHandler:
             else self._d.creation.current_position()
         page = await self._d.pagination.get_messages(user_id, device_id, room_id, "b",
                                                      f"t{position}", None, limit, None)
-        messages: JsonDict = {"chunk": list(reversed(page["chunk"])), "end": page["start"]}
-        if "end" in page:
-            messages["start"] = page["end"]
+        # ``start`` pages on backwards from the oldest message; when nothing older is
+        # visible that is the beginning of the stream (the API always gives both keys).
+        messages: JsonDict = {"chunk": list(reversed(page["chunk"])), "start": page.get("end", "t0"),
+                              "end": page["start"]}
         out["messages"] = messages
         state = await self._d.room_reads.get_state(user_id, room_id)
         out["state"] = await self._d.serializer.serialize(state, user_id, device_id)

@@ -23,7 +23,7 @@ from homeserver.events.power_levels import (
     get_user_power_level,
 )
 from homeserver.events.room_versions import RoomVersion
-from homeserver.handlers.event_creation import EventCreationHandler
+from homeserver.handlers.event_creation import EventCreationHandler, RoomSnapshot
 from homeserver.http.errors import Codes, MatrixError
 from homeserver.identifiers import check_room_alias, split_user_id
 from storage.stores.profiles import ProfileStore
@@ -35,6 +35,10 @@ logger = logging.getLogger(__name__)
 # The spec's error when no local user may vouch for a restricted join (not yet in Codes).
 UNABLE_TO_GRANT_JOIN = "M_UNABLE_TO_GRANT_JOIN"
 ROOM_MEMBERSHIP_CONDITION = "m.room_membership"
+# Member event content a client may not choose on a join: what the event is, who
+# vouched for it, and the request's own parameters.
+SERVER_MEMBER_KEYS = frozenset({"membership", AUTHORISING_USER, "third_party_signed",
+                                "reason"})
 
 
 class MembershipHandler:
@@ -110,13 +114,17 @@ class MembershipHandler:
             raise MatrixError(403, "The target user is not banned", Codes.FORBIDDEN)
         return await self.update(sender, room_id, target, membership, reason)
 
-    async def join(self, user_id: str, room_id_or_alias: str, reason: str | None = None) -> str:
+    async def join(self, user_id: str, room_id_or_alias: str, reason: str | None = None,
+                   custom: Mapping[str, Any] | None = None) -> str:
+        """Join; ``custom`` is the rest of the client's request body, kept on the member
+        event as Synapse does, except the keys only the server may set."""
         room_id = await self.resolve_room(room_id_or_alias)
         current = await self._members.get_membership(user_id, room_id)
         if current is not None and current.membership == "join":
             return room_id  # idempotent, as Synapse
-        extra = await self._restricted_join_fields(
-            user_id, room_id, current.membership if current is not None else None)
+        extra = {k: v for k, v in (custom or {}).items() if k not in SERVER_MEMBER_KEYS}
+        extra.update(await self._restricted_join_fields(
+            user_id, room_id, current.membership if current is not None else None) or {})
         await self.update(user_id, room_id, user_id, "join", reason, extra)
         return room_id
 
@@ -205,6 +213,42 @@ class MembershipHandler:
             except MatrixError as e:
                 logger.warning("deactivation: could not leave %s for %s: %s", record.room_id,
                                user_id, e)
+
+    async def refresh_profile(self, user_id: str) -> None:
+        """After a display name or avatar change: a new join event in each joined room
+        carrying the new profile (as Synapse). The rest of the content is kept, except
+        the authorising user, which only vouched for the original join. A room that
+        refuses (e.g. member events need a higher power level) does not stop the rest."""
+        profile = await self._profiles.get_profile(user_id)
+        fields = {"displayname": profile.displayname if profile is not None else None,
+                  "avatar_url": profile.avatar_url if profile is not None else None}
+        for record in await self._members.rooms_for_user(user_id, ("join",)):
+            state = await self._creation.current_state(
+                record.room_id, [("m.room.member", user_id)])
+            current = state.get(("m.room.member", user_id))
+            if current is None or current.membership != "join":
+                continue
+            content = {k: v for k, v in current.content.items() if k != AUTHORISING_USER}
+            for key, value in fields.items():
+                if value:
+                    content[key] = value
+                else:
+                    content.pop(key, None)
+            if content == current.content:
+                continue
+            seen = current.event_id
+
+            async def unchanged(snap: RoomSnapshot, seen: str = seen) -> None:
+                # In the room's queue: never re-join a user who left meanwhile.
+                if snap.state_ids.get(("m.room.member", user_id)) != seen:
+                    raise MatrixError(409, "Membership changed meanwhile", Codes.UNKNOWN)
+
+            try:
+                await self._creation.send(record.room_id, user_id, "m.room.member", content,
+                                          user_id, check=unchanged)
+            except MatrixError as e:
+                logger.warning("profile change: could not update %s in %s: %s", user_id,
+                               record.room_id, e)
 
     async def forget(self, user_id: str, room_id: str) -> None:
         current = await self._members.get_membership(user_id, room_id)

@@ -382,12 +382,12 @@ class PaginationHandler:
             if ev.membership != "join" or ev.state_key is None:
                 continue
             content = served[ev.event_id]["content"]
-            entry: JsonDict = {}
-            if isinstance(content.get("displayname"), str):
-                entry["display_name"] = content["displayname"]
-            if isinstance(content.get("avatar_url"), str):
-                entry["avatar_url"] = content["avatar_url"]
-            out[ev.state_key] = entry
+            # Both keys always present, null when unset (as Synapse; clients rely on it).
+            name, avatar = content.get("displayname"), content.get("avatar_url")
+            out[ev.state_key] = {
+                "display_name": name if isinstance(name, str) else None,
+                "avatar_url": avatar if isinstance(avatar, str) else None,
+            }
         return out
 
     # -- /timestamp_to_event ------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from homeserver.auth.requester import Requester
@@ -58,6 +59,14 @@ class ProfileHandler:
     def __init__(self, server_name: str, store: ProfileStore) -> None:
         self._server_name = server_name
         self._store = store
+        # Called with the user id after a display name or avatar change (e.g. to update
+        # the user's member events in their rooms, as Synapse does).
+        self.on_member_profile_changed: list[Callable[[str], Awaitable[None]]] = []
+
+    async def _member_profile_changed(self, user_id: str, key: str) -> None:
+        if key in (DISPLAYNAME, AVATAR_URL):
+            for observer in self.on_member_profile_changed:
+                await observer(user_id)
 
     async def get_profile(self, user_id: str) -> dict[str, Any]:
         """Every set field of a local, active user; 400 if ``user_id`` is malformed, else 404.
@@ -99,6 +108,7 @@ class ProfileHandler:
             )
         if result is SetFieldResult.NO_PROFILE:
             raise not_found("Profile not found")
+        await self._member_profile_changed(target_id, key)
 
     async def delete_field(self, requester: Requester, target_id: str, key: str) -> None:
         """Remove a field; succeeds when it was not set (spec). For displayname and
@@ -107,6 +117,7 @@ class ProfileHandler:
         self._check_may_change(requester, target_id, key)
         if await self._store.set_field(target_id, key, None) is SetFieldResult.NO_PROFILE:
             raise not_found("Profile not found")
+        await self._member_profile_changed(target_id, key)
 
     @staticmethod
     def _check_may_change(requester: Requester, target_id: str, key: str) -> None:

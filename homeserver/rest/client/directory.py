@@ -53,9 +53,10 @@ class DirectoryServlets:
         list_path = client_paths("/directory/list/room/{roomId}")
         router.add("GET", list_path, self.on_get_visibility, auth="none")
         router.add("PUT", list_path, self.on_put_visibility, body_schema=SET_VISIBILITY_SCHEMA)
-        # Synapse's default allow_public_rooms_without_auth: false; guests may list.
+        # GET needs no token, as the spec says (Synapse gates it behind
+        # allow_public_rooms_without_auth); POST (with search filters) needs one.
         router.add("GET", client_paths("/publicRooms"), self.on_get_public_rooms,
-                   allow_guest=True)
+                   auth="optional", allow_guest=True)
         router.add("POST", client_paths("/publicRooms"), self.on_post_public_rooms,
                    allow_guest=True, body_schema=PUBLIC_ROOMS_SCHEMA)
 
@@ -85,7 +86,6 @@ class DirectoryServlets:
         return 200, {}
 
     async def on_get_public_rooms(self, req: ApiRequest) -> tuple[int, Any]:
-        req.require_requester()
         return 200, await self._directory.public_rooms(
             limit=req.query_int("limit"), since=req.query("since"), server=req.query("server"))
 

@@ -55,7 +55,7 @@ class MembershipServlets:
         r = req.require_requester()
         if req.body.get("third_party_signed") is not None:
             raise MatrixError(400, "Third-party invites are not supported", Codes.UNRECOGNIZED)
-        room_id = await self._m.join(r.user_id, target, req.body.get("reason"))
+        room_id = await self._m.join(r.user_id, target, req.body.get("reason"), req.body)
         return 200, {"room_id": room_id}
 
     async def on_knock(self, req: ApiRequest, roomIdOrAlias: str) -> tuple[int, Any]:  # noqa: N803

@@ -65,6 +65,10 @@ class RoomServlets:
                    body_schema=CREATE_ROOM_SCHEMA)
         router.add("PUT", client_paths("/rooms/{roomId}/send/{eventType}/{txnId}"), self.on_send,
                    body_schema=CONTENT_SCHEMA)
+        # Without a transaction id (r0 clients still send this; as Synapse, each request
+        # makes a new event since there is nothing to de-duplicate on).
+        router.add("POST", client_paths("/rooms/{roomId}/send/{eventType}"), self.on_send,
+                   body_schema=CONTENT_SCHEMA)
         for suffix in ("/rooms/{roomId}/state/{eventType}/{stateKey}",
                        "/rooms/{roomId}/state/{eventType}/", "/rooms/{roomId}/state/{eventType}"):
             router.add("PUT", client_paths(suffix), self.on_put_state, body_schema=CONTENT_SCHEMA)
@@ -84,14 +88,15 @@ class RoomServlets:
         return 200, out
 
     async def on_send(self, req: ApiRequest, roomId: str, eventType: str,  # noqa: N803
-                      txnId: str) -> tuple[int, Any]:
+                      txnId: str | None = None) -> tuple[int, Any]:
         r = req.require_requester()
         check_room_id(roomId)
         check_event_type(eventType)
         if eventType in ("m.room.redaction",):
             raise MatrixError(400, "Use /redact to redact events", Codes.BAD_JSON)
         event = await self._events.send(roomId, r.user_id, eventType, req.body,
-                                        txn=(r.device_id or "", txnId))
+                                        txn=(r.device_id or "", txnId) if txnId is not None
+                                        else None)
         return 200, {"event_id": event.event_id}
 
     async def on_put_state(self, req: ApiRequest, roomId: str, eventType: str,  # noqa: N803
