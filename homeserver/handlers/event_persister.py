@@ -159,6 +159,7 @@ class EventPersister:
         holds up the room's next writer."""
         lock = self._lock(room_id)
         await lock.acquire()
+        turn: RoomQueue | None = None
         try:
             snap = EMPTY_SNAPSHOT if new_room else await self.snapshot(room_id)
             turn = RoomQueue(room_id, snap)
@@ -167,8 +168,9 @@ class EventPersister:
             lock.release()
             if not lock.locked and not lock.waiting:
                 self._locks.pop(room_id, None)
-        if turn.persisted:
-            await self._publish(turn.persisted)
+            # Published even when the turn failed part-way: what was stored is delivered.
+            if turn is not None and turn.persisted:
+                await self._publish(turn.persisted)
 
     async def persist(self, room_id: str, events: Sequence[Event], kind: PersistKind) -> None:
         """Persist events that need no caller-held snapshot (they carry their own

@@ -200,3 +200,25 @@ class FanoutTest(RoomTestCase):
         self.assertIn(ALICE, states[0].members)
         positions = [r.position for r in seen]
         self.assertEqual(positions, sorted(positions))
+
+    async def test_events_stored_before_a_failure_are_published(self) -> None:
+        """A createRoom whose third write fails: the two stored events still reach the
+        subscribers (and the long-polls), the caller gets the failure."""
+        seen: list[PersistedEvent] = []
+        self.hs.fanout.subscribe("recorder", seen.append)
+        alice = await self.user("alice")
+        store = self.hs.stores.events
+        real = store.persist_event
+        calls: list[Any] = []
+
+        async def failing_third(req: Any) -> int:
+            calls.append(req)
+            if len(calls) == 3:
+                raise RuntimeError("disk full")
+            return await real(req)
+
+        store.persist_event = failing_third  # type: ignore[method-assign]
+        resp = await self.request("POST", f"{CS}/createRoom", {}, token=alice)
+        self.assertEqual(resp.code, 500)
+        self.assertEqual([r.event.type for r in seen], ["m.room.create", "m.room.member"])
+        self.flushLoggedErrors(RuntimeError)
