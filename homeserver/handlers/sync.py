@@ -7,13 +7,14 @@ leave / knock; every event list passes the history-visibility filter.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from homeserver.clock import Clock
 from homeserver.events.client_format import serialize_event
-from homeserver.events.model import Event, StateKey
+from homeserver.events.model import Event
 from homeserver.events.redaction import prune_event_dict
 from homeserver.handlers.account_data import AccountDataHandler
 from homeserver.handlers.event_creation import EventCreationHandler
@@ -29,6 +30,11 @@ from storage.stores.room_members import MembershipRecord, RoomMemberStore
 JsonDict = dict[str, Any]
 # Positions in a sync token, in order. Older tokens with fewer fields parse with zeros.
 EXTRA_STREAMS = ("receipts", "typing", "presence", "to_device", "device_lists")
+# Lazy-loaded members already sent, remembered per (user, device) so incremental syncs do
+# not resend them (Synapse's lazy-loaded members cache). Bounded: forgetting only resends.
+LL_CACHE_DEVICES = 10_000
+LL_CACHE_MEMBERS = 1_000
+MAX_HEROES = 5
 STRIPPED_STATE_TYPES = ("m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar",
                         "m.room.canonical_alias", "m.room.encryption", "m.room.topic")
 
@@ -137,6 +143,8 @@ class SyncHandler:
         # Unread notification counts (PushActionsHandler.unread_counts):
         # (user, joined room ids, per-thread) -> {room_id: {"unread_notifications": ...}}.
         self.unread_counts = unread_counts
+        self._ll_sent: OrderedDict[tuple[str, str | None], OrderedDict[str, str]] = \
+            OrderedDict()
 
     async def load_positions(self) -> None:
         self._ad_position = await self._ad_store.max_stream_id()
@@ -202,15 +210,18 @@ class SyncHandler:
         rooms: JsonDict = {"join": {}, "invite": {}, "leave": {}, "knock": {}}
         memberships = await self._members.rooms_for_user(
             req.user_id, ("join", "invite", "leave", "ban", "knock"), include_forgotten=False)
+        ignored = await self._ignored_users(req.user_id)
         for m in memberships:
             if not req.filter.allows_room(m.room_id) or m.stream_ordering > token.events:
                 continue
             changed_membership = since is None or m.stream_ordering > since.events
             if m.membership == "join":
-                room = await self._joined_room(req, m, token, changed_membership)
+                room = await self._joined_room(req, m, token, changed_membership, ignored)
                 if room is not None:
                     rooms["join"][m.room_id] = room
             elif m.membership == "invite" and changed_membership:
+                if await self._inviter(m) in ignored:
+                    continue  # spec: invites from ignored users are not sent down
                 rooms["invite"][m.room_id] = {"invite_state": {
                     "events": await self._stripped_state(m, req.user_id)}}
             elif m.membership == "knock" and changed_membership:
@@ -219,7 +230,7 @@ class SyncHandler:
             elif m.membership in ("leave", "ban"):
                 if (since is not None and changed_membership) or (
                         since is None and req.filter.include_leave):
-                    room = await self._left_room(req, m)
+                    room = await self._left_room(req, m, ignored)
                     if room is not None:
                         rooms["leave"][m.room_id] = room
         joined_ids = [m.room_id for m in memberships if m.membership == "join"
@@ -281,14 +292,28 @@ class SyncHandler:
         response.update(extra_sections)
         return response
 
-    async def _timeline(self, req: SyncRequest, room_id: str, since: int, upto: int
-                        ) -> tuple[list[Event], bool]:
-        """The newest visible events in (since, upto], and whether older ones were cut."""
+    async def _ignored_users(self, user_id: str) -> frozenset[str]:
+        """``m.ignored_user_list``: their messages and invites are hidden from this user."""
+        content = await self._ad_store.get_account_data(user_id, None, "m.ignored_user_list")
+        users = content.get("ignored_users") if isinstance(content, dict) else None
+        return frozenset(u for u in users if isinstance(u, str)) if isinstance(
+            users, dict) else frozenset()
+
+    async def _inviter(self, m: MembershipRecord) -> str | None:
+        event = await self._events.get_event(m.event_id)
+        return event.sender if event is not None else None
+
+    async def _timeline(self, req: SyncRequest, room_id: str, since: int, upto: int,
+                        ignored: frozenset[str] = frozenset()) -> tuple[list[Event], bool]:
+        """The newest visible events in (since, upto], and whether older ones were cut.
+        Non-state events from ignored users are dropped (as Synapse does)."""
         limit = req.filter.timeline_limit
         fetched = await self._events.get_room_events_stream(room_id, since, upto, limit + 1)
         limited = len(fetched) > limit
         events = fetched[-limit:] if limit else []
         events = req.filter.timeline.filter(events)
+        if ignored:
+            events = [e for e in events if e.state_key is not None or e.sender not in ignored]
         events = await self._visibility.filter_events(req.user_id, events)
         return events, limited
 
@@ -300,21 +325,43 @@ class SyncHandler:
         group = await self._events.get_state_group_for_event(before[0].event_id)
         return await self._events.get_state_for_group(group) if group is not None else {}
 
+    async def _state_delta(self, room_id: str, since: int, start: int) -> StateMap:
+        """State entries that changed between the client's token and the timeline start."""
+        before = await self._state_at(room_id, since)
+        after = await self._state_at(room_id, start)
+        return {k: v for k, v in after.items() if before.get(k) != v}
+
     async def _joined_room(self, req: SyncRequest, m: MembershipRecord, token: SyncToken,
-                           newly_joined: bool) -> JsonDict | None:
+                           newly_joined: bool, ignored: frozenset[str] = frozenset()
+                           ) -> JsonDict | None:
         since = req.since.events if req.since and not newly_joined else 0
-        events, limited = await self._timeline(req, m.room_id, since, token.events)
+        events, limited = await self._timeline(req, m.room_id, since, token.events, ignored)
         if req.since is not None and not newly_joined and not events and not req.full_state:
             return None if not await self._room_has_account_data(req, m.room_id) else \
                 self._empty_room(token)
         start = (events[0].internal.stream_ordering or 1) - 1 if events else token.events
+        full = req.since is None or newly_joined or req.full_state
+        lazy = req.filter.state.lazy_load_members
         state: StateMap = {}
-        if req.since is None or newly_joined or req.full_state:
+        if full:
             state = await self._state_at(m.room_id, start)
-        elif limited:
-            before = await self._state_at(m.room_id, req.since.events)
-            after = await self._state_at(m.room_id, start)
-            state = {k: v for k, v in after.items() if before.get(k) != v}
+            if lazy:
+                keep = self._timeline_senders(events) | {req.user_id}
+                state = {k: v for k, v in state.items()
+                         if k[0] != "m.room.member" or k[1] in keep}
+        else:
+            if limited:
+                state = await self._state_delta(m.room_id, since, start)
+            if lazy:
+                senders = self._timeline_senders(events)
+                if senders:
+                    at_start = await self._state_at(m.room_id, start)
+                    for user in senders:
+                        key = ("m.room.member", user)
+                        if key in at_start:
+                            state.setdefault(key, at_start[key])
+        if lazy:
+            state = self._dedupe_lazy_members(req, state, events)
         state_events = await self._state_events(req, state, events)
         return {
             "timeline": {
@@ -326,8 +373,51 @@ class SyncHandler:
             "ephemeral": {"events": []},
             "account_data": {"events": []},
             "unread_notifications": {"notification_count": 0, "highlight_count": 0},
-            "summary": await self._summary(m.room_id, req.user_id),
+            "summary": await self._summary(m.room_id, req.user_id, token.events),
         }
+
+    @staticmethod
+    def _timeline_senders(events: list[Event]) -> set[str]:
+        """Senders the client needs a membership for: not those whose own membership event
+        comes in the timeline at or before their first event (the client has it there)."""
+        seen_member: set[str] = set()
+        senders: set[str] = set()
+        for e in events:
+            if e.type == "m.room.member" and e.state_key is not None and \
+                    e.state_key == e.sender and e.sender not in senders:
+                seen_member.add(e.sender)
+            if e.sender not in seen_member:
+                senders.add(e.sender)
+            if e.type == "m.room.member" and e.state_key is not None:
+                seen_member.add(e.state_key)
+        return senders
+
+    def _dedupe_lazy_members(self, req: SyncRequest, state: StateMap,
+                             timeline: list[Event]) -> StateMap:
+        """Lazy-loading: drop member events this device was already sent (unless
+        ``include_redundant_members``) and remember what it gets now. A new sync sequence
+        (no ``since``) starts afresh, as the client may have lost what it had."""
+        key = (req.user_id, req.device_id)
+        sent = self._ll_sent.pop(key, None)
+        if sent is None or req.since is None:
+            sent = OrderedDict()
+        self._ll_sent[key] = sent
+        while len(self._ll_sent) > LL_CACHE_DEVICES:
+            self._ll_sent.popitem(last=False)
+        if req.since is not None and not req.filter.state.include_redundant_members:
+            state = {k: v for k, v in state.items()
+                     if k[0] != "m.room.member" or sent.get(k[1]) != v}
+        for (etype, skey), eid in state.items():
+            if etype == "m.room.member":
+                sent[skey] = eid
+                sent.move_to_end(skey)
+        for e in timeline:
+            if e.type == "m.room.member" and e.state_key is not None:
+                sent[e.state_key] = e.event_id
+                sent.move_to_end(e.state_key)
+        while len(sent) > LL_CACHE_MEMBERS:
+            sent.popitem(last=False)
+        return state
 
     async def _room_has_account_data(self, req: SyncRequest, room_id: str) -> bool:
         assert req.since is not None
@@ -343,11 +433,24 @@ class SyncHandler:
                 "unread_notifications": {"notification_count": 0, "highlight_count": 0},
                 "summary": {}}
 
-    async def _left_room(self, req: SyncRequest, m: MembershipRecord) -> JsonDict | None:
+    async def _left_room(self, req: SyncRequest, m: MembershipRecord,
+                         ignored: frozenset[str] = frozenset()) -> JsonDict | None:
+        """Timeline up to the leave. Incremental: state is only what changed since the
+        client's token (nothing, if there was no gap), as for a joined room."""
         since = req.since.events if req.since else 0
-        events, limited = await self._timeline(req, m.room_id, since, m.stream_ordering)
+        events, limited = await self._timeline(req, m.room_id, since, m.stream_ordering,
+                                               ignored)
         start = (events[0].internal.stream_ordering or 1) - 1 if events else m.stream_ordering
-        state = await self._state_at(m.room_id, start)
+        if req.since is None or req.full_state:
+            state = await self._state_at(m.room_id, start)
+            if req.filter.state.lazy_load_members:
+                keep = self._timeline_senders(events) | {req.user_id}
+                state = {k: v for k, v in state.items()
+                         if k[0] != "m.room.member" or k[1] in keep}
+        elif limited:
+            state = await self._state_delta(m.room_id, since, start)
+        else:
+            state = {}
         state_events = await self._state_events(req, state, events)
         return {
             "timeline": {"events": await self._timeline_events(events, req),
@@ -358,18 +461,13 @@ class SyncHandler:
 
     async def _state_events(self, req: SyncRequest, state: StateMap,
                             timeline: list[Event]) -> list[Event]:
+        """``state`` (already narrowed for lazy-loading) through the state filter, minus
+        what the timeline carries."""
         f = req.filter.state
-        wanted: dict[StateKey, str] = {}
-        lazy_members = {e.sender for e in timeline} | {req.user_id}
-        for (etype, skey), eid in state.items():
-            if not f.allows_type(etype):
-                continue
-            if etype == "m.room.member" and f.lazy_load_members and skey not in lazy_members:
-                continue
-            wanted[(etype, skey)] = eid
+        wanted = [eid for (etype, _), eid in state.items() if f.allows_type(etype)]
         timeline_ids = {e.event_id for e in timeline}
-        found = await self._events.get_events(v for v in wanted.values() if v not in timeline_ids)
-        return [found[v] for v in wanted.values() if v in found]
+        found = await self._events.get_events(v for v in wanted if v not in timeline_ids)
+        return [found[v] for v in wanted if v in found]
 
     async def _stripped_state(self, m: MembershipRecord, user_id: str) -> list[JsonDict]:
         group = await self._events.get_state_group_for_event(m.event_id)
@@ -380,12 +478,35 @@ class SyncHandler:
         return [{"type": e.type, "state_key": e.state_key, "content": e.content,
                  "sender": e.sender} for e in (found.get(i) for i in ids) if e is not None]
 
-    async def _summary(self, room_id: str, user_id: str) -> JsonDict:
-        joined = await self._members.members_of_room(room_id, ("join",))
-        invited = await self._members.members_of_room(room_id, ("invite",))
-        heroes = [m.user_id for m in joined + invited if m.user_id != user_id][:5]
-        return {"m.joined_member_count": len(joined), "m.invited_member_count": len(invited),
-                "m.heroes": heroes}
+    async def _summary(self, room_id: str, user_id: str, position: int) -> JsonDict:
+        """Counts and heroes from the room state at the sync position (spec RoomSummary).
+        Heroes only when the room has no name or canonical alias (Synapse): up to 5
+        other joined/invited users, sorted; if none, those who left or were banned."""
+        state = await self._state_at(room_id, position)
+        member_ids = [eid for (etype, _), eid in state.items() if etype == "m.room.member"]
+        named_ids = [state[(t, "")] for t in ("m.room.name", "m.room.canonical_alias")
+                     if (t, "") in state]
+        found = await self._events.get_events(member_ids + named_ids)
+        by_membership: dict[str, list[str]] = {}
+        for eid in member_ids:
+            ev = found.get(eid)
+            if ev is not None and ev.state_key is not None:
+                by_membership.setdefault(str(ev.content.get("membership")), []).append(
+                    ev.state_key)
+        joined = by_membership.get("join", [])
+        invited = by_membership.get("invite", [])
+        summary: JsonDict = {"m.joined_member_count": len(joined),
+                             "m.invited_member_count": len(invited)}
+        named = any(found.get(eid) is not None and (
+            found[eid].content.get("name") or found[eid].content.get("alias"))
+            for eid in named_ids)
+        if not named:
+            heroes = [u for u in joined + invited if u != user_id]
+            if not heroes:
+                heroes = [u for u in by_membership.get("leave", []) + by_membership.get(
+                    "ban", []) if u != user_id]
+            summary["m.heroes"] = sorted(heroes)[:MAX_HEROES]
+        return summary
 
     async def _serialize_state(self, events: list[Event], req: SyncRequest) -> list[JsonDict]:
         if self.serializer is not None:
