@@ -99,11 +99,15 @@ async def build_rooms(config: Config, clock: Clock, stores: Stores, notifier: No
                                    stores.events, creation)
     fanout.subscribe("search", lambda rec: search_indexer.on_event(rec.event))
     await search_indexer.start(creation.current_position())
+    membership = MembershipHandler(config.server_name, creation, stores.room_members,
+                                   stores.profiles, stores.room_aliases, stores.users)
+    # Guests leave a room once its guest access is revoked (in the background: the
+    # leaves are events of the same room, published after this delivery).
+    fanout.subscribe("guest_kick", lambda rec: membership.on_event_persisted(rec.event))
     return RoomsArea(
         fanout=fanout, persister=persister, event_creation=creation, visibility=visibility,
         client_events=client_events, room_reads=room_reads, room_creation=room_creation,
-        membership=MembershipHandler(config.server_name, creation, stores.room_members,
-                                     stores.profiles, stores.room_aliases),
+        membership=membership,
         pagination=PaginationHandler(stores.events, stores.state_history, stores.room_members,
                                      stores.event_timestamps, visibility, creation,
                                      client_events),

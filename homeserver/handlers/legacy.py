@@ -6,7 +6,8 @@ visibility rules apply.
   /events, /initialSync or /sync), long-polling through :meth:`SyncHandler.wait_for` (the
   same wait /sync uses, so one notifier wake-up rule for both). Only timeline events:
   unlike Synapse, no presence, typing or receipts (clients of this API poll /sync for
-  those), and no ``room_id`` peeking.
+  those). ``room_id`` limits it to one room, and lets a user peek at a world-readable
+  room they are not in; guests must give one.
 - /events/{eventId} is /rooms/{roomId}/event/{eventId} without the room: an unknown event
   and one the user may not see are the same 404.
 - /initialSync and /rooms/{roomId}/initialSync take their messages from /messages
@@ -31,7 +32,7 @@ from homeserver.handlers.presence import PresenceHandler
 from homeserver.handlers.room_reads import RoomReadHandler
 from homeserver.handlers.sync import SyncHandler, SyncToken
 from homeserver.handlers.visibility import VisibilityHandler
-from homeserver.http.errors import MatrixError, forbidden, not_found
+from homeserver.http.errors import Codes, MatrixError, forbidden, not_found
 from storage.stores.events import EventStore
 from storage.stores.room_members import MembershipRecord, RoomMemberStore
 
@@ -72,9 +73,23 @@ class LegacyHandler:
     # -- GET /events --------------------------------------------------------------------
 
     async def events(self, user_id: str, device_id: str | None, raw_from: str | None,
-                     timeout_ms: int) -> JsonDict:
+                     timeout_ms: int, room_id: str | None = None,
+                     is_guest: bool = False) -> JsonDict:
         """The user's visible room events after ``raw_from``; waits up to ``timeout_ms``
-        (capped at 5 minutes) for some when there are none yet."""
+        (capped at 5 minutes) for some when there are none yet.
+
+        ``room_id`` limits the stream to one room, which may be peeked at when it is
+        world-readable; any other room the user is not in is refused at once (rather
+        than long-polling on a room they will never see). Guests must name a room, as
+        in Synapse: they have no account-wide stream."""
+        if room_id is None and is_guest:
+            raise MatrixError(400, "Guest users must specify room_id param",
+                              Codes.GUEST_ACCESS_FORBIDDEN)
+        if room_id is not None:
+            allowed, _ = await self._d.visibility.can_see_room_state(user_id, room_id)
+            if not allowed:
+                raise forbidden(f"User {user_id} not in room {room_id}, and room previews"
+                                " are disabled")
         timeout_ms = max(0, min(timeout_ms, MAX_TIMEOUT_MS))
         live = self._d.creation.current_position()
         start = min(parse_position(raw_from, "from") if raw_from else live, live)
@@ -87,7 +102,7 @@ class LegacyHandler:
             (visible events, or SCAN_ROUNDS batches that were all hidden)."""
             nonlocal found, end, rounds
             while token.events > end:
-                found, end = await self._stream(user_id, end, token.events)
+                found, end = await self._stream(user_id, end, token.events, room_id)
                 rounds += 1
                 if found or rounds >= SCAN_ROUNDS:
                     return True
@@ -98,15 +113,20 @@ class LegacyHandler:
         chunk = await self._d.serializer.serialize(found, user_id, device_id)
         return {"chunk": chunk, "start": raw_from or self._token(start), "end": self._token(end)}
 
-    async def _stream(self, user_id: str, since: int, upto: int) -> tuple[list[Event], int]:
-        """The visible events in the user's rooms at positions in (since, cut], oldest
-        first, and ``cut``: ``upto`` unless the answer was capped."""
+    async def _stream(self, user_id: str, since: int, upto: int,
+                      only_room: str | None = None) -> tuple[list[Event], int]:
+        """The visible events in the user's rooms (or in ``only_room``, which may be
+        peeked at) at positions in (since, cut], oldest first, and ``cut``: ``upto``
+        unless the answer was capped."""
         if upto <= since:
             return [], since
-        memberships = await self._d.members.rooms_for_user(
-            user_id, ("join", "invite", "leave", "ban", "knock"))
-        room_ids = [m.room_id for m in memberships
-                    if m.membership in ("join", "invite") or m.stream_ordering > since]
+        if only_room is not None:
+            room_ids = [only_room]
+        else:
+            memberships = await self._d.members.rooms_for_user(
+                user_id, ("join", "invite", "leave", "ban", "knock"))
+            room_ids = [m.room_id for m in memberships
+                        if m.membership in ("join", "invite") or m.stream_ordering > since]
         changed = await self._d.events.rooms_with_events_between(room_ids, since, upto)
         cut = upto
         fetched: list[Event] = []

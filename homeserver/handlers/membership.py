@@ -10,8 +10,10 @@ authorising user (``join_authorised_via_users_server``) the rules then check.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
+
+from twisted.internet import defer
 
 from homeserver.events.auth import AUTHORISING_USER, JOIN_RULES
 from homeserver.events.model import Event, StateKey
@@ -29,6 +31,7 @@ from homeserver.identifiers import check_room_alias, split_user_id
 from storage.stores.profiles import ProfileStore
 from storage.stores.room_aliases import RoomAliasStore
 from storage.stores.room_members import RoomMemberStore
+from storage.stores.users import UserStore
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +40,8 @@ UNABLE_TO_GRANT_JOIN = "M_UNABLE_TO_GRANT_JOIN"
 ROOM_MEMBERSHIP_CONDITION = "m.room_membership"
 # Member event content a client may not choose on a join: what the event is, who
 # vouched for it, and the request's own parameters.
+GUEST_ACCESS = "m.room.guest_access"
+CAN_JOIN = "can_join"
 SERVER_MEMBER_KEYS = frozenset({"membership", AUTHORISING_USER, "third_party_signed",
                                 "reason"})
 
@@ -49,12 +54,20 @@ class MembershipHandler:
         members: RoomMemberStore,
         profiles: ProfileStore,
         aliases: RoomAliasStore,
+        users: UserStore | None = None,
     ) -> None:
         self._server_name = server_name
         self._creation = creation
         self._members = members
         self._profiles = profiles
         self._aliases = aliases
+        self._users = users
+
+    async def _is_guest(self, user_id: str) -> bool:
+        if self._users is None:
+            return False
+        record = await self._users.get_user(user_id)
+        return record is not None and record.is_guest
 
     async def resolve_room(self, room_id_or_alias: str) -> str:
         if room_id_or_alias.startswith("#"):
@@ -89,6 +102,7 @@ class MembershipHandler:
         membership: str,
         reason: str | None = None,
         extra: dict[str, Any] | None = None,
+        check: Callable[[RoomSnapshot], Awaitable[None]] | None = None,
     ) -> Event:
         split_user_id(target)
         await self._creation.room_version(room_id)  # 404 for unknown rooms
@@ -99,7 +113,8 @@ class MembershipHandler:
             content = await self._member_content(target, membership, fields)
         else:
             content = {"membership": membership, **fields}
-        return await self._creation.send(room_id, sender, "m.room.member", content, target)
+        return await self._creation.send(room_id, sender, "m.room.member", content, target,
+                                         check=check)
 
     async def change_other(self, sender: str, room_id: str, target: str, action: str,
                            membership: str, reason: str | None) -> Event:
@@ -115,9 +130,11 @@ class MembershipHandler:
         return await self.update(sender, room_id, target, membership, reason)
 
     async def join(self, user_id: str, room_id_or_alias: str, reason: str | None = None,
-                   custom: Mapping[str, Any] | None = None) -> str:
+                   custom: Mapping[str, Any] | None = None, is_guest: bool = False) -> str:
         """Join; ``custom`` is the rest of the client's request body, kept on the member
-        event as Synapse does, except the keys only the server may set."""
+        event as Synapse does, except the keys only the server may set. A guest may only
+        join a room whose ``m.room.guest_access`` is ``can_join``: guests are a local
+        notion the auth rules do not know, so the check is here, in the room's queue."""
         room_id = await self.resolve_room(room_id_or_alias)
         current = await self._members.get_membership(user_id, room_id)
         if current is not None and current.membership == "join":
@@ -125,8 +142,54 @@ class MembershipHandler:
         extra = {k: v for k, v in (custom or {}).items() if k not in SERVER_MEMBER_KEYS}
         extra.update(await self._restricted_join_fields(
             user_id, room_id, current.membership if current is not None else None) or {})
-        await self.update(user_id, room_id, user_id, "join", reason, extra)
+        check = self._guest_can_join(room_id) if is_guest else None
+        await self.update(user_id, room_id, user_id, "join", reason, extra, check=check)
         return room_id
+
+    def _guest_can_join(self, room_id: str) -> Callable[[RoomSnapshot], Awaitable[None]]:
+        """A check (run in the room's queue) refusing a guest's join unless the room's
+        guest access is ``can_join``."""
+
+        async def check(snap: RoomSnapshot) -> None:
+            event_id = snap.state_ids.get((GUEST_ACCESS, ""))
+            event = None
+            if event_id is not None:
+                state = await self._creation.current_state(room_id, [(GUEST_ACCESS, "")])
+                event = state.get((GUEST_ACCESS, ""))
+            if event is None or event.event_id != event_id or (
+                    event.content.get("guest_access") != CAN_JOIN):
+                raise MatrixError(403, "Guest access not allowed",
+                                  Codes.GUEST_ACCESS_FORBIDDEN)
+
+        return check
+
+    def on_event_persisted(self, event: Event) -> None:
+        """Fan-out subscriber: starts the guests' removal when guest access is revoked.
+        Not awaited: the leaves are events of the same room, whose delivery waits for
+        this one to finish."""
+        if event.type != GUEST_ACCESS or event.state_key != "" or (
+                event.content.get("guest_access") == CAN_JOIN):
+            return
+        d = defer.ensureDeferred(self.kick_guests_on_revocation(event))
+        d.addErrback(lambda f: logger.error("guest kick failed in %s: %s", event.room_id,
+                                            f.getTraceback()))
+
+    async def kick_guests_on_revocation(self, event: Event) -> None:
+        """After guest access is turned off, every joined guest leaves the room (as
+        Synapse: the leave is the guest's own, so no power level is needed)."""
+        if event.type != GUEST_ACCESS or event.state_key != "" or (
+                event.content.get("guest_access") == CAN_JOIN):
+            return
+        for record in await self._members.members_of_room(event.room_id, ("join",)):
+            if domain_of(record.user_id) != self._server_name:
+                continue
+            if not await self._is_guest(record.user_id):
+                continue
+            try:
+                await self.update(record.user_id, event.room_id, record.user_id, "leave")
+            except MatrixError as e:
+                logger.warning("guest access revoked: could not remove %s from %s: %s",
+                               record.user_id, event.room_id, e)
 
     @staticmethod
     def _is_restricted(join_rule: Any, version: RoomVersion) -> bool:

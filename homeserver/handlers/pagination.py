@@ -20,6 +20,7 @@ visibility handler itself, gives the window without restating its rules here.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -179,6 +180,20 @@ class PaginationHandler:
                 open_ended = True
             else:
                 high = hi if high is None else max(high, hi)
+        # A history-visibility change is read under the more visible of its old and new
+        # value, so it may be visible where the interval it closes is not.
+        hv_probes = []
+        for pos, _sk, raw in changes:
+            content = json.loads(raw).get("content", {})
+            hv_probes.append(Event(f"$probe_hv{pos}", {
+                "room_id": room_id, "type": HISTORY_VISIBILITY[0], "state_key": "",
+                "sender": "@probe:invalid", "content": content}, version,
+                InternalMetadata(stream_ordering=pos, room_id=room_id)))
+        for p in await self._visibility.filter_events(user_id, hv_probes):
+            pos = p.internal.stream_ordering or 0
+            low = pos if low is None else min(low, pos)
+            if not open_ended:
+                high = pos if high is None else max(high, pos)
         if own:  # a user always sees their own membership events
             low = own[0] if low is None else min(low, own[0])
             high = own[-1] if high is None else max(high, own[-1])

@@ -7,7 +7,8 @@ Rules (spec "History visibility", as Synapse applies them):
   while they were joined.
 - ``invited``: what was sent while they were invited or joined.
 - ``joined``: what was sent while they were joined.
-A user always sees their own membership events.
+A user always sees their own membership events, and a history-visibility change
+under the more visible of its old and new value.
 
 The visibility and the user's membership *at* an event are read from the room's
 stream of membership and history-visibility changes, which for local rooms is the
@@ -60,6 +61,32 @@ def _allowed(visibility: str, membership: str, joined_now: bool) -> bool:
     return membership in VISIBLE_WHEN[visibility]
 
 
+# Most to least visible.
+_PRIORITY = ("world_readable", "shared", "invited", "joined")
+
+
+def _more_visible(before: str, new: object) -> str:
+    """The visibility a history-visibility change is read under: the more visible of
+    the old and the new value (as Synapse), so whoever may see the room on either
+    side of the boundary sees the change itself (e.g. a peeker of a room just made
+    world-readable sees the event that made it so)."""
+    if not isinstance(new, str) or new not in VISIBLE_WHEN:
+        new = "shared"
+    return new if _PRIORITY.index(new) < _PRIORITY.index(before) else before
+
+
+def _merge_ranges(ranges: list[tuple[int, int | None]]) -> list[tuple[int, int | None]]:
+    """Sorted, with touching ``(after, upto)`` intervals joined."""
+    out: list[tuple[int, int | None]] = []
+    for after, upto in sorted(ranges, key=lambda r: r[0]):
+        if out and out[-1][1] is not None and out[-1][1] >= after:
+            last_upto = out[-1][1]
+            out[-1] = (out[-1][0], None if upto is None else max(last_upto, upto))
+        else:
+            out.append((after, upto))
+    return out
+
+
 class VisibilityHandler:
     def __init__(self, history: StateHistoryStore, members: RoomMemberStore) -> None:
         self._history = history
@@ -93,7 +120,10 @@ class VisibilityHandler:
                 continue
             pos = ev.internal.stream_ordering or 0
             # The visibility and the user's membership in the state before the event.
-            if _allowed(vis.before(pos), mem.before(pos), joined_now):
+            visibility = vis.before(pos)
+            if ev.type == "m.room.history_visibility" and ev.state_key == "":
+                visibility = _more_visible(visibility, ev.content.get("history_visibility"))
+            if _allowed(visibility, mem.before(pos), joined_now):
                 out.append(ev)
         return out
 
@@ -123,7 +153,15 @@ class VisibilityHandler:
             if upto is None:
                 break
             after = upto
-        return out
+        # History-visibility changes are read under the more visible of the old and new
+        # value (see filter_events): add those visible outside the ranges above.
+        for pos in vis.positions():
+            if any(a < pos and (u is None or pos <= u) for a, u in out):
+                continue
+            if _allowed(_more_visible(vis.before(pos), vis.before(pos + 1)), mem.before(pos),
+                        joined_now):
+                out.append((pos - 1, pos))
+        return _merge_ranges(out)
 
     async def can_see_room_state(self, user_id: str, room_id: str) -> tuple[bool, int | None]:
         """(allowed, stream position to read state at: None = current)."""

@@ -32,8 +32,12 @@ class LegacyServlets:
     async def on_events(self, req: ApiRequest) -> tuple[int, Any]:
         r = req.require_requester()
         timeout = req.query_int("timeout", DEFAULT_TIMEOUT_MS)
+        room_id = req.query("room_id")
+        if room_id is not None:
+            check_room_id(room_id)
         return 200, await self._legacy.events(r.user_id, r.device_id, req.query("from"),
-                                              timeout if timeout is not None else 0)
+                                              timeout if timeout is not None else 0,
+                                              room_id, r.is_guest)
 
     async def on_event(self, req: ApiRequest, eventId: str) -> tuple[int, Any]:  # noqa: N803
         r = req.require_requester()

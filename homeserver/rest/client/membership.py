@@ -29,15 +29,15 @@ class MembershipServlets:
 
     def register(self, router: Router) -> None:
         router.add("POST", client_paths("/rooms/{roomId}/join"), self.on_join_room,
-                   body_schema=JOIN_SCHEMA)
+                   body_schema=JOIN_SCHEMA, allow_guest=True)
         router.add("POST", client_paths("/join/{roomIdOrAlias}"), self.on_join,
-                   body_schema=JOIN_SCHEMA)
+                   body_schema=JOIN_SCHEMA, allow_guest=True)
         router.add("POST", client_paths("/knock/{roomIdOrAlias}"), self.on_knock,
                    body_schema=REASON_SCHEMA)
         router.add("POST", client_paths("/rooms/{roomId}/invite"), self.on_invite,
                    body_schema=INVITE_SCHEMA)
         router.add("POST", client_paths("/rooms/{roomId}/leave"), self.on_leave,
-                   body_schema=REASON_SCHEMA)
+                   body_schema=REASON_SCHEMA, allow_guest=True)
         router.add("POST", client_paths("/rooms/{roomId}/forget"), self.on_forget,
                    body_schema=REASON_SCHEMA)
         for action in ("kick", "ban", "unban"):
@@ -55,7 +55,8 @@ class MembershipServlets:
         r = req.require_requester()
         if req.body.get("third_party_signed") is not None:
             raise MatrixError(400, "Third-party invites are not supported", Codes.UNRECOGNIZED)
-        room_id = await self._m.join(r.user_id, target, req.body.get("reason"), req.body)
+        room_id = await self._m.join(r.user_id, target, req.body.get("reason"), req.body,
+                                  is_guest=r.is_guest)
         return 200, {"room_id": room_id}
 
     async def on_knock(self, req: ApiRequest, roomIdOrAlias: str) -> tuple[int, Any]:  # noqa: N803

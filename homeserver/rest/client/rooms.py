@@ -64,11 +64,11 @@ class RoomServlets:
         router.add("POST", client_paths("/createRoom"), self.on_create_room,
                    body_schema=CREATE_ROOM_SCHEMA)
         router.add("PUT", client_paths("/rooms/{roomId}/send/{eventType}/{txnId}"), self.on_send,
-                   body_schema=CONTENT_SCHEMA)
+                   body_schema=CONTENT_SCHEMA, allow_guest=True)
         # Without a transaction id (r0 clients still send this; as Synapse, each request
         # makes a new event since there is nothing to de-duplicate on).
         router.add("POST", client_paths("/rooms/{roomId}/send/{eventType}"), self.on_send,
-                   body_schema=CONTENT_SCHEMA)
+                   body_schema=CONTENT_SCHEMA, allow_guest=True)
         for suffix in ("/rooms/{roomId}/state/{eventType}/{stateKey}",
                        "/rooms/{roomId}/state/{eventType}/", "/rooms/{roomId}/state/{eventType}"):
             router.add("PUT", client_paths(suffix), self.on_put_state, body_schema=CONTENT_SCHEMA)
