@@ -257,7 +257,7 @@ class _Duplicate(Exception):
 # State a client may not set directly (PUT /state or createRoom's initial_state):
 # membership has its own endpoints and checks, and a room has one create event.
 _NOT_CLIENT_STATE = {
-    "m.room.member": "Use the membership endpoints to change membership",
+    "m.room.member": "Membership cannot be set through initial_state",
     "m.room.create": "A room's create event cannot be replaced",
 }
 

@@ -116,6 +116,48 @@ class MembershipHandler:
         return await self._creation.send(room_id, sender, "m.room.member", content, target,
                                          check=check)
 
+    async def set_member_state(self, sender: str, room_id: str, target: str,
+                               content: Mapping[str, Any], is_guest: bool = False) -> str:
+        """PUT /rooms/{roomId}/state/m.room.member/{userId}, as Synapse: the content's
+        ``membership`` picks the same path the membership endpoints take (with their
+        checks); the client's other keys ride along (a per-room display name), except
+        those only the server sets. Returns the id of the target's member event."""
+        event = await self._set_member_state(sender, room_id, target, content, is_guest)
+        if event is not None:
+            return event.event_id
+        state = await self._creation.current_state(room_id, [("m.room.member", target)])
+        return state[("m.room.member", target)].event_id
+
+    async def _set_member_state(self, sender: str, room_id: str, target: str,
+                                content: Mapping[str, Any], is_guest: bool) -> Event | None:
+        membership = content.get("membership")
+        if membership not in ("join", "invite", "leave", "ban", "knock"):
+            raise MatrixError(400, "membership must be one of join, invite, leave, ban, knock",
+                              Codes.BAD_JSON)
+        split_user_id(target)
+        reason = content.get("reason")
+        reason = reason if isinstance(reason, str) else None
+        extra = {k: v for k, v in content.items() if k not in SERVER_MEMBER_KEYS}
+        self_only = membership in ("join", "knock")
+        if self_only and target != sender:
+            raise MatrixError(403, f"Cannot {membership} on behalf of another user",
+                              Codes.FORBIDDEN)
+        if membership == "join":
+            current = await self._members.get_membership(sender, room_id)
+            if current is not None and current.membership == "join":
+                # Already joined: a new join carrying the override (e.g. displayname).
+                return await self.update(sender, room_id, sender, "join", reason, extra)
+            await self.join(sender, room_id, reason, extra, is_guest=is_guest)
+            return None
+        if membership == "leave":
+            if target == sender:
+                await self.leave(sender, room_id, reason)
+                return None
+            return await self.change_other(sender, room_id, target, "kick", "leave", reason)
+        if membership == "ban":
+            return await self.change_other(sender, room_id, target, "ban", "ban", reason)
+        return await self.update(sender, room_id, target, membership, reason, extra)
+
     async def change_other(self, sender: str, room_id: str, target: str, action: str,
                            membership: str, reason: str | None) -> Event:
         """kick / ban / unban, with Synapse's checks on the target's current membership."""

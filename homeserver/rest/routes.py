@@ -164,7 +164,8 @@ def register_all(router: Router, c: Components) -> None:
     # Not behind federation.enabled: third parties holding a user's OpenID token need it
     # on non-federating servers too (Synapse's separate "openid" listener resource).
     OpenIdUserInfoServlet(c.openid).register(router)
-    RoomServlets(c.clock, c.room_creation, c.event_creation, c.room_reads).register(router)
+    RoomServlets(c.clock, c.room_creation, c.event_creation, c.room_reads,
+                 c.membership).register(router)
     MembershipServlets(c.membership).register(router)
     RoomHistoryServlets(c.pagination).register(router)
     RedactionServlets(c.redaction).register(router)

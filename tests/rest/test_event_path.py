@@ -147,9 +147,9 @@ class InitialStateValidationTest(RoomTestCase):
                 "initial_state": [{"type": event_type, "state_key": state_key,
                                    "content": content}]}, token=alice)
             self.assertMatrixError(resp, 400, "M_BAD_JSON")
-            room = await self.create_room(alice)
-            resp = await self.put_state(alice, room, event_type, content, state_key)
-            self.assertMatrixError(resp, 400, "M_BAD_JSON")
+        room = await self.create_room(alice)
+        resp = await self.put_state(alice, room, "m.room.create", {"room_version": "10"})
+        self.assertMatrixError(resp, 400, "M_BAD_JSON")
 
 
 class InitialStateE2eePolicyTest(RoomTestCase):

@@ -12,6 +12,7 @@ from homeserver.handlers.event_creation import (
     EventCreationHandler,
     check_client_state_type,
 )
+from homeserver.handlers.membership import MembershipHandler
 from homeserver.handlers.room_creation import PRESETS, RoomCreationHandler
 from homeserver.handlers.room_reads import RoomReadHandler
 from homeserver.http.errors import Codes, MatrixError
@@ -54,11 +55,13 @@ class RoomServlets:
         creation: RoomCreationHandler,
         events: EventCreationHandler,
         reads: RoomReadHandler,
+        membership: MembershipHandler,
     ) -> None:
         self._clock = clock
         self._creation = creation
         self._events = events
         self._reads = reads
+        self._membership = membership
 
     def register(self, router: Router) -> None:
         router.add("POST", client_paths("/createRoom"), self.on_create_room,
@@ -104,6 +107,10 @@ class RoomServlets:
         r = req.require_requester()
         check_room_id(roomId)
         check_event_type(eventType)
+        if eventType == "m.room.member":  # as Synapse: through the membership checks
+            event_id = await self._membership.set_member_state(
+                r.user_id, roomId, stateKey, req.body, is_guest=r.is_guest)
+            return 200, {"event_id": event_id}
         check_client_state_type(eventType)
         event = await self._events.send(roomId, r.user_id, eventType, req.body, stateKey)
         return 200, {"event_id": event.event_id}
