@@ -397,12 +397,15 @@ class PaginationHandler:
             if ev.membership != "join" or ev.state_key is None:
                 continue
             content = served[ev.event_id]["content"]
-            # Both keys always present, null when unset (as Synapse; clients rely on it).
+            # A key is left out when unset: the spec types both as strings, so
+            # Synapse's null fails its schema (SyTest expects the null; see README).
             name, avatar = content.get("displayname"), content.get("avatar_url")
-            out[ev.state_key] = {
-                "display_name": name if isinstance(name, str) else None,
-                "avatar_url": avatar if isinstance(avatar, str) else None,
-            }
+            entry: JsonDict = {}
+            if isinstance(name, str):
+                entry["display_name"] = name
+            if isinstance(avatar, str):
+                entry["avatar_url"] = avatar
+            out[ev.state_key] = entry
         return out
 
     # -- /timestamp_to_event ------------------------------------------------------------

@@ -26,13 +26,13 @@ class SyTestRoomReadsTest(RoomTestCase):
     # -- 31room-state.pl ----------------------------------------------------------------
 
     async def test_joined_members_has_profile_keys(self) -> None:
-        """GET /rooms/:room_id/joined_members fetches my membership: display_name and
-        avatar_url are always present, null when unset."""
+        """GET /rooms/:room_id/joined_members fetches my membership: the keys that are
+        set; an unset one is left out, as the spec's schema types them as strings
+        (SyTest's null check fails by design, see README)."""
         room = await self.create_room(self.alice, visibility="public")
         joined = (await self.get(f"/rooms/{q(room)}/joined_members", self.alice))["joined"]
         self.assertIn("display_name", joined[ALICE])
-        self.assertIn("avatar_url", joined[ALICE])
-        self.assertIsNone(joined[ALICE]["avatar_url"])
+        self.assertNotIn("avatar_url", joined[ALICE])
 
     async def test_room_initial_sync_has_start_and_end(self) -> None:
         """GET /rooms/:room_id/initialSync fetches initial sync state."""
