@@ -152,8 +152,10 @@ class SendTest(RoomTestCase):
         self.assertMatrixError(resp, 403, "M_FORBIDDEN")
         resp = await self.put_state(alice, room, "m.room.name", {"name": "alice's room"})
         self.assertEqual(resp.code, 200)
+        # Membership through PUT /state takes the membership checks: nobody joins for
+        # someone else.
         resp = await self.put_state(alice, room, "m.room.member", {"membership": "join"}, BOB)
-        self.assertEqual(resp.code, 400)
+        self.assertMatrixError(resp, 403, "M_FORBIDDEN")
         # Power levels: bob cannot raise himself.
         resp = await self.put_state(bob, room, "m.room.power_levels", {"users": {BOB: 100}})
         self.assertMatrixError(resp, 403, "M_FORBIDDEN")
