@@ -176,6 +176,20 @@ class HomeserverTestCase(unittest.TestCase):
         await self.hs.stop()
         await self.pool.closeCachedConnections()
 
+    def count_password_hashes(self) -> list[int]:
+        """From now on, every Argon2 hash or verify the server runs appends to the list
+        returned (tests that hashing costs the same, or nothing, on a path)."""
+        hasher = self.hs.registration._hasher  # noqa: SLF001
+        calls: list[int] = []
+        real_run = hasher.run
+
+        async def counting_run(fn: Any) -> Any:
+            calls.append(1)
+            return await real_run(fn)
+
+        hasher.run = counting_run  # type: ignore[method-assign]
+        return calls
+
     def advance(self, seconds: float) -> None:
         """Move server time forward (token expiry etc.) without sleeping."""
         self.reactor_time.advance(seconds)

@@ -15,7 +15,7 @@ caller's validation, so a refused ``initial_state`` leaves no half-made room.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -30,6 +30,7 @@ from homeserver.events.room_versions import RoomVersion, get_room_version
 from homeserver.handlers.event_fanout import EventFanout, PersistedEvent, PersistKind
 from homeserver.handlers.stream_positions import StreamPositions
 from homeserver.http.errors import Codes, MatrixError
+from homeserver.lru import LruCache
 from homeserver.notifier import NotifierInterface
 from storage.stores.events import EventStore, PersistRequest, StateMap
 from storage.stores.rooms import RoomStore
@@ -83,8 +84,8 @@ class EventPersister:
         self._notifier = notifier
         self.positions = StreamPositions(events.allocate_stream_ordering)
         self._locks: dict[str, defer.DeferredLock] = {}
-        self._snapshots: OrderedDict[str, RoomSnapshot] = OrderedDict()
-        self._versions: OrderedDict[str, RoomVersion] = OrderedDict()
+        self._snapshots: LruCache[str, RoomSnapshot] = LruCache(_SNAPSHOT_CACHE)
+        self._versions: LruCache[str, RoomVersion] = LruCache(_SNAPSHOT_CACHE)
 
     async def load_position(self) -> None:
         self.positions.start_at(await self._events.max_stream_ordering())
@@ -99,21 +100,17 @@ class EventPersister:
         """A room's version never changes, so it is read once (rooms in use stay cached)."""
         version = self._versions.get(room_id)
         if version is not None:
-            self._versions.move_to_end(room_id)
             return version
         ident = await self._rooms.get_room_version(room_id)
         version = get_room_version(ident) if ident else None
         if version is None:
             raise MatrixError(404, "Unknown room", Codes.NOT_FOUND)
-        self._versions[room_id] = version
-        while len(self._versions) > _SNAPSHOT_CACHE:
-            self._versions.popitem(last=False)
+        self._versions.set(room_id, version)
         return version
 
     async def snapshot(self, room_id: str) -> RoomSnapshot:
         snap = self._snapshots.get(room_id)
         if snap is not None:
-            self._snapshots.move_to_end(room_id)
             return snap
         state = await self._events.get_current_state_ids(room_id)
         if not state:
@@ -126,7 +123,7 @@ class EventPersister:
             prev = await self._events.get_events(extremities)
             depth = max((e.depth for e in prev.values()), default=0)
         snap = RoomSnapshot(state, extremities, group, depth)
-        self._remember(room_id, snap)
+        self._snapshots.set(room_id, snap)
         return snap
 
     async def current_state(self, room_id: str,
@@ -137,12 +134,6 @@ class EventPersister:
                   if wanted_keys is None or k in wanted_keys}
         found = await self._events.get_events(wanted.values())
         return {k: found[v] for k, v in wanted.items() if v in found}
-
-    def _remember(self, room_id: str, snap: RoomSnapshot) -> None:
-        self._snapshots[room_id] = snap
-        self._snapshots.move_to_end(room_id)
-        while len(self._snapshots) > _SNAPSHOT_CACHE:
-            self._snapshots.popitem(last=False)
 
     # ---- the room queue and the write
 
@@ -191,7 +182,7 @@ class EventPersister:
             raise NotImplementedError(f"{kind.value} events are not accepted yet")
         batch = {e.event_id: e for e in events}
         snap = turn.snapshot
-        plans: list[tuple[Event, RoomSnapshot, str | None]] = []
+        plans: list[tuple[Event, RoomSnapshot, RoomSnapshot, str | None]] = []
         for event in events:
             if event.room_id != turn.room_id:
                 raise MatrixError(400, "Event is for another room", Codes.BAD_JSON)
@@ -199,13 +190,15 @@ class EventPersister:
             self._authorise(event, auth_state)
             if validate is not None:
                 await validate(event, snap)
-            plans.append((event, snap, await self._applied_redaction(event, auth_state, batch)))
-            snap = snap.after(event, None)
+            after = snap.after(event, None)
+            plans.append((event, snap, after,
+                          await self._applied_redaction(event, auth_state, batch)))
+            snap = after
         if before_write is not None:
             await before_write()
-        for i, (event, before, redaction_target) in enumerate(plans):
+        for i, (event, before, after, redaction_target) in enumerate(plans):
             key = txn_key if i == len(plans) - 1 else None
-            await self._write(turn, event, before, key, redaction_target, kind)
+            await self._write(turn, event, before, after, key, redaction_target, kind)
 
     async def _auth_state(self, event: Event, snap: RoomSnapshot,
                           batch: dict[str, Event]) -> dict[StateKey, Event]:
@@ -254,7 +247,7 @@ class EventPersister:
         return target_id if level >= get_named_level("redact", auth_state) else None
 
     async def _write(self, turn: RoomQueue, event: Event, before: RoomSnapshot,
-                     txn_key: tuple[str, str, str] | None, redaction_target: str | None,
+                     after: RoomSnapshot, txn_key: tuple[str, str, str] | None, redaction_target: str | None,
                      kind: PersistKind) -> None:
         if txn_key is not None:
             event.internal.device_id = txn_key[1]
@@ -267,8 +260,8 @@ class EventPersister:
                 txn_key=txn_key, now_ms=self._clock.time_msec(),
                 redaction_target=redaction_target,
             ))
-        turn.snapshot = before.after(event, group)
-        self._remember(turn.room_id, turn.snapshot)
+        turn.snapshot = dataclasses.replace(after, state_group=group)
+        self._snapshots.set(turn.room_id, turn.snapshot)
         delta = {event.state_pair: event.event_id} if event.is_state() else {}
         members = (frozenset(_members(turn.snapshot.state_ids))
                    if event.type == "m.room.member" else frozenset())

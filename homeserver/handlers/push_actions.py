@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +29,7 @@ from homeserver.handlers.client_events import ClientEventSerializer
 from homeserver.handlers.event_creation import EventCreationHandler
 from homeserver.handlers.push_rules import PushRulesHandler
 from homeserver.handlers.visibility import VisibilityHandler
+from homeserver.lru import LruCache
 from homeserver.push.evaluator import MAX_SAFE_INTEGER, PushContext, evaluate
 from storage.stores.events import EventStore
 from storage.stores.push_actions import NO_RECEIPT, PushActionRow, PushActionsStore
@@ -72,30 +72,26 @@ class PushActionsHandler:
         self._push_rules = push_rules
         self._creation = creation
         self._events = events
-        self._rules: OrderedDict[str, dict[str, list[JsonDict]]] = OrderedDict()
-        self._rooms: OrderedDict[str, RoomPushInfo] = OrderedDict()
+        self._rules: LruCache[str, dict[str, list[JsonDict]]] = LruCache(MAX_CACHED_RULESETS)
+        self._rooms: LruCache[str, RoomPushInfo] = LruCache(MAX_CACHED_ROOMS)
 
     # -- caches -------------------------------------------------------------------------
 
     def on_rules_changed(self, _position: int, user_id: str) -> None:
         """``PushRulesHandler.on_change`` listener: the next event re-reads the rules."""
-        self._rules.pop(user_id, None)
+        self._rules.pop(user_id)
 
     async def _ruleset(self, user_id: str) -> dict[str, list[JsonDict]]:
         rules = self._rules.get(user_id)
         if rules is not None:
-            self._rules.move_to_end(user_id)
             return rules
         rules = await self._push_rules.get_ruleset(user_id)
-        self._rules[user_id] = rules
-        while len(self._rules) > MAX_CACHED_RULESETS:
-            self._rules.popitem(last=False)
+        self._rules.set(user_id, rules)
         return rules
 
     async def _room_info(self, room_id: str) -> RoomPushInfo:
         info = self._rooms.get(room_id)
         if info is not None:
-            self._rooms.move_to_end(room_id)
             return info
         snap = await self._creation.snapshot(room_id)
         keys = {k for k in snap.state_ids
@@ -109,9 +105,7 @@ class PushActionsHandler:
                 joined[skey] = name if isinstance(name, str) else None
         auth = {k: v for k, v in state.items() if k == ("m.room.power_levels", "")}
         info = RoomPushInfo(joined, auth, state.get(("m.room.create", "")))
-        self._rooms[room_id] = info
-        while len(self._rooms) > MAX_CACHED_ROOMS:
-            self._rooms.popitem(last=False)
+        self._rooms.set(room_id, info)
         return info
 
     # -- the persist hook ---------------------------------------------------------------
@@ -127,7 +121,7 @@ class PushActionsHandler:
     async def _on_event(self, event: Event) -> None:
         room_id = event.room_id
         if event.is_state() and event.type in _ROOM_CACHE_TYPES:
-            self._rooms.pop(room_id, None)
+            self._rooms.pop(room_id)
         if event.type == "m.room.redaction" and event.redacts:
             await self._store.remove_event(room_id, event.redacts)
         if event.internal.outlier:

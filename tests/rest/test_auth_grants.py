@@ -128,15 +128,7 @@ class DeactivatedAccountTokenTest(HomeserverTestCase):
         await self.register("hugo")
         await self.register("ivy")
         await self._deactivate_keeping_sessions("@ivy:test.local")
-        hasher = self.hs.registration._hasher  # noqa: SLF001
-        calls: list[int] = []
-        real_run = hasher.run
-
-        async def counting_run(fn: Any) -> Any:
-            calls.append(1)
-            return await real_run(fn)
-
-        hasher.run = counting_run  # type: ignore[method-assign]
+        calls = self.count_password_hashes()
         for user in ("hugo", "nobody", "@someone:elsewhere.example", "ivy"):
             calls.clear()
             resp = await self.login(user, "wrong-password")
