@@ -34,6 +34,7 @@ async def build_e2ee(config: Config, clock: Clock, stores: Stores, notifier: Not
     await device_lists.load_position()
     fanout.subscribe("device_lists", lambda rec: device_lists.after_persist(rec.event))
     devices.on_device_deleted.append(device_lists.on_device_deleted)
+    devices.on_device_changed.append(device_lists.on_device_changed)
     e2e_keys = E2eKeysHandler(config.server_name, clock, stores.e2e_keys, device_lists)
     to_device = ToDeviceHandler(config.server_name, clock, stores.to_device, stores.devices,
                                 notifier)
@@ -42,6 +43,9 @@ async def build_e2ee(config: Config, clock: Clock, stores: Stores, notifier: Not
     cross_signing = CrossSigningHandler(config.server_name, clock, stores.cross_signing,
                                         stores.devices)
     cross_signing.on_change.append(device_lists.notify_device_change)
+    cross_signing.on_private_change.append(
+        lambda viewer, user_id, targets: device_lists.notify_device_change(
+            user_id, targets, only_to=viewer))
     devices.on_device_deleted.append(cross_signing.on_device_deleted)
     e2e_keys.query_providers.append(cross_signing.query_provider)
     return E2eeArea(device_lists=device_lists, e2e_keys=e2e_keys, to_device=to_device,

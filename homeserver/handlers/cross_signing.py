@@ -14,7 +14,10 @@ Choices compared with Synapse:
   the self-signing and user-signing keys keep only their verified master signature;
 - replacing a key deletes the stored signatures made by it and on it;
 - signatures on another user's master key (by our user-signing key) are shown only to
-  the signer, and signatures on devices only when made by the device's owner, as Synapse.
+  the signer, and signatures on devices only when made by the device's owner, as Synapse;
+- device-list changes as Synapse: new master/self-signing keys and self-signatures are
+  announced to everyone sharing a room; a new user-signing key only to its owner, and a
+  signature on another user's master key only to the signer (``on_private_change``).
 """
 
 from __future__ import annotations
@@ -128,6 +131,10 @@ class CrossSigningHandler:
         # keys or the signatures on them change: a device-list change for that user, as
         # Synapse records it (DeviceListHandler.notify_device_change, wired in app.py).
         self.on_change: list[Callable[[str, list[str]], Awaitable[Any]]] = []
+        # Called with (viewer, user_id, [public key]) for a change only ``viewer`` may
+        # see: a new user-signing key (viewer = its owner) and a signature on another
+        # user's master key (viewer = the signer), as Synapse's user-signature stream.
+        self.on_private_change: list[Callable[[str, str, list[str]], Awaitable[Any]]] = []
 
     async def _device_ed25519(self, user_id: str, device_id: str) -> tuple[JsonDict, str] | None:
         keys = await self._store.get_device_keys(user_id, device_id)
@@ -180,7 +187,10 @@ class CrossSigningHandler:
             await authenticate()
         await self._store.set_keys(user_id, {u: (ids[u][0], k) for u, k in clean.items()},
                                    self._clock.time_msec())
-        await self._changed(user_id, [public for _, public in ids.values()])
+        await self._changed(user_id, [public for usage, (_, public) in ids.items()
+                                      if usage != USER_SIGNING])
+        if USER_SIGNING in ids:  # others never see a user-signing key: tell only its owner
+            await self._changed_privately(user_id, user_id, [ids[USER_SIGNING][1]])
 
     async def _clean_master(self, user_id: str, key: JsonDict, master_id: str,
                             master_pub: str) -> JsonDict:
@@ -233,10 +243,13 @@ class CrossSigningHandler:
         for sig in to_store:
             changed.setdefault(sig.target_user_id, []).append(sig.target_id)
         for target_user, targets in changed.items():
-            # A signature on another user's master key is shown only to us; Synapse tells
-            # only our devices. The device-list stream has no per-viewer change, so the
-            # target is marked changed for everyone sharing a room with them.
-            await self._changed(target_user, list(dict.fromkeys(targets)))
+            targets = list(dict.fromkeys(targets))
+            if target_user == user_id:
+                await self._changed(user_id, targets)
+            else:
+                # A signature on another user's master key is shown only to us, so
+                # only our devices are told (as Synapse).
+                await self._changed_privately(user_id, target_user, targets)
         return {"failures": failures}
 
     async def _own_signatures(self, user_id: str, own: Mapping[str, JsonDict], key_id: str,
@@ -296,8 +309,14 @@ class CrossSigningHandler:
                                _signature(obj, user_id, usk_id) or "")
 
     async def _changed(self, user_id: str, targets: list[str]) -> None:
+        if not targets:
+            return
         for hook in self.on_change:
             await hook(user_id, targets)
+
+    async def _changed_privately(self, viewer: str, user_id: str, targets: list[str]) -> None:
+        for hook in self.on_private_change:
+            await hook(viewer, user_id, targets)
 
     async def on_device_deleted(self, user_id: str, device_id: str) -> None:
         await self._store.delete_device(user_id, device_id)
@@ -321,6 +340,10 @@ class CrossSigningHandler:
                     if sig.signer_user_id in (user_id, from_user):
                         master["signatures"].setdefault(sig.signer_user_id, {})[
                             sig.signer_key_id] = sig.signature
+                if not master["signatures"]:
+                    # An unsigned master key is shown as uploaded, with no empty
+                    # ``signatures`` (Synapse; SyTest compares the object exactly).
+                    del master["signatures"]
                 out["master_keys"][user_id] = master
             if SELF_SIGNING in keys:
                 out["self_signing_keys"][user_id] = keys[SELF_SIGNING]

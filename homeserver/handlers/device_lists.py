@@ -6,6 +6,8 @@ or stop two users sharing a room, is written to the ``device_lists`` stream. A r
 it shares a room with whose devices changed, or who newly share a room with it; the
 reader's own user when its other devices change) and ``left`` (users it no longer
 shares any room with). Sharing is judged on the current memberships, as Synapse does.
+A change recorded for one reader only (``only_to``) goes in that reader's ``changed``
+and nobody else's.
 
 It is also the /sync source for ``device_one_time_keys_count`` and
 ``device_unused_fallback_key_types`` of the syncing device.
@@ -53,16 +55,26 @@ class DeviceListHandler:
 
     # Writes
 
-    async def notify_device_change(self, user_id: str, device_ids: list[str]) -> None:
-        """A user's devices or keys changed (keys uploaded, device deleted, and for
-        cross-signing: signatures). Wakes the user and everyone sharing a room."""
+    async def notify_device_change(self, user_id: str, device_ids: list[str],
+                                   only_to: str | None = None) -> None:
+        """A user's devices or keys changed (device created, renamed or deleted, keys
+        uploaded, and for cross-signing: keys and signatures). Wakes the user and
+        everyone sharing a room; with ``only_to``, that user alone sees the change
+        (Synapse's user-signature stream: a user-signing key, or a signature on
+        another user's master key, concerns its owner only)."""
         if not device_ids:
             return
         async with self._positions.write() as position:
-            await self._store.add_device_changes(position, user_id, device_ids)
-        audience = await self._members.users_sharing_rooms(user_id) | {user_id}
+            await self._store.add_device_changes(position, user_id, device_ids, only_to)
+        audience = {only_to} if only_to is not None else \
+            await self._members.users_sharing_rooms(user_id) | {user_id}
         self._positions.notify_when_readable(
             position, lambda: self._notifier.notify(user_ids=audience))
+
+    async def on_device_changed(self, user_id: str, device_id: str) -> None:
+        """DeviceHandler hook: a device was created (a login) or renamed; others
+        re-fetch its keys and display name (as Synapse's notify_device_update)."""
+        await self.notify_device_change(user_id, [device_id])
 
     async def on_device_deleted(self, user_id: str, device_id: str) -> None:
         """DeviceHandler hook: the device's keys go with it, and others must notice."""
@@ -105,9 +117,13 @@ class DeviceListHandler:
         sharing = await self._members.users_sharing_rooms(user_id) | {user_id}
         joined = {m.room_id for m in await self._members.rooms_for_user(user_id)}
         changed: set[str] = set()
+        private: set[str] = set()  # shown to this reader alone, shared room or not
         maybe_left: set[str] = set()
         for row in rows:
-            if row.room_id is None:
+            if row.only_to is not None:
+                if row.only_to == user_id:
+                    private.add(row.user_id)
+            elif row.room_id is None:
                 changed.add(row.user_id)
             elif row.membership == "join":
                 if row.user_id == user_id:
@@ -121,7 +137,7 @@ class DeviceListHandler:
             elif row.room_id in joined:
                 maybe_left.add(row.user_id)
         left = sorted(u for u in maybe_left if u not in sharing)
-        return DeviceListDelta(sorted(changed & sharing), left)
+        return DeviceListDelta(sorted((changed & sharing) | private), left)
 
     # EphemeralSource
 

@@ -47,16 +47,25 @@ class DeviceHandler:
         self._events = events
         # Called with (user_id, device_id) after a device is deleted (pushers, keys, ...).
         self.on_device_deleted: list[Callable[[str, str], Awaitable[Any]]] = []
+        # Called with (user_id, device_id) after a device is created or renamed: a
+        # device-list change others must hear of (DeviceListHandler.on_device_changed).
+        self.on_device_changed: list[Callable[[str, str], Awaitable[Any]]] = []
 
     async def ensure_device(
         self, user_id: str, device_id: str | None, display_name: str | None, client: ClientInfo
     ) -> str:
         device_id = device_id or generate_device_id()
-        await self._store.upsert_device(
+        created = await self._store.upsert_device(
             user_id, device_id, display_name, self._clock.time_msec(), client.ip,
             client.user_agent,
         )
+        if created:
+            await self._changed(user_id, device_id)
         return device_id
+
+    async def _changed(self, user_id: str, device_id: str) -> None:
+        for hook in self.on_device_changed:
+            await hook(user_id, device_id)
 
     async def login_device(
         self,
@@ -92,6 +101,7 @@ class DeviceHandler:
     async def rename(self, user_id: str, device_id: str, name: str | None) -> None:
         if not await self._store.update_display_name(user_id, device_id, name):
             raise not_found("Device not found")
+        await self._changed(user_id, device_id)
 
     async def delete_devices(
         self, user_id: str, device_ids: list[str], client: ClientInfo | None, reason: str

@@ -91,7 +91,9 @@ def check_device_keys(device_keys: Any, user_id: str, device_id: str) -> VerifyK
         raise _bad_json("device_keys must be an object")
     for field in ("user_id", "device_id", "algorithms", "keys", "signatures"):
         if field not in device_keys:
-            raise MatrixError(400, f"device_keys.{field} is required", Codes.MISSING_PARAM)
+            # M_BAD_JSON, as Synapse's request model answers (and SyTest expects): the
+            # body is present but is not a DeviceKeys object.
+            raise _bad_json(f"device_keys.{field} is required")
     if device_keys["user_id"] != user_id:
         raise _invalid("device_keys.user_id must be your own user ID")
     if device_keys["device_id"] != device_id:

@@ -86,11 +86,12 @@ class KeyBackupHandler:
         self._store = store
 
     @staticmethod
-    def _check_auth_data(auth_data: dict[str, Any]) -> None:
+    def _check_auth_data(auth_data: dict[str, Any] | str) -> None:
         if _encoded_size(auth_data) > MAX_AUTH_DATA_BYTES:
             raise MatrixError(400, "auth_data is too large", Codes.TOO_LARGE)
 
-    async def create_version(self, user_id: str, algorithm: str, auth_data: dict[str, Any]) -> str:
+    async def create_version(self, user_id: str, algorithm: str,
+                             auth_data: dict[str, Any] | str) -> str:
         self._check_auth_data(auth_data)
         return str(await self._store.create_version(user_id, algorithm, auth_data))
 
@@ -154,6 +155,13 @@ class KeyBackupHandler:
         number = parse_version(version)
         if number is None:
             raise _unknown_version()
+        if any(not isinstance(k.session_data, dict) for s in keys.values() for k in s.values()):
+            # The spec's algorithm encrypts to an object; only other (opaque) algorithms
+            # may store a bare string. A version that vanished is reported by the store.
+            info = await self._store.get_version(user_id, number)
+            if info is not None and info.algorithm == MEGOLM_BACKUP_V1:
+                raise MatrixError(400, f"session_data must be an object for {MEGOLM_BACKUP_V1}",
+                                  Codes.BAD_JSON)
         try:
             etag, count = await self._store.upload_keys(user_id, number, keys, should_replace)
         except BackupVersionNotFoundError:

@@ -21,6 +21,7 @@ class DeviceListChange:
     device_id: str | None  # a device or key change
     room_id: str | None  # a membership change (with membership "join" or "leave")
     membership: str | None
+    only_to: str | None = None  # shown to this user alone (see schema/0019_*.sql)
 
 
 class DeviceListStore:
@@ -37,11 +38,12 @@ class DeviceListStore:
         return max(EMPTY_POSITION, int(row[0]) if row and row[0] is not None else 0)
 
     async def add_device_changes(self, stream_id: int, user_id: str,
-                                 device_ids: list[str]) -> None:
+                                 device_ids: list[str], only_to: str | None = None) -> None:
         def _do(txn: Txn) -> None:
             txn.executemany(
-                "INSERT INTO device_lists_stream (stream_id, user_id, device_id) VALUES (?, ?, ?)",
-                [(stream_id, user_id, d) for d in device_ids])
+                "INSERT INTO device_lists_stream (stream_id, user_id, device_id, only_to)"
+                " VALUES (?, ?, ?, ?)",
+                [(stream_id, user_id, d, only_to) for d in device_ids])
 
         await self._db.run("add_device_changes", _do)
 
@@ -56,7 +58,7 @@ class DeviceListStore:
         """Rows at positions in (since, upto], in stream order."""
         rows = await self._db.query(
             "get_device_list_changes",
-            "SELECT stream_id, user_id, device_id, room_id, membership FROM device_lists_stream"
-            " WHERE stream_id > ? AND stream_id <= ? ORDER BY stream_id",
+            "SELECT stream_id, user_id, device_id, room_id, membership, only_to"
+            " FROM device_lists_stream WHERE stream_id > ? AND stream_id <= ? ORDER BY stream_id",
             since, upto)
-        return [DeviceListChange(int(r[0]), r[1], r[2], r[3], r[4]) for r in rows]
+        return [DeviceListChange(int(r[0]), r[1], r[2], r[3], r[4], r[5]) for r in rows]

@@ -33,7 +33,7 @@ class WrongBackupVersionError(Exception):
 class BackupVersion:
     version: int
     algorithm: str
-    auth_data: dict[str, Any]
+    auth_data: dict[str, Any] | str  # a string only for algorithms other than the spec's
     etag: int
     count: int
 
@@ -45,7 +45,7 @@ class RoomKey:
     first_message_index: int
     forwarded_count: int
     is_verified: bool
-    session_data: dict[str, Any]
+    session_data: dict[str, Any] | str  # a string only for algorithms other than the spec's
 
 
 # The stored key, the uploaded key → whether the upload replaces what is stored.
@@ -57,7 +57,7 @@ _VERSION_COLS = "version, algorithm, auth_data, etag, key_count"
 _KEY_COLS = "room_id, session_id, first_message_index, forwarded_count, is_verified, session_data"
 
 
-def _dump(value: dict[str, Any]) -> str:
+def _dump(value: dict[str, Any] | str) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
@@ -108,7 +108,8 @@ class KeyBackupStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def create_version(self, user_id: str, algorithm: str, auth_data: dict[str, Any]) -> int:
+    async def create_version(self, user_id: str, algorithm: str,
+                             auth_data: dict[str, Any] | str) -> int:
         """Add a version greater than any the user ever had; it becomes the current one."""
 
         def _do(txn: Txn) -> int:
@@ -138,7 +139,8 @@ class KeyBackupStore:
         """The given live version, or the current one when ``version`` is None."""
         return await self._db.run("get_backup_version", _get_version, user_id, version)
 
-    async def update_auth_data(self, user_id: str, version: int, auth_data: dict[str, Any]) -> bool:
+    async def update_auth_data(self, user_id: str, version: int,
+                               auth_data: dict[str, Any] | str) -> bool:
         """Replace a live version's ``auth_data``; False when there is no such version."""
 
         def _do(txn: Txn) -> bool:

@@ -155,7 +155,11 @@ class KeyBackupTest(HomeserverTestCase):
             ({"algorithm": ALG, "auth_data": "x"}, "M_BAD_JSON"),
             ({"algorithm": 1, "auth_data": AUTH_DATA}, "M_BAD_JSON"),
             ({"algorithm": ALG, "auth_data": {"public_key": 5}}, "M_BAD_JSON"),
-            ({"algorithm": "m.unknown", "auth_data": AUTH_DATA}, "M_INVALID_PARAM"),
+            # Any algorithm name is accepted (as Synapse), but it must be a name.
+            ({"algorithm": "not an algorithm", "auth_data": AUTH_DATA}, "M_INVALID_PARAM"),
+            ({"algorithm": "", "auth_data": AUTH_DATA}, "M_INVALID_PARAM"),
+            ({"algorithm": "m." + "x" * 300, "auth_data": AUTH_DATA}, "M_INVALID_PARAM"),
+            ({"algorithm": "m.other", "auth_data": 5}, "M_BAD_JSON"),
         ]
         for body, errcode in cases:
             resp = await self.request("POST", VERSION, body, token=token)

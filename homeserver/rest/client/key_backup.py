@@ -29,22 +29,33 @@ AUTH_DATA_SCHEMA: dict[str, Any] = {
         "signatures": {"type": "object"},
     },
 }
+# Any algorithm name is accepted, as Synapse does (SyTest creates "m.megolm_backup.v1"
+# backups with a string auth_data): the server never interprets the backup. Only the
+# spec's algorithm has its auth_data shape checked; for others auth_data is opaque
+# (an object or a string), bounded in size by the handler.
+_ALGORITHM: dict[str, Any] = {"type": "string", "pattern": r"^[A-Za-z0-9._\-]{1,255}$"}
+_SPEC_ALGORITHM_AUTH_DATA: dict[str, Any] = {
+    "if": {"required": ["algorithm"], "properties": {"algorithm": {"const": MEGOLM_BACKUP_V1}}},
+    "then": {"properties": {"auth_data": AUTH_DATA_SCHEMA}},
+}
 CREATE_VERSION_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["algorithm", "auth_data"],
     "properties": {
-        "algorithm": {"type": "string", "enum": [MEGOLM_BACKUP_V1]},
-        "auth_data": AUTH_DATA_SCHEMA,
+        "algorithm": _ALGORITHM,
+        "auth_data": {"type": ["object", "string"]},
     },
+    **_SPEC_ALGORITHM_AUTH_DATA,
 }
 UPDATE_VERSION_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["algorithm", "auth_data"],
     "properties": {
-        "algorithm": {"type": "string", "enum": [MEGOLM_BACKUP_V1]},
-        "auth_data": AUTH_DATA_SCHEMA,
+        "algorithm": _ALGORITHM,
+        "auth_data": {"type": ["object", "string"]},
         "version": {"type": "string", "maxLength": 64},
     },
+    **_SPEC_ALGORITHM_AUTH_DATA,
 }
 # KeyBackupData: the metadata the replacement rules compare, and the opaque blob.
 KEY_SCHEMA: dict[str, Any] = {
@@ -54,7 +65,9 @@ KEY_SCHEMA: dict[str, Any] = {
         "first_message_index": {"type": "integer", "minimum": 0, "maximum": _MAX_COUNTER},
         "forwarded_count": {"type": "integer", "minimum": 0, "maximum": _MAX_COUNTER},
         "is_verified": {"type": "boolean"},
-        "session_data": {"type": "object"},
+        # An object for the spec's algorithm (checked by the handler against the
+        # version's algorithm); opaque, possibly a string, for others (as Synapse).
+        "session_data": {"type": ["object", "string"]},
     },
 }
 ROOM_KEYS_SCHEMA: dict[str, Any] = {
