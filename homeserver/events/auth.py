@@ -1,10 +1,12 @@
-"""The authorization rules of room versions 10, 11 and 12: one implementation for every
+"""The authorization rules of room versions 1 to 12: one implementation for every
 event, local or remote, checked against its auth events or against the current state
-(soft failure).
+(soft failure). What differs between versions comes from the :class:`RoomVersion`
+table (``special_case_aliases``, ``redaction_auth_rule``, ``knock``...).
 
-Comments number the steps as the v10/v11 spec text does. Room version 12 inserts a new
-rule 2 (the room id must be the create event's id), so from there on its numbers are one
-higher: v10/11 rule 4 (``m.room.member``) is v12 rule 5, and so on.
+Comments number the steps as the v6-v11 spec text does. Room versions 1-5 have an extra
+rule 4 for ``m.room.aliases`` (so their later numbers are one higher, and v1/v2 end
+with rule 11 for ``m.room.redaction``); room version 12 inserts a new rule 2 (the room
+id must be the create event's id), so from there on its numbers are one higher too.
 
 What is deliberately *not* here, because it needs I/O or keys:
 
@@ -20,7 +22,7 @@ What is deliberately *not* here, because it needs I/O or keys:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from homeserver.events.model import Event, StateKey
@@ -36,10 +38,12 @@ from homeserver.events.power_levels import (
     get_required_level,
     get_user_power_level,
     is_strict_int,
+    is_valid_level,
     is_valid_user_id,
+    parse_level,
     power_levels_content,
 )
-from homeserver.events.room_versions import RoomVersion, get_room_version
+from homeserver.events.room_versions import EventFormat, RoomVersion, get_room_version
 
 __all__ = [
     "AuthError",
@@ -58,8 +62,10 @@ __all__ = [
 JOIN_RULES = "m.room.join_rules"
 THIRD_PARTY_INVITE = "m.room.third_party_invite"
 REDACTION = "m.room.redaction"
+ALIASES = "m.room.aliases"
 AUTHORISING_USER = "join_authorised_via_users_server"
 _CREATE_KEY: StateKey = (CREATE, "")
+_ABSENT = object()
 
 
 class AuthError(Exception):
@@ -150,10 +156,13 @@ def auth_state_from_auth_events(event: Event, auth_events: Mapping[str, Event]) 
 
 
 def required_signature_servers(event: Event) -> set[str]:
-    """The servers whose signatures the event needs: the sender's, and for membership
-    events carrying ``join_authorised_via_users_server`` the authorising user's (rule 4.2)."""
+    """The servers whose signatures the event needs: the sender's; in v1/v2 also the
+    event id's domain; and for membership events carrying
+    ``join_authorised_via_users_server`` (v8+) the authorising user's (rule 4.2)."""
     servers = {domain_of(event.sender)}
-    if event.type == MEMBER:
+    if event.room_version.event_format == EventFormat.V1:
+        servers.add(domain_of(event.event_id))
+    if event.type == MEMBER and event.room_version.restricted_joins:
         authoriser = event.content.get(AUTHORISING_USER)
         if isinstance(authoriser, str):
             servers.add(domain_of(authoriser))
@@ -176,6 +185,14 @@ def check_auth_rules(event: Event, auth_state: Mapping[StateKey, Event], create_
     # 3. m.federate: a non-federating room only accepts events from the creator's server.
     _check_federate(event.sender, create_event)
 
+    # v1-v5 4. m.room.aliases: the state key must be the sender's domain.
+    if event.type == ALIASES and event.room_version.special_case_aliases:
+        if event.state_key is None:
+            raise AuthError("m.room.aliases must be a state event")
+        if event.state_key != domain_of(event.sender):
+            raise AuthError("m.room.aliases must be keyed by the sender's server name")
+        return
+
     # 4. m.room.member.
     if event.type == MEMBER:
         _check_membership(event, auth_state, create_event)
@@ -193,9 +210,9 @@ def check_auth_rules(event: Event, auth_state: Mapping[StateKey, Event], create_
             return
         raise AuthError("insufficient power level to invite")
 
-    # 7. The event type's required power level. There are no special rules for
+    # 7. The event type's required power level. From v3 there is no special rule for
     # m.room.redaction (the redact level is applied when the redaction is, see
-    # redaction_allowed) nor for m.room.aliases (none since v6).
+    # redaction_allowed); v1/v2 have rule 11 below.
     required = get_required_level(event.type, event.is_state(), power_levels_content(auth_state))
     if sender_level < required:
         raise AuthError("insufficient power level to send this event")
@@ -208,6 +225,15 @@ def check_auth_rules(event: Event, auth_state: Mapping[StateKey, Event], create_
     # 9. m.room.power_levels.
     if event.type == POWER_LEVELS:
         _check_power_levels(event, auth_state, create_event, sender_level)
+        return
+    # v1/v2 11. m.room.redaction: the redact level, or an event of the same server.
+    if event.type == REDACTION and event.room_version.redaction_auth_rule:
+        if sender_level >= get_named_level("redact", auth_state):
+            return
+        redacts = event.redacts
+        if redacts is not None and domain_of(redacts) == domain_of(event.event_id):
+            return
+        raise AuthError("insufficient power level to redact this event")
     # 10. Otherwise, allow.
 
 
@@ -231,13 +257,13 @@ def _check_create(event: Event) -> None:
         if not isinstance(room_id, str) or domain_of(room_id) != domain_of(event.sender):
             raise AuthError("the room id's domain does not match the sender's")
     # 1.3: a present room_version must be recognised. We also require it to be the version
-    # we are applying: an absent one means "1", which we do not support.
+    # we are applying: an absent one means "1".
     declared = content.get("room_version", "1")
     if not isinstance(declared, str) or get_room_version(declared) is None:
         raise AuthError("unsupported room version")
     if declared != version.identifier:
         raise AuthError("the create event's room version does not match the room")
-    # 1.4 (v10): a creator is required (v11+ use the sender instead).
+    # 1.4 (v1-v10): a creator is required (v11+ use the sender instead).
     if not version.implicit_room_creator and not isinstance(content.get("creator"), str):
         raise AuthError("the create event has no creator")
     # v12 1.4: additional_creators must be valid user ids.
@@ -321,9 +347,9 @@ def _check_membership(event: Event, auth_state: Mapping[StateKey, Event], create
     # Stricter than the spec, as Synapse: a non-federating room has no remote members.
     _check_federate(target, create_event)
     content = event.content
-    # 4.2: the authorising user's server must have signed (cryptographic verification is
-    # done with the other signatures; see required_signature_servers).
-    if AUTHORISING_USER in content:
+    # 4.2 (v8+): the authorising user's server must have signed (cryptographic
+    # verification is done with the other signatures; see required_signature_servers).
+    if AUTHORISING_USER in content and event.room_version.restricted_joins:
         authoriser = content[AUTHORISING_USER]
         if not is_valid_user_id(authoriser) or not _signed_by(event, domain_of(authoriser)):
             raise AuthError("the join is not signed by the authorising server")
@@ -354,9 +380,10 @@ def _check_membership(event: Event, auth_state: Mapping[StateKey, Event], create
         raise AuthError("insufficient power level to invite")
 
     if membership == "leave":
-        # 4.5.1: leaving (or rejecting an invite / retracting a knock) oneself.
+        # 4.5.1: leaving (or rejecting an invite / retracting a knock, v7+) oneself.
         if sender == target:
-            if sender_membership in ("invite", "join", "knock"):
+            if sender_membership in ("invite", "join") or (
+                    sender_membership == "knock" and event.room_version.knock):
                 return
             raise AuthError("cannot leave a room one is not in")
         # 4.5.2
@@ -439,33 +466,47 @@ def _check_join(event: Event, auth_state: Mapping[StateKey, Event], create_event
     raise AuthError("the user is not allowed to join this room")
 
 
-def _explicit_levels(container: Any) -> dict[str, int]:
-    """The integer entries of a power levels sub-object (``events``, ``users``, ...)."""
-    if not isinstance(container, Mapping):
-        return {}
-    return {k: v for k, v in container.items() if isinstance(k, str) and is_strict_int(v)}
+def _level_map(container: Any) -> Mapping[str, Any]:
+    """A power levels sub-object (``events``, ``users``, ...), or {} if it is none."""
+    return container if isinstance(container, Mapping) else {}
+
+
+def _altered(old_map: Mapping[str, Any], new_map: Mapping[str, Any]
+             ) -> Iterator[tuple[str, int | None, int | None]]:
+    """(key, old level, new level) for every entry added, changed or removed. Values are
+    compared as written ("50" to 50 is a change, as Synapse sees it) and returned
+    parsed; a level that is absent or no number at all is None."""
+    for key in old_map.keys() | new_map.keys():
+        old, new = old_map.get(key, _ABSENT), new_map.get(key, _ABSENT)
+        if old is not _ABSENT and new is not _ABSENT and type(old) is type(new) and old == new:
+            continue
+        yield (key, None if old is _ABSENT else parse_level(old),
+               None if new is _ABSENT else parse_level(new))
 
 
 def _check_power_levels(
     event: Event, auth_state: Mapping[StateKey, Event], create_event: Event, sender_level: Level,
 ) -> None:
     content = event.content
-    # 9.1: the named levels must be integers (v10+: no strings).
-    for key in NAMED_LEVEL_KEYS:
-        if key in content and not is_strict_int(content[key]):
-            raise AuthError("power levels must be integers")
-    # 9.2: events and notifications map to integers.
-    for key in ("events", "notifications"):
-        if key in content:
-            value = content[key]
-            if not isinstance(value, Mapping) or not all(is_strict_int(v) for v in value.values()):
+    version = event.room_version
+    if version.integer_power_levels:
+        # 9.1 (v10+): the named levels must be integers.
+        for key in NAMED_LEVEL_KEYS:
+            if key in content and not is_strict_int(content[key]):
                 raise AuthError("power levels must be integers")
-    # 9.3: users maps valid user ids to integers.
+        # 9.2 (v10+): events and notifications map to integers.
+        for key in ("events", "notifications"):
+            if key in content:
+                value = content[key]
+                if not isinstance(value, Mapping) or not all(is_strict_int(v) for v in value.values()):
+                    raise AuthError("power levels must be integers")
+    # 9.3 (v1-v9: 9.1 / 10.1): users maps valid user ids to integers (v1-v9: or
+    # strings that are integers; v1-v5: or floats).
     users = content.get("users", {})
     if not isinstance(users, Mapping):
         raise AuthError("the users of power levels must be an object")
     for user_id, level in users.items():
-        if not is_valid_user_id(user_id) or not is_strict_int(level):
+        if not is_valid_user_id(user_id) or not is_valid_level(level, version):
             raise AuthError("power levels users must map valid user ids to integers")
     # v12 10.4: creators cannot be listed (their power is infinite and fixed).
     if event.room_version.creators_have_infinite_power and get_creators(create_event) & set(users):
@@ -476,32 +517,24 @@ def _check_power_levels(
         return
     old = previous.content
     # 9.5: named levels added, changed or removed.
-    for key in NAMED_LEVEL_KEYS:
-        old_value = old.get(key) if is_strict_int(old.get(key)) else None
-        new_value = content.get(key)
-        if old_value == new_value:
-            continue
+    named_old = {k: old[k] for k in NAMED_LEVEL_KEYS if k in old}
+    named_new = {k: content[k] for k in NAMED_LEVEL_KEYS if k in content}
+    for _key, old_value, new_value in _altered(named_old, named_new):
         if old_value is not None and old_value > sender_level:
             raise AuthError("cannot change a power level above one's own")
         if new_value is not None and new_value > sender_level:
             raise AuthError("cannot set a power level above one's own")
-    # 9.6 / 9.7: events and notifications entries.
-    for key in ("events", "notifications"):
-        old_map, new_map = _explicit_levels(old.get(key)), _explicit_levels(content.get(key))
-        for name in old_map.keys() | new_map.keys():
-            old_value, new_value = old_map.get(name), new_map.get(name)
-            if old_value == new_value:
-                continue
+    # 9.6 / 9.7: events and notifications entries (v1-v5: events only).
+    checked = ("events", "notifications") if version.limit_notifications_power_levels else ("events",)
+    for key in checked:
+        for _name, old_value, new_value in _altered(_level_map(old.get(key)),
+                                                    _level_map(content.get(key))):
             if old_value is not None and old_value > sender_level:
                 raise AuthError("cannot change a power level above one's own")
             if new_value is not None and new_value > sender_level:
                 raise AuthError("cannot set a power level above one's own")
     # 9.8 / 9.9: users entries.
-    old_users, new_users = _explicit_levels(old.get("users")), _explicit_levels(users)
-    for user_id in old_users.keys() | new_users.keys():
-        old_value, new_value = old_users.get(user_id), new_users.get(user_id)
-        if old_value == new_value:
-            continue
+    for user_id, old_value, new_value in _altered(_level_map(old.get("users")), users):
         # 9.8: others' entries at or above one's own level cannot be changed or removed.
         if user_id != event.sender and old_value is not None and old_value >= sender_level:
             raise AuthError("cannot change the power level of a user with at least one's own")
@@ -516,9 +549,12 @@ def redaction_allowed(
 ) -> bool:
     """"Handling redactions" (v3+): whether an accepted redaction should be applied to
     ``redacted`` — the redacter has the redact level, or both senders share a domain.
+    In v1/v2 auth rule 11 already decided, so an accepted redaction applies.
     ``auth_state`` is the state the redaction was authorised against."""
     if redacted.room_id != redaction.room_id or redaction.redacts != redacted.event_id:
         return False
+    if redaction.room_version.redaction_auth_rule:
+        return True
     level = get_user_power_level(redaction.sender, auth_state, create_event)
     if level >= get_named_level("redact", auth_state):
         return True

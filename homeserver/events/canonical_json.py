@@ -3,9 +3,10 @@
 Hashes and signatures are computed over these bytes, so two servers must produce the
 same bytes for the same value. The spec's encoding is the shortest UTF-8 JSON with keys
 sorted by code point, and numbers only as integers in ``[-(2**53)+1, (2**53)-1]``
-("Float values are not permitted"). Room versions 6+ require strict enforcement, and we
-only support 10-12, so anything outside that is refused with :class:`ValueError` rather
-than silently rounded or stringified.
+("Float values are not permitted"). Room versions 6+ require strict enforcement; Parley
+enforces it for every room version (events its clients send in v1-v5 rooms too), so
+anything outside that is refused with :class:`ValueError` rather than silently rounded
+or stringified.
 
 One subtlety: ``1e10`` is an integer written in exponent form. Python's ``json`` parses
 it as a float, and ``canonicaljson`` would then print ``10000000000.0``; the spec's own

@@ -5,8 +5,9 @@ hash for an event" / "Calculating the reference hash for an event"; room version
 * The *content hash* covers the whole unredacted event, so a receiver can tell a full
   copy from a redacted one; it is stored in ``hashes.sha256`` before signing.
 * The *reference hash* covers the redacted event (so it survives redaction) and is the
-  event id: ``$`` + URL-safe unpadded Base64. In v12 the room id is the create event's
-  reference hash with ``!``.
+  event id from v3 (``$`` + unpadded Base64: standard in v3, URL-safe from v4). In v1/v2
+  the id is chosen by the origin and the hash goes next to it in ``prev_events`` and
+  ``auth_events``. In v12 the room id is the create event's reference hash with ``!``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 from homeserver.events.canonical_json import encode_canonical_json
 from homeserver.events.redaction import coerce_room_version, prune_event_dict
-from homeserver.events.room_versions import V12, RoomVersion
+from homeserver.events.room_versions import V12, EventFormat, RoomVersion
 
 JsonDict = dict[str, Any]
 
@@ -93,13 +94,35 @@ def reference_hash(pdu: JsonDict, room_version: RoomVersion | str) -> bytes:
 
 
 def compute_event_id(pdu: JsonDict, room_version: RoomVersion | str) -> str:
-    """The event id for room versions 4+: ``$`` + URL-safe unpadded reference hash.
+    """The id of an event in its room version's format.
 
-    Any ``event_id`` key inside ``pdu`` is part of the hash input when present (v1/v2
-    format), so callers must pass the PDU without one, as it travels over federation.
+    * v1/v2: the ``event_id`` the origin put in the PDU (``$opaque:server``); it is part
+      of the hashed and signed JSON, so it is read, never derived.
+    * v3: ``$`` + the standard unpadded Base64 reference hash.
+    * v4+: ``$`` + the URL-safe unpadded Base64 reference hash.
+
+    For v3+ any ``event_id`` key inside ``pdu`` would be part of the hash input, so
+    callers pass the PDU without one, as it travels over federation. Raises
+    :class:`ValueError` for a v1/v2 PDU without a plausible ``event_id``.
     """
-    coerce_room_version(room_version)
-    return "$" + encode_base64(reference_hash(pdu, room_version), urlsafe=True)
+    version = coerce_room_version(room_version)
+    if version.event_format == EventFormat.V1:
+        event_id = pdu.get("event_id") if isinstance(pdu, dict) else None
+        if not isinstance(event_id, str) or not event_id.startswith("$") or ":" not in event_id:
+            raise ValueError("a v1/v2 event must carry its event_id ($opaque:server)")
+        return event_id
+    urlsafe = version.event_format != EventFormat.V3
+    return "$" + encode_base64(reference_hash(pdu, version), urlsafe=urlsafe)
+
+
+def event_reference(pdu: JsonDict, room_version: RoomVersion | str) -> str | list[Any]:
+    """How another event cites this one in ``prev_events``/``auth_events``: the bare id
+    (v3+), or ``[id, {"sha256": <unpadded Base64 reference hash>}]`` (v1/v2)."""
+    version = coerce_room_version(room_version)
+    event_id = compute_event_id(pdu, version)
+    if version.event_format != EventFormat.V1:
+        return event_id
+    return [event_id, {"sha256": encode_base64(reference_hash(pdu, version))}]
 
 
 def compute_room_id(create_pdu: JsonDict, room_version: RoomVersion | str = V12) -> str:

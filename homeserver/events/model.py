@@ -29,8 +29,12 @@ class InternalMetadata:
 
 @dataclass
 class Event:
-    """A room event. ``pdu`` is the signed federation JSON without ``event_id`` for
-    room versions where the id is derived (all we support); ``event_id`` is kept apart."""
+    """A room event. ``pdu`` is the signed federation JSON; ``event_id`` is kept apart.
+
+    From v3 the id is derived from the PDU (its reference hash), which then has no
+    ``event_id`` key. In v1/v2 the PDU carries its own ``event_id`` (hashed and signed
+    with the rest), and ``event_id`` here is that same value.
+    """
 
     event_id: str
     pdu: JsonDict
@@ -70,11 +74,13 @@ class Event:
 
     @property
     def prev_event_ids(self) -> list[str]:
-        return list(self.pdu.get("prev_events", []))
+        """The cited prev event ids, in either format (v1/v2 ``[id, hashes]`` pairs)."""
+        return _reference_ids(self.pdu.get("prev_events"))
 
     @property
     def auth_event_ids(self) -> list[str]:
-        return list(self.pdu.get("auth_events", []))
+        """The cited auth event ids, in either format."""
+        return _reference_ids(self.pdu.get("auth_events"))
 
     @property
     def depth(self) -> int:
@@ -99,3 +105,18 @@ class Event:
     def membership(self) -> str | None:
         m = self.content.get("membership")
         return m if isinstance(m, str) else None
+
+
+def _reference_ids(refs: Any) -> list[str]:
+    """Event ids from a ``prev_events``/``auth_events`` list: bare ids (v3+) or
+    ``[id, {"sha256": ...}]`` pairs (v1/v2). Malformed entries are skipped; the
+    PDU checks refuse such events before they get here."""
+    if not isinstance(refs, list):
+        return []
+    out: list[str] = []
+    for ref in refs:
+        if isinstance(ref, list) and ref:
+            ref = ref[0]
+        if isinstance(ref, str):
+            out.append(ref)
+    return out

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from homeserver.events.model import Event, StateKey
+from homeserver.events.room_versions import RoomVersion
 
 CREATE = "m.room.create"
 POWER_LEVELS = "m.room.power_levels"
@@ -38,6 +39,41 @@ Level = int | float  # float only ever for math.inf (v12 creators)
 def is_strict_int(value: Any) -> bool:
     """JSON integers only: ``bool`` is an ``int`` subclass in Python but not in JSON."""
     return type(value) is int
+
+
+# "a single base 10 integer ... optionally with any number of leading zeroes; optionally
+# prefixed with a single - or +; optionally with leading or trailing whitespace".
+_INT_STRING = re.compile(r"\s*[+-]?[0-9]+\s*")
+_MAX_INT_STRING = 256  # far beyond any meaningful level; keeps int() cheap
+
+
+def parse_level(value: Any) -> int | None:
+    """A power level value as an integer, or None when it is not one in any room
+    version: an int; a string that is an integer (v1-v9); a finite float, truncated
+    (v1-v5). Booleans are not numbers."""
+    if is_strict_int(value):
+        return int(value)
+    if isinstance(value, str):
+        if len(value) > _MAX_INT_STRING or not _INT_STRING.fullmatch(value):
+            return None
+        return int(value.strip())
+    if isinstance(value, float) and math.isfinite(value):
+        return int(value)  # truncates towards zero, as the spec's "truncated" example
+    return None
+
+
+def is_valid_level(value: Any, version: RoomVersion) -> bool:
+    """Whether ``value`` is a power level in ``version``: integers always, integer
+    strings in v1-v9, floats in v1-v5 (rooms without strict canonical JSON)."""
+    if is_strict_int(value):
+        return True
+    if version.integer_power_levels:
+        return False
+    if isinstance(value, str):
+        return parse_level(value) is not None
+    if isinstance(value, float):
+        return not version.strict_canonical_json and parse_level(value) is not None
+    return False
 
 
 def is_valid_user_id(value: Any) -> bool:
@@ -79,9 +115,10 @@ def power_levels_content(auth_state: Mapping[StateKey, Event]) -> Mapping[str, A
 
 
 def _level(value: Any, default: int) -> int:
-    # Accepted v10+ power levels events only hold integers (auth rule); anything else
-    # can only come from a bug or a pre-validation caller, and falls back to the default.
-    return value if is_strict_int(value) else default
+    # What the room version allows was checked by the auth rules; a value that is no
+    # level at all (v1-v9 only validate ``users``) falls back to the default.
+    parsed = parse_level(value)
+    return default if parsed is None else parsed
 
 
 def get_user_power_level(user_id: str, auth_state: Mapping[StateKey, Event], create_event: Event) -> Level:
@@ -117,8 +154,10 @@ def get_required_level(event_type: str, is_state: bool, power_levels: Mapping[st
     if power_levels is None:
         return 0
     events = power_levels.get("events")
-    if isinstance(events, Mapping) and event_type in events and is_strict_int(events[event_type]):
-        return events[event_type]
+    if isinstance(events, Mapping) and event_type in events:
+        level = parse_level(events[event_type])
+        if level is not None:
+            return level
     if is_state:
         return _level(power_levels.get("state_default"), _NAMED_DEFAULTS["state_default"])
     return _level(power_levels.get("events_default"), _NAMED_DEFAULTS["events_default"])

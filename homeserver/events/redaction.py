@@ -4,22 +4,31 @@ Redaction is not only for serving redacted events: the reference hash (event id,
 room id) and every event signature cover the *redacted* form, so this must follow the
 spec to the letter or our ids and signatures will not match other servers'.
 
-* Room version 10 uses the v9 rules: top-level ``origin``, ``membership`` and
-  ``prev_state`` are kept; content keeps per type ``membership`` and
-  ``join_authorised_via_users_server`` (member), ``creator`` (create), ``join_rule`` and
-  ``allow`` (join rules), the power level keys without ``invite``, and
-  ``history_visibility``. (``m.room.aliases`` lost its rule in v6.)
-* Room versions 11 and 12 (MSC2176, MSC3821, MSC3989): those three top-level keys are no
+The keep-lists are derived from the :class:`RoomVersion` table, never from identifiers:
+
+* Versions 1-10 keep the top-level ``origin``, ``membership`` and ``prev_state``;
+  content keeps ``membership`` (member), ``creator`` (create), ``join_rule`` (join
+  rules), the power level keys without ``invite``, and ``history_visibility``.
+  v1-v5 (``special_case_aliases``) also keep ``aliases`` in m.room.aliases; v8+
+  (``restricted_joins``) keep ``allow`` in join rules; v9+ keep
+  ``join_authorised_via_users_server`` in members.
+* Versions 11 and 12 (MSC2176, MSC3821, MSC3989): those three top-level keys are no
   longer kept; create keeps its whole content, redaction keeps ``redacts``, power levels
   keep ``invite``, and member keeps ``third_party_invite.signed``.
 
+``event_id`` is on every keep-list: in v1/v2 it is part of the PDU (and so of the
+hashes and signatures); later formats simply do not carry it.
+
 Anything not listed is dropped, including ``unsigned`` (the spec's keep-list does not
-name it) and the top-level ``redacts`` of a v10 redaction event.
+name it) and the top-level ``redacts`` of a pre-v11 redaction event.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
+from functools import cache
+from types import MappingProxyType
 from typing import Any
 
 from homeserver.events.room_versions import RoomVersion, get_room_version
@@ -30,31 +39,47 @@ _TOP_LEVEL_V11 = frozenset({
     "event_id", "type", "room_id", "sender", "state_key", "content", "hashes", "signatures",
     "depth", "prev_events", "auth_events", "origin_server_ts",
 })
-_TOP_LEVEL_V10 = _TOP_LEVEL_V11 | {"prev_state", "origin", "membership"}
+_TOP_LEVEL_V1 = _TOP_LEVEL_V11 | {"prev_state", "origin", "membership"}
 
-_POWER_LEVEL_KEYS_V10 = frozenset({
+_POWER_LEVEL_KEYS_V1 = frozenset({
     "ban", "events", "events_default", "kick", "redact", "state_default", "users", "users_default",
 })
 
-_CONTENT_V10: dict[str, frozenset[str]] = {
-    "m.room.member": frozenset({"membership", "join_authorised_via_users_server"}),
-    "m.room.create": frozenset({"creator"}),
-    "m.room.join_rules": frozenset({"join_rule", "allow"}),
-    "m.room.power_levels": _POWER_LEVEL_KEYS_V10,
-    "m.room.history_visibility": frozenset({"history_visibility"}),
-}
-
-_CONTENT_V11: dict[str, frozenset[str]] = {
-    "m.room.member": frozenset({"membership", "join_authorised_via_users_server"}),
-    # m.room.create keeps everything: handled in code.
-    "m.room.join_rules": frozenset({"join_rule", "allow"}),
-    "m.room.power_levels": _POWER_LEVEL_KEYS_V10 | {"invite"},
-    "m.room.history_visibility": frozenset({"history_visibility"}),
-    "m.room.redaction": frozenset({"redacts"}),
-}
-
 # Client-format ``unsigned`` keys that reveal nothing of the redacted content.
 _CLIENT_UNSIGNED_KEEP = ("age", "transaction_id", "redacted_because")
+
+
+@cache
+def content_keep_lists(version: RoomVersion) -> Mapping[str, frozenset[str]]:
+    """Event type -> the content keys a redaction keeps, for ``version``. m.room.create
+    in v11+ keeps everything and member's ``third_party_invite.signed`` is nested: both
+    are handled in :func:`_prune_content`."""
+    member = {"membership"}
+    if version.redaction_keeps_authorising_user:
+        member.add("join_authorised_via_users_server")
+    join_rules = {"join_rule"}
+    if version.restricted_joins:
+        join_rules.add("allow")
+    power = set(_POWER_LEVEL_KEYS_V1)
+    rules: dict[str, frozenset[str]] = {
+        "m.room.history_visibility": frozenset({"history_visibility"}),
+    }
+    if version.redaction_v11:
+        power.add("invite")
+        rules["m.room.redaction"] = frozenset({"redacts"})
+    else:
+        rules["m.room.create"] = frozenset({"creator"})
+    if version.special_case_aliases:
+        rules["m.room.aliases"] = frozenset({"aliases"})
+    rules["m.room.member"] = frozenset(member)
+    rules["m.room.join_rules"] = frozenset(join_rules)
+    rules["m.room.power_levels"] = frozenset(power)
+    return MappingProxyType(rules)
+
+
+def top_level_keep_list(version: RoomVersion) -> frozenset[str]:
+    """The top-level keys a redaction keeps for ``version``."""
+    return _TOP_LEVEL_V11 if version.redaction_v11 else _TOP_LEVEL_V1
 
 
 def coerce_room_version(room_version: RoomVersion | str) -> RoomVersion:
@@ -74,14 +99,11 @@ def coerce_room_version(room_version: RoomVersion | str) -> RoomVersion:
 def _prune_content(event_type: Any, content: JsonDict, version: RoomVersion) -> JsonDict:
     if not isinstance(event_type, str):
         event_type = None  # malformed; no per-type rule applies (and a list is unhashable)
-    if not version.redaction_v11:
-        keep = _CONTENT_V10.get(event_type, frozenset())
-        return {k: copy.deepcopy(v) for k, v in content.items() if k in keep}
-    if event_type == "m.room.create":
+    if version.redaction_v11 and event_type == "m.room.create":
         return copy.deepcopy(content)
-    keep = _CONTENT_V11.get(event_type, frozenset())
+    keep = content_keep_lists(version).get(event_type, frozenset()) if event_type else frozenset()
     out = {k: copy.deepcopy(v) for k, v in content.items() if k in keep}
-    if event_type == "m.room.member":
+    if version.redaction_v11 and event_type == "m.room.member":
         tpi = content.get("third_party_invite")
         if isinstance(tpi, dict) and "signed" in tpi:
             out["third_party_invite"] = {"signed": copy.deepcopy(tpi["signed"])}
@@ -98,7 +120,7 @@ def prune_event_dict(pdu: JsonDict, room_version: RoomVersion | str) -> JsonDict
     if not isinstance(pdu, dict):
         raise ValueError("an event must be a JSON object")
     version = coerce_room_version(room_version)
-    keep = _TOP_LEVEL_V11 if version.redaction_v11 else _TOP_LEVEL_V10
+    keep = top_level_keep_list(version)
     content = pdu.get("content", {})
     if not isinstance(content, dict):
         raise ValueError("event content must be a JSON object")

@@ -13,7 +13,8 @@ are the persister's, offered here for the handlers that hold this builder.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+import secrets
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,9 +23,16 @@ from signedjson.key import SigningKey
 from homeserver.clock import Clock
 from homeserver.events import auth as event_auth
 from homeserver.events.canonical_json import encode_canonical_json
-from homeserver.events.hashing import compute_event_id, compute_room_id
+from homeserver.events.hashing import compute_event_id, compute_room_id, event_reference
 from homeserver.events.model import Event, StateKey
-from homeserver.events.room_versions import RoomVersion
+from homeserver.events.power_levels import (
+    NAMED_LEVEL_KEYS,
+    get_required_level,
+    get_user_power_level,
+    is_valid_level,
+    power_levels_content,
+)
+from homeserver.events.room_versions import EventFormat, RoomVersion, supports_join_rule
 from homeserver.events.signing import sign_event
 from homeserver.handlers.event_persister import (
     EventPersister,
@@ -40,6 +48,7 @@ __all__ = ["EventCreationHandler", "EventDraft", "RoomSnapshot", "check_client_s
 MAX_EVENT_SIZE = 65536
 MAX_PREV_EVENTS = 10
 REDACTION = "m.room.redaction"
+ALIASES = "m.room.aliases"
 
 
 @dataclass(frozen=True)
@@ -110,6 +119,8 @@ class EventCreationHandler:
             "prev_events": [],
             "auth_events": [],
         }
+        if room_version.event_format == EventFormat.V1:
+            pdu["event_id"] = self._mint_event_id()
         _canonical(pdu)
         if room_version.room_id_is_create_hash:
             signed = sign_event(pdu, self._server_name, self._key, room_version)
@@ -203,15 +214,61 @@ class EventCreationHandler:
         existing = await self._events.get_event_by_txn(room_id, sender, txn[0], txn[1])
         return await self._events.get_event(existing) if existing is not None else None
 
+    def _mint_event_id(self) -> str:
+        """A v1/v2 event id, ``$opaque:server``: 144 random bits, so ids can be neither
+        guessed nor repeated (and the events table's primary key refuses a repeat
+        rather than overwrite)."""
+        return f"${secrets.token_urlsafe(18)}:{self._server_name}"
+
+    async def _references(self, version: RoomVersion, event_ids: list[str],
+                          batch: dict[str, Event]) -> list[Any]:
+        """``prev_events``/``auth_events`` in the version's format: bare ids (v3+), or
+        ``[id, {"sha256": reference hash}]`` pairs (v1/v2), which need the events."""
+        if version.event_format != EventFormat.V1:
+            return list(event_ids)
+        missing = [i for i in event_ids if i not in batch]
+        found = await self._events.get_events(missing) if missing else {}
+        refs = []
+        for event_id in event_ids:
+            cited = batch.get(event_id) or found.get(event_id)
+            if cited is None:
+                raise RuntimeError(f"cited event {event_id} is not stored")
+            refs.append(event_reference(cited.pdu, version))
+        return refs
+
+    async def _check_local_aliases(self, sender: str, snap: RoomSnapshot,
+                                   batch: dict[str, Event]) -> None:
+        """v1-v5 auth rule 4 allows any m.room.aliases keyed by the sender's server, even
+        from non-members. That rule is for servers; our own users get the rules of
+        later versions: joined, with the power level to send that state."""
+        keys = [("m.room.create", ""), ("m.room.power_levels", ""), ("m.room.member", sender)]
+        ids = {k: snap.state_ids[k] for k in keys if k in snap.state_ids}
+        missing = [i for i in ids.values() if i not in batch]
+        found = await self._events.get_events(missing) if missing else {}
+        state = {k: batch.get(i) or found[i] for k, i in ids.items() if i in batch or i in found}
+        create = state.get(("m.room.create", ""))
+        member = state.get(("m.room.member", sender))
+        if create is None or member is None or member.membership != "join":
+            raise MatrixError(403, "You are not in this room", Codes.FORBIDDEN)
+        needed = get_required_level(ALIASES, True, power_levels_content(state))
+        if get_user_power_level(sender, state, create) < needed:
+            raise MatrixError(403, "Insufficient power level to send m.room.aliases",
+                              Codes.FORBIDDEN)
+
     async def _build(self, version: RoomVersion, room_id: str, sender: str, draft: EventDraft,
                      snap: RoomSnapshot, batch: dict[str, Event]) -> Event:
         _check_draft(draft)
+        _check_version_content(draft, version)
+        if draft.type == ALIASES and version.special_case_aliases:
+            await self._check_local_aliases(sender, snap, batch)
         pdu: dict[str, Any] = {
             "room_id": room_id, "type": draft.type, "sender": sender, "content": draft.content,
             "origin_server_ts": self._clock.time_msec(),
             "depth": snap.depth + 1,
             "prev_events": snap.extremities[:MAX_PREV_EVENTS],
         }
+        if version.event_format == EventFormat.V1:
+            pdu["event_id"] = self._mint_event_id()
         if draft.state_key is not None:
             pdu["state_key"] = draft.state_key
         if draft.redacts is not None:
@@ -226,7 +283,8 @@ class EventCreationHandler:
                 continue
             if key in snap.state_ids:
                 auth_ids.append(snap.state_ids[key])
-        pdu["auth_events"] = auth_ids
+        pdu["auth_events"] = await self._references(version, auth_ids, batch)
+        pdu["prev_events"] = await self._references(version, pdu["prev_events"], batch)
         unsigned = None
         if draft.state_key is not None and (draft.type, draft.state_key) in snap.state_ids:
             prev_id = snap.state_ids[(draft.type, draft.state_key)]
@@ -241,6 +299,7 @@ class EventCreationHandler:
         if unsigned:
             signed = {**signed, "unsigned": unsigned}
         if len(encode_canonical_json({**signed, "event_id": event_id})) > MAX_EVENT_SIZE:
+            # (v1/v2 PDUs already hold this event_id: the size is the same.)
             raise MatrixError(413, "Event too large", Codes.TOO_LARGE)
         return Event(event_id, signed, version)
 
@@ -288,3 +347,28 @@ def _check_draft(draft: EventDraft) -> None:
             raise MatrixError(400, "Use /redact to redact events", Codes.BAD_JSON)
     elif draft.redacts is not None:
         raise MatrixError(400, "Only m.room.redaction events redact", Codes.BAD_JSON)
+
+
+def _check_version_content(draft: EventDraft, version: RoomVersion) -> None:
+    """What clients may not send in this room version, before the auth rules: power
+    levels whose values are not levels in the version (v10+: integers only; v1-v9 also
+    integer strings), and join rules the version does not have. Stricter than the auth
+    rules, which in v1-v9 only check ``users``: a local event never holds a level that
+    other servers might read differently."""
+    content = draft.content
+    if draft.type == "m.room.power_levels" and draft.state_key == "":
+        for key in NAMED_LEVEL_KEYS:
+            if key in content and not is_valid_level(content[key], version):
+                raise MatrixError(400, f"'{key}' must be an integer power level", Codes.BAD_JSON)
+        for key in ("events", "notifications", "users"):
+            if key not in content:
+                continue
+            value = content[key]
+            if not isinstance(value, Mapping) or not all(
+                    is_valid_level(v, version) for v in value.values()):
+                raise MatrixError(400, f"'{key}' must map to integer power levels", Codes.BAD_JSON)
+    if draft.type == "m.room.join_rules" and draft.state_key == "":
+        rule = content.get("join_rule")
+        if not supports_join_rule(version, rule):
+            raise MatrixError(400, f"Room version {version.identifier} does not support the"
+                              f" join rule {rule}", Codes.BAD_JSON)

@@ -24,7 +24,7 @@ from typing import Any
 
 from homeserver.clock import Clock
 from homeserver.events.model import Event, StateKey
-from homeserver.events.power_levels import get_user_power_level
+from homeserver.events.power_levels import get_user_power_level, parse_level
 from homeserver.handlers.client_events import ClientEventSerializer
 from homeserver.handlers.event_creation import EventCreationHandler
 from homeserver.handlers.push_rules import PushRulesHandler
@@ -164,7 +164,10 @@ class PushActionsHandler:
         notifications = pl.content.get("notifications") if pl is not None else None
         return {
             "sender_power_level": MAX_SAFE_INTEGER if level == math.inf else int(level),
-            "notification_power_levels": notifications if isinstance(notifications, dict) else {},
+            # v1-v9 rooms may write levels as integer strings.
+            "notification_power_levels": {
+                k: lvl for k, v in notifications.items() if (lvl := parse_level(v)) is not None
+            } if isinstance(notifications, dict) else {},
         }
 
     async def _thread_of(self, event: Event) -> str:

@@ -13,6 +13,11 @@ are taken out; upgrading into v12 from an older version raises the tombstone lev
 creators get 100 so that they keep the power they had. Where the upgrader lacks the
 level to copy some state, they get it for the copy only (as Synapse does) and their
 own level is restored afterwards.
+
+When a local user joins a replacement room (the upgrader included), their push rules
+about the old room are copied to the new one (the spec's "SHOULD transfer personalized
+settings such as notifications"; SyTest "local user has push rules copied to upgraded
+room").
 """
 
 from __future__ import annotations
@@ -26,9 +31,15 @@ from twisted.internet import defer
 from homeserver.clock import Clock
 from homeserver.events import auth as event_auth
 from homeserver.events.model import Event, StateKey
-from homeserver.events.power_levels import get_creators, is_strict_int, is_valid_user_id
-from homeserver.events.room_versions import RoomVersion, get_room_version
+from homeserver.events.power_levels import (
+    NAMED_LEVEL_KEYS,
+    get_creators,
+    is_valid_user_id,
+    parse_level,
+)
+from homeserver.events.room_versions import RoomVersion, get_room_version, supports_join_rule
 from homeserver.handlers.event_creation import EventCreationHandler
+from homeserver.handlers.push_rules import PushRulesHandler
 from homeserver.handlers.room_creation import RoomCreationHandler
 from homeserver.http.errors import Codes, MatrixError
 from storage.stores.room_aliases import RoomAliasStore
@@ -45,7 +56,29 @@ CREATE_KEY: StateKey = ("m.room.create", "")
 
 
 def _int(value: Any, default: int) -> int:
-    return value if is_strict_int(value) else default
+    """A power level as an integer (v1-v9 rooms may hold integer strings)."""
+    parsed = parse_level(value)
+    return default if parsed is None else parsed
+
+
+def _integer_levels(content: dict[str, Any]) -> dict[str, Any]:
+    """Power levels with every level written as an integer, so that the content is valid
+    in any room version (v10+ refuse the integer strings v1-v9 allow); values that are
+    no level at all are dropped, as they would be ignored."""
+    out = copy.deepcopy(content)
+    for key in NAMED_LEVEL_KEYS:
+        if key in out:
+            level = parse_level(out[key])
+            if level is None:
+                del out[key]
+            else:
+                out[key] = level
+    for key in ("events", "notifications", "users"):
+        if key in out:
+            value = out[key]
+            out[key] = ({k: parse_level(v) for k, v in value.items() if parse_level(v) is not None}
+                        if isinstance(value, dict) else {})
+    return out
 
 
 class RoomUpgradeHandler:
@@ -57,8 +90,10 @@ class RoomUpgradeHandler:
         room_creation: RoomCreationHandler,
         aliases: RoomAliasStore,
         rooms: RoomStore,
+        push_rules: PushRulesHandler | None = None,
     ) -> None:
         self._server_name = server_name
+        self._push_rules = push_rules
         self._clock = clock
         self._creation = creation
         self._room_creation = room_creation
@@ -115,6 +150,10 @@ class RoomUpgradeHandler:
             elif (etype == "m.space.child" and create.content.get("type") == "m.space"
                   and ev.content):
                 initial[(etype, skey)] = copy.deepcopy(ev.content)
+        join_rules = initial.get(("m.room.join_rules", ""))
+        if join_rules is not None and not supports_join_rule(new_version, join_rules.get("join_rule")):
+            # e.g. restricted into a v1-v7 room: the closest rule the version has.
+            initial[("m.room.join_rules", "")] = {"join_rule": "invite"}
         final_pl: dict[str, Any] | None = None
         if PL_KEY in initial:
             final_pl = self._new_power_levels(initial[PL_KEY], user_id, creators, create,
@@ -178,7 +217,7 @@ class RoomUpgradeHandler:
     @staticmethod
     def _new_power_levels(old: dict[str, Any], user_id: str, creators: set[str],
                           create: Event, new_version: RoomVersion) -> dict[str, Any]:
-        content = copy.deepcopy(old)
+        content = _integer_levels(old)
         users = content.get("users")
         users = dict(users) if isinstance(users, dict) else {}
         events = content.get("events")
@@ -204,7 +243,7 @@ class RoomUpgradeHandler:
             return content  # the upgrader is a creator of the new room
         events = content.get("events", {})
         needed = max(_int(content.get("state_default"), 50), _int(content.get("ban"), 50),
-                     max((v for v in events.values() if is_strict_int(v)), default=0))
+                     max((_int(v, 0) for v in events.values()), default=0))
         users = content["users"]
         current = _int(users.get(user_id), _int(content.get("users_default"), 0))
         if current >= needed:
@@ -265,3 +304,71 @@ class RoomUpgradeHandler:
                 await self._creation.send(room_id, user_id, "m.room.power_levels", content, "")
             except MatrixError as e:
                 logger.warning("could not restrict the old room after upgrade: %s", e.msg)
+
+
+    # ---- push rules follow their users into the replacement room
+
+    def on_event_persisted(self, event: Event) -> None:
+        """Fan-out subscriber: a local user's join into a room that replaces another
+        copies their rules about the old room (in the background; failures are logged)."""
+        if (self._push_rules is None or event.type != "m.room.member"
+                or event.membership != "join" or event.state_key != event.sender
+                or not event.sender.endswith(":" + self._server_name)):
+            return
+        prev = event.pdu.get("unsigned", {}).get("prev_content")
+        if isinstance(prev, dict) and prev.get("membership") == "join":
+            return  # a profile change, not a join
+        d = defer.ensureDeferred(self.copy_push_rules_on_join(event.sender, event.room_id))
+        d.addErrback(lambda f: logger.error("copying push rules into %s failed: %s",
+                                            event.room_id, f.getTraceback()))
+
+    async def copy_push_rules_on_join(self, user_id: str, room_id: str) -> None:
+        if self._push_rules is None:
+            return
+        create = (await self._creation.current_state(room_id, [CREATE_KEY])).get(CREATE_KEY)
+        predecessor = create.content.get("predecessor") if create is not None else None
+        old_room = predecessor.get("room_id") if isinstance(predecessor, dict) else None
+        if not isinstance(old_room, str) or old_room == room_id:
+            return
+        ruleset = await self._push_rules.get_ruleset(user_id)
+        for kind, rules in ruleset.items():
+            for rule in rules:
+                copied = _rule_for_new_room(kind, rule, old_room, room_id)
+                if copied is None:
+                    continue
+                rule_id, body = copied
+                try:
+                    await self._push_rules.set_rule(user_id, kind, rule_id, body)
+                    if rule.get("enabled") is False:
+                        await self._push_rules.set_enabled(user_id, kind, rule_id, False)
+                except MatrixError as e:
+                    logger.warning("could not copy a push rule on upgrade: %s", e.msg)
+
+
+def _rule_for_new_room(kind: str, rule: dict[str, Any], old_room: str,
+                       new_room: str) -> tuple[str, dict[str, Any]] | None:
+    """(rule id, body) of the copy of a user rule about ``old_room``, or None when the
+    rule is not about it: a room rule keyed by the old room id, or an override/underride
+    rule with an ``event_match`` on ``room_id`` equal to it (Synapse's behaviour)."""
+    rule_id = rule.get("rule_id")
+    if not isinstance(rule_id, str) or rule.get("default") or rule_id.startswith("."):
+        return None
+    if kind == "room":
+        return (new_room, {"actions": rule.get("actions", [])}) if rule_id == old_room else None
+    if kind not in ("override", "underride"):
+        return None
+    conditions = rule.get("conditions")
+    if not isinstance(conditions, list):
+        return None
+    about_room = False
+    new_conditions = []
+    for cond in conditions:
+        if (isinstance(cond, dict) and cond.get("kind") == "event_match"
+                and cond.get("key") == "room_id" and cond.get("pattern") == old_room):
+            cond = {**cond, "pattern": new_room}
+            about_room = True
+        new_conditions.append(cond)
+    if not about_room:
+        return None
+    new_id = rule_id.replace(old_room, new_room) if old_room in rule_id else f"{rule_id}-{new_room}"
+    return new_id, {"actions": rule.get("actions", []), "conditions": new_conditions}

@@ -262,7 +262,7 @@ class UpgradeTest(UpgradeTestCase):
                                "M_FORBIDDEN")
         self.assertMatrixError(await self.upgrade(carol, room, {"new_version": "11"}), 403,
                                "M_FORBIDDEN")
-        self.assertMatrixError(await self.upgrade(alice, room, {"new_version": "1"}), 400,
+        self.assertMatrixError(await self.upgrade(alice, room, {"new_version": "13"}), 400,
                                "M_UNSUPPORTED_ROOM_VERSION")
         self.assertMatrixError(await self.upgrade(alice, room, {}), 400, "M_MISSING_PARAM")
         self.assertMatrixError(await self.upgrade(alice, room, {"new_version": 11}), 400,

@@ -46,7 +46,7 @@ class CreateRoomTest(RoomTestCase):
             if version == "12":
                 self.assertNotIn(":", room)
             await self.send_ok(alice, room, f"hi in v{version}")
-        bad = await self.request("POST", f"{CS}/createRoom", {"room_version": "1"}, token=alice)
+        bad = await self.request("POST", f"{CS}/createRoom", {"room_version": "13"}, token=alice)
         self.assertMatrixError(bad, 400, "M_UNSUPPORTED_ROOM_VERSION")
 
     async def test_alias_and_duplicate(self) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from homeserver.config.model import Config
-from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
+from homeserver.events.room_versions import ALL_ROOM_VERSIONS
 from homeserver.http.errors import not_found
 from homeserver.http.router import Router, client_paths
 from homeserver.http.server import ApiRequest
@@ -128,7 +128,7 @@ class DiscoveryServlets:
                 "m.profile_fields": {"enabled": True},
                 "m.room_versions": {
                     "default": self._config.default_room_version,
-                    "available": {v: "stable" for v in KNOWN_ROOM_VERSIONS},
+                    "available": {v.identifier: v.stability for v in ALL_ROOM_VERSIONS},
                 },
             }
         }
