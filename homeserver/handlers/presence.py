@@ -21,6 +21,7 @@ offline, as Synapse does.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -274,6 +275,24 @@ class PresenceHandler:
             if not mine & theirs:
                 raise forbidden("You are not allowed to see their presence")
         return format_presence(await self.current(user_id), self._clock.time_msec())
+
+    async def presence_events(self, user_ids: Iterable[str]) -> list[JsonDict]:
+        """m.presence events of the current state of ``user_ids`` (offline for users
+        never seen), for views of a given set of people: a room initialSync, members
+        coming into view in an incremental /sync or legacy /events."""
+        if not self.enabled:
+            return []
+        ids = sorted(set(user_ids))
+        stored = await self._store.get_many([u for u in ids if u not in self._live])
+        now = self._clock.time_msec()
+        out = []
+        for user_id in ids:
+            live = self._live.get(user_id)
+            rec = self._compute(user_id, live, now) if live is not None else \
+                stored.get(user_id) or _default(user_id)
+            out.append({"type": "m.presence", "sender": user_id,
+                        "content": format_presence(rec, now)})
+        return out
 
     def _is_mine(self, user_id: str) -> bool:
         return user_id.endswith(":" + self._server_name)

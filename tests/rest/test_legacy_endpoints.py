@@ -34,11 +34,18 @@ INITIAL_SYNC = Draft202012Validator({
                    "account_data": {"type": "array"}},
 })
 ROOM_INITIAL_SYNC = Draft202012Validator(ROOM_INFO)
+# /events chunks also carry presence, typing, receipts and account data (Synapse).
+_STREAM_ITEM = {"type": "object", "required": ["type", "content"]}
 EVENTS = Draft202012Validator({
     "type": "object", "required": ["chunk", "start", "end"],
     "properties": {"start": {"type": "string"}, "end": {"type": "string"},
-                   "chunk": {"type": "array", "items": _EVENT}},
+                   "chunk": {"type": "array", "items": {"anyOf": [_EVENT, _STREAM_ITEM]}}},
 })
+
+
+def timeline(body: dict) -> list[dict]:
+    """The room events of an /events chunk (not presence, typing, receipts...)."""
+    return [e for e in body["chunk"] if "event_id" in e]
 
 
 class LegacyEndpointsTest(RoomTestCase):
@@ -116,21 +123,21 @@ class LegacyEndpointsTest(RoomTestCase):
         await self.prepare()
         start = (await self.get(self.bob, "/initialSync?limit=0", INITIAL_SYNC))["end"]
         empty = await self.get(self.bob, f"/events?from={q(start)}&timeout=0", EVENTS)
-        self.assertEqual(empty["chunk"], [])
+        self.assertEqual(timeline(empty), [])
         mine = await self.send_ok(self.alice, self.room, "new")
         carol = await self.user("carol")
         elsewhere = await self.create_room(carol)
         await self.send_ok(carol, elsewhere, "not for bob")
         body = await self.get(self.bob, f"/events?from={q(empty['end'])}&timeout=0", EVENTS)
-        self.assertEqual([e["event_id"] for e in body["chunk"]], [mine])
-        self.assertEqual(body["chunk"][0]["room_id"], self.room)
+        self.assertEqual([e["event_id"] for e in timeline(body)], [mine])
+        self.assertEqual(timeline(body)[0]["room_id"], self.room)
         again = await self.get(self.bob, f"/events?from={q(body['end'])}&timeout=0", EVENTS)
-        self.assertEqual(again["chunk"], [])
+        self.assertEqual(timeline(again), [])
         # A /sync token works as well.
         since = (await self.sync(self.bob))["next_batch"]
         later = await self.send_ok(self.alice, self.room, "later")
         body = await self.get(self.bob, f"/events?from={q(since)}&timeout=0", EVENTS)
-        self.assertEqual([e["event_id"] for e in body["chunk"]], [later])
+        self.assertEqual([e["event_id"] for e in timeline(body)], [later])
 
     async def test_events_long_poll(self) -> None:
         await self.prepare()
@@ -140,7 +147,7 @@ class LegacyEndpointsTest(RoomTestCase):
         self.assertFalse(pending.called)
         event_id = await self.send_ok(self.alice, self.room, "wake up")
         body = await pending
-        self.assertEqual([e["event_id"] for e in body["chunk"]], [event_id])
+        self.assertEqual([e["event_id"] for e in timeline(body)], [event_id])
         # Nothing arrives: the timeout ends it with an empty chunk.
         pending = defer.ensureDeferred(self.get(self.bob, f"/events?from={q(body['end'])}&timeout=1000"))
         await task.deferLater(reactor, 0.2, lambda: None)
@@ -149,22 +156,30 @@ class LegacyEndpointsTest(RoomTestCase):
         self.assertEqual(body["chunk"], [])
 
     async def test_events_long_poll_ignores_other_streams(self) -> None:
-        """/events waits like /sync: typing notices (another stream) wake it up, but it goes
-        back to waiting instead of counting them as empty scans and answering early."""
+        """/events waits like /sync: typing in a room the user is not in does not answer
+        it; typing in their room comes as an m.typing event with its room_id."""
         await self.prepare()
         start = (await self.get(self.bob, "/events?timeout=0", EVENTS))["end"]
-        pending = defer.ensureDeferred(self.get(self.bob, f"/events?from={q(start)}&timeout=30000"))
+        carol = await self.user("carol")
+        elsewhere = await self.create_room(carol)
+        pending = defer.ensureDeferred(self.get(self.bob, f"/events?from={q(start)}&timeout=30000",
+                                                EVENTS))
         await task.deferLater(reactor, 0.1, lambda: None)
-        path = f"{CS}/rooms/{q(self.room)}/typing/{q('@alice:test.local')}"
-        for i in range(25):
+        for i in range(5):
+            path = f"{CS}/rooms/{q(elsewhere)}/typing/{q('@carol:test.local')}"
             resp = await self.request("PUT", path, {"typing": i % 2 == 0, "timeout": 30000},
-                                      token=self.alice)
+                                      token=carol)
             self.assertEqual(resp.code, 200, resp)
         await task.deferLater(reactor, 0.1, lambda: None)
         self.assertFalse(pending.called)
-        event_id = await self.send_ok(self.alice, self.room, "finally")
+        path = f"{CS}/rooms/{q(self.room)}/typing/{q('@alice:test.local')}"
+        resp = await self.request("PUT", path, {"typing": True, "timeout": 30000},
+                                  token=self.alice)
+        self.assertEqual(resp.code, 200, resp)
         body = await pending
-        self.assertEqual([e["event_id"] for e in body["chunk"]], [event_id])
+        self.assertIn({"type": "m.typing", "room_id": self.room,
+                       "content": {"user_ids": ["@alice:test.local"]}}, body["chunk"])
+        self.assertNotIn(elsewhere, [e.get("room_id") for e in body["chunk"]])
 
     async def test_events_bad_input(self) -> None:
         await self.prepare()

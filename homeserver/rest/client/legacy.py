@@ -1,6 +1,7 @@
 """The deprecated pre-/sync API Synapse still serves: GET /events, GET /events/{eventId},
 GET /initialSync and GET /rooms/{roomId}/initialSync. Parsing and validation only; the
 reads (and the /events long-poll, shared with /sync) are in homeserver/handlers/legacy.py.
+Integers are bounded: a bad ``limit`` or ``timeout`` is 400 M_INVALID_PARAM at once.
 """
 
 from __future__ import annotations
@@ -32,12 +33,15 @@ class LegacyServlets:
     async def on_events(self, req: ApiRequest) -> tuple[int, Any]:
         r = req.require_requester()
         timeout = req.query_int("timeout", DEFAULT_TIMEOUT_MS)
+        # A cap on the chunk (the handler caps it lower still); checked at once, as
+        # Synapse does, rather than long-polling on a bad one (SyTest 80torture).
+        limit = req.query_int("limit", None)
         room_id = req.query("room_id")
         if room_id is not None:
             check_room_id(room_id)
         return 200, await self._legacy.events(r.user_id, r.device_id, req.query("from"),
                                               timeout if timeout is not None else 0,
-                                              room_id, r.is_guest)
+                                              room_id, r.is_guest, limit)
 
     async def on_event(self, req: ApiRequest, eventId: str) -> tuple[int, Any]:  # noqa: N803
         r = req.require_requester()
