@@ -67,9 +67,11 @@ async def build_rooms(config: Config, clock: Clock, stores: Stores, notifier: No
     # Relations: indexed after each persisted event (caught up at start-up), bundled
     # into events served by /sync, /event, /messages and /context.
     relations = RelationsHandler(clock, stores.relations, stores.events, visibility, creation)
-    client_events = ClientEventSerializer(clock, stores.events, relations.bundle)
+    client_events = ClientEventSerializer(clock, stores.events, relations.bundle,
+                                          stores.users, stores.room_members)
     room_reads = RoomReadHandler(stores.events, stores.room_members, visibility, creation,
                                  relations.bundle)
+    room_reads.serializer = client_events.serialize
     # The e2ee_only policy: refuse plaintext events; "everywhere" encrypts new rooms.
     e2ee_policy = E2eeOnlyPolicy(config.e2ee_policy) if config.e2ee_policy != "off" else None
     if e2ee_policy is not None:
@@ -104,16 +106,19 @@ async def build_rooms(config: Config, clock: Clock, stores: Stores, notifier: No
     # Guests leave a room once its guest access is revoked (in the background: the
     # leaves are events of the same room, published after this delivery).
     fanout.subscribe("guest_kick", lambda rec: membership.on_event_persisted(rec.event))
+    room_upgrade = RoomUpgradeHandler(config.server_name, clock, creation, room_creation,
+                                      stores.room_aliases, stores.rooms, push_rules)
+    # Joining a replacement room copies the user's push rules about the old room.
+    fanout.subscribe("upgrade_push_rules", lambda rec: room_upgrade.on_event_persisted(rec.event))
     return RoomsArea(
         fanout=fanout, persister=persister, event_creation=creation, visibility=visibility,
         client_events=client_events, room_reads=room_reads, room_creation=room_creation,
         membership=membership,
         pagination=PaginationHandler(stores.events, stores.state_history, stores.room_members,
                                      stores.event_timestamps, visibility, creation,
-                                     client_events),
+                                     client_events, stores.account_data),
         redaction=RedactionHandler(creation, stores.events),
-        room_upgrade=RoomUpgradeHandler(config.server_name, clock, creation, room_creation,
-                                        stores.room_aliases, stores.rooms),
+        room_upgrade=room_upgrade,
         directory=directory,
         user_directory=UserDirectoryHandler(stores.user_directory),
         relations=relations,

@@ -29,6 +29,8 @@ class AccountHandler:
     ) -> None:
         # Told the user id once an account is deactivated (the rooms area leaves its rooms).
         self.on_deactivated: list[Callable[[str], Awaitable[None]]] = []
+        # Told the user id once an account is erased (caches of "is this sender erased").
+        self.on_erased: list[Callable[[str], None]] = []
         self._clock = clock
         self._users = users
         self._profiles = profiles
@@ -65,6 +67,12 @@ class AccountHandler:
         await self._sessions.revoke_user(user_id, "deactivate")
         await self._devices.delete_all_devices(user_id, client, "deactivate", except_device=None)
         await self._users.deactivate(user_id, self._clock.time_msec())
+        if erase:
+            # Before the rooms are left: from now on the user's events are served pruned
+            # to whoever was not in the room when they were sent.
+            await self._users.mark_erased(user_id, self._clock.time_msec())
+            for erased in self.on_erased:
+                erased(user_id)
         for deactivated in self.on_deactivated:  # e.g. part rooms, reject invites and knocks
             await deactivated(user_id)
         if erase:

@@ -5,11 +5,24 @@ redacted events pruned with ``unsigned.redacted_because``, and must not leak red
 content through another event's ``unsigned.prev_content`` (state events carry the
 content of the event they replaced, copied when they were created). Doing both with
 two queries per page instead of per event keeps pagination cheap.
+
+Erased senders (deactivated with ``erase``): their events are served pruned (content
+emptied by the redaction algorithm, as Synapse) to every user who was not joined to the
+room when the event was sent; the original audience keeps seeing them. Whether a sender
+is erased is cached per sender for ERASED_CACHE_TTL_MS (an erasure on this process is
+seen at once, through :meth:`forget_erased`; on another worker within the TTL).
+
+Self-destructing messages (MSC2228, as Synapse's ``enable_ephemeral_messages``): a
+message whose content carries ``org.matrix.self_destruct_after`` (a timestamp in ms) is
+served pruned once that time has passed. Only on these read paths: the stored event is
+not rewritten (see the issue-12 report).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+import bisect
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
 from homeserver.clock import Clock
@@ -17,17 +30,27 @@ from homeserver.events.client_format import serialize_event
 from homeserver.events.model import Event
 from homeserver.events.redaction import prune_event_dict
 from storage.stores.events import EventStore
+from storage.stores.room_members import RoomMemberStore
+from storage.stores.users import UserStore
 
 JsonDict = dict[str, Any]
+SELF_DESTRUCT_AFTER = "org.matrix.self_destruct_after"
+ERASED_CACHE_TTL_MS = 60_000
+ERASED_CACHE_SIZE = 50_000
 
 
 class ClientEventSerializer:
     def __init__(self, clock: Clock, events: EventStore,
                  aggregations: Callable[[str, str | None, Sequence[Event], bool],
                                         Awaitable[dict[str, dict[str, Any]]]] | None = None,
+                 users: UserStore | None = None, members: RoomMemberStore | None = None,
                  ) -> None:
         self._clock = clock
         self._events = events
+        # Erased senders (both None: no erasure handling, e.g. in unit tests).
+        self._users = users
+        self._members = members
+        self._erased_cache: OrderedDict[str, tuple[bool, int]] = OrderedDict()
         # Bundled aggregations (as RoomReadHandler.aggregations):
         # (user, device, events, include_room_id) -> {event_id: unsigned["m.relations"]}.
         self.aggregations = aggregations
@@ -45,11 +68,58 @@ class ClientEventSerializer:
                 out[target] = redaction
         return out
 
+    def forget_erased(self, user_id: str) -> None:
+        """Drop the cached answer for ``user_id`` (called when a user is erased here)."""
+        self._erased_cache.pop(user_id, None)
+
+    async def _erased(self, senders: Collection[str]) -> set[str]:
+        if self._users is None:
+            return set()
+        now = self._clock.time_msec()
+        cache = self._erased_cache
+        stale = [s for s in set(senders)
+                 if s not in cache or cache[s][1] + ERASED_CACHE_TTL_MS <= now]
+        if stale:
+            found = await self._users.erased_among(stale)
+            for s in stale:
+                cache[s] = (s in found, now)
+                cache.move_to_end(s)
+            while len(cache) > ERASED_CACHE_SIZE:
+                cache.popitem(last=False)
+        return {s for s in senders if s in cache and cache[s][0]}
+
+    async def _unseen_by_erasure(self, events: Sequence[Event], user_id: str) -> set[str]:
+        """Ids of the events of erased senders that ``user_id`` must only see pruned:
+        those sent while the user was not joined (for the user's own membership events,
+        the more joined of the old and new membership counts, as Synapse)."""
+        erased = await self._erased({e.sender for e in events if e.sender != user_id})
+        if not erased or self._members is None:
+            return set()
+        out: set[str] = set()
+        history: dict[str, tuple[list[int], list[str]]] = {}
+        for e in events:
+            if e.sender not in erased or e.sender == user_id:
+                continue
+            if e.room_id not in history:
+                rows = await self._members.membership_history(user_id, e.room_id)
+                history[e.room_id] = ([p for _, p in rows], [m for m, _ in rows])
+            positions, memberships = history[e.room_id]
+            i = bisect.bisect_left(positions, e.internal.stream_ordering or 0)
+            joined = i > 0 and memberships[i - 1] == "join"
+            if e.type == "m.room.member" and e.state_key == user_id and e.membership == "join":
+                joined = True
+            if not joined:
+                out.add(e.event_id)
+        return out
+
     async def serialize(self, events: Sequence[Event], user_id: str, device_id: str | None,
                         include_room_id: bool = True) -> list[JsonDict]:
         if not events:
             return []
         redactions = await self._applied_redactions(events)
+        now = self._clock.time_msec()
+        erased = await self._unseen_by_erasure(events, user_id)
+        erased.update(e.event_id for e in events if _self_destructed(e, now))
         # prev_content of state events whose predecessor was redacted since.
         replaced: dict[str, str] = {}
         for e in events:
@@ -65,7 +135,6 @@ class ClientEventSerializer:
             if unredacted:
                 bundles = await self.aggregations(user_id, device_id, unredacted,
                                                   include_room_id)
-        now = self._clock.time_msec()
         out = []
         for e in events:
             redaction = redactions.get(e.event_id)
@@ -75,7 +144,10 @@ class ClientEventSerializer:
                                      include_room_id=include_room_id,
                                      relations=bundles.get(e.event_id))
             unsigned = client.get("unsigned", {})
-            if redaction is not None:
+            if redaction is None and e.event_id in erased:
+                client["content"] = prune_event_dict(e.pdu, e.room_version)["content"]
+                unsigned.pop("m.relations", None)
+            if redaction is not None or e.event_id in erased:
                 # Nothing of a redacted event's history either (as Synapse prunes unsigned).
                 unsigned.pop("prev_content", None)
                 unsigned.pop("prev_sender", None)
@@ -88,3 +160,11 @@ class ClientEventSerializer:
                         prev.pdu, prev.room_version)["content"]
             out.append(client)
         return out
+
+
+def _self_destructed(event: Event, now_ms: int) -> bool:
+    """A message (not state) whose MSC2228 self-destruct time has passed."""
+    if event.is_state():
+        return False
+    after = event.content.get(SELF_DESTRUCT_AFTER)
+    return isinstance(after, int) and not isinstance(after, bool) and after <= now_ms

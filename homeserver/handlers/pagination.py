@@ -33,6 +33,7 @@ from homeserver.handlers.sync_filter import EventFilter
 from homeserver.handlers.visibility import VisibilityHandler
 from homeserver.http.errors import Codes, MatrixError
 from homeserver.http.params import parse_room_token
+from storage.stores.account_data import AccountDataStore
 from storage.stores.event_timestamps import EventTimestampStore
 from storage.stores.events import EventStore, StateHistoryStore, StateMap
 from storage.stores.room_members import RoomMemberStore
@@ -111,8 +112,11 @@ class PaginationHandler:
         visibility: VisibilityHandler,
         creation: EventCreationHandler,
         serializer: ClientEventSerializer,
+        account_data: AccountDataStore | None = None,
     ) -> None:
         self._events = events
+        # m.ignored_user_list is read from here: ignored users' messages are hidden.
+        self._account_data = account_data
         self._history = history
         self._members = members
         self._timestamps = timestamps
@@ -121,6 +125,17 @@ class PaginationHandler:
         self._serializer = serializer
 
     # -- access -------------------------------------------------------------------------
+
+    async def ignored_users(self, user_id: str) -> frozenset[str]:
+        """``m.ignored_user_list``: whose messages (not state) this user is not shown, in
+        /messages and /context as in /sync (as Synapse)."""
+        if self._account_data is None:
+            return frozenset()
+        content = await self._account_data.get_account_data(user_id, None,
+                                                            "m.ignored_user_list")
+        users = content.get("ignored_users") if isinstance(content, dict) else None
+        return frozenset(u for u in users if isinstance(u, str)) if isinstance(
+            users, dict) else frozenset()
 
     async def _world_readable(self, room_id: str) -> bool:
         state = await self._creation.current_state(room_id, [HISTORY_VISIBILITY])
@@ -204,9 +219,11 @@ class PaginationHandler:
     # -- scanning -----------------------------------------------------------------------
 
     async def _scan(self, user_id: str, room_id: str, direction: str, start: int, limit: int,
-                    bound: int, event_filter: HistoryFilter | None) -> Page:
+                    bound: int, event_filter: HistoryFilter | None,
+                    ignored: frozenset[str] = frozenset()) -> Page:
         """Up to ``limit`` visible events: ``b`` positions in (bound, start] newest first,
-        ``f`` positions in (start, bound] oldest first."""
+        ``f`` positions in (start, bound] oldest first. Messages (not state) of
+        ``ignored`` senders are skipped."""
         backwards = direction == "b"
         cursor = start
         if limit <= 0 or (backwards and start <= bound) or (not backwards and start >= bound):
@@ -220,7 +237,8 @@ class PaginationHandler:
                 to_position=bound)
             if not rows:
                 return Page(out, cursor, False)
-            candidates = [e for e in rows if event_filter is None or event_filter.allows(e)]
+            candidates = [e for e in rows if (event_filter is None or event_filter.allows(e))
+                          and (e.state_key is not None or e.sender not in ignored)]
             visible = {e.event_id for e in
                        await self._visibility.filter_events(user_id, candidates)}
             for ev in rows:
@@ -267,17 +285,20 @@ class PaginationHandler:
         window = await self._window(user_id, room_id, version)
         if window is None:
             return result
+        ignored = await self.ignored_users(user_id)
         if direction == "b":
             top = min(start, live) if window.high is None else min(start, live, window.high)
             bound = max(to or 0, window.low - 1)
-            page = await self._scan(user_id, room_id, "b", top, limit, bound, event_filter)
+            page = await self._scan(user_id, room_id, "b", top, limit, bound, event_filter,
+                                    ignored)
             if page.more:
                 result["end"] = f"t{page.position}"
         else:
             low = max(start, window.low - 1)
             hard = min((p for p in (to, window.high) if p is not None), default=None)
             bound = live if hard is None else min(live, hard)
-            page = await self._scan(user_id, room_id, "f", low, limit, bound, event_filter)
+            page = await self._scan(user_id, room_id, "f", low, limit, bound, event_filter,
+                                    ignored)
             at_live_edge = hard is None or hard > live
             # At the live edge more may come: hand back a token once anything was read
             # (as Synapse does); against `to` or the user's departure, history is done.
@@ -297,8 +318,13 @@ class PaginationHandler:
         event_filter: HistoryFilter | None,
     ) -> JsonDict:
         version = await self._creation.room_version(room_id)
+        # Who may not read the room at all learns nothing of its events (403 before any
+        # lookup, as Synapse).
+        await self._check_can_read(user_id, room_id)
         event = await self._events.get_event(event_id)
+        ignored = await self.ignored_users(user_id)
         if (event is None or event.room_id != room_id or event.internal.outlier
+                or (event.state_key is None and event.sender in ignored)
                 or not await self._visibility.filter_events(user_id, [event])):
             raise MatrixError(404, "Event not found.", Codes.NOT_FOUND)
         window = await self._window(user_id, room_id, version)
@@ -306,11 +332,11 @@ class PaginationHandler:
         pos = event.internal.stream_ordering or 0
         before_limit = limit // 2
         before = await self._scan(user_id, room_id, "b", pos - 1, before_limit,
-                                  window.low - 1, event_filter)
+                                  window.low - 1, event_filter, ignored)
         live = self._creation.current_position()
         bound = live if window.high is None else min(live, window.high)
         after = await self._scan(user_id, room_id, "f", pos, limit - before_limit, bound,
-                                 event_filter)
+                                 event_filter, ignored)
         last = after.events[-1] if after.events else event
         if event_filter is not None and event_filter.lazy_load_members:
             senders = [e.sender for e in (*before.events, event, *after.events)]

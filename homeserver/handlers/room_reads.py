@@ -32,6 +32,10 @@ class RoomReadHandler:
         # Bundled aggregations (RelationsHandler.bundle): (user, device, events,
         # include_room_id) -> {event_id: unsigned["m.relations"]}.
         self.aggregations = aggregations
+        # The batch serializer (ClientEventSerializer.serialize): GET /event serves the
+        # event as every other read path does (redactions, erased senders, aggregations).
+        self.serializer: Callable[[Sequence[Event], str, str | None],
+                                  Awaitable[list[dict[str, Any]]]] | None = None
 
     async def _state_ids(self, user_id: str, room_id: str) -> dict[tuple[str, str], str]:
         await self._creation.room_version(room_id)  # 404 for unknown rooms
@@ -64,11 +68,21 @@ class RoomReadHandler:
                         ) -> tuple[Event, Event | None, dict[str, Any] | None]:
         """(event, its redaction or None, pruned PDU when redacted)."""
         event = await self._events.get_event(event_id)
-        if event is None or event.room_id != room_id:
+        # Outliers (e.g. history an admin purged) are out of the timeline: not served.
+        if event is None or event.room_id != room_id or event.internal.outlier:
             raise MatrixError(404, "Event not found.", Codes.NOT_FOUND)
         if not await self._visibility.filter_events(user_id, [event]):
             raise MatrixError(404, "Event not found.", Codes.NOT_FOUND)
         return await self.with_redaction(event)
+
+    async def get_client_event(self, user_id: str, device_id: str | None, room_id: str,
+                               event_id: str) -> dict[str, Any] | None:
+        """The client form of a visible event through the serializer; None if no
+        serializer is wired (the caller then serializes :meth:`get_event`'s answer)."""
+        if self.serializer is None:
+            return None
+        event, _, _ = await self.get_event(user_id, room_id, event_id)
+        return (await self.serializer([event], user_id, device_id))[0]
 
     async def with_redaction(self, event: Event
                              ) -> tuple[Event, Event | None, dict[str, Any] | None]:

@@ -35,6 +35,8 @@ EXTRA_STREAMS = ("receipts", "typing", "presence", "to_device", "device_lists")
 LL_CACHE_DEVICES = 10_000
 LL_CACHE_MEMBERS = 1_000
 MAX_HEROES = 5
+# Rows looked at per room to fill a filtered timeline (past it the timeline is limited).
+TIMELINE_SCAN_BUDGET = 1000
 STRIPPED_STATE_TYPES = ("m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar",
                         "m.room.canonical_alias", "m.room.encryption", "m.room.topic")
 
@@ -170,16 +172,18 @@ class SyncHandler:
         return await self._build(req, token)
 
     async def wait_for(self, user_id: str, token: SyncToken, deadline: float,
-                       ready: Callable[[SyncToken], Awaitable[bool]]) -> SyncToken:
+                       ready: Callable[[SyncToken], Awaitable[bool]],
+                       extra_rooms: Sequence[str] = ()) -> SyncToken:
         """The long-poll of /sync and legacy /events: wait until ``ready(now)`` (something
         *relevant to this user*) or the deadline (clock seconds); returns the token the
-        answer is built at. A stream moving for other users re-checks and waits again."""
+        answer is built at. A stream moving for other users re-checks and waits again.
+        ``extra_rooms`` wake it too (a room legacy /events peeks at)."""
         while not await ready(token):
             remaining = deadline - self._clock.time()
-            if remaining <= 0:
+            if remaining <= 0 or self._notifier.closing:  # shutting down: answer now
                 break
             rooms = [m.room_id for m in await self._members.rooms_for_user(
-                user_id, ("join", "invite", "knock"))]
+                user_id, ("join", "invite", "knock"))] + list(extra_rooms)
             # Anything that arrived during the awaits above has already notified;
             # only wait if the position is still the one just checked.
             if self.now_token() == token:
@@ -216,7 +220,8 @@ class SyncHandler:
                 continue
             changed_membership = since is None or m.stream_ordering > since.events
             if m.membership == "join":
-                room = await self._joined_room(req, m, token, changed_membership, ignored)
+                newly_joined = changed_membership and await self._newly_joined(req, m)
+                room = await self._joined_room(req, m, token, newly_joined, ignored)
                 if room is not None:
                     rooms["join"][m.room_id] = room
             elif m.membership == "invite" and changed_membership:
@@ -282,6 +287,8 @@ class SyncHandler:
             "device_lists": {"changed": [], "left": []},
             "device_one_time_keys_count": {},
         }
+        if since is not None:
+            await self._presence_into_view(req, rooms, memberships, since, extra_sections)
         presence = extra_sections.get("presence")
         if isinstance(presence, dict) and isinstance(presence.get("events"), list):
             pf = req.filter.presence
@@ -292,6 +299,37 @@ class SyncHandler:
         response.update(extra_sections)
         return response
 
+    async def _presence_into_view(self, req: SyncRequest, rooms: JsonDict,
+                                  memberships: list[MembershipRecord], since: SyncToken,
+                                  sections: dict[str, Any]) -> None:
+        """Incremental sync: the presence of whoever came into view since ``since``
+        (everyone in a newly joined room, anyone newly joined to a room the user is in),
+        even with no presence change in the window, as Synapse does."""
+        src = next((s for s in self.sources if s.name == "presence"), None)
+        presence_events = getattr(src, "presence_events", None)
+        if presence_events is None:
+            return
+        users: set[str] = set()
+        for m in memberships:
+            if m.membership == "join" and m.room_id in rooms["join"] and \
+                    since.events < m.stream_ordering:
+                users.update(r.user_id for r in await self._members.members_of_room(m.room_id))
+        for room in rooms["join"].values():
+            for e in room["timeline"]["events"]:
+                prev = (e.get("unsigned") or {}).get("prev_content") or {}
+                if e.get("type") == "m.room.member" and prev.get("membership") != "join" \
+                        and (e.get("content") or {}).get("membership") == "join":
+                    users.add(str(e.get("state_key")))
+        section = sections.get("presence")
+        have = {e.get("sender") for e in section.get("events", [])} \
+            if isinstance(section, dict) else set()
+        users -= have | {req.user_id}
+        found = await presence_events(users) if users else []
+        if found:
+            if not isinstance(section, dict) or not isinstance(section.get("events"), list):
+                section = sections["presence"] = {"events": []}
+            section["events"].extend(found)
+
     async def _ignored_users(self, user_id: str) -> frozenset[str]:
         """``m.ignored_user_list``: their messages and invites are hidden from this user."""
         content = await self._ad_store.get_account_data(user_id, None, "m.ignored_user_list")
@@ -299,30 +337,72 @@ class SyncHandler:
         return frozenset(u for u in users if isinstance(u, str)) if isinstance(
             users, dict) else frozenset()
 
+    async def _newly_joined(self, req: SyncRequest, m: MembershipRecord) -> bool:
+        """Whether a joined room whose membership changed since the token is newly joined
+        (full state, whole timeline): not if the user was joined at the token and only
+        joins followed, e.g. a display-name change (as Synapse's _get_rooms_changed)."""
+        if req.since is None:
+            return True
+        history = await self._members.membership_history(req.user_id, m.room_id)
+        before = [ms for ms, pos in history if pos <= req.since.events]
+        after = [ms for ms, pos in history if pos > req.since.events]
+        return not before or before[-1] != "join" or any(ms != "join" for ms in after)
+
     async def _inviter(self, m: MembershipRecord) -> str | None:
         event = await self._events.get_event(m.event_id)
         return event.sender if event is not None else None
 
     async def _timeline(self, req: SyncRequest, room_id: str, since: int, upto: int,
-                        ignored: frozenset[str] = frozenset()) -> tuple[list[Event], bool]:
-        """The newest visible events in (since, upto], and whether older ones were cut.
-        Non-state events from ignored users are dropped (as Synapse does)."""
+                        ignored: frozenset[str] = frozenset(), joined: bool = False
+                        ) -> tuple[list[Event], bool]:
+        """The newest ``timeline_limit`` events in (since, upto] that pass the timeline
+        filter and visibility, and whether older such events were cut. Non-state events
+        from ignored users are dropped (as Synapse does).
+
+        Why a loop: the filter and visibility are applied before the limit (as Synapse),
+        so a filtered timeline is filled from further back instead of coming back short
+        and ``limited`` (SyTest "A filtered timeline reaches its limit"); the rows looked
+        at per room are bounded by TIMELINE_SCAN_BUDGET. In a joined room, events that are
+        part of the current state are shown even where history visibility would hide them
+        (Synapse's ``always_include_ids``): the member can read that state anyway, and a
+        client needs e.g. the join of someone who joined while it was away."""
         limit = req.filter.timeline_limit
-        fetched = await self._events.get_room_events_stream(room_id, since, upto, limit + 1)
-        limited = len(fetched) > limit
-        events = fetched[-limit:] if limit else []
-        events = req.filter.timeline.filter(events)
-        if ignored:
-            events = [e for e in events if e.state_key is not None or e.sender not in ignored]
-        events = await self._visibility.filter_events(req.user_id, events)
-        return events, limited
+        if limit <= 0:
+            return [], bool(await self._events.get_room_events_stream(room_id, since, upto, 1))
+        batch = max(limit * 2, 10)
+        current: frozenset[str] | None = None
+        out: list[Event] = []
+        cursor = upto
+        scanned = 0
+        while True:
+            rows = await self._events.get_room_events_stream(room_id, since, cursor, batch)
+            scanned += len(rows)
+            candidates = req.filter.timeline.filter(rows)
+            if ignored:
+                candidates = [e for e in candidates
+                              if e.state_key is not None or e.sender not in ignored]
+            visible = await self._visibility.filter_events(req.user_id, candidates)
+            if joined and len(visible) < len(candidates):
+                hidden_state = [e for e in candidates if e.state_key is not None]
+                if hidden_state:
+                    if current is None:
+                        current = frozenset(
+                            (await self._creation.snapshot(room_id)).state_ids.values())
+                    shown = {e.event_id for e in visible}
+                    visible = [e for e in candidates
+                               if e.event_id in shown or e.event_id in current]
+            out = visible + out
+            if len(out) > limit:
+                return out[-limit:], True
+            if len(rows) < batch:
+                return out, False
+            if scanned >= TIMELINE_SCAN_BUDGET:
+                return out, True
+            cursor = (rows[0].internal.stream_ordering or 1) - 1
 
     async def _state_at(self, room_id: str, position: int) -> StateMap:
         """The room state after the last event at or before ``position``."""
-        before = await self._events.paginate_room_events(room_id, position + 1, "b", 1)
-        if not before:
-            return {}
-        group = await self._events.get_state_group_for_event(before[0].event_id)
+        group = await self._events.state_group_at(room_id, position)
         return await self._events.get_state_for_group(group) if group is not None else {}
 
     async def _state_delta(self, room_id: str, since: int, start: int) -> StateMap:
@@ -335,7 +415,8 @@ class SyncHandler:
                            newly_joined: bool, ignored: frozenset[str] = frozenset()
                            ) -> JsonDict | None:
         since = req.since.events if req.since and not newly_joined else 0
-        events, limited = await self._timeline(req, m.room_id, since, token.events, ignored)
+        events, limited = await self._timeline(req, m.room_id, since, token.events, ignored,
+                                               joined=True)
         if req.since is not None and not newly_joined and not events and not req.full_state:
             return None if not await self._room_has_account_data(req, m.room_id) else \
                 self._empty_room(token)

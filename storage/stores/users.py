@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from storage.database import Database, Txn
@@ -128,3 +128,27 @@ class UserStore:
             " WHERE user_id = ?",
             True, now_ms, user_id,
         )
+
+    async def mark_erased(self, user_id: str, now_ms: int) -> None:
+        """Record that the user asked for erasure when deactivating (idempotent)."""
+        await self._db.execute(
+            "mark_erased",
+            "INSERT INTO erased_users (user_id, erased_ts) VALUES (?, ?)"
+            " ON CONFLICT (user_id) DO NOTHING",
+            user_id, now_ms,
+        )
+
+    async def erased_among(self, user_ids: Collection[str]) -> set[str]:
+        """The given users who were erased (checked in chunks of 100 ids)."""
+        ids = sorted(set(user_ids))
+        out: set[str] = set()
+        for i in range(0, len(ids), 100):
+            chunk = ids[i:i + 100]
+            rows = await self._db.query(
+                "erased_among",
+                f"SELECT user_id FROM erased_users WHERE user_id IN"
+                f" ({', '.join('?' * len(chunk))})",
+                *chunk,
+            )
+            out.update(r[0] for r in rows)
+        return out

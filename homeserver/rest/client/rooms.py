@@ -134,6 +134,9 @@ class RoomServlets:
                            ) -> tuple[int, Any]:
         r = req.require_requester()
         check_room_id(roomId)
+        served = await self._reads.get_client_event(r.user_id, r.device_id, roomId, eventId)
+        if served is not None:
+            return 200, served
         event, redaction, pruned = await self._reads.get_event(r.user_id, roomId, eventId)
         bundles = await self._reads.bundled(r.user_id, r.device_id, [event])
         return 200, serialize_event(event, self._clock.time_msec(), for_user=r.user_id,
