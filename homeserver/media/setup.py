@@ -34,4 +34,4 @@ def build_media(config: Config, clock: Clock, store: MediaStore,
         return plugin_manager.hook.scan_media(path=path, content_type=content_type, sha256=sha256)
 
     handler = MediaHandler(config.server_name, media, clock, store, backend, scan)
-    return handler, UrlPreviewer(media.url_preview, reactor)
+    return handler, UrlPreviewer(media.url_preview, reactor, handler)

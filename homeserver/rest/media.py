@@ -119,14 +119,14 @@ class MediaServlets:
         return 200, {"m.upload.size": self._media.config.max_upload_size}
 
     async def on_preview(self, req: ApiRequest) -> tuple[int, Any]:
-        req.require_requester()
+        r = req.require_requester()
         if not self._preview.enabled:
             # What Synapse answers with url_preview_enabled: false.
             raise MatrixError(404, "Unrecognized request", Codes.UNRECOGNIZED)
         url = req.query("url")
         if not url:
             raise MatrixError(400, "Missing 'url' parameter", Codes.MISSING_PARAM)
-        return 200, await self._preview.preview(url)
+        return 200, await self._preview.preview(url, r.user_id)
 
     # -- download -------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from storage.stores.media import MediaStore
 from storage.stores.openid_tokens import OpenIdTokenStore
 from storage.stores.presence import PresenceStore
 from storage.stores.profiles import ProfileStore
+from storage.stores.purge_history import PurgeHistoryStore
 from storage.stores.push_actions import PushActionsStore
 from storage.stores.push_rules import PushRulesStore
 from storage.stores.pushers import PusherStore
@@ -73,6 +74,7 @@ class Stores:
     to_device: ToDeviceStore
     cross_signing: CrossSigningStore
     media: MediaStore
+    purge_history: PurgeHistoryStore
 
 
 def open_stores(db: Database) -> Stores:
@@ -91,4 +93,5 @@ def open_stores(db: Database) -> Stores:
         key_backup=KeyBackupStore(db), e2e_keys=E2eKeyStore(db),
         device_lists=DeviceListStore(db), to_device=ToDeviceStore(db),
         cross_signing=CrossSigningStore(db), media=MediaStore(db),
+        purge_history=PurgeHistoryStore(db),
     )

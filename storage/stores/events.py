@@ -135,16 +135,18 @@ def _persist(txn: Txn, req: PersistRequest) -> int:
 
 
 def _row_to_event(row: tuple[Any, ...]) -> Event:
-    event_id, room_version, raw, stream_ordering, txn_id, device_id, rejected, room_id = row
+    event_id, room_version, raw, stream_ordering, txn_id, device_id, rejected, room_id, \
+        outlier = row
     version = KNOWN_ROOM_VERSIONS[room_version]
     return Event(event_id, json.loads(raw), version,
                  InternalMetadata(stream_ordering=int(stream_ordering), txn_id=txn_id,
                                   device_id=device_id, rejected_reason=rejected,
-                                  room_id=room_id))
+                                  room_id=room_id, outlier=bool(outlier)))
 
 
+# outlier: an event out of the room's timeline (e.g. history hidden by an admin purge).
 _EVENT_COLS = ("e.event_id, r.room_version, e.json, e.stream_ordering, e.txn_id, e.device_id,"
-               " e.rejected_reason, e.room_id")
+               " e.rejected_reason, e.room_id, e.outlier")
 _EVENT_FROM = "events e JOIN rooms r ON r.room_id = e.room_id"
 
 
@@ -203,6 +205,19 @@ class EventStore:
         row = await self._db.query_one(
             "event_state_group", "SELECT state_group FROM event_state_groups WHERE event_id = ?",
             event_id,
+        )
+        return int(row[0]) if row else None
+
+    async def state_group_at(self, room_id: str, position: int) -> int | None:
+        """The state group after the room's latest event at or before ``position``,
+        outliers included: history hidden by an admin purge keeps its state groups, and
+        the state before the first event still in the timeline is read through them."""
+        row = await self._db.query_one(
+            "state_group_at",
+            "SELECT g.state_group FROM events e JOIN event_state_groups g"
+            " ON g.event_id = e.event_id WHERE e.room_id = ? AND e.stream_ordering <= ?"
+            " ORDER BY e.stream_ordering DESC LIMIT 1",
+            room_id, position,
         )
         return int(row[0]) if row else None
 

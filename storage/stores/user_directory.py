@@ -1,7 +1,11 @@
 """User directory search over ``users`` + ``profiles``, restricted to the users the
 searcher may see (Synapse's default, ``search_all_users: false``): users sharing a
 joined room with the searcher, and users joined to a room that is publicly joinable
-or world-readable (from ``room_stats_state``).
+or world-readable (from ``room_stats_state``). As in Synapse, sharing a room with
+oneself does not count: a user only in private rooms does not find themselves
+(SyTest 52user-directory/01public.pl relies on it). Both rules are evaluated at query
+time from current membership and ``room_stats_state``, so a change of join rule or
+history visibility takes effect as soon as the summary row is updated.
 
 Limits, by design for now: matching is ``LIKE`` over every active user (a scan of
 ``users``, fine up to some 10^5 users; a trigram / full-text index is the next step),
@@ -73,6 +77,7 @@ class UserDirectoryStore:
             " LEFT JOIN profiles p ON p.user_id = u.user_id"
             " LEFT JOIN (SELECT DISTINCT b.user_id AS user_id FROM local_current_membership a"
             "   JOIN local_current_membership b ON b.room_id = a.room_id AND b.membership = ?"
+            "   AND b.user_id <> a.user_id"
             "   WHERE a.user_id = ? AND a.membership = ?) sh ON sh.user_id = u.user_id"
             " WHERE u.deactivated = ? AND " + " AND ".join(clauses) +
             " AND (sh.user_id IS NOT NULL OR EXISTS (SELECT 1 FROM local_current_membership m"

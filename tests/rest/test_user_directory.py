@@ -120,3 +120,54 @@ class UserDirectoryTest(RoomTestCase):
         self.assertMatrixError(await self.search(alice, "x", limit="3"), 400, "M_BAD_JSON")
         self.assertMatrixError(await self.request("POST", SEARCH, raw_body=b"nope", token=alice),
                                400, "M_NOT_JSON")
+
+    # SyTest 52user-directory/01public.pl: the user searches for themselves, so sharing a
+    # (private) room with oneself must not make one visible; the room becoming public does.
+    async def _private_room_with(self, creator: str, user: str) -> str:
+        room = await self.create_room(creator, preset="private_chat", invite=["@bob:test.local"])
+        self.assertEqual((await self.join(user, room)).code, 200)
+        return room
+
+    async def test_self_not_visible_through_private_room(self) -> None:
+        alice, bob = await self.user("alice"), await self.user("bob")
+        await self._private_room_with(alice, bob)
+        self.assertEqual(await self.ids(bob, "bob"), [])
+        self.assertEqual(await self.ids(bob, "alice"), ["@alice:test.local"])
+        self.assertEqual(await self.ids(alice, "bob"), ["@bob:test.local"])
+
+    async def test_appear_disappear_on_join_rules(self) -> None:
+        alice, bob = await self.user("alice"), await self.user("bob")
+        room = await self._private_room_with(alice, bob)
+        self.assertEqual(await self.ids(bob, "bob"), [])
+        await self.put_state(alice, room, "m.room.join_rules", {"join_rule": "public"})
+        self.assertEqual(await self.ids(bob, "bob"), ["@bob:test.local"])
+        await self.put_state(alice, room, "m.room.join_rules", {"join_rule": "invite"})
+        self.assertEqual(await self.ids(bob, "bob"), [])
+
+    async def test_appear_disappear_on_history_visibility(self) -> None:
+        alice, bob = await self.user("alice"), await self.user("bob")
+        room = await self._private_room_with(alice, bob)
+        self.assertEqual(await self.ids(bob, "bob"), [])
+        await self.put_state(alice, room, "m.room.history_visibility",
+                             {"history_visibility": "world_readable"})
+        self.assertEqual(await self.ids(bob, "bob"), ["@bob:test.local"])
+        await self.put_state(alice, room, "m.room.history_visibility",
+                             {"history_visibility": "shared"})
+        self.assertEqual(await self.ids(bob, "bob"), [])
+
+    async def test_stay_while_world_readable(self) -> None:
+        alice, bob = await self.user("alice"), await self.user("bob")
+        room = await self._private_room_with(alice, bob)
+        await self.put_state(alice, room, "m.room.join_rules", {"join_rule": "public"})
+        await self.put_state(alice, room, "m.room.history_visibility",
+                             {"history_visibility": "world_readable"})
+        self.assertEqual(await self.ids(bob, "bob"), ["@bob:test.local"])
+        await self.put_state(alice, room, "m.room.join_rules", {"join_rule": "invite"})
+        self.assertEqual(await self.ids(bob, "bob"), ["@bob:test.local"])
+        # Carol, in no room with Bob, sees him only while the room is public.
+        carol = await self.user("carol")
+        self.assertEqual(await self.ids(carol, "bob"), ["@bob:test.local"])
+        await self.put_state(alice, room, "m.room.history_visibility",
+                             {"history_visibility": "shared"})
+        self.assertEqual(await self.ids(bob, "bob"), [])
+        self.assertEqual(await self.ids(carol, "bob"), [])
