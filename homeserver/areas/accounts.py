@@ -69,6 +69,7 @@ def build_accounts(config: Config, clock: Clock, stores: Stores,
     auth_limits = AuthRateLimiters.from_config(clock, config.rate_limits)
     uia = UserInteractiveAuth(stores.ui_auth, clock, password_auth.check,
                               password_auth.resolve_identifier, auth_limits.uia_password)
+    uia.on_password_failure.append(events.uia_password_failure)
     account = AccountHandler(clock, stores.users, stores.profiles, hasher, policy, devices,
                              sessions, events)
     push_rules = PushRulesHandler(stores.push_rules)

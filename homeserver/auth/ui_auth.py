@@ -50,6 +50,8 @@ class UserInteractiveAuth:
         self._resolve_identifier = resolve_identifier
         # Password-stage attempts per user being authenticated (None: unlimited).
         self.password_limiter = password_limiter
+        # Told (user id or None, reason) of every refused password: the audit trail.
+        self.on_password_failure: list[Callable[[str | None, str], Awaitable[None]]] = []
 
     async def check(
         self,
@@ -129,7 +131,10 @@ class UserInteractiveAuth:
         """The password stage's check (rate-limited per user) outside a UIA flow."""
         if self.password_limiter is not None:
             self.password_limiter.check(user_id)
-        return await self._check_password(user_id, password)
+        ok = await self._check_password(user_id, password)
+        if not ok:
+            await self._password_failed(user_id, "invalid password")
+        return ok
 
     async def consume(self, session_id: str) -> None:
         """Spend a completed session before acting on it, so concurrent requests
@@ -204,16 +209,23 @@ class UserInteractiveAuth:
             # Someone holding this user's access token names another account (as
             # Synapse, 403 rather than another try): that account's password is not
             # checked, so this cannot be used to guess other users' passwords.
+            await self._password_failed(user_id, "tried to authenticate as another user")
             raise MatrixError(403, "Invalid auth: you can only authenticate as yourself",
                               Codes.FORBIDDEN)
         target = user_id or claimed
         if target is None:
+            await self._password_failed(None, "unknown user identifier")
             raise StageFailed(Codes.FORBIDDEN, "Invalid username or password")
         if self.password_limiter is not None:
             self.password_limiter.check(target)  # 429 before any Argon2 work
         if not await self._check_password(target, password):
+            await self._password_failed(target, "invalid password")
             raise StageFailed(Codes.FORBIDDEN, "Invalid password")
         return target
+
+    async def _password_failed(self, user_id: str | None, reason: str) -> None:
+        for hook in self.on_password_failure:
+            await hook(user_id, reason)
 
     async def _registration_token_stage(self, session_id: str, auth: dict[str, Any]) -> None:
         token = auth.get("token")
