@@ -8,16 +8,19 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+from twisted.internet import defer
 from twisted.internet import reactor as default_reactor
 from twisted.internet import ssl as tssl
 from twisted.internet.interfaces import IListeningPort
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.web import server
 
 from homeserver.areas.accounts import build_accounts
 from homeserver.areas.e2ee import build_e2ee
 from homeserver.areas.rooms import build_rooms
 from homeserver.areas.sync import build_sync
+from homeserver.audit.retention import AuditRetention
 from homeserver.clock import Clock
 from homeserver.config.model import Config, ListenerConfig
 from homeserver.handlers.event_fanout import EventFanout
@@ -28,6 +31,12 @@ from homeserver.handlers.sessions import SessionHandler
 from homeserver.http.router import Router
 from homeserver.http.server import MatrixResource, RootResource, listener_site, make_site
 from homeserver.media.setup import build_media
+from homeserver.metrics.activity import ActivityMetrics
+from homeserver.metrics.db import DatabaseMetrics
+from homeserver.metrics.http import HttpMetrics
+from homeserver.metrics.process import register_process_collectors
+from homeserver.metrics.ready import ReadinessCheck
+from homeserver.metrics.registry import MetricsResource, new_registry
 from homeserver.notifier import Notifier
 from homeserver.rest import routes
 from homeserver.rest.client.websocket import WS_PATH, SyncWebSocketFactory
@@ -51,26 +60,66 @@ class Homeserver:
     registration: RegistrationHandler
     sessions: SessionHandler
     fanout: EventFanout
+    metrics_registry: CollectorRegistry
+    resource: MatrixResource
+    notifier: Notifier
+    websockets: SyncWebSocketFactory
+    readiness: ReadinessCheck
     ports: list[IListeningPort] = field(default_factory=list)
     _loops: list[LoopingCall] = field(default_factory=list)
     _on_stop: list[Any] = field(default_factory=list)
+    _reactor: Any = default_reactor
+    _stopped: bool = False
 
     def listen(self, reactor: Any = default_reactor) -> list[IListeningPort]:
+        self._reactor = reactor
         for listener in self.config.listeners:
             # Each listener serves only its ``resources`` (client / federation / metrics).
             self.ports += _listen(reactor, listener, listener_site(self.site, listener.resources))
         return self.ports
 
     async def stop(self) -> None:
+        """Graceful shutdown (SIGTERM, and every test's tear-down): stop accepting, answer
+        /ready 503, wake held long-polls so they answer now, close WebSockets, let
+        in-flight requests finish for up to ``shutdown.grace_period_s``, then close
+        the database pool."""
+        if self._stopped:
+            return
+        self._stopped = True
+        deadline = self._reactor.seconds() + self.config.shutdown_grace_period_s
         for loop in self._loops:
             if loop.running:
                 loop.stop()
         for port in self.ports:
             await port.stopListening()
         self.ports = []
+        self.readiness.draining = True
+        in_flight, sockets = self.resource.in_flight, self.websockets.connection_count()
+        if in_flight or sockets:
+            logger.info("shutting down: %d requests in flight, %d WebSockets open",
+                        in_flight, sockets)
+        self.notifier.close()
+        self.websockets.close_all()
+        await self._drain(deadline)
         for fn in self._on_stop:
             fn()
         self.db.close()
+
+    async def _drain(self, deadline: float) -> None:
+        """Wait until no request is in flight and every WebSocket has closed, or the
+        deadline (real time, whatever clock the server was built with)."""
+        d = self.resource.wait_idle()
+        d.addTimeout(max(0.0, deadline - self._reactor.seconds()), self._reactor)
+        try:
+            await d
+        except defer.TimeoutError:
+            logger.warning("shutdown grace period over with %d requests in flight",
+                           self.resource.in_flight)
+            return
+        # Answers written but not yet sent would be lost when the reactor stops.
+        while (self.resource.close_connections() or self.websockets.connection_count()) \
+                and self._reactor.seconds() < deadline:
+            await deferLater(self._reactor, 0.02)
 
 
 def open_database(config: Config) -> Database:
@@ -97,6 +146,7 @@ async def build_homeserver(
     e2ee = await build_e2ee(config, clock, stores, notifier, accounts.devices, rooms.fanout)
     sync = await build_sync(config, clock, stores, notifier, accounts, rooms, e2ee)
     accounts.account.on_deactivated.append(rooms.membership.leave_all_rooms)
+    accounts.account.on_erased.append(rooms.client_events.forget_erased)
     accounts.profile.on_member_profile_changed.append(rooms.membership.refresh_profile)
     media, url_previewer = build_media(config, clock, stores.media, plugin_manager,
                                        default_reactor)
@@ -129,8 +179,17 @@ async def build_homeserver(
     ))
     authenticator = accounts.authenticator
     cache = accounts.session_cache
+    registry = new_registry()
+    register_process_collectors(registry)
+    DatabaseMetrics(registry, db)
+    activity = ActivityMetrics(registry)
+    accounts.security_events.add_sink(activity.security_event)
+    rooms.fanout.subscribe("metrics", activity.event_persisted)
+    readiness = ReadinessCheck(default_reactor, {"database": db.ping})
+    readiness.register(router)
     resource = MatrixResource(router, authenticator,
-                              trusted_proxies=any(li.x_forwarded for li in config.listeners))
+                              trusted_proxies=any(li.x_forwarded for li in config.listeners),
+                              metrics=HttpMetrics(registry))
     # The WebSocket endpoint needs its own resource (it takes over the connection);
     # the root sends that one path there and every other path to MatrixResource.
     websockets = SyncWebSocketFactory(clock, authenticator, sync.sync, accounts.filters,
@@ -138,16 +197,26 @@ async def build_homeserver(
                                       trusted_proxies=any(li.x_forwarded for li in config.listeners))
     root = RootResource(resource)
     root.mount(WS_PATH, websockets.make_resource())
+    # Only reachable on listeners naming the "metrics" resource (ListenerResource).
+    root.mount("/metrics", MetricsResource(registry))
+    activity.watch(notifier, accounts.hasher, websockets.connection_count)
     site = make_site(root, config.max_request_body_size, config.media.max_upload_size)
     hs = Homeserver(config, clock, db, stores, router, site, accounts.registration,
-                    accounts.sessions, rooms.fanout)
+                    accounts.sessions, rooms.fanout, registry, resource, notifier, websockets,
+                    readiness)
 
     cleanup = LoopingCall(lambda: _background(accounts.uia.expire_old_sessions()))
     cleanup.clock = clock._time  # noqa: SLF001 (the clock's own IReactorTime)
     cleanup.start(600, now=False)
     hs._loops.append(cleanup)
-    hs._on_stop.append(websockets.close_all)
     hs._on_stop.append(accounts.hasher.stop)
+    # The audit trail: its head for the metric, and the daily retention purge.
+    await accounts.security_events.load_head()
+    activity.watch_audit_head(accounts.security_events.chain_head)
+    audit_retention = AuditRetention(accounts.security_events, clock,
+                                     config.audit.retention_days)
+    audit_retention.start()
+    hs._on_stop.append(audit_retention.stop)
     sync.presence.start()
     hs._on_stop.append(sync.presence.stop)
     return hs

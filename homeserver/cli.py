@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from homeserver.auth.access_tokens import generate_signing_key_pem
+from homeserver.cli_audit import add_audit_parser
 from homeserver.config import ConfigError, load_config
 from homeserver.config.model import Config
 
@@ -48,6 +49,8 @@ def generate_config_text(
         },
         "logging": {"level": "INFO", "format": "text" if dev else "json"},
         "federation": {"enabled": False},
+        # SIGTERM: stop accepting, answer held long-polls, let requests finish this long.
+        "shutdown": {"grace_period_s": 10},
     }
     header = (
         "# Parley configuration. Reference: README.md, section 'Configuration'.\n"
@@ -172,8 +175,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         try:
             hs = await build_homeserver(config)
             hs.listen(reactor)
+            # Graceful: Homeserver.stop drains for up to shutdown.grace_period_s.
             reactor.addSystemEventTrigger("before", "shutdown",
                                           lambda: defer.ensureDeferred(hs.stop()))
+            _handle_stop_signals(reactor, config.shutdown_grace_period_s)
             print(f"Parley serving {config.server_name} on "
                   + ", ".join(f"{a}:{li.port}" for li in config.listeners
                               for a in li.bind_addresses), file=sys.stderr, flush=True)
@@ -185,6 +190,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     reactor.callWhenRunning(lambda: defer.ensureDeferred(start()))
     reactor.run()
     return state["code"]
+
+
+def _handle_stop_signals(reactor: Any, grace_s: float) -> None:
+    """SIGTERM / SIGINT: the first starts the graceful shutdown (the reactor's
+    "before shutdown" trigger), a second one exits at once."""
+    import logging
+    import signal
+
+    logger = logging.getLogger("homeserver.cli")
+    seen: list[int] = []
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if seen:
+            logger.warning("%s again: exiting without waiting", name)
+            os._exit(1)
+        seen.append(signum)
+        logger.info("%s: shutting down gracefully (up to %gs)", name, grace_s)
+        reactor.callFromThread(reactor.stop)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -216,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--password-file", help="read the password from this file")
     u.add_argument("--admin", action="store_true", help="make the user a server admin")
     u.set_defaults(func=cmd_create_user)
+    add_audit_parser(sub)
     return p
 
 

@@ -19,6 +19,9 @@ from homeserver.clock import Clock
 
 
 class NotifierInterface(Protocol):
+    #: True once :meth:`Notifier.close` ran: long-polls answer now instead of waiting.
+    closing: bool
+
     def notify(self, user_ids: Iterable[str] = (), room_ids: Iterable[str] = ()) -> None: ...
 
     def wait(self, user_id: str, room_ids: Iterable[str], timeout_s: float) -> defer.Deferred[bool]: ...
@@ -29,9 +32,14 @@ class Notifier:
         self._clock = clock
         self._by_user: dict[str, set[defer.Deferred[bool]]] = defaultdict(set)
         self._by_room: dict[str, set[defer.Deferred[bool]]] = defaultdict(set)
+        self.closing = False
+        # Read by the metrics (homeserver/metrics/activity.py) at scrape time.
+        self.notifications = 0
+        self.woken = 0
 
     def notify(self, user_ids: Iterable[str] = (), room_ids: Iterable[str] = ()) -> None:
         """Something changed for these users / in these rooms: wake their waiters."""
+        self.notifications += 1
         waiters: set[defer.Deferred[bool]] = set()
         for uid in user_ids:
             waiters |= self._by_user.pop(uid, set())
@@ -39,10 +47,19 @@ class Notifier:
             waiters |= self._by_room.pop(rid, set())
         for d in waiters:
             if not d.called:
+                self.woken += 1
                 d.callback(True)
 
+    def close(self) -> None:
+        """Graceful shutdown: wake every waiter now; from here on nobody waits, so held
+        long-polls answer at once with what they have (their normal empty answer)."""
+        self.closing = True
+        self.notify(user_ids=list(self._by_user), room_ids=list(self._by_room))
+
     def wait(self, user_id: str, room_ids: Iterable[str], timeout_s: float) -> defer.Deferred[bool]:
-        """A Deferred firing True when woken, False on timeout."""
+        """A Deferred firing True when woken, False on timeout (at once when closing)."""
+        if self.closing:
+            return defer.succeed(False)
         d: defer.Deferred[bool] = defer.Deferred()
         rooms = list(room_ids)
         self._by_user[user_id].add(d)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from twisted.enterprise import adbapi
@@ -62,6 +64,17 @@ class Txn:
         return int(row[0])
 
 
+@dataclass(frozen=True)
+class PoolStats:
+    """The pool at one moment (for metrics)."""
+
+    max: int  # connections the pool may open
+    open: int  # connections open now
+    busy: int  # threads running a transaction
+    queued: int  # transactions waiting for a thread
+    in_progress: int  # transactions started through :meth:`Database.run` and not done
+
+
 class Database:
     """Runs functions inside transactions on the pool's threads."""
 
@@ -78,6 +91,10 @@ class Database:
             cp_noisy=False,
             **engine.connect_kwargs(),
         )
+        self._max = pool_max
+        self._in_progress = 0
+        # Told (name, seconds, succeeded) after every transaction: the metrics hook.
+        self.observer: Callable[[str, float, bool], None] | None = None
 
     async def run(self, desc: str, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(txn, *args)`` in one transaction; commit on success, roll back on error."""
@@ -85,7 +102,27 @@ class Database:
         def interaction(adb_txn: Any) -> T:
             return fn(Txn(adb_txn, self.engine), *args)
 
-        return await self._pool.runInteraction(interaction)
+        start = time.monotonic()
+        ok = False
+        self._in_progress += 1
+        try:
+            result = await self._pool.runInteraction(interaction)
+            ok = True
+            return result
+        finally:
+            self._in_progress -= 1
+            if self.observer is not None:
+                self.observer(desc, time.monotonic() - start, ok)
+
+    async def ping(self) -> None:
+        """A trivial query (readiness probe); raises if the database does not answer."""
+        await self.run("ping", lambda txn: txn.query_one("SELECT 1"))
+
+    def pool_stats(self) -> PoolStats:
+        threads = self._pool.threadpool
+        return PoolStats(max=self._max, open=len(self._pool.connections),
+                         busy=len(threads.working), queued=threads._queue.qsize(),  # noqa: SLF001
+                         in_progress=self._in_progress)
 
     async def query(self, desc: str, sql: str, *args: Any) -> list[Row]:
         return await self.run(desc, lambda txn: txn.query(sql, args))

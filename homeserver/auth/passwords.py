@@ -59,7 +59,7 @@ class PasswordHasher:
     async def run(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on the hashing pool, or refuse with 429 if the pool is saturated."""
         if self.pending >= self.max_pending:
-            raise limit_exceeded(OVERLOAD_RETRY_S)
+            raise limit_exceeded(OVERLOAD_RETRY_S, "password_hashing")
         self.pending += 1
         try:
             return await threads.deferToThreadPool(reactor, self._pool, fn)

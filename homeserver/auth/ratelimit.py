@@ -21,15 +21,18 @@ from homeserver.config.model import RateLimitConfig, RateLimitsConfig
 from homeserver.http.errors import Codes, MatrixError
 
 
-def limit_exceeded(retry_after_s: float) -> MatrixError:
+def limit_exceeded(retry_after_s: float, limit_class: str = "other") -> MatrixError:
     """The 429 a client sees when it must slow down (at least one second in the header:
-    ``Retry-After`` is whole seconds)."""
+    ``Retry-After`` is whole seconds). ``limit_class`` names the limit for the
+    rejection counter of the dispatch point (never sent to the client)."""
     retry_ms = max(1, math.ceil(retry_after_s * 1000))
-    return MatrixError(
+    err = MatrixError(
         429, "Too many requests", Codes.LIMIT_EXCEEDED,
         headers={"Retry-After": str(max(1, math.ceil(retry_ms / 1000)))},
         retry_after_ms=retry_ms,
     )
+    err.limit_class = limit_class  # type: ignore[attr-defined]
+    return err
 
 
 class RateLimiter(Protocol):
@@ -47,11 +50,13 @@ class TokenBucketRateLimiter:
     """
 
     def __init__(
-        self, clock: Clock, per_second: float, burst: int, max_keys: int = 100_000
+        self, clock: Clock, per_second: float, burst: int, max_keys: int = 100_000,
+        name: str = "other",
     ) -> None:
         if per_second <= 0 or burst < 1:
             raise ValueError("a rate limit needs per_second > 0 and burst >= 1")
         self._clock = clock
+        self.name = name  # the limit class, for metrics
         self._rate = float(per_second)
         self._burst = float(burst)
         self._max_keys = max_keys
@@ -59,8 +64,9 @@ class TokenBucketRateLimiter:
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
     @classmethod
-    def from_config(cls, clock: Clock, config: RateLimitConfig) -> TokenBucketRateLimiter:
-        return cls(clock, config.per_second, config.burst)
+    def from_config(cls, clock: Clock, config: RateLimitConfig,
+                    name: str = "other") -> TokenBucketRateLimiter:
+        return cls(clock, config.per_second, config.burst, name=name)
 
     def try_acquire(self, key: str) -> float:
         """Take one token. Returns 0 if admitted, else the seconds until one is available
@@ -77,7 +83,7 @@ class TokenBucketRateLimiter:
     def check(self, key: str) -> None:
         wait = self.try_acquire(key)
         if wait > 0:
-            raise limit_exceeded(wait)
+            raise limit_exceeded(wait, self.name)
 
     def _put(self, key: str, tokens: float, now: float) -> None:
         self._buckets[key] = (tokens, now)
@@ -97,7 +103,9 @@ class AuthRateLimiters:
     @classmethod
     def from_config(cls, clock: Clock, config: RateLimitsConfig) -> AuthRateLimiters:
         return cls(
-            login=TokenBucketRateLimiter.from_config(clock, config.login),
-            registration=TokenBucketRateLimiter.from_config(clock, config.registration),
-            uia_password=TokenBucketRateLimiter.from_config(clock, config.uia_password),
+            login=TokenBucketRateLimiter.from_config(clock, config.login, "login"),
+            registration=TokenBucketRateLimiter.from_config(clock, config.registration,
+                                                            "registration"),
+            uia_password=TokenBucketRateLimiter.from_config(clock, config.uia_password,
+                                                            "uia_password"),
         )

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 from jsonschema import Draft202012Validator
 
+from homeserver.audit.config import parse_audit
 from homeserver.config.model import (
     DEFAULT_RATE_LIMITS,
     DEFAULT_THUMBNAIL_SIZES,
@@ -337,4 +338,6 @@ def parse_config(raw: Any, base_dir: Path | None = None) -> Config:
         e2ee_policy=raw.get("e2ee", {}).get("policy", "off") or "off",
         media=parse_media(raw.get("media", {}), data_dir, rel),
         rate_limits=parse_rate_limits(raw.get("rate_limits", {})),
+        shutdown_grace_period_s=float(raw.get("shutdown", {}).get("grace_period_s", 10)),
+        audit=parse_audit(raw.get("audit", {})),
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from homeserver.audit.config import AuditConfig
+
 
 @dataclass(frozen=True)
 class ListenerConfig:
@@ -223,3 +225,6 @@ class Config:
     e2ee_policy: str = "off"  # off | encrypted_rooms | everywhere (plugins/e2ee_only.py)
     media: MediaConfig = field(default_factory=MediaConfig)
     rate_limits: RateLimitsConfig = field(default_factory=RateLimitsConfig)
+    # SIGTERM: how long in-flight requests may take to finish before the process exits.
+    shutdown_grace_period_s: float = 10.0
+    audit: AuditConfig = field(default_factory=AuditConfig)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from homeserver.audit.config import AUDIT_SCHEMA
+
 DURATION = {"anyOf": [{"type": "integer", "minimum": 0},
                       {"type": "string", "pattern": r"^\d+(ms|s|m|h|d|w|y)?\Z"}]}
 SECRET = {
@@ -223,6 +225,8 @@ CONFIG_SCHEMA: dict[str, Any] = _obj(
         # YAML reads a bare `off` as false: both mean off.
         "e2ee": _obj({"policy": {"enum": ["off", "encrypted_rooms", "everywhere", False]}}),
         "media": MEDIA,
+        "audit": AUDIT_SCHEMA,
+        "shutdown": _obj({"grace_period_s": {"type": "number", "minimum": 0, "maximum": 3600}}),
     },
     ["server_name"],
 )

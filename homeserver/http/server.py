@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, BinaryIO
 from urllib.parse import unquote
@@ -16,10 +17,12 @@ from twisted.protocols.basic import FileSender
 from twisted.web import resource, server
 from twisted.web.iweb import IRequest
 
+from homeserver.audit import context as audit_context
 from homeserver.auth.requester import Authenticator, ClientInfo, Requester
 from homeserver.http.errors import Codes, InteractiveAuthRequired, MatrixError
 from homeserver.http.params import MAX_INT64, parse_int
 from homeserver.http.router import Route, Router
+from homeserver.metrics.http import HttpMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -279,15 +282,61 @@ class MatrixResource(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, router: Router, authenticator: Authenticator, trusted_proxies: bool = False):
+    def __init__(self, router: Router, authenticator: Authenticator, trusted_proxies: bool = False,
+                 metrics: HttpMetrics | None = None):
         super().__init__()
         self._router = router
         self._auth = authenticator
         self._trusted_proxies = trusted_proxies
+        self._metrics = metrics
+        # Requests being handled, so a graceful shutdown can wait for them.
+        self._in_flight: set[defer.Deferred[None]] = set()
+        self._idle_waiters: list[defer.Deferred[None]] = []
+        # Connections that carried a request, so a shutdown can close them after their
+        # answers are flushed (the reactor's own shutdown drops unsent bytes).
+        self._channels: weakref.WeakSet[Any] = weakref.WeakSet()
 
     def render(self, request: server.Request) -> Any:  # type: ignore[override]
-        defer.ensureDeferred(self._handle(request))
+        if request.channel is not None:
+            self._channels.add(request.channel)
+        d = defer.ensureDeferred(self._handle(request))
+        if not d.called:
+            self._in_flight.add(d)
+            d.addBoth(self._request_done, d)
         return server.NOT_DONE_YET
+
+    def _request_done(self, result: Any, d: defer.Deferred[None]) -> Any:
+        self._in_flight.discard(d)
+        if not self._in_flight:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for w in waiters:
+                w.callback(None)
+        return result
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def close_connections(self) -> int:
+        """Shutdown, once no request is in flight: close every connection that is still
+        open, after what was written to it is sent. Returns how many are still open
+        (call again until 0)."""
+        still_open = 0
+        for channel in list(self._channels):
+            if _transport_open(channel.transport):
+                still_open += 1
+                if not channel.transport.disconnecting:
+                    channel.transport.loseConnection()  # flushes, then closes
+        return still_open
+
+    def wait_idle(self) -> defer.Deferred[None]:
+        """Fires once no request is being handled (at once if none is)."""
+        d: defer.Deferred[None] = defer.Deferred()
+        if not self._in_flight:
+            d.callback(None)
+        else:
+            self._idle_waiters.append(d)
+        return d
 
     def _client_info(self, request: server.Request) -> ClientInfo:
         ip = request.getClientAddress().host if request.getClientAddress() else "-"
@@ -305,17 +354,26 @@ class MatrixResource(resource.Resource):
         status = 500
         # Logged instead of the raw path: paths carry user ids, tokens and room ids.
         request.route_template = "(unmatched)"  # type: ignore[attr-defined]
+        if self._metrics is not None:
+            self._metrics.started()
         try:
             status, body, headers = await self._dispatch(request, method, raw_path)
         except InteractiveAuthRequired as uia:
             status, body, headers = 401, uia.body, {}
         except MatrixError as e:
             status, body, headers = e.code, e.to_json(), e.headers
+            if status == 429 and self._metrics is not None:
+                self._metrics.rejected(getattr(e, "limit_class", "other"))
         except Exception:
             logger.exception("Unhandled error serving %s %s", method,
                              request.route_template)  # type: ignore[attr-defined]
             status, body, headers = 500, {"errcode": Codes.UNKNOWN, "error": "Internal server error"}, {}
-        self._respond(request, status, body, headers, raw_path)
+        try:
+            self._respond(request, status, body, headers, raw_path)
+        finally:
+            if self._metrics is not None:  # route templates only, never the raw path
+                self._metrics.finished(request.route_template,  # type: ignore[attr-defined]
+                                       method, status, time.monotonic() - start)
         template = request.route_template  # type: ignore[attr-defined]
         logger.info(
             "%s %s %d %.1fms",
@@ -354,6 +412,7 @@ class MatrixResource(resource.Resource):
         params = {k: decode_path_param(v) for k, v in raw_params.items()}
         _reject_nul_in_query(request)
         api = ApiRequest(request, route, params, self._client_info(request))
+        audit_context.bind(api)  # audit entries recorded below know their request
 
         if route.auth != "none":
             token = self._extract_token(request)
@@ -433,6 +492,17 @@ class MatrixResource(resource.Resource):
         request.finish()
 
 
+def _transport_open(transport: Any) -> bool:
+    """Whether a connection is still open (a TLS transport wraps the TCP one)."""
+    if transport is None:
+        return False
+    while transport is not None:
+        if getattr(transport, "disconnected", False):
+            return False
+        transport = getattr(transport, "transport", None)
+    return True
+
+
 def _send_file(request: IRequest, body: StreamedBody) -> None:
     """Stream ``body`` (headers already set) and finish; the file is closed either way."""
     if not request.responseHeaders.hasHeader(b"content-type"):
@@ -487,10 +557,10 @@ RESOURCE_PATHS: dict[str, tuple[str, ...]] = {
                "/.well-known/matrix/support", "/.well-known/matrix/server",
                "/_parley/client/", "/_synapse/admin/", "/_parley/admin/"),
     "federation": ("/_matrix/federation/", "/_matrix/key/", "/.well-known/matrix/server"),
-    "metrics": (),  # accepted; nothing is exported yet
+    "metrics": ("/metrics",),  # homeserver/metrics/registry.py MetricsResource
 }
-# Served on every listener (load balancers probe each port).
-EVERY_LISTENER_PATHS = ("/health",)
+# Served on every listener (load balancers probe each port): liveness and readiness.
+EVERY_LISTENER_PATHS = ("/health", "/ready")
 
 
 def path_resources(path: bytes) -> frozenset[str]:
