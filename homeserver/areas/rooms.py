@@ -69,6 +69,7 @@ async def build_rooms(config: Config, clock: Clock, stores: Stores, notifier: No
     relations = RelationsHandler(clock, stores.relations, stores.events, visibility, creation)
     client_events = ClientEventSerializer(clock, stores.events, relations.bundle,
                                           stores.users, stores.room_members)
+    relations.serializer = client_events
     room_reads = RoomReadHandler(stores.events, stores.room_members, visibility, creation,
                                  relations.bundle)
     room_reads.serializer = client_events.serialize

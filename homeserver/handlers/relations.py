@@ -25,7 +25,7 @@ from typing import Any
 from homeserver.clock import Clock
 from homeserver.events.client_format import serialize_event
 from homeserver.events.model import Event
-from homeserver.events.redaction import prune_event_dict
+from homeserver.handlers.client_events import ClientEventSerializer
 from homeserver.handlers.event_creation import EventCreationHandler
 from homeserver.handlers.visibility import VisibilityHandler
 from homeserver.http.errors import Codes, MatrixError
@@ -144,45 +144,20 @@ class RelationsHandler:
         self._events = events
         self._visibility = visibility
         self._creation = creation
+        # The batch serializer (ClientEventSerializer), wired once it exists: it takes
+        # this handler's ``bundle`` for aggregations, so it is built after this one.
+        self.serializer: ClientEventSerializer | None = None
 
     # ------------------------------------------------------------------ serving events
 
     async def serialize(self, user_id: str, device_id: str | None, events: Sequence[Event],
                         include_room_id: bool = True) -> list[JsonDict]:
-        """Client events with redactions applied and aggregations bundled. A state event
-        whose predecessor was redacted since shows that predecessor's content redacted."""
-        if not events:
-            return []
-        replaced = {e.event_id: e.pdu["unsigned"]["replaces_state"] for e in events
-                    if isinstance(e.pdu.get("unsigned"), dict)
-                    and isinstance(e.pdu["unsigned"].get("replaces_state"), str)}
-        redaction_ids = await self._events.get_redaction_ids(
-            [e.event_id for e in events] + list(replaced.values()))
-        redactions = await self._events.get_events(redaction_ids.values())
-        redacted_prev = await self._events.get_events(p for p in replaced.values() if p in redaction_ids)
-        bundles = await self.bundle(user_id, device_id, events, include_room_id)
-        now = self._clock.time_msec()
-        out = []
-        for e in events:
-            redaction = redactions.get(redaction_ids.get(e.event_id, ""))
-            if redaction is not None and redaction.room_id != e.room_id:
-                redaction = None
-            pruned = prune_event_dict(e.pdu, e.room_version) if redaction is not None else None
-            client = serialize_event(e, now, for_user=user_id, for_device=device_id,
-                                     redaction=redaction, pruned_pdu=pruned,
-                                     include_room_id=include_room_id,
-                                     relations=bundles.get(e.event_id))
-            unsigned = client["unsigned"]
-            prev = redacted_prev.get(replaced.get(e.event_id, ""))
-            prev_redaction = redactions.get(redaction_ids.get(prev.event_id, "")) if prev else None
-            if prev_redaction is None or prev is None or prev_redaction.room_id != prev.room_id:
-                prev = None
-            if redaction is not None:
-                unsigned.pop("prev_content", None)
-            elif prev is not None and "prev_content" in unsigned:
-                unsigned["prev_content"] = prune_event_dict(prev.pdu, prev.room_version)["content"]
-            out.append(client)
-        return out
+        """Client events through the one batch serializer (redactions, erased senders,
+        self-destructed messages, aggregations), so /relations, threads and /search
+        serve events exactly as /messages and /sync do."""
+        if self.serializer is None:
+            raise RuntimeError("RelationsHandler.serializer is not wired")
+        return await self.serializer.serialize(events, user_id, device_id, include_room_id)
 
     # ------------------------------------------------------------------ sending
 

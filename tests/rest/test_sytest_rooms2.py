@@ -291,6 +291,34 @@ class ErasureTest(SyTestRooms2Case):
         for content in creator_members:
             self.assertEqual(set(content), {"membership"})
 
+    async def test_erased_messages_pruned_in_relations(self) -> None:
+        """/relations and thread listings go through the same serializer: an erased
+        sender's reply is served pruned to a later joiner, whole to an original member."""
+        creator, member = await self.user("creator"), await self.user("member")
+        joiner = await self.user("joiner")
+        room = await self.room(creator)
+        self.assertEqual((await self.join(member, room)).code, 200)
+        root = await self.send_ok(member, room, "root")
+        reply = await self.send(creator, room, content={
+            "msgtype": "m.text", "body": "secret reply",
+            "m.relates_to": {"rel_type": "m.thread", "event_id": root}})
+        self.assertEqual(reply.code, 200, reply)
+        self.assertEqual((await self.join(joiner, room)).code, 200)
+        first = await self.request("POST", f"{CS}/account/deactivate", {"erase": True},
+                                   token=creator)
+        resp = await self.request("POST", f"{CS}/account/deactivate", {
+            "erase": True, "auth": {"type": "m.login.password", "session": first.json["session"],
+                                    "identifier": {"type": "m.id.user", "user": "creator"},
+                                    "password": TEST_PASSWORD}}, token=creator)
+        self.assertEqual(resp.code, 200, resp)
+        path = f"/_matrix/client/v1/rooms/{q(room)}/relations/{q(root)}"
+        for token, expected in ((member, "secret reply"), (joiner, None)):
+            resp = await self.request("GET", path, token=token)
+            self.assertEqual(resp.code, 200, resp)
+            served = [e for e in resp.json["chunk"] if e["event_id"] == reply.json["event_id"]]
+            self.assertEqual(len(served), 1, resp.json)
+            self.assertEqual(served[0]["content"].get("body"), expected)
+
     async def test_deactivation_without_erase_hides_nothing(self) -> None:
         """Deactivating without ``erase`` leaves the history as it was for everyone."""
         creator, joiner = await self.user("creator"), await self.user("joiner")
