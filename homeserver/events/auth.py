@@ -25,6 +25,11 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import nacl.exceptions
+import nacl.signing
+
+from homeserver.events.canonical_json import encode_canonical_json
+from homeserver.events.hashing import decode_base64
 from homeserver.events.model import Event, StateKey
 from homeserver.events.power_levels import (
     CREATE,
@@ -57,6 +62,8 @@ __all__ = [
     "get_user_power_level",
     "redaction_allowed",
     "required_signature_servers",
+    "signed_by_any_key",
+    "third_party_invite_public_keys",
 ]
 
 JOIN_RULES = "m.room.join_rules"
@@ -364,10 +371,10 @@ def _check_membership(event: Event, auth_state: Mapping[StateKey, Event], create
     target_level = get_user_power_level(target, auth_state, create_event)
 
     if membership == "invite":
-        # 4.4.1: third-party invites (their signed-token verification) are not implemented;
-        # refuse them rather than half-check them.
+        # 4.4.1: third-party invites: allowed by the identity server's signature alone.
         if "third_party_invite" in content:
-            raise AuthError("third-party invites are not supported")
+            _check_third_party_invite(event, auth_state, target, target_membership)
+            return
         # 4.4.2
         if sender_membership != "join":
             raise AuthError("the inviter is not in the room")
@@ -421,6 +428,84 @@ def _check_membership(event: Event, auth_state: Mapping[StateKey, Event], create
 
     # 4.8: unknown membership.
     raise AuthError("unknown membership")
+
+
+def third_party_invite_public_keys(content: Mapping[str, Any]) -> list[str]:
+    """The Base64 ed25519 keys of an ``m.room.third_party_invite`` event's content: its
+    ``public_key`` and every ``public_keys[].public_key``."""
+    keys: list[str] = []
+    if isinstance(content.get("public_key"), str):
+        keys.append(content["public_key"])
+    entries = content.get("public_keys")
+    for entry in entries if isinstance(entries, list) else []:
+        if isinstance(entry, Mapping) and isinstance(entry.get("public_key"), str):
+            keys.append(entry["public_key"])
+    return keys
+
+
+def signed_by_any_key(signed: Mapping[str, Any], public_keys: list[str]) -> str | None:
+    """The first of ``public_keys`` that made one of the ed25519 signatures on ``signed``
+    (whatever server name and key id they are filed under, as the spec says), or None."""
+    signatures = signed.get("signatures")
+    if not isinstance(signatures, Mapping):
+        return None
+    try:
+        message = encode_canonical_json(
+            {k: v for k, v in signed.items() if k not in ("signatures", "unsigned")})
+    except ValueError:
+        return None
+    sigs: list[bytes] = []
+    for per_server in signatures.values():
+        if not isinstance(per_server, Mapping):
+            continue
+        for kid, sig in per_server.items():
+            if isinstance(kid, str) and kid.startswith("ed25519:") and isinstance(sig, str):
+                try:
+                    raw = decode_base64(sig)
+                except ValueError:
+                    continue
+                if len(raw) == 64:
+                    sigs.append(raw)
+    for key_b64 in public_keys:
+        try:
+            verify_key = nacl.signing.VerifyKey(decode_base64(key_b64))
+        except (ValueError, nacl.exceptions.CryptoError):
+            continue
+        for raw in sigs:
+            try:
+                verify_key.verify(message, raw)
+                return key_b64
+            except nacl.exceptions.BadSignatureError:
+                continue
+    return None
+
+
+def _check_third_party_invite(event: Event, auth_state: Mapping[StateKey, Event], target: str,
+                              target_membership: str | None) -> None:
+    """Rule 4.4.1: an invite made good by an identity server's signed block."""
+    # 4.4.1.1
+    if target_membership == "ban":
+        raise AuthError("the invitee is banned")
+    tpi = event.content.get("third_party_invite")
+    signed = tpi.get("signed") if isinstance(tpi, Mapping) else None
+    # 4.4.1.2
+    if not isinstance(signed, Mapping):
+        raise AuthError("the third-party invite is not signed")
+    mxid, token = signed.get("mxid"), signed.get("token")
+    # 4.4.1.3 / 4.4.1.4
+    if not isinstance(mxid, str) or not isinstance(token, str):
+        raise AuthError("the third-party invite's signed block lacks mxid or token")
+    if mxid != target:
+        raise AuthError("the third-party invite is for another user")
+    # 4.4.1.5 / 4.4.1.6
+    invite_event = auth_state.get((THIRD_PARTY_INVITE, token))
+    if invite_event is None:
+        raise AuthError("no third-party invite with this token")
+    if invite_event.sender != event.sender:
+        raise AuthError("the sender did not make the third-party invite")
+    # 4.4.1.7 / 4.4.1.8
+    if signed_by_any_key(signed, third_party_invite_public_keys(invite_event.content)) is None:
+        raise AuthError("the third-party invite's signature does not match its keys")
 
 
 def _check_join(event: Event, auth_state: Mapping[StateKey, Event], create_event: Event, target: str) -> None:

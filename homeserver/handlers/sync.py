@@ -554,6 +554,11 @@ class SyncHandler:
         group = await self._events.get_state_group_for_event(m.event_id)
         state = await self._events.get_state_for_group(group) if group is not None else {}
         ids = [state[(t, "")] for t in STRIPPED_STATE_TYPES if (t, "") in state]
+        # The inviter's own member event too, as Synapse (clients show who invited).
+        invite = (await self._events.get_events([m.event_id])).get(m.event_id)
+        if invite is not None and invite.sender != user_id and \
+                ("m.room.member", invite.sender) in state:
+            ids.append(state[("m.room.member", invite.sender)])
         ids.append(m.event_id)
         found = await self._events.get_events(ids)
         return [{"type": e.type, "state_key": e.state_key, "content": e.content,

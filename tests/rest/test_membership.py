@@ -107,7 +107,7 @@ class MembershipTest(RoomTestCase):
         self.assertMatrixError(await self.member(self.alice, room, "kick"), 400, "M_MISSING_PARAM")
         resp = await self.member(self.alice, room, "invite", id_server="x", medium="email",
                                  address="a@b.c")
-        self.assertMatrixError(resp, 403, "M_FORBIDDEN")
+        self.assertMatrixError(resp, 400, "M_SERVER_NOT_TRUSTED")  # no identity_servers
         self.assertMatrixError(await self.join(self.alice, "#nope:test.local"), 404, "M_NOT_FOUND")
         self.assertMatrixError(await self.join(self.alice, "nope"), 400, "M_INVALID_PARAM")
         self.assertMatrixError(await self.join(self.bob, "!unknown:test.local"), 404,

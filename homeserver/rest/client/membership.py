@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from homeserver.handlers.identity import IdentityHandler
 from homeserver.handlers.membership import MembershipHandler
 from homeserver.http.errors import Codes, MatrixError
 from homeserver.http.router import Router, client_paths
@@ -18,14 +19,19 @@ TARGET_SCHEMA: dict[str, Any] = {"type": "object", "required": ["user_id"], "pro
     **_REASON, "user_id": {"type": "string", "minLength": 1, "maxLength": 255}}}
 INVITE_SCHEMA: dict[str, Any] = {"type": "object", "properties": {
     **_REASON, "user_id": {"type": "string", "minLength": 1, "maxLength": 255},
-    "id_server": {"type": "string"}, "medium": {"type": "string"},
-    "address": {"type": "string"}, "is_direct": {"type": "boolean"}}}
+    "id_server": {"type": "string", "maxLength": 512},
+    "id_access_token": {"type": "string", "maxLength": 512},
+    "medium": {"type": "string", "minLength": 1, "maxLength": 64},
+    "address": {"type": "string", "minLength": 1, "maxLength": 512},
+    "is_direct": {"type": "boolean"}}}
 REASON_SCHEMA: dict[str, Any] = {"type": "object", "properties": dict(_REASON)}
 
 
 class MembershipServlets:
-    def __init__(self, membership: MembershipHandler) -> None:
+    def __init__(self, membership: MembershipHandler,
+                 identity: IdentityHandler | None = None) -> None:
         self._m = membership
+        self._identity = identity
 
     def register(self, router: Router) -> None:
         router.add("POST", client_paths("/rooms/{roomId}/join"), self.on_join_room,
@@ -71,7 +77,17 @@ class MembershipServlets:
         body = req.body
         if "user_id" not in body:
             if {"id_server", "medium", "address"} <= set(body):
-                raise MatrixError(403, "Third-party invites are not supported", Codes.FORBIDDEN)
+                if self._identity is None:
+                    raise MatrixError(403, "Third-party invites are not supported",
+                                      Codes.FORBIDDEN)
+                self._identity.client.check_trusted(body["id_server"])  # 400 first
+                if "id_access_token" not in body:
+                    raise MatrixError(400, "Missing parameter: id_access_token",
+                                      Codes.MISSING_PARAM)
+                await self._identity.invite(r.user_id, roomId, body["id_server"],
+                                            body["id_access_token"], body["medium"],
+                                            body["address"])
+                return 200, {}
             raise MatrixError(400, "Missing parameter: user_id", Codes.MISSING_PARAM)
         extra = {"is_direct": True} if body.get("is_direct") else None
         await self._m.update(r.user_id, roomId, body["user_id"], "invite", body.get("reason"),

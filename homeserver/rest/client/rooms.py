@@ -27,6 +27,14 @@ _STATE_EVENT = {
                    "state_key": {"type": "string", "maxLength": 255},
                    "content": {"type": "object"}},
 }
+# definitions/invite_3pid (homeserver/handlers/identity.py does the inviting).
+_INVITE_3PID: dict[str, Any] = {
+    "type": "object", "required": ["id_server", "id_access_token", "medium", "address"],
+    "properties": {"id_server": {"type": "string", "maxLength": 512},
+                   "id_access_token": {"type": "string", "maxLength": 512},
+                   "medium": {"type": "string", "minLength": 1, "maxLength": 64},
+                   "address": {"type": "string", "minLength": 1, "maxLength": 512}},
+}
 CREATE_ROOM_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
@@ -36,7 +44,7 @@ CREATE_ROOM_SCHEMA: dict[str, Any] = {
         "name": {"type": "string", "maxLength": 1000},
         "topic": {"type": "string", "maxLength": 10000},
         "invite": {"type": "array", "items": {"type": "string"}, "maxItems": 500},
-        "invite_3pid": {"type": "array", "maxItems": 0},
+        "invite_3pid": {"type": "array", "maxItems": 50, "items": _INVITE_3PID},
         "room_version": {"type": "string"},
         "creation_content": {"type": "object"},
         "initial_state": {"type": "array", "items": _STATE_EVENT, "maxItems": 200},

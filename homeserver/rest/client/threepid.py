@@ -14,16 +14,20 @@ servers are not configured, instead of 404s:
   ``M_THREEPID_AUTH_FAILED``, since no validation session can exist; user-interactive
   auth is not started first, because the request can never succeed and a password
   prompt would only add a password-guessing surface;
-* binding through an identity server: 400 ``M_SERVER_NOT_TRUSTED`` (no identity server
-  is trusted; none is ever contacted, so a client cannot make Parley fetch a URL);
-* unbind / delete: 200 ``no-support``: there is nothing stored to delete and no
-  identity server we could unbind from.
+* binding through an identity server: proxied to it when it is listed in
+  ``identity_servers.trusted`` (homeserver/handlers/identity.py), else 400
+  ``M_SERVER_NOT_TRUSTED`` and nothing is contacted, so a client cannot make Parley
+  fetch a URL of its choosing;
+* unbind / delete: unbinds from the given trusted identity server, or from those the
+  3PID was bound to through us; ``success`` when they all did, else ``no-support``
+  (nothing else is stored to delete).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from homeserver.handlers.identity import IdentityHandler
 from homeserver.http.errors import Codes, MatrixError
 from homeserver.http.params import MAX_SAFE_INTEGER, json_int
 from homeserver.http.router import Router, client_paths
@@ -34,6 +38,7 @@ OPAQUE_ID: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 255,
                              "pattern": "^[0-9a-zA-Z.=_-]+\\Z"}
 _STRING: dict[str, Any] = {"type": "string"}
 _IDENTITY_SERVER_PROPS: dict[str, Any] = {"id_server": _STRING, "id_access_token": _STRING}
+_BOUNDED: dict[str, Any] = {"type": "string", "maxLength": 512}
 
 # definitions/request_email_validation.yaml
 EMAIL_REQUEST_TOKEN_SCHEMA: dict[str, Any] = {
@@ -81,15 +86,16 @@ LEGACY_ADD_SCHEMA: dict[str, Any] = {
 BIND_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["client_secret", "id_server", "id_access_token", "sid"],
-    "properties": {"client_secret": OPAQUE_ID, "sid": _STRING, **_IDENTITY_SERVER_PROPS},
+    "properties": {"client_secret": OPAQUE_ID, "sid": _BOUNDED, "id_server": _BOUNDED,
+                   "id_access_token": _BOUNDED},
 }
 REMOVE_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["medium", "address"],
     "properties": {
         "medium": {"type": "string", "enum": ["email", "msisdn"]},
-        "address": _STRING,
-        "id_server": _STRING,
+        "address": _BOUNDED,
+        "id_server": _BOUNDED,
     },
 }
 
@@ -112,6 +118,7 @@ _REQUEST_TOKEN_ROUTES: list[tuple[str, dict[str, Any], str, str]] = [
 ]
 
 _NO_SESSION = "No validated 3PID session found"
+_BIND_VERSIONS = ("r0", "v3", "unstable")
 _NO_UNBIND = {"id_server_unbind_result": "no-support"}
 
 
@@ -125,16 +132,20 @@ def _refuse(errcode: str, msg: str) -> Any:
 
 
 class ThreepidServlets:
+    def __init__(self, identity: IdentityHandler | None = None) -> None:
+        self._identity = identity
+
     def register(self, router: Router) -> None:
         router.add("GET", client_paths("/account/3pid"), self.on_list)
         router.add("POST", client_paths("/account/3pid"), self.on_add,
                    body_schema=LEGACY_ADD_SCHEMA)
         router.add("POST", client_paths("/account/3pid/add"), self.on_add,
                    body_schema=ADD_SCHEMA)
-        router.add("POST", client_paths("/account/3pid/bind"), self.on_bind,
+        # SyTest (and old clients) use the unstable prefix for bind and unbind.
+        router.add("POST", client_paths("/account/3pid/bind", _BIND_VERSIONS), self.on_bind,
                    body_schema=BIND_SCHEMA)
-        router.add("POST", client_paths("/account/3pid/unbind"), self.on_remove,
-                   body_schema=REMOVE_SCHEMA)
+        router.add("POST", client_paths("/account/3pid/unbind", _BIND_VERSIONS),
+                   self.on_remove, body_schema=REMOVE_SCHEMA)
         router.add("POST", client_paths("/account/3pid/delete"), self.on_remove,
                    body_schema=REMOVE_SCHEMA)
         for path, schema, errcode, msg in _REQUEST_TOKEN_ROUTES:
@@ -150,10 +161,20 @@ class ThreepidServlets:
         raise MatrixError(400, _NO_SESSION, Codes.THREEPID_AUTH_FAILED)
 
     async def on_bind(self, req: ApiRequest) -> tuple[int, Any]:
-        req.require_requester()
-        raise MatrixError(400, "This server does not use identity servers",
-                          Codes.SERVER_NOT_TRUSTED)
+        r = req.require_requester()
+        if self._identity is None:
+            raise MatrixError(400, "This server does not use identity servers",
+                              Codes.SERVER_NOT_TRUSTED)
+        body = req.body
+        await self._identity.bind(r.user_id, body["id_server"], body["id_access_token"],
+                                  body["sid"], body["client_secret"])
+        return 200, {}
 
     async def on_remove(self, req: ApiRequest) -> tuple[int, Any]:
-        req.require_requester()
-        return 200, dict(_NO_UNBIND)
+        r = req.require_requester()
+        if self._identity is None:
+            return 200, dict(_NO_UNBIND)
+        body = req.body
+        result = await self._identity.unbind(r.user_id, body["medium"], body["address"],
+                                             body.get("id_server"))
+        return 200, {"id_server_unbind_result": result}
