@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from homeserver.auth.ratelimit import RateLimiter
+from homeserver.auth.requester import ClientInfo
 from homeserver.clock import Clock
 from homeserver.http.errors import Codes, InteractiveAuthRequired, MatrixError
 from storage.database import Txn
@@ -20,12 +21,41 @@ from storage.stores.ui_auth import UiAuthSession, UiAuthStore
 DUMMY = "m.login.dummy"
 PASSWORD = "m.login.password"
 REGISTRATION_TOKEN = "m.login.registration_token"
+# Second-factor stages (homeserver/auth/mfa.py), required of users who enabled TOTP.
+TOTP = "org.parley.totp"
+RECOVERY_CODE = "org.parley.recovery_code"
+SECOND_FACTOR_STAGES = (TOTP, RECOVERY_CODE)
+# What an enrolled user's password login answers with (a 401 in the UIA shape).
+SECOND_FACTOR_REQUIRED = "ORG_PARLEY_SECOND_FACTOR_REQUIRED"
+LOGIN_URI = "org.parley.login"  # the "uri" of a /login second-step session
+LOGIN_FLOWS = [[PASSWORD, TOTP], [PASSWORD, RECOVERY_CODE]]
 
 SESSION_LIFETIME_MS = 60 * 60 * 1000
+LOGIN_SESSION_LIFETIME_MS = 10 * 60 * 1000
 
 # (user_id, password) -> the canonical user id if the password is right, else None
 PasswordChecker = Callable[[str, str], Awaitable[bool]]
 IdentifierResolver = Callable[[dict[str, Any]], str | None]
+
+
+class SecondFactor(Protocol):
+    """The second-factor checks (homeserver/auth/mfa.py's MfaHandler)."""
+
+    async def is_enrolled(self, user_id: str) -> bool: ...
+
+    async def verify(self, user_id: str, stage: str, code: Any,
+                     client: ClientInfo | None = None) -> bool: ...
+
+
+def with_second_factor(flows: list[list[str]]) -> list[list[str]]:
+    """Each flow twice: completed by a TOTP code, or by a recovery code."""
+    out: list[list[str]] = []
+    for flow in flows:
+        if any(s in flow for s in SECOND_FACTOR_STAGES):
+            out.append(list(flow))
+        else:
+            out.extend([[*flow, TOTP], [*flow, RECOVERY_CODE]])
+    return out
 
 
 class StageFailed(Exception):
@@ -52,6 +82,9 @@ class UserInteractiveAuth:
         self.password_limiter = password_limiter
         # Told (user id or None, reason) of every refused password: the audit trail.
         self.on_password_failure: list[Callable[[str | None, str], Awaitable[None]]] = []
+        # Set when MFA is wired in: every flow of an enrolled user then needs a second
+        # factor stage, whichever endpoint asks (see :meth:`check`).
+        self.second_factor: SecondFactor | None = None
 
     async def check(
         self,
@@ -66,6 +99,9 @@ class UserInteractiveAuth:
         if auth is not None and not isinstance(auth, dict):
             raise MatrixError(400, "'auth' must be an object", Codes.BAD_JSON)
         session = await self._session(auth, uri, method, user_id)
+        if (user_id is not None and self.second_factor is not None
+                and await self.second_factor.is_enrolled(user_id)):
+            flows = with_second_factor(flows)
         if auth and "type" in auth:
             stage = auth["type"]
             if not isinstance(stage, str) or not any(stage in f for f in flows):
@@ -183,9 +219,15 @@ class UserInteractiveAuth:
             "session": session.session_id,
             "completed": sorted(session.results),
         }
+        if any(s in f for f in flows for s in SECOND_FACTOR_STAGES):
+            body["params"] = {TOTP: {"digits": 6, "period": 30}, RECOVERY_CODE: {}}
         if errcode:
             body["errcode"] = errcode
             body["error"] = error or "Authentication failed"
+        elif PASSWORD in session.results and TOTP in {s for f in flows for s in f}:
+            # A client that cannot do the stage still gets told what is missing.
+            body["error"] = (f"Two-factor authentication required: complete the '{TOTP}' "
+                             f"(or '{RECOVERY_CODE}') stage with a 'code'")
         return InteractiveAuthRequired(body)
 
     async def _run_stage(self, stage: str, auth: dict[str, Any], user_id: str | None) -> Any:
@@ -193,6 +235,8 @@ class UserInteractiveAuth:
             return True
         if stage == PASSWORD:
             return await self._password_stage(auth, user_id)
+        if stage in SECOND_FACTOR_STAGES:
+            return await self._second_factor_stage(stage, auth, user_id)
         raise StageFailed(Codes.UNRECOGNIZED, "Unknown auth type")
 
     async def _password_stage(self, auth: dict[str, Any], user_id: str | None) -> str:
@@ -222,6 +266,54 @@ class UserInteractiveAuth:
             await self._password_failed(target, "invalid password")
             raise StageFailed(Codes.FORBIDDEN, "Invalid password")
         return target
+
+    async def _second_factor_stage(self, stage: str, auth: dict[str, Any],
+                                   user_id: str | None) -> bool:
+        """``org.parley.totp`` / ``org.parley.recovery_code``: ``auth.code`` checked for
+        the authenticated user (429 while locked out after wrong codes)."""
+        if user_id is None or self.second_factor is None:
+            raise StageFailed(Codes.UNRECOGNIZED, "Unknown auth type")
+        code = auth.get("code")
+        if not isinstance(code, str) or not code:
+            raise StageFailed(Codes.MISSING_PARAM, "Missing parameter: code")
+        if not await self.second_factor.verify(user_id, stage, code):
+            raise StageFailed(Codes.FORBIDDEN, "Invalid or already used code")
+        return True
+
+    async def begin_login(self, user_id: str, login: dict[str, Any]) -> InteractiveAuthRequired:
+        """The answer to an enrolled user's right password at /login: a 401 naming the
+        second-factor stages, with a session remembering the password stage and the
+        login's parameters (``login``) for :meth:`finish_login`."""
+        sid = secrets.token_urlsafe(18)
+        await self._store.create(sid, self._clock.time_msec(), LOGIN_URI, "POST", user_id)
+        await self._store.mark_stage_complete(sid, PASSWORD, user_id)
+        await self._store.set_server_value(sid, "login", login)
+        session = await self._store.get(sid)
+        assert session is not None
+        return self._required(
+            session, LOGIN_FLOWS, SECOND_FACTOR_REQUIRED,
+            f"Two-factor authentication required: send POST /login with type '{TOTP}' "
+            f"(or '{RECOVERY_CODE}'), this 'session' and the 'code'")
+
+    async def finish_login(self, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """The /login second step: check the code for the user whose password the
+        session holds, spend the session (once, however many requests race), and
+        return (user id, the login parameters of the first step)."""
+        sid = body.get("session")
+        if not isinstance(sid, str) or not sid:
+            raise MatrixError(400, "Missing parameter: session", Codes.MISSING_PARAM)
+        session = await self._store.get(sid)
+        not_before = self._clock.time_msec() - LOGIN_SESSION_LIFETIME_MS
+        if (session is None or session.created_ts < not_before or session.uri != LOGIN_URI
+                or session.user_id is None or PASSWORD not in session.results):
+            raise unknown_session()
+        try:
+            await self._second_factor_stage(body["type"], body, session.user_id)
+        except StageFailed as e:
+            raise self._required(session, LOGIN_FLOWS, e.errcode, e.msg) from e
+        await self.consume(sid)
+        login = session.serverdict.get("login")
+        return session.user_id, login if isinstance(login, dict) else {}
 
     async def _password_failed(self, user_id: str | None, reason: str) -> None:
         for hook in self.on_password_failure:
