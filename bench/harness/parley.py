@@ -48,6 +48,7 @@ class ParleyServer(ManagedServer):
         self.config_path = workdir / "parley.yaml"
         self.data_dir = workdir / "data"
         self.notes: list[str] = []
+        self.limit_classes: list[str] = []
 
     def cwd(self) -> Path:
         return self.repo  # lets `python -m homeserver.cli` import the package from a checkout
@@ -61,18 +62,32 @@ class ParleyServer(ManagedServer):
             cwd=self.repo, check=True, env=clean_env(),
         )
         config = yaml.safe_load(self.config_path.read_text())
+        self.limit_classes = self._limit_classes()
         self.patch(config)
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
+    def _limit_classes(self) -> list[str]:
+        """The rate-limit classes this checkout knows (asked of its own interpreter, as
+        the harness's Python need not have Parley's dependencies)."""
+        python = [*self.cli[:1]] if self.cli and self.cli[0].endswith("python") else None
+        code = "from homeserver.config.model import DEFAULT_RATE_LIMITS as d; print(' '.join(d))"
+        if python is None:
+            python = [str(self.repo / ".venv" / "bin" / "python")]
+        out = subprocess.run([*python, "-c", code], cwd=self.repo, check=True, env=clean_env(),
+                             capture_output=True, text=True).stdout.split()
+        return out or ["login", "registration", "uia_password"]
+
     def patch(self, config: dict[str, Any]) -> None:
-        """Only the hashing cost and the auth rate limits are changed; everything else is
+        """Only the hashing cost and the rate limits are changed; everything else is
         checked, not altered (except narrowing a non-loopback bind address to 127.0.0.1)."""
         config["password_hashing"] = dict(self.hashing)
         # As for Synapse (its rc_* limits), the auth rate limits and the cap on queued
         # password hashes are lifted, so the bench measures work rather than 429s.
         config["password_hashing"]["max_pending"] = 100_000
-        config["rate_limits"] = {name: {"per_second": 1_000_000, "burst": 1_000_000}
-                                 for name in ("login", "registration", "uia_password")}
+        # Every limit class (rate_limits.<class>, as Synapse's rc_* are all lifted);
+        # media_upload counts bytes, so its lifted budget is bytes too.
+        config["rate_limits"] = {name: {"per_second": 1_000_000_000, "burst": 1_000_000_000}
+                                 for name in self.limit_classes}
         if not config.get("registration", {}).get("enabled", False):
             raise RuntimeError("generated --dev config does not enable registration")
         ports = []

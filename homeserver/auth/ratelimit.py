@@ -1,9 +1,11 @@
 """Rate limiting for the authentication paths (login, registration, UIA password checks).
 
-This is the seam a later, fuller limiter (per endpoint class, Redis sliding window shared
-across workers) plugs into: callers only see :class:`RateLimiter`. The implementation
-here is an in-process token bucket per key (an IP address or a user id), timed by the
-injected :class:`~homeserver.clock.Clock` so tests drive it with ``task.Clock``.
+Per-route limits (login, registration, messages, invites, media bytes, ...) are declared
+in homeserver/http/rate_classes.py and enforced at the dispatch point by
+:mod:`homeserver.ratelimit` (in-process or Redis backend, policy seam). What stays here:
+:func:`limit_exceeded` (the one 429 every limiter raises) and the in-process token
+bucket used inside handlers, e.g. the UIA password stage (per user being
+authenticated), timed by the injected :class:`~homeserver.clock.Clock`.
 
 A refused request gets 429 ``M_LIMIT_EXCEEDED`` with ``retry_after_ms`` and a
 ``Retry-After`` header, as the spec and Synapse do.

@@ -98,9 +98,15 @@ class RateLimitConfigTest(unittest.TestCase):
         self.assertEqual(config.rate_limits.registration, RateLimitConfig(5, 10))
         self.assertEqual(config.rate_limits.uia_password, RateLimitConfig(1, 5))
         self.assertEqual(
-            {k: {"per_second": v.per_second, "burst": v.burst}
-             for k, v in vars(config.rate_limits).items()},
+            {k: {"per_second": config.rate_limits.limit(k).per_second,
+                 "burst": config.rate_limits.limit(k).burst} for k in DEFAULT_RATE_LIMITS},
             DEFAULT_RATE_LIMITS)
+        # Messaging: 60/min per user with a burst; media counts bytes.
+        self.assertEqual(config.rate_limits.message, RateLimitConfig(1, 30))
+        self.assertEqual(config.rate_limits.media_upload.burst, 256 * 1024 * 1024)
+        self.assertEqual(config.rate_limits.backend, "memory")
+        self.assertTrue(config.rate_limits.exempt_admins)
+        self.assertIsNone(config.redis)
         self.assertIsNone(config.password_hashing.max_pending)
 
     def test_override(self) -> None:
@@ -179,3 +185,133 @@ class PasswordHasherCapTest(unittest.TestCase):
                                                       parallelism=1))
         self.addCleanup(hasher.stop)
         self.assertEqual(hasher.max_pending, 4 * max(1, os.cpu_count() or 1))
+
+
+class MemoryBackendTest(unittest.TestCase):
+    """The in-process backend the limiter and the Redis fallback use."""
+
+    async def test_costs_and_refill(self) -> None:
+        from homeserver.ratelimit.memory import MemoryBackend
+
+        backend = MemoryBackend(max_keys=2)
+        self.assertEqual(await backend.acquire("b", 1000, 10_000, 6000, 0), 0)
+        self.assertAlmostEqual(await backend.acquire("b", 1000, 10_000, 6000, 0), 2.0)
+        # A cost above the burst passes only with a full bucket (never refused forever).
+        self.assertEqual(await backend.acquire("big", 1, 5, 50, 0), 0)
+        self.assertAlmostEqual(await backend.acquire("big", 1, 5, 50, 1), 4.0)
+        await backend.acquire("c", 1, 1, 1, 0)
+        self.assertEqual(len(backend), 2)  # bounded: the least recently used went
+
+
+class PolicyAndPenaltyTest(unittest.TestCase):
+    """The ``set_policy`` seam and the invite penalty, with a plain function."""
+
+    def setUp(self) -> None:
+        from homeserver.config.model import RateLimitsConfig
+        from homeserver.ratelimit.limiter import RateLimiter
+        from homeserver.ratelimit.memory import MemoryBackend
+
+        self.reactor_time = task.Clock()
+        self.reactor_time.advance(1_000_000)
+        self.clock = Clock(self.reactor_time)
+        self.admins = {"@root:hs"}
+
+        async def is_admin(user_id: str) -> bool:
+            return user_id in self.admins
+
+        self.limiter = RateLimiter(RateLimitsConfig(message=RateLimitConfig(1, 2)), self.clock,
+                                   MemoryBackend(), is_admin=is_admin)
+
+    async def admitted(self, user: str, n: int = 10) -> int:
+        count = 0
+        for _ in range(n):
+            try:
+                await self.limiter.check("message", user, user_id=user, ip="10.0.0.1")
+            except MatrixError:
+                break
+            count += 1
+        return count
+
+    async def test_policy_multiplies_the_limit(self) -> None:
+        calls: list[tuple[str, str | None, str]] = []
+
+        def policy(action: str, user_id: str | None, ip: str) -> float | None:
+            calls.append((action, user_id, ip))
+            return {"@big:hs": 3.0, "@free:hs": 0.0, "@half:hs": 0.5}.get(user_id or "")
+
+        self.limiter.set_policy(policy)
+        self.assertEqual(await self.admitted("@big:hs"), 6)
+        self.assertEqual(await self.admitted("@free:hs"), 10)
+        self.assertEqual(await self.admitted("@half:hs"), 1)  # at least one per refill
+        self.assertEqual(await self.admitted("@plain:hs"), 2)
+        self.assertIn(("message", "@big:hs", "10.0.0.1"), calls)
+        self.limiter.set_policy(None)
+        self.assertEqual(await self.admitted("@other:hs"), 2)
+
+    async def test_async_policy_and_garbage(self) -> None:
+        async def policy(action: str, user_id: str | None, ip: str) -> float | None:
+            return 2.0
+
+        self.limiter.set_policy(policy)
+        self.assertEqual(await self.admitted("@a:hs"), 4)
+        for garbage in ("lots", -1.0, float("nan"), True):
+            self.limiter.set_policy(lambda a, u, i, g=garbage: g)  # type: ignore[misc]
+            self.assertEqual(await self.admitted(f"@g{garbage!r}:hs"), 2)
+
+    async def test_admins_exempt_and_extra_exemptions(self) -> None:
+        self.assertEqual(await self.admitted("@root:hs"), 10)
+        self.limiter.add_exemption(lambda uid: uid.startswith("@bridge_"))
+        self.assertEqual(await self.admitted("@bridge_x:hs"), 10)
+        self.assertEqual(await self.admitted("@user:hs"), 2)
+
+    def test_invite_penalty_escalates_and_decays(self) -> None:
+        penalty = self.limiter.invite_penalty
+        self.assertEqual(penalty.multiplier("@s:hs"), 1.0)
+        for expected in (2.0, 4.0, 8.0):
+            penalty.strike("@s:hs")
+            self.assertAlmostEqual(penalty.multiplier("@s:hs"), expected)
+        for _ in range(10):
+            penalty.strike("@s:hs")
+        self.assertEqual(penalty.multiplier("@s:hs"), 64.0)  # capped
+        self.reactor_time.advance(3600 * 13)  # 13 strikes halve 13 times: ~1.6 strikes
+        self.assertLess(penalty.multiplier("@s:hs"), 4.0)
+        self.reactor_time.advance(3600 * 30)
+        self.assertAlmostEqual(penalty.multiplier("@s:hs"), 1.0, places=3)
+
+
+class RedisConfigTest(unittest.TestCase):
+    def _raw(self, **extra: object) -> dict:
+        raw = {"server_name": "rl.test",
+               "auth": {"signing_keys": [{"kid": "k", "algorithm": "HS256", "key": "x" * 32}]}}
+        raw.update(extra)
+        return raw
+
+    def test_redis_section(self) -> None:
+        import os
+
+        os.environ["PARLEY_TEST_REDIS_PW"] = "s3cret"
+        self.addCleanup(os.environ.pop, "PARLEY_TEST_REDIS_PW")
+        config = parse_config(self._raw(
+            rate_limits={"backend": "redis", "exempt_admins": False,
+                         "invite_penalty": {"factor": 3, "half_life": "10m"}},
+            redis={"host": "redis", "port": 6380, "db": 2,
+                   "password": {"env": "PARLEY_TEST_REDIS_PW"}}))
+        self.assertEqual(config.rate_limits.backend, "redis")
+        self.assertFalse(config.rate_limits.exempt_admins)
+        self.assertEqual(config.rate_limits.invite_penalty.factor, 3)
+        self.assertEqual(config.rate_limits.invite_penalty.half_life, 600)
+        assert config.redis is not None
+        self.assertEqual((config.redis.host, config.redis.port, config.redis.db),
+                         ("redis", 6380, 2))
+        self.assertEqual(config.redis.password, "s3cret")
+        self.assertNotIn("s3cret", repr(config.redis))
+
+    def test_redis_backend_needs_the_section(self) -> None:
+        with self.assertRaises(ConfigError) as cm:
+            parse_config(self._raw(rate_limits={"backend": "redis"}))
+        self.assertIn("rate_limits.backend", str(cm.exception))
+        for bad in ({"backend": "memcached"}, {"message": {"per_second": 1}}):
+            with self.assertRaises(ConfigError):
+                parse_config(self._raw(rate_limits=bad))
+        with self.assertRaises(ConfigError):
+            parse_config(self._raw(redis={"port": 0}))
