@@ -36,9 +36,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from homeserver.events.model import Event
-from homeserver.handlers.event_creation import RoomSnapshot
-from homeserver.http.errors import Codes, MatrixError
+from plugins.hookspecs import hookimpl
+from plugins.types import EventView, Refusal, RoomView
 
 OFF, ENCRYPTED_ROOMS, EVERYWHERE = "off", "encrypted_rooms", "everywhere"
 POLICIES = (OFF, ENCRYPTED_ROOMS, EVERYWHERE)
@@ -61,8 +60,8 @@ _BASE64 = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
 MIN_MEGOLM_CIPHERTEXT_CHARS = 4 * (1 + 1 + 16 + 8 + 64) // 3
 
 
-def _bad(msg: str) -> MatrixError:
-    return MatrixError(400, f"Invalid m.room.encrypted content: {msg}", Codes.BAD_JSON)
+def _bad(msg: str) -> Refusal:
+    return Refusal(400, "M_BAD_JSON", f"Invalid m.room.encrypted content: {msg}")
 
 
 def check_encrypted_content(content: dict[str, Any]) -> None:
@@ -97,7 +96,8 @@ def check_encrypted_content(content: dict[str, Any]) -> None:
 
 
 class E2eeOnlyPolicy:
-    """An ``EventCreationHandler.event_validators`` entry for client-sent events."""
+    """A built-in plugin (``check_event_for_spam``), registered as ``parley.e2ee_only``
+    when the policy is not off; it sees the same view types as any plugin."""
 
     def __init__(self, policy: str) -> None:
         if policy not in POLICIES:
@@ -108,22 +108,22 @@ class E2eeOnlyPolicy:
         """State /createRoom adds unless the request sets it (``everywhere`` only)."""
         return [ENCRYPTION_STATE] if self.policy == EVERYWHERE else []
 
-    async def check_event(self, event: Event, snap: RoomSnapshot) -> None:
+    @hookimpl
+    def check_event_for_spam(self, event: EventView, room: RoomView) -> Refusal | None:
         if self.policy == OFF:
-            return
+            return None
         if event.type == ENCRYPTED:
-            check_encrypted_content(event.content)
-            return
+            check_encrypted_content(event.content)  # raises the refusal
+            return None
         if event.is_state() and event.type not in PLAINTEXT_STATE_REFUSED:
-            return
+            return None
         if not event.is_state() and event.type in PLAINTEXT_ALLOWED:
-            return
-        encrypted_room = ("m.room.encryption", "") in snap.state_ids
-        if self.policy == ENCRYPTED_ROOMS and not encrypted_room:
-            return
+            return None
+        if self.policy == ENCRYPTED_ROOMS and not room.is_encrypted:
+            return None
         where = "in encrypted rooms" if self.policy == ENCRYPTED_ROOMS else "anywhere"
-        raise MatrixError(
-            400,
+        return Refusal(
+            400, "M_FORBIDDEN",
             f"This server does not accept unencrypted '{event.type}' events {where}:"
             " enable end-to-end encryption in your client and send m.room.encrypted",
-            Codes.FORBIDDEN, **{"org.parley.policy": "e2ee_only"})
+            {"org.parley.policy": "e2ee_only"})

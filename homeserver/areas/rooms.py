@@ -74,9 +74,8 @@ async def build_rooms(config: Config, clock: Clock, stores: Stores, notifier: No
                                  relations.bundle)
     room_reads.serializer = client_events.serialize
     # The e2ee_only policy: refuse plaintext events; "everywhere" encrypts new rooms.
+    # (Its event check is a built-in plugin: plugins/wiring.py.)
     e2ee_policy = E2eeOnlyPolicy(config.e2ee_policy) if config.e2ee_policy != "off" else None
-    if e2ee_policy is not None:
-        creation.event_validators.append(e2ee_policy.check_event)
     room_creation = RoomCreationHandler(
         config, clock, creation, stores.profiles, stores.room_aliases, stores.rooms,
         default_initial_state=e2ee_policy.default_initial_state() if e2ee_policy else [])

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from homeserver.clock import Clock
@@ -223,6 +223,10 @@ class DirectoryHandler:
         self._members = members
         self._users = users
         self._stats = stats
+        # Plugin gates (plugins/host.py), raising a MatrixError to refuse:
+        # may_create_alias(user_id, alias, room_id), may_publish(user_id, room_id).
+        self.may_create_alias: Callable[[str, str, str], Awaitable[None]] | None = None
+        self.may_publish: Callable[[str, str], Awaitable[None]] | None = None
 
     async def _is_admin(self, user_id: str) -> bool:
         user = await self._users.get_user(user_id)
@@ -261,6 +265,8 @@ class DirectoryHandler:
                               Codes.FORBIDDEN)
         if await self._rooms.get_room_version(room_id) is None:
             raise MatrixError(404, "Room not found", Codes.NOT_FOUND)
+        if self.may_create_alias is not None:
+            await self.may_create_alias(user_id, alias, room_id)
         if not await self._aliases.create_alias(alias, room_id, user_id, self._clock.time_msec()):
             raise MatrixError(409, f"Room alias {alias} already exists", Codes.UNKNOWN)
 
@@ -385,6 +391,8 @@ class DirectoryHandler:
         if not await self._is_moderator(user_id, room_id):
             raise MatrixError(403, "This server requires you to be a moderator in the room to"
                               " edit its room list entry", Codes.FORBIDDEN)
+        if visibility == "public" and self.may_publish is not None:
+            await self.may_publish(user_id, room_id)
         await self._rooms.set_public(room_id, visibility == "public")
 
     async def public_rooms(

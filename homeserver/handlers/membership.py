@@ -62,6 +62,10 @@ class MembershipHandler:
         self._profiles = profiles
         self._aliases = aliases
         self._users = users
+        # Plugin gates (plugins/host.py), raising a MatrixError to refuse:
+        # may_join(user_id, room_id, is_invited), may_invite(inviter, invitee, room_id).
+        self.may_join: Callable[[str, str, bool], Awaitable[None]] | None = None
+        self.may_invite: Callable[[str, str, str], Awaitable[None]] | None = None
 
     async def _is_guest(self, user_id: str) -> bool:
         if self._users is None:
@@ -106,6 +110,8 @@ class MembershipHandler:
     ) -> Event:
         split_user_id(target)
         await self._creation.room_version(room_id)  # 404 for unknown rooms
+        if membership == "invite" and self.may_invite is not None:
+            await self.may_invite(sender, target, room_id)
         fields: dict[str, Any] = dict(extra or {})
         if reason is not None:
             fields["reason"] = reason
@@ -181,6 +187,9 @@ class MembershipHandler:
         current = await self._members.get_membership(user_id, room_id)
         if current is not None and current.membership == "join":
             return room_id  # idempotent, as Synapse
+        if self.may_join is not None:
+            await self.may_join(user_id, room_id,
+                                current is not None and current.membership == "invite")
         extra = {k: v for k, v in (custom or {}).items() if k not in SERVER_MEMBER_KEYS}
         extra.update(await self._restricted_join_fields(
             user_id, room_id, current.membership if current is not None else None) or {})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import secrets
 import string
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from homeserver.auth.password_policy import PasswordPolicy
 from homeserver.auth.passwords import PasswordHasher
@@ -27,9 +27,12 @@ class RegistrationHandler:
         users: UserStore,
         hasher: PasswordHasher,
         policy: PasswordPolicy,
-        spam_check: Callable[[str], bool] = lambda _uid: False,
+        spam_check: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
+        # Plugin gates (plugins/host.py): raise a MatrixError to refuse.
         self._spam_check = spam_check
+        self.registration_check: Callable[[str | None, str, str | None, bool],
+                                          Awaitable[None]] | None = None
         self.server_name = server_name
         self._config = config
         self._clock = clock
@@ -43,13 +46,23 @@ class RegistrationHandler:
         check_localpart(localpart, self.server_name)
         if any(p.fullmatch(localpart) for p in self._reserved):
             raise MatrixError(400, "This user ID is reserved", Codes.EXCLUSIVE)
-        uid = user_id(localpart, self.server_name)
-        if self._spam_check(uid):
-            raise MatrixError(403, "This user ID is not allowed", Codes.FORBIDDEN)
-        return uid
+        return user_id(localpart, self.server_name)
+
+    async def _check_spam(self, uid: str) -> None:
+        """Plugins' ``check_username_for_spam`` (a MatrixError when one refuses)."""
+        if self._spam_check is not None:
+            await self._spam_check(uid)
+
+    async def check_registration(self, localpart: str | None, ip: str, user_agent: str | None,
+                                 is_guest: bool = False) -> None:
+        """Plugins' ``check_registration_for_spam``, just before an account is created."""
+        if self.registration_check is not None:
+            uid = user_id(localpart, self.server_name) if localpart else None
+            await self.registration_check(uid, ip, user_agent, is_guest)
 
     async def check_username_available(self, localpart: str) -> str:
         uid = self.check_username_format(localpart)
+        await self._check_spam(uid)
         if await self._users.user_exists(uid):
             raise MatrixError(400, "User ID already taken.", Codes.USER_IN_USE)
         return uid
@@ -145,6 +158,7 @@ class RegistrationHandler:
                     continue
             raise MatrixError(500, "Could not allocate a user ID", Codes.UNKNOWN)
         uid = self.check_username_format(localpart)
+        await self._check_spam(uid)
         try:
             # Like Synapse, a new account's display name starts as its localpart.
             await self._users.create_user(uid, password_hash, now, is_admin, is_guest,

@@ -3,8 +3,10 @@ initial state, name/topic/alias and invites, in the order Synapse writes them.""
 
 from __future__ import annotations
 
+import copy
 import secrets
 import string
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from homeserver.clock import Clock
@@ -22,12 +24,15 @@ from storage.stores.room_aliases import RoomAliasStore
 from storage.stores.rooms import RoomStore
 
 PRESETS: dict[str, dict[str, Any]] = {
+    # As Synapse: in the private presets any member may invite (invite level 0); a
+    # public room keeps invites to moderators (50).
     "private_chat": {"join_rule": "invite", "history_visibility": "shared",
-                     "guest_access": "can_join", "invitees_are_admins": False},
+                     "guest_access": "can_join", "invitees_are_admins": False, "invite": 0},
     "trusted_private_chat": {"join_rule": "invite", "history_visibility": "shared",
-                             "guest_access": "can_join", "invitees_are_admins": True},
+                             "guest_access": "can_join", "invitees_are_admins": True,
+                             "invite": 0},
     "public_chat": {"join_rule": "public", "history_visibility": "shared",
-                    "guest_access": "forbidden", "invitees_are_admins": False},
+                    "guest_access": "forbidden", "invitees_are_admins": False, "invite": 50},
 }
 
 DEFAULT_EVENT_LEVELS = {
@@ -62,6 +67,27 @@ class RoomCreationHandler:
         # State a new room gets unless the request sets it (e.g. m.room.encryption under
         # the e2ee_only "everywhere" policy): [{"type", "state_key", "content"}].
         self.default_initial_state: list[dict[str, Any]] = list(default_initial_state or [])
+        # invite_3pid: (inviter, room_id, id_server, id_access_token, medium, address),
+        # set by the identity area (homeserver/areas/identity.py).
+        self.invite_3pid: Callable[[str, str, str, str, str, str], Awaitable[None]] | None = None
+        # Plugin gates (plugins/host.py), each raising a MatrixError to refuse:
+        # may_create_room(user_id, request), may_create_alias(user_id, alias, room_id),
+        # may_publish(user_id, room_id), may_invite(inviter, invitee, room_id).
+        self.may_create_room: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None
+        self.may_create_alias: Callable[[str, str, str], Awaitable[None]] | None = None
+        self.may_publish: Callable[[str, str], Awaitable[None]] | None = None
+        self.may_invite: Callable[[str, str, str], Awaitable[None]] | None = None
+
+    async def _plugin_gates(self, user_id: str, room_id: str, alias: str | None,
+                            public: bool, invites: list[str]) -> None:
+        """The plugin gates that need the new room's id, before anything is written."""
+        if alias is not None and self.may_create_alias is not None:
+            await self.may_create_alias(user_id, alias, room_id)
+        if public and self.may_publish is not None:
+            await self.may_publish(user_id, room_id)
+        if self.may_invite is not None:
+            for invitee in invites:
+                await self.may_invite(user_id, invitee, room_id)
 
     async def create_room(self, user_id: str, body: dict[str, Any]) -> tuple[str, str | None]:
         """Returns (room_id, room_alias or None)."""
@@ -72,6 +98,8 @@ class RoomCreationHandler:
                               Codes.UNSUPPORTED_ROOM_VERSION)
         for given in body.get("initial_state", []):
             check_client_state_type(given["type"])
+        if self.may_create_room is not None:
+            await self.may_create_room(user_id, copy.deepcopy(body))
         preset_name = body.get("preset") or (
             "public_chat" if body.get("visibility") == "public" else "private_chat")
         preset = PRESETS[preset_name]
@@ -103,6 +131,8 @@ class RoomCreationHandler:
             create = self._creator.build_create_event(version, user_id, creation_content,
                                                       None, ts)
         room_id = create.room_id
+        await self._plugin_gates(user_id, room_id, alias, body.get("visibility") == "public",
+                                 invites)
         # The alias exists before the canonical-alias event names it (as Synapse does);
         # it goes again if any event of the new room is refused.
         if alias is not None and not await self._aliases.create_alias(
@@ -130,7 +160,7 @@ class RoomCreationHandler:
         power: dict[str, Any] = {
             "users": {} if version.creators_have_infinite_power else {user_id: 100},
             "users_default": 0, "events": dict(DEFAULT_EVENT_LEVELS), "events_default": 0,
-            "state_default": 50, "ban": 50, "kick": 50, "redact": 50, "invite": 50,
+            "state_default": 50, "ban": 50, "kick": 50, "redact": 50, "invite": preset["invite"],
             "historical": 100,
         }
         if preset["invitees_are_admins"]:
@@ -174,4 +204,9 @@ class RoomCreationHandler:
             raise
         if body.get("visibility") == "public":
             await self._rooms.set_public(room_id, True)
+        for tp in body.get("invite_3pid", []):  # after the room exists, as Synapse
+            if self.invite_3pid is None:
+                raise MatrixError(400, "Untrusted ID server", Codes.SERVER_NOT_TRUSTED)
+            await self.invite_3pid(user_id, room_id, tp["id_server"],
+                                   tp.get("id_access_token", ""), tp["medium"], tp["address"])
         return room_id, alias

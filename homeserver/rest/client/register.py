@@ -90,7 +90,6 @@ class RegisterServlets:
         return [[REGISTRATION_TOKEN]] if self._config.requires_token else [[DUMMY]]
 
     async def on_available(self, req: ApiRequest) -> tuple[int, Any]:
-        self._limits.registration.check(req.client.ip)
         if not self._config.enabled:
             raise MatrixError(403, "Registration has been disabled", Codes.FORBIDDEN)
         username = req.query("username")
@@ -100,8 +99,7 @@ class RegisterServlets:
         return 200, {"available": True}
 
     async def on_token_validity(self, req: ApiRequest) -> tuple[int, Any]:
-        # Limited: otherwise an oracle for guessing registration tokens.
-        self._limits.registration.check(req.client.ip)
+        # Limited per IP (registration class, rate_classes.py): else a token oracle.
         if not self._config.enabled:
             raise MatrixError(403, "Registration has been disabled", Codes.FORBIDDEN)
         token = req.query("token")
@@ -112,7 +110,6 @@ class RegisterServlets:
         return 200, {"valid": valid}
 
     async def on_register(self, req: ApiRequest) -> tuple[int, Any]:
-        self._limits.registration.check(req.client.ip)  # guests included, as Synapse
         body: dict[str, Any] = req.body
         kind = req.query("kind", "user")
         if kind not in ("user", "guest"):
@@ -174,6 +171,8 @@ class RegisterServlets:
         # that creates the account (which records the account with the session): one
         # session, one account, however many requests race or re-send it.
         spend = self._uia.registration_consumer(session, results)
+        await self._registration.check_registration(username, req.client.ip,
+                                                    req.client.user_agent)
         try:
             if upgrading is not None:
                 await self._registration.upgrade_guest(upgrading, password, password_hash,
@@ -262,6 +261,8 @@ class RegisterServlets:
         # limited by its stored is_guest flag, which every token minted for it carries.
         if not self._config.allow_guests:
             raise MatrixError(403, "Guest access is disabled", Codes.FORBIDDEN)
+        await self._registration.check_registration(None, req.client.ip, req.client.user_agent,
+                                                    is_guest=True)
         user_id = await self._registration.create_account(None, None, is_guest=True)
         await self._events.record("register", "success", req.client, user_id=user_id,
                                   details={"guest": True})
