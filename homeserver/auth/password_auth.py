@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from homeserver.auth.passwords import PasswordHasher
@@ -27,6 +28,27 @@ class PasswordAuth:
         self._server_name = server_name
         self._users = users
         self._hasher = hasher
+        # Login lockout (homeserver/detection): fn(user_id) raising a 429 for a locked
+        # account or client IP, run before any hashing.
+        self.lockout_check: Callable[[str | None], None] | None = None
+        # Plugins (plugins/host.py): an external password check (True/False, None: the
+        # local hash decides), and extra login types with their login function.
+        self.external_check: Callable[[str, str], Awaitable[bool | None]] | None = None
+        self.login_types: Callable[[], list[str]] = list
+        self.provider_login: Callable[[str, dict[str, Any]], Awaitable[str | None]] | None = None
+
+    async def login_with_provider(self, login_type: str,
+                                  body: dict[str, Any]) -> tuple[str | None, PasswordCheck]:
+        """A plugin's login type: the local, active account it vouches for."""
+        user_id = await self.provider_login(login_type, body) if self.provider_login else None
+        if user_id is None:
+            return None, PasswordCheck.BAD_PASSWORD
+        user = await self._users.get_user(user_id)
+        if user is None:
+            return None, PasswordCheck.UNKNOWN_USER
+        if user.deactivated:
+            return user.user_id, PasswordCheck.DEACTIVATED
+        return user.user_id, PasswordCheck.OK
 
     def resolve_identifier(self, identifier: dict[str, Any]) -> str | None:
         """The local user id an ``m.id.user`` identifier names, or None.
@@ -53,8 +75,17 @@ class PasswordAuth:
         """Check a password. Always costs one Argon2 verify (against a dummy hash for an
         unknown or unresolvable user, or an account without a password), so the answer
         time does not tell whether an account exists; and the account's state is only
-        looked at once the password has matched, so a wrong password never learns it."""
+        looked at once the password has matched, so a wrong password never learns it.
+        A locked-out account or IP gets its 429 first, without a hash."""
+        if self.lockout_check is not None:
+            self.lockout_check(user_id)
         user = await self._users.get_user(user_id) if user_id is not None else None
+        if user is not None and self.external_check is not None:
+            external = await self.external_check(user.user_id, password)
+            if external is not None:  # a plugin decided: no local hash involved
+                if not external:
+                    return PasswordCheck.BAD_PASSWORD
+                return PasswordCheck.DEACTIVATED if user.deactivated else PasswordCheck.OK
         ok, needs_rehash = await self._hasher.verify(user.password_hash if user else None,
                                                      password)
         if user is None:
