@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +75,8 @@ class PushActionsHandler:
         self._events = events
         self._rules: LruCache[str, dict[str, list[JsonDict]]] = LruCache(MAX_CACHED_RULESETS)
         self._rooms: LruCache[str, RoomPushInfo] = LruCache(MAX_CACHED_ROOMS)
+        # Called with one event's rows once written (the pusher pool, push/sender/).
+        self.on_added: list[Callable[[list[PushActionRow]], None]] = []
 
     # -- caches -------------------------------------------------------------------------
 
@@ -155,6 +158,9 @@ class PushActionsHandler:
                 True, result.highlight, thread_id,
                 json.dumps(result.actions, separators=(",", ":")), now))
         await self._store.add(rows)
+        if rows:
+            for listener in self.on_added:
+                listener(rows)
 
     async def _sender_context(self, event: Event, info: RoomPushInfo) -> dict[str, Any]:
         if info.create is None:

@@ -20,6 +20,7 @@ wakes the owner's /sync); it never appears under ``m.receipt``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from homeserver.clock import Clock
@@ -101,6 +102,8 @@ class ReceiptsHandler:
         self._notifier = notifier
         self._presence = presence  # PresenceHandler: receipts count as activity
         self._positions = StreamPositions(store.allocate_stream_id)
+        # Called with (user, room) when a read receipt moved (push badge updates).
+        self.on_read: list[Callable[[str, str], None]] = []
 
     async def load_position(self) -> None:
         self._positions.start_at(await self._store.max_stream_id())
@@ -189,6 +192,8 @@ class ReceiptsHandler:
                 event.internal.stream_ordering or 0, self._clock.time_msec(), position)
         if not written:
             return
+        for listener in self.on_read:
+            listener(user_id, room_id)
         if receipt_type == READ_PRIVATE:
             self._positions.notify_when_readable(
                 position, lambda: self._notifier.notify(user_ids=[user_id]))
