@@ -18,11 +18,13 @@ from twisted.web import server
 
 from homeserver.areas.accounts import build_accounts
 from homeserver.areas.e2ee import build_e2ee
+from homeserver.areas.identity import build_identity
 from homeserver.areas.rooms import build_rooms
 from homeserver.areas.sync import build_sync
 from homeserver.audit.retention import AuditRetention
 from homeserver.clock import Clock
 from homeserver.config.model import Config, ListenerConfig
+from homeserver.detection.setup import DetectionArea, build_detection
 from homeserver.handlers.event_fanout import EventFanout
 from homeserver.handlers.legacy import LegacyDeps, LegacyHandler
 from homeserver.handlers.registration import RegistrationHandler
@@ -38,9 +40,16 @@ from homeserver.metrics.process import register_process_collectors
 from homeserver.metrics.ready import ReadinessCheck
 from homeserver.metrics.registry import MetricsResource, new_registry
 from homeserver.notifier import Notifier
+from homeserver.push.sender.pool import PusherPool
+from homeserver.push.sender.setup import build_pusher_pool
+from homeserver.ratelimit import RateLimiter, build_rate_limiter
+from homeserver.ratelimit.dispatch import RouteLimits
+from homeserver.ratelimit.limiter import InviteRejections
 from homeserver.rest import routes
 from homeserver.rest.client.websocket import WS_PATH, SyncWebSocketFactory
 from plugins import load_plugins
+from plugins.host import PluginHost
+from plugins.wiring import builtin_plugins, wire_plugins
 from storage.database import Database
 from storage.engines import create_engine
 from storage.migrations import migrate
@@ -66,10 +75,16 @@ class Homeserver:
     websockets: SyncWebSocketFactory
     readiness: ReadinessCheck
     ports: list[IListeningPort] = field(default_factory=list)
+    pushers: PusherPool | None = None
     _loops: list[LoopingCall] = field(default_factory=list)
     _on_stop: list[Any] = field(default_factory=list)
+    # Per-action rate limits (set_policy() is the plugin seam); set by build_homeserver.
+    rate_limiter: RateLimiter | None = None
     _reactor: Any = default_reactor
     _stopped: bool = False
+    # Server notices and the attack detectors (homeserver/detection).
+    detection: DetectionArea | None = None
+    plugins: PluginHost | None = None  # the plugin host (plugins/host.py)
 
     def listen(self, reactor: Any = default_reactor) -> list[IListeningPort]:
         self._reactor = reactor
@@ -101,8 +116,12 @@ class Homeserver:
         self.notifier.close()
         self.websockets.close_all()
         await self._drain(deadline)
+        if self.detection is not None:  # alerts and notices in flight
+            await self.detection.alerts.drain()
         for fn in self._on_stop:
-            fn()
+            result = fn()
+            if isinstance(result, defer.Deferred):  # e.g. closing the Redis connection
+                await result
         self.db.close()
 
     async def _drain(self, deadline: float) -> None:
@@ -139,16 +158,18 @@ async def build_homeserver(
             logger.info("applied schema migrations %s", applied)
 
     stores = open_stores(db)
-    plugin_manager = load_plugins(config.plugins)
+    plugins = PluginHost(load_plugins(config.plugins, builtin_plugins(config)),
+                         timeouts=config.plugin_timeouts)
     notifier = Notifier(clock)
-    accounts = build_accounts(config, clock, stores, plugin_manager)
+    accounts = build_accounts(config, clock, stores, plugins)
     rooms = await build_rooms(config, clock, stores, notifier, accounts.push_rules)
     e2ee = await build_e2ee(config, clock, stores, notifier, accounts.devices, rooms.fanout)
     sync = await build_sync(config, clock, stores, notifier, accounts, rooms, e2ee)
     accounts.account.on_deactivated.append(rooms.membership.leave_all_rooms)
     accounts.account.on_erased.append(rooms.client_events.forget_erased)
     accounts.profile.on_member_profile_changed.append(rooms.membership.refresh_profile)
-    media, url_previewer = build_media(config, clock, stores.media, plugin_manager,
+    identity = build_identity(config, db, stores, accounts, rooms, default_reactor)
+    media, url_previewer = build_media(config, clock, stores.media, plugins,
                                        default_reactor)
     router = Router()
     routes.register_all(router, routes.Components(
@@ -168,7 +189,8 @@ async def build_homeserver(
         notifier=notifier, client_events=rooms.client_events, e2e_keys=e2ee.e2e_keys,
         device_lists=e2ee.device_lists, to_device=e2ee.to_device,
         cross_signing=e2ee.cross_signing, key_backup=e2ee.key_backup,
-        auth_limits=accounts.auth_limits,
+        auth_limits=accounts.auth_limits, mfa=accounts.mfa,
+        identity=identity,
         legacy=LegacyHandler(LegacyDeps(
             clock, stores.events, stores.room_members, rooms.event_creation, rooms.visibility,
             rooms.room_reads, rooms.pagination, rooms.client_events, sync.sync,
@@ -185,11 +207,22 @@ async def build_homeserver(
     activity = ActivityMetrics(registry)
     accounts.security_events.add_sink(activity.security_event)
     rooms.fanout.subscribe("metrics", activity.event_persisted)
-    readiness = ReadinessCheck(default_reactor, {"database": db.ping})
+    detection = await build_detection(config, clock, db, stores, accounts, rooms, registry)
+    rate_limiter = build_rate_limiter(config, clock, registry, _is_admin(stores),
+                                      accounts.security_events)
+    rooms.fanout.subscribe("invite_rejections",
+                           InviteRejections(rate_limiter.invite_penalty).event_persisted)
+    readiness = ReadinessCheck(default_reactor, {"database": db.ping,
+                                                 **rate_limiter.readiness_checks()})
     readiness.register(router)
+    # Plugins: every hook at its call point, metrics, then each plugin's set-up.
+    plugins.bind_registry(registry)
+    await wire_plugins(plugins, config, stores, accounts, rooms, router, rate_limiter,
+                       detection.notices if detection is not None else None)
     resource = MatrixResource(router, authenticator,
                               trusted_proxies=any(li.x_forwarded for li in config.listeners),
-                              metrics=HttpMetrics(registry))
+                              metrics=HttpMetrics(registry),
+                              rate_limits=RouteLimits(rate_limiter))
     # The WebSocket endpoint needs its own resource (it takes over the connection);
     # the root sends that one path there and every other path to MatrixResource.
     websockets = SyncWebSocketFactory(clock, authenticator, sync.sync, accounts.filters,
@@ -204,6 +237,10 @@ async def build_homeserver(
     hs = Homeserver(config, clock, db, stores, router, site, accounts.registration,
                     accounts.sessions, rooms.fanout, registry, resource, notifier, websockets,
                     readiness)
+    hs.detection = detection
+    hs.rate_limiter = rate_limiter
+    hs.plugins = plugins
+    hs._on_stop.append(lambda: defer.ensureDeferred(rate_limiter.close()))
 
     cleanup = LoopingCall(lambda: _background(accounts.uia.expire_old_sessions()))
     cleanup.clock = clock._time  # noqa: SLF001 (the clock's own IReactorTime)
@@ -219,7 +256,21 @@ async def build_homeserver(
     hs._on_stop.append(audit_retention.stop)
     sync.presence.start()
     hs._on_stop.append(sync.presence.stop)
+    # Push delivery to HTTP pushers' gateways (homeserver/push/sender/).
+    pushers = await build_pusher_pool(config, clock, stores, default_reactor,
+                                      rooms.event_creation, rooms.push_actions, sync.receipts,
+                                      registry)
+    hs.pushers = pushers
+    hs._on_stop.append(pushers.stop)
     return hs
+
+
+def _is_admin(stores: Stores) -> Any:
+    """``user_id -> is admin`` for the rate limiter's admin exemption."""
+    async def lookup(user_id: str) -> bool:
+        user = await stores.users.get_user(user_id)
+        return bool(user is not None and user.is_admin)
+    return lookup
 
 
 def _background(coro: Any) -> None:

@@ -24,7 +24,7 @@ from homeserver.app import Homeserver, build_homeserver
 from homeserver.auth.access_tokens import generate_signing_key_pem
 from homeserver.clock import Clock
 from homeserver.config import parse_config
-from homeserver.config.model import Config
+from homeserver.config.model import DEFAULT_RATE_LIMITS, Config
 
 TEST_PASSWORD = "correct-horse-battery"
 
@@ -105,9 +105,15 @@ def make_config(data_dir: str, engine: str | None = None, **overrides: Any) -> t
         "password_policy": {"enabled": True, "min_length": 8},
         "registration": {"enabled": True},
         "logging": {"level": "WARNING", "format": "text"},
+        # The login lockout and spraying detectors: generous for the same reason as the
+        # rate limits below (tests/rest/test_detection.py sets its own).
+        "detection": {"login_failures": {"per_account": {"max_failures": 1000},
+                                         "per_ip": {"max_failures": 1000}},
+                      "password_spraying": {"distinct_accounts": 1000}},
         # The clock is frozen in tests: generous limits so only rate-limit tests hit them.
         "rate_limits": {k: {"per_second": 1000, "burst": 1_000_000}
-                        for k in ("login", "registration", "uia_password")},
+                        for k in DEFAULT_RATE_LIMITS} | {"media_upload": {
+                            "per_second": 1e12, "burst": 1 << 50}},
     }
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(raw.get(key), dict):

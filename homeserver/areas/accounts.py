@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import pluggy
-
 from homeserver.auth.access_tokens import AccessTokenCodec
 from homeserver.auth.authenticator import TokenAuthenticator
+from homeserver.auth.mfa import MfaHandler, MfaRequiredGate
 from homeserver.auth.password_auth import PasswordAuth
 from homeserver.auth.password_policy import PasswordPolicy
 from homeserver.auth.passwords import PasswordHasher
 from homeserver.auth.ratelimit import AuthRateLimiters
+from homeserver.auth.requester import Authenticator
 from homeserver.auth.session_cache import SessionCache
 from homeserver.auth.ui_auth import UserInteractiveAuth
 from homeserver.clock import Clock
@@ -27,6 +27,7 @@ from homeserver.handlers.push_rules import PushRulesHandler
 from homeserver.handlers.registration import RegistrationHandler
 from homeserver.handlers.security_events import SecurityEventRecorder
 from homeserver.handlers.sessions import SessionHandler
+from plugins.host import PluginHost
 from storage.stores.all_stores import Stores
 
 
@@ -46,14 +47,15 @@ class AccountsArea:
     filters: FilterHandler
     openid: OpenIdHandler
     push_rules: PushRulesHandler
-    authenticator: TokenAuthenticator
+    authenticator: Authenticator
     auth_limits: AuthRateLimiters
+    mfa: MfaHandler
 
 
 def build_accounts(config: Config, clock: Clock, stores: Stores,
-                   plugin_manager: pluggy.PluginManager) -> AccountsArea:
+                   plugins: PluginHost) -> AccountsArea:
     events = SecurityEventRecorder(stores.security_events, clock)
-    events.add_sink(lambda ev: plugin_manager.hook.on_security_event(event=asdict(ev)))
+    events.add_sink(lambda ev: plugins.on_security_event(asdict(ev)))
     codec = AccessTokenCodec(config.auth, clock)
     cache = SessionCache(stores.sessions, clock, config.auth.session_cache_ttl)
     hasher = PasswordHasher(config.password_hashing)
@@ -64,7 +66,7 @@ def build_accounts(config: Config, clock: Clock, stores: Stores,
     devices.on_device_deleted.append(stores.pushers.delete_device_pushers)
     registration = RegistrationHandler(
         config.server_name, config.registration, clock, stores.users, hasher, policy,
-        spam_check=lambda uid: any(plugin_manager.hook.check_username_for_spam(user_id=uid)),
+        spam_check=plugins.gate_fn("check_username_for_spam", "user_id"),
     )
     auth_limits = AuthRateLimiters.from_config(clock, config.rate_limits)
     uia = UserInteractiveAuth(stores.ui_auth, clock, password_auth.check,
@@ -73,6 +75,15 @@ def build_accounts(config: Config, clock: Clock, stores: Stores,
     account = AccountHandler(clock, stores.users, stores.profiles, hasher, policy, devices,
                              sessions, events)
     push_rules = PushRulesHandler(stores.push_rules)
+    # TOTP: a second factor in every UIA flow of an enrolled user, and (mfa.required)
+    # a gate on every access token of a user who must enrol and has not.
+    mfa = MfaHandler(config.mfa, config.server_name, clock, stores.mfa, stores.users, hasher,
+                     events)
+    uia.second_factor = mfa
+    account.on_deactivated.append(mfa.forget_user)
+    authenticator: Authenticator = TokenAuthenticator(codec, cache, stores.devices, clock)
+    if config.mfa.required != "none":
+        authenticator = MfaRequiredGate(authenticator, mfa)
     return AccountsArea(
         security_events=events, session_cache=cache, hasher=hasher,
         password_auth=password_auth, sessions=sessions, devices=devices,
@@ -82,6 +93,6 @@ def build_accounts(config: Config, clock: Clock, stores: Stores,
         filters=FilterHandler(stores.filters),
         openid=OpenIdHandler(config.server_name, clock, stores.openid_tokens),
         push_rules=push_rules,
-        authenticator=TokenAuthenticator(codec, cache, stores.devices, clock),
-        auth_limits=auth_limits,
+        authenticator=authenticator,
+        auth_limits=auth_limits, mfa=mfa,
     )

@@ -12,12 +12,15 @@ import yaml
 from jsonschema import Draft202012Validator
 
 from homeserver.audit.config import parse_audit
+from homeserver.auth.mfa_config import parse_mfa
 from homeserver.config.model import (
     DEFAULT_RATE_LIMITS,
     DEFAULT_THUMBNAIL_SIZES,
     AuthConfig,
     Config,
     DatabaseConfig,
+    IdentityServersConfig,
+    InvitePenaltyConfig,
     ListenerConfig,
     MediaConfig,
     MediaS3Config,
@@ -25,6 +28,7 @@ from homeserver.config.model import (
     PasswordPolicyConfig,
     RateLimitConfig,
     RateLimitsConfig,
+    RedisConfig,
     RegistrationConfig,
     SigningKeyConfig,
     SupportContact,
@@ -34,6 +38,8 @@ from homeserver.config.model import (
     WellKnownConfig,
 )
 from homeserver.config.schema import CONFIG_SCHEMA
+from homeserver.detection.config import parse_detection, parse_server_notices
+from homeserver.push.sender.config import parse_push
 
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
 
@@ -175,10 +181,32 @@ def parse_media(raw: dict[str, Any], data_dir: str, rel: Any) -> MediaConfig:
 
 def parse_rate_limits(raw: dict[str, Any]) -> RateLimitsConfig:
     """``rate_limits``: each class given replaces its default (both keys are required)."""
-    return RateLimitsConfig(**{
-        name: RateLimitConfig(**{**default, **raw.get(name, {})})
-        for name, default in DEFAULT_RATE_LIMITS.items()
-    })
+    pen = raw.get("invite_penalty", {})
+    return RateLimitsConfig(
+        **{name: RateLimitConfig(**{**default, **raw.get(name, {})})
+           for name, default in DEFAULT_RATE_LIMITS.items()},
+        backend=raw.get("backend", "memory"),
+        exempt_admins=raw.get("exempt_admins", True),
+        invite_penalty=InvitePenaltyConfig(
+            factor=float(pen.get("factor", 2.0)),
+            max_multiplier=float(pen.get("max_multiplier", 64.0)),
+            half_life=parse_duration(pen.get("half_life", "1h")),
+        ),
+    )
+
+
+def parse_redis(raw: dict[str, Any] | None) -> RedisConfig | None:
+    """``redis``: where the shared rate-limit budgets live (None: no Redis)."""
+    if raw is None:
+        return None
+    return RedisConfig(
+        host=raw.get("host", "127.0.0.1"),
+        port=raw.get("port", 6379),
+        db=raw.get("db", 0),
+        password=resolve_secret(raw.get("password"), "redis.password"),
+        timeout=parse_duration(raw.get("timeout", "500ms")),
+        key_prefix=raw.get("key_prefix", "parley:"),
+    )
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
@@ -206,6 +234,8 @@ def parse_config(raw: Any, base_dir: Path | None = None) -> Config:
         return str(p if os.path.isabs(p) else base / p)
 
     server_name = raw["server_name"]
+    if raw.get("rate_limits", {}).get("backend") == "redis" and "redis" not in raw:
+        raise ConfigError("rate_limits.backend: 'redis' needs a 'redis' section")
     data_dir = rel(raw.get("data_dir", "data"))
 
     listeners = [
@@ -324,7 +354,11 @@ def parse_config(raw: Any, base_dir: Path | None = None) -> Config:
         log_level=raw.get("logging", {}).get("level", "INFO"),
         log_format=raw.get("logging", {}).get("format", "json"),
         federation_enabled=raw.get("federation", {}).get("enabled", False),
-        plugins=list(raw.get("plugins", [])),
+        plugins=[p if isinstance(p, str) else p["name"] for p in raw.get("plugins", [])],
+        plugin_configs={p["name"]: dict(p.get("config") or {}) for p in raw.get("plugins", [])
+                        if not isinstance(p, str)},
+        plugin_timeouts={k: parse_duration(v) for k, v in
+                         raw.get("plugins_config", {}).get("timeouts", {}).items()},
         default_room_version=raw.get("rooms", {}).get("default_version", "10"),
         signing_key_path=rel(raw.get("signing_key_path", os.path.join(data_dir, "signing.key"))),
         presence_enabled=raw.get("presence", {}).get("enabled", True),
@@ -338,6 +372,31 @@ def parse_config(raw: Any, base_dir: Path | None = None) -> Config:
         e2ee_policy=raw.get("e2ee", {}).get("policy", "off") or "off",
         media=parse_media(raw.get("media", {}), data_dir, rel),
         rate_limits=parse_rate_limits(raw.get("rate_limits", {})),
+        redis=parse_redis(raw.get("redis")),
         shutdown_grace_period_s=float(raw.get("shutdown", {}).get("grace_period_s", 10)),
         audit=parse_audit(raw.get("audit", {})),
+        mfa=parse_mfa(raw.get("mfa", {})),
+        push=parse_push(raw.get("push", {})),
+        server_notices=parse_server_notices(raw.get("server_notices", {})),
+        detection=parse_detection(raw.get("detection", {})),
+        identity_servers=parse_identity_servers(raw.get("identity_servers", {})),
+    )
+
+
+def parse_identity_servers(raw: dict[str, Any]) -> IdentityServersConfig:
+    """``identity_servers``: entries are lower-cased; allow-list entries must be CIDRs."""
+    import ipaddress
+
+    for i, cidr in enumerate(raw.get("ip_range_allowlist", [])):
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError as e:
+            raise ConfigError(f"identity_servers.ip_range_allowlist[{i}]: not an IP range") from e
+    return IdentityServersConfig(
+        trusted=[t.lower() for t in raw.get("trusted", [])],
+        ip_range_allowlist=list(raw.get("ip_range_allowlist", [])),
+        timeout=parse_duration(raw.get("timeout", "10s")),
+        max_response_size=raw.get("max_response_size", 64 * 1024),
+        plain_http=raw.get("plain_http", False),
+        tls_verify=raw.get("tls_verify", True),
     )

@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from homeserver.audit.config import AuditConfig
+from homeserver.auth.mfa_config import MfaConfig
+from homeserver.detection.config import DetectionConfig, ServerNoticesConfig
+from homeserver.push.sender.config import PushConfig
 
 
 @dataclass(frozen=True)
@@ -82,24 +85,90 @@ class RateLimitConfig:
     burst: int
 
 
-# Defaults per PRODUCT.md (auth <= 5 req/s per IP); the bursts fit a client's sign-up.
+# Defaults per PRODUCT.md (auth <= 5 req/s per IP, messaging 60/min per user); the
+# bursts fit an honest client (a sign-up, a client start-up, pasting a paragraph as
+# several messages). Every class is a token bucket; how each is keyed is declared per
+# route in homeserver/http/rate_classes.py. media_upload counts BYTES, not requests.
 DEFAULT_RATE_LIMITS: dict[str, dict[str, Any]] = {
-    "login": {"per_second": 5, "burst": 10},
-    "registration": {"per_second": 5, "burst": 10},
-    "uia_password": {"per_second": 1, "burst": 5},
+    "login": {"per_second": 5, "burst": 10},  # per client IP
+    "login_account": {"per_second": 0.2, "burst": 20},  # per account named in the body
+    "registration": {"per_second": 5, "burst": 10},  # per IP (also /register/available)
+    "uia_password": {"per_second": 1, "burst": 5},  # per user being authenticated
+    "message": {"per_second": 1, "burst": 30},  # per user: 60/min
+    "state": {"per_second": 1, "burst": 30},  # per user
+    "invite": {"per_second": 0.2, "burst": 20},  # per sender (times the penalty)
+    "invite_target": {"per_second": 0.1, "burst": 5},  # per invitee
+    "join": {"per_second": 0.5, "burst": 20},  # per user (join, knock, createRoom)
+    "media_upload": {"per_second": 4 * 1024 * 1024, "burst": 256 * 1024 * 1024},  # bytes/user
+    "key_claim": {"per_second": 5, "burst": 50},  # per user
+    "to_device": {"per_second": 10, "burst": 100},  # per user
+    "api": {"per_second": 50, "burst": 300},  # every request, per client IP
 }
 
 
 @dataclass(frozen=True)
+class InvitePenaltyConfig:
+    """Escalating delays for a sender whose invites keep being refused or rejected:
+    each strike multiplies the cost of that sender's invites by ``factor`` (up to
+    ``max_multiplier``); strikes halve every ``half_life`` seconds."""
+
+    factor: float = 2.0
+    max_multiplier: float = 64.0
+    half_life: float = 3600.0
+
+
+@dataclass(frozen=True)
 class RateLimitsConfig:
-    """Per-IP limits on /login and /register, per-user on UIA password checks."""
+    """The per-action limits, the backend that counts them and who is exempt."""
 
     login: RateLimitConfig = field(
         default_factory=lambda: RateLimitConfig(**DEFAULT_RATE_LIMITS["login"]))
+    login_account: RateLimitConfig = field(
+        default_factory=lambda: RateLimitConfig(**DEFAULT_RATE_LIMITS["login_account"]))
     registration: RateLimitConfig = field(
         default_factory=lambda: RateLimitConfig(**DEFAULT_RATE_LIMITS["registration"]))
     uia_password: RateLimitConfig = field(
         default_factory=lambda: RateLimitConfig(**DEFAULT_RATE_LIMITS["uia_password"]))
+    message: RateLimitConfig = field(
+        default_factory=lambda: RateLimitConfig(**DEFAULT_RATE_LIMITS["message"]))
+    state: RateLimitConfig = field(
+        default_factory=lambda: RateLimitConfig(**DEFAULT_RATE_LIMITS["state"]))
+    invite: RateLimitConfig = field(
+        default_factory=lambda: RateLimitConfig(**DEFAULT_RATE_LIMITS["invite"]))
+    invite_target: RateLimitConfig = field(
+        default_factory=lambda: RateLimitConfig(**DEFAULT_RATE_LIMITS["invite_target"]))
+    join: RateLimitConfig = field(
+        default_factory=lambda: RateLimitConfig(**DEFAULT_RATE_LIMITS["join"]))
+    media_upload: RateLimitConfig = field(
+        default_factory=lambda: RateLimitConfig(**DEFAULT_RATE_LIMITS["media_upload"]))
+    key_claim: RateLimitConfig = field(
+        default_factory=lambda: RateLimitConfig(**DEFAULT_RATE_LIMITS["key_claim"]))
+    to_device: RateLimitConfig = field(
+        default_factory=lambda: RateLimitConfig(**DEFAULT_RATE_LIMITS["to_device"]))
+    api: RateLimitConfig = field(
+        default_factory=lambda: RateLimitConfig(**DEFAULT_RATE_LIMITS["api"]))
+    backend: str = "memory"  # memory | redis (needs the ``redis`` section)
+    exempt_admins: bool = True
+    invite_penalty: InvitePenaltyConfig = field(default_factory=InvitePenaltyConfig)
+
+    def limit(self, name: str) -> RateLimitConfig:
+        """The configured limit of class ``name`` (KeyError for an unknown class)."""
+        if name not in DEFAULT_RATE_LIMITS:
+            raise KeyError(name)
+        value: RateLimitConfig = getattr(self, name)
+        return value
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    """The Redis that several Parley processes share (rate-limit budgets)."""
+
+    host: str = "127.0.0.1"
+    port: int = 6379
+    db: int = 0
+    password: str | None = field(default=None, repr=False)
+    timeout: float = 0.5  # per command; past it the caller falls back
+    key_prefix: str = "parley:"  # several deployments may share one Redis
 
 
 @dataclass(frozen=True)
@@ -152,6 +221,20 @@ class MediaS3Config:
     prefix: str = ""
     presigned_redirect: bool = False
     presigned_url_lifetime: float = 300.0
+
+
+@dataclass(frozen=True)
+class IdentityServersConfig:
+    """Identity servers Parley may talk to (3PID invites, bind/unbind). Empty by default:
+    ``id_server`` comes from clients, so only listed ``host[:port]`` entries are ever
+    contacted (a bare host allows any port)."""
+
+    trusted: list[str] = field(default_factory=list)
+    ip_range_allowlist: list[str] = field(default_factory=list)
+    timeout: float = 10.0
+    max_response_size: int = 64 * 1024
+    plain_http: bool = False  # tests and local development only
+    tls_verify: bool = True
 
 
 @dataclass(frozen=True)
@@ -216,7 +299,11 @@ class Config:
     log_level: str = "INFO"
     log_format: str = "json"
     federation_enabled: bool = False
-    plugins: list[str] = field(default_factory=list)
+    plugins: list[str] = field(default_factory=list)  # names, in load order
+    # Each plugin's own config (``plugins: [{name, config}]``), checked by the plugin's
+    # CONFIG_SCHEMA at start-up; and per-hook timeouts (``plugins_config.timeouts``).
+    plugin_configs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    plugin_timeouts: dict[str, float] = field(default_factory=dict)
     default_room_version: str = "10"
     signing_key_path: str = "signing.key"
     presence_enabled: bool = True
@@ -228,3 +315,9 @@ class Config:
     # SIGTERM: how long in-flight requests may take to finish before the process exits.
     shutdown_grace_period_s: float = 10.0
     audit: AuditConfig = field(default_factory=AuditConfig)
+    mfa: MfaConfig = field(default_factory=MfaConfig)
+    push: PushConfig = field(default_factory=PushConfig)
+    server_notices: ServerNoticesConfig = field(default_factory=ServerNoticesConfig)
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
+    redis: RedisConfig | None = None  # the ``redis`` section; None when absent
+    identity_servers: IdentityServersConfig = field(default_factory=IdentityServersConfig)

@@ -10,6 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from homeserver.audit.config import AUDIT_SCHEMA
+from homeserver.auth.mfa_config import MFA_SCHEMA
+from homeserver.config.model import DEFAULT_RATE_LIMITS
+from homeserver.detection.config import DETECTION_SCHEMA, SERVER_NOTICES_SCHEMA
+from homeserver.push.sender.config import PUSH_SCHEMA
 
 DURATION = {"anyOf": [{"type": "integer", "minimum": 0},
                       {"type": "string", "pattern": r"^\d+(ms|s|m|h|d|w|y)?\Z"}]}
@@ -165,9 +169,24 @@ CONFIG_SCHEMA: dict[str, Any] = _obj(
                 "max_pending": {"type": "integer", "minimum": 1},
             }
         ),
-        "rate_limits": _obj(
-            {"login": RATE_LIMIT, "registration": RATE_LIMIT, "uia_password": RATE_LIMIT}
-        ),
+        "rate_limits": _obj({
+            **{name: RATE_LIMIT for name in DEFAULT_RATE_LIMITS},
+            "backend": {"enum": ["memory", "redis"]},
+            "exempt_admins": {"type": "boolean"},
+            "invite_penalty": _obj({
+                "factor": {"type": "number", "minimum": 1, "maximum": 100},
+                "max_multiplier": {"type": "number", "minimum": 1, "maximum": 1_000_000},
+                "half_life": DURATION,
+            }),
+        }),
+        "redis": _obj({
+            "host": {"type": "string", "minLength": 1},
+            "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+            "db": {"type": "integer", "minimum": 0, "maximum": 1024},
+            "password": SECRET,
+            "timeout": DURATION,
+            "key_prefix": {"type": "string", "maxLength": 64, "pattern": "^[A-Za-z0-9:._-]*\\Z"},
+        }),
         "password_policy": _obj(
             {
                 "enabled": {"type": "boolean"},
@@ -212,7 +231,15 @@ CONFIG_SCHEMA: dict[str, Any] = _obj(
             }
         ),
         "federation": _obj({"enabled": {"type": "boolean"}}),
-        "plugins": {"type": "array", "items": {"type": "string", "minLength": 1}},
+        # A plugin is its name, or {name, config} with its own config (checked by the
+        # plugin's CONFIG_SCHEMA at start-up).
+        "plugins": {"type": "array", "items": {"anyOf": [
+            {"type": "string", "minLength": 1},
+            _obj({"name": {"type": "string", "minLength": 1}, "config": {"type": "object"}},
+                 ["name"])]}},
+        # Per-hook timeouts (hook names are checked at start-up by the plugin host).
+        "plugins_config": _obj({"timeouts": {"type": "object",
+                                             "additionalProperties": DURATION}}),
         "rooms": _obj({"default_version": {"enum": ["10", "11", "12"]}}),
         "signing_key_path": {"type": "string"},
         "presence": _obj({"enabled": {"type": "boolean"}}),
@@ -226,7 +253,21 @@ CONFIG_SCHEMA: dict[str, Any] = _obj(
         "e2ee": _obj({"policy": {"enum": ["off", "encrypted_rooms", "everywhere", False]}}),
         "media": MEDIA,
         "audit": AUDIT_SCHEMA,
+        "mfa": MFA_SCHEMA,
+        "push": PUSH_SCHEMA,
+        "server_notices": SERVER_NOTICES_SCHEMA,
+        "detection": DETECTION_SCHEMA,
         "shutdown": _obj({"grace_period_s": {"type": "number", "minimum": 0, "maximum": 3600}}),
+        "identity_servers": _obj({
+            # host[:port]: a DNS name, an IPv4 address or a bracketed IPv6 address.
+            "trusted": {"type": "array", "items": {"type": "string", "pattern": (
+                r"^([A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?\Z")}},
+            "ip_range_allowlist": {"type": "array", "items": {"type": "string"}},
+            "timeout": DURATION,
+            "max_response_size": {"type": "integer", "minimum": 1024, "maximum": 16777216},
+            "plain_http": {"type": "boolean"},
+            "tls_verify": {"type": "boolean"},
+        }),
     },
     ["server_name"],
 )

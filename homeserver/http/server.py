@@ -23,6 +23,7 @@ from homeserver.http.errors import Codes, InteractiveAuthRequired, MatrixError
 from homeserver.http.params import MAX_INT64, parse_int
 from homeserver.http.router import Route, Router
 from homeserver.metrics.http import HttpMetrics
+from homeserver.ratelimit.dispatch import RouteLimits
 
 logger = logging.getLogger(__name__)
 
@@ -283,9 +284,11 @@ class MatrixResource(resource.Resource):
     isLeaf = True
 
     def __init__(self, router: Router, authenticator: Authenticator, trusted_proxies: bool = False,
-                 metrics: HttpMetrics | None = None):
+                 metrics: HttpMetrics | None = None, rate_limits: RouteLimits | None = None):
         super().__init__()
         self._router = router
+        # Rate limits, declared per route in homeserver/http/rate_classes.py.
+        self._rate_limits = rate_limits
         self._auth = authenticator
         self._trusted_proxies = trusted_proxies
         self._metrics = metrics
@@ -413,6 +416,9 @@ class MatrixResource(resource.Resource):
         _reject_nul_in_query(request)
         api = ApiRequest(request, route, params, self._client_info(request))
         audit_context.bind(api)  # audit entries recorded below know their request
+        limits = self._rate_limits
+        if limits is not None:  # per-IP classes: before any token verification
+            await limits.before_auth(api)
 
         if route.auth != "none":
             token = self._extract_token(request)
@@ -432,7 +438,15 @@ class MatrixResource(resource.Resource):
                 if errors:
                     raise describe_validation_error(errors[0])
 
-        status, body = await route.handler(api, **params)
+        if limits is None:
+            status, body = await route.handler(api, **params)
+            return status, body, {}
+        await limits.after_auth(api)  # per-user and body-keyed classes
+        try:
+            status, body = await route.handler(api, **params)
+        except MatrixError as e:
+            limits.handler_failed(api, e)
+            raise
         return status, body, {}
 
     @staticmethod
@@ -555,7 +569,8 @@ class RootResource(resource.Resource):
 RESOURCE_PATHS: dict[str, tuple[str, ...]] = {
     "client": ("/_matrix/client/", "/_matrix/media/", "/.well-known/matrix/client",
                "/.well-known/matrix/support", "/.well-known/matrix/server",
-               "/_parley/client/", "/_synapse/admin/", "/_parley/admin/"),
+               "/_parley/client/", "/_synapse/admin/", "/_parley/admin/",
+               "/_parley/plugins/"),  # plugins' own routes (plugins/module_api.py)
     "federation": ("/_matrix/federation/", "/_matrix/key/", "/.well-known/matrix/server"),
     "metrics": ("/metrics",),  # homeserver/metrics/registry.py MetricsResource
 }

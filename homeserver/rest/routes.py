@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from federation.openid import OpenIdUserInfoServlet
+from federation.threepid_onbind import ThreepidOnBindServlet
+from homeserver.auth.mfa import MfaHandler
 from homeserver.auth.password_auth import PasswordAuth
 from homeserver.auth.ratelimit import AuthRateLimiters
 from homeserver.auth.ui_auth import UserInteractiveAuth
@@ -21,6 +23,7 @@ from homeserver.handlers.e2e_keys import E2eKeysHandler
 from homeserver.handlers.event_creation import EventCreationHandler
 from homeserver.handlers.filters import FilterHandler
 from homeserver.handlers.hierarchy import HierarchyHandler
+from homeserver.handlers.identity import IdentityHandler
 from homeserver.handlers.key_backup import KeyBackupHandler
 from homeserver.handlers.legacy import LegacyHandler
 from homeserver.handlers.membership import MembershipHandler
@@ -67,6 +70,7 @@ from homeserver.rest.client.keys import KeyServlets
 from homeserver.rest.client.legacy import LegacyServlets
 from homeserver.rest.client.login import LoginServlets
 from homeserver.rest.client.membership import MembershipServlets
+from homeserver.rest.client.mfa import MfaServlets
 from homeserver.rest.client.misc import MiscServlets
 from homeserver.rest.client.openid import OpenIdServlets
 from homeserver.rest.client.profile import ProfileServlets
@@ -139,6 +143,8 @@ class Components:
     legacy: LegacyHandler
     reporting: ReportingHandler
     auth_limits: AuthRateLimiters
+    identity: IdentityHandler | None = None  # 3PID invites, bind/unbind, onbind
+    mfa: MfaHandler | None = None
 
 
 def register_all(router: Router, c: Components) -> None:
@@ -149,14 +155,16 @@ def register_all(router: Router, c: Components) -> None:
         c.stores.registration_tokens, c.clock, auth_limits, c.sessions,
     ).register(router)
     LoginServlets(c.config.server_name, c.password_auth, c.devices, c.sessions,
-                  c.events, auth_limits).register(router)
+                  c.events, auth_limits, c.uia, c.mfa).register(router)
+    if c.mfa is not None:
+        MfaServlets(c.mfa, c.uia).register(router)
     AccountServlets(c.account, c.uia,
                     c.config.registration.logout_devices_on_password_change).register(router)
     DeviceServlets(c.devices, c.uia).register(router)
     ProfileServlets(c.profile).register(router)
     AccountDataServlets(c.account_data).register(router)
     FilterServlets(c.filters).register(router)
-    ThreepidServlets().register(router)
+    ThreepidServlets(c.identity).register(router)
     WhoisServlets(c.config.server_name, c.stores.users, c.devices,
                   AdminAuth(c.stores.users, c.events)).register(router)
     OpenIdServlets(c.openid).register(router)
@@ -164,9 +172,12 @@ def register_all(router: Router, c: Components) -> None:
     # Not behind federation.enabled: third parties holding a user's OpenID token need it
     # on non-federating servers too (Synapse's separate "openid" listener resource).
     OpenIdUserInfoServlet(c.openid).register(router)
+    # Called by identity servers (not X-Matrix signed); local rooms need it too.
+    if c.identity is not None:
+        ThreepidOnBindServlet(c.identity).register(router)
     RoomServlets(c.clock, c.room_creation, c.event_creation, c.room_reads,
                  c.membership).register(router)
-    MembershipServlets(c.membership).register(router)
+    MembershipServlets(c.membership, c.identity).register(router)
     RoomHistoryServlets(c.pagination).register(router)
     RedactionServlets(c.redaction).register(router)
     RoomUpgradeServlets(c.room_upgrade).register(router)

@@ -16,6 +16,7 @@ from storage.stores.events import EventStore, StateHistoryStore
 from storage.stores.filters import FilterStore
 from storage.stores.key_backup import KeyBackupStore
 from storage.stores.media import MediaStore
+from storage.stores.mfa import MfaStore
 from storage.stores.openid_tokens import OpenIdTokenStore
 from storage.stores.presence import PresenceStore
 from storage.stores.profiles import ProfileStore
@@ -75,6 +76,7 @@ class Stores:
     cross_signing: CrossSigningStore
     media: MediaStore
     purge_history: PurgeHistoryStore
+    mfa: MfaStore
 
 
 def open_stores(db: Database) -> Stores:
@@ -93,5 +95,5 @@ def open_stores(db: Database) -> Stores:
         key_backup=KeyBackupStore(db), e2e_keys=E2eKeyStore(db),
         device_lists=DeviceListStore(db), to_device=ToDeviceStore(db),
         cross_signing=CrossSigningStore(db), media=MediaStore(db),
-        purge_history=PurgeHistoryStore(db),
+        purge_history=PurgeHistoryStore(db), mfa=MfaStore(db),
     )

@@ -6,6 +6,7 @@ from typing import Any
 
 from homeserver.auth.password_auth import PasswordAuth, PasswordCheck
 from homeserver.auth.ratelimit import AuthRateLimiters
+from homeserver.auth.ui_auth import PASSWORD, SECOND_FACTOR_STAGES, SecondFactor, UserInteractiveAuth
 from homeserver.handlers.devices import DeviceHandler
 from homeserver.handlers.security_events import SecurityEventRecorder
 from homeserver.handlers.sessions import SessionHandler
@@ -28,8 +29,13 @@ LOGIN_SCHEMA: dict[str, Any] = {
         "device_id": {"type": "string", "minLength": 1, "maxLength": 255},
         "initial_device_display_name": {"type": "string", "maxLength": 255},
         "refresh_token": {"type": "boolean"},
+        # The second step of an MFA login (type org.parley.totp / org.parley.recovery_code).
+        "session": {"type": "string", "minLength": 1, "maxLength": 255},
+        "code": {"type": "string", "maxLength": 64},
     },
 }
+# What the first step of an MFA login remembers for the second.
+_LOGIN_PARAMS = ("device_id", "initial_device_display_name", "refresh_token")
 REFRESH_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["refresh_token"],
@@ -47,8 +53,12 @@ class LoginServlets:
         sessions: SessionHandler,
         events: SecurityEventRecorder,
         limits: AuthRateLimiters,
+        uia: UserInteractiveAuth | None = None,
+        mfa: SecondFactor | None = None,
     ) -> None:
         self._limits = limits
+        self._uia = uia
+        self._mfa = mfa
         self._server_name = server_name
         self._password_auth = password_auth
         self._devices = devices
@@ -68,12 +78,18 @@ class LoginServlets:
         router.add("GET", client_paths("/account/whoami"), self.on_whoami, allow_guest=True)
 
     async def on_get_login(self, req: ApiRequest) -> tuple[int, Any]:
-        return 200, {"flows": [{"type": "m.login.password"}]}
+        return 200, {"flows": [{"type": "m.login.password"},
+                               *({"type": t} for t in self._password_auth.login_types())]}
 
     async def on_login(self, req: ApiRequest) -> tuple[int, Any]:
-        self._limits.login.check(req.client.ip)
         body: dict[str, Any] = req.body
-        if body["type"] != "m.login.password":
+        if body["type"] in SECOND_FACTOR_STAGES and self._uia is not None:
+            user_id, first = await self._uia.finish_login(body)
+            return await self._logged_in(req, user_id, {**first, **{
+                k: body[k] for k in _LOGIN_PARAMS if k in body}}, via=body["type"])
+        if body["type"] in self._password_auth.login_types():
+            return await self._provider_login(req, body)
+        if body["type"] != PASSWORD:
             raise MatrixError(400, "Unknown login type", Codes.UNKNOWN)
         identifier = body.get("identifier")
         if identifier is None and isinstance(body.get("user"), str):
@@ -100,10 +116,37 @@ class LoginServlets:
             await self._events.record("login", "failure", req.client, user_id=user_id,
                                       reason=check.value)
             raise MatrixError(403, "Invalid username or password", Codes.FORBIDDEN)
+        if (self._mfa is not None and self._uia is not None
+                and await self._mfa.is_enrolled(user_id)):
+            # The password was right; the session says so to the second step.
+            await self._events.record("login", "pending", req.client, user_id=user_id,
+                                      reason="second factor required")
+            raise await self._uia.begin_login(
+                user_id, {k: body[k] for k in _LOGIN_PARAMS if k in body})
+        return await self._logged_in(req, user_id, body)
 
+    async def _provider_login(self, req: ApiRequest, body: dict[str, Any]) -> tuple[int, Any]:
+        """A login type a plugin offers (plugins' ``auth_provider_login``); an account
+        enrolled in MFA still needs its second factor."""
+        user_id, check = await self._password_auth.login_with_provider(body["type"], body)
+        if check is not PasswordCheck.OK or user_id is None:
+            await self._events.record("login", "failure", req.client, user_id=user_id,
+                                      reason=check.value)
+            if check is PasswordCheck.DEACTIVATED:
+                raise MatrixError(403, "This account has been deactivated",
+                                  Codes.USER_DEACTIVATED)
+            raise MatrixError(403, "Invalid login", Codes.FORBIDDEN)
+        if (self._mfa is not None and self._uia is not None
+                and await self._mfa.is_enrolled(user_id)):
+            raise await self._uia.begin_login(
+                user_id, {k: body[k] for k in _LOGIN_PARAMS if k in body})
+        return await self._logged_in(req, user_id, body, via=body["type"])
+
+    async def _logged_in(self, req: ApiRequest, user_id: str, params: dict[str, Any],
+                         via: str | None = None) -> tuple[int, Any]:
         device_id, tokens = await self._devices.login_device(
-            user_id, body.get("device_id"), body.get("initial_device_display_name"),
-            bool(body.get("refresh_token")), req.client,
+            user_id, params.get("device_id"), params.get("initial_device_display_name"),
+            bool(params.get("refresh_token")), req.client, via=via,
         )
         out: dict[str, Any] = {"user_id": user_id, "device_id": device_id,
                                "home_server": self._server_name}
