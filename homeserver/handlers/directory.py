@@ -227,6 +227,13 @@ class DirectoryHandler:
         # may_create_alias(user_id, alias, room_id), may_publish(user_id, room_id).
         self.may_create_alias: Callable[[str, str, str], Awaitable[None]] | None = None
         self.may_publish: Callable[[str, str], Awaitable[None]] | None = None
+        # Application services (homeserver/appservice/handler.py): appservice_alias(alias)
+        # refuses an exclusive alias to others and says whether the requesting service
+        # owns it (it then needs no membership); query_alias(alias) asks the services
+        # about an unknown alias; network_rooms(instance_id, all) lists their networks.
+        self.appservice_alias: Callable[[str], Awaitable[bool]] | None = None
+        self.query_alias: Callable[[str], Awaitable[bool]] | None = None
+        self.network_rooms: Callable[[str | None, bool], Awaitable[list[str]]] | None = None
 
     async def _is_admin(self, user_id: str) -> bool:
         user = await self._users.get_user(user_id)
@@ -259,8 +266,10 @@ class DirectoryHandler:
         if any(c.isspace() for c in local):
             raise MatrixError(400, "Invalid characters in room alias", Codes.INVALID_PARAM)
         check_room_id(room_id)
+        by_service = self.appservice_alias is not None and await self.appservice_alias(alias)
         # Membership first, as Synapse: a non-member learns nothing about the room.
-        if not await self._is_admin(user_id) and not await self._is_joined(user_id, room_id):
+        if not by_service and not await self._is_admin(user_id) \
+                and not await self._is_joined(user_id, room_id):
             raise MatrixError(403, "You must be in the room to create an alias for it",
                               Codes.FORBIDDEN)
         if await self._rooms.get_room_version(room_id) is None:
@@ -277,6 +286,8 @@ class DirectoryHandler:
         if server != self._server_name:
             return None
         found = await self._aliases.get_alias(alias)
+        if found is None and self.query_alias is not None and await self.query_alias(alias):
+            found = await self._aliases.get_alias(alias)
         return found[0] if found else None
 
     async def get_alias(self, alias: str) -> dict[str, Any]:
@@ -415,8 +426,7 @@ class DirectoryHandler:
             raise MatrixError(400, "Can't use include_all_networks with an explicit network",
                               Codes.INVALID_PARAM)
         if third_party_instance_id is not None:
-            # No application services yet, so no third-party network has rooms.
-            return {"chunk": [], "total_room_count_estimate": 0}
+            return await self._network_list(third_party_instance_id)
         if limit is not None and limit < 0:
             raise MatrixError(400, "limit must not be negative", Codes.INVALID_PARAM)
         page = MAX_PUBLIC_ROOMS_PAGE if not limit else min(limit, MAX_PUBLIC_ROOMS_PAGE)
@@ -444,4 +454,19 @@ class DirectoryHandler:
                 out["next_batch"] = _encode_token(last.joined_members, last.room_id, True)
         out["total_room_count_estimate"] = await self._stats.count_public_rooms(
             PublicRoomsQuery(search=query.search, room_types=query.room_types))
+        if include_all_networks and since is None and not term and self.network_rooms:
+            seen = {c["room_id"] for c in out["chunk"]}
+            extra = (await self._network_list(None))["chunk"]
+            out["chunk"] += [c for c in extra if c["room_id"] not in seen]
         return out
+
+    async def _network_list(self, instance_id: str | None) -> dict[str, Any]:
+        """The rooms application services published on one network (or on all)."""
+        ids = await self.network_rooms(instance_id, instance_id is None) \
+            if self.network_rooms is not None else []
+        chunk = []
+        for room_id in ids[:MAX_PUBLIC_ROOMS_PAGE]:
+            stats = await self._stats.get_stats(room_id)
+            if stats is not None:
+                chunk.append(room_chunk(stats))
+        return {"chunk": chunk, "total_room_count_estimate": len(chunk)}

@@ -66,6 +66,9 @@ class MembershipHandler:
         # may_join(user_id, room_id, is_invited), may_invite(inviter, invitee, room_id).
         self.may_join: Callable[[str, str, bool], Awaitable[None]] | None = None
         self.may_invite: Callable[[str, str, str], Awaitable[None]] | None = None
+        # Application services (homeserver/appservice/): asked about an unknown local
+        # alias in their namespace, which they may create meanwhile (True: ask again).
+        self.query_alias: Callable[[str], Awaitable[bool]] | None = None
 
     async def _is_guest(self, user_id: str) -> bool:
         if self._users is None:
@@ -77,6 +80,9 @@ class MembershipHandler:
         if room_id_or_alias.startswith("#"):
             _, server = check_room_alias(room_id_or_alias)
             found = await self._aliases.get_alias(room_id_or_alias)
+            if found is None and server == self._server_name and self.query_alias is not None \
+                    and await self.query_alias(room_id_or_alias):
+                found = await self._aliases.get_alias(room_id_or_alias)
             if found is None:
                 msg = "Room alias not found" if server == self._server_name else (
                     "Room alias is on another server; federation is not enabled")

@@ -33,7 +33,9 @@ PUBLIC_ROOMS_SCHEMA: dict[str, Any] = {
                                "items": {"type": ["string", "null"], "maxLength": 255}},
             },
         },
-        "include_all_networks": {"type": ["boolean", "null"]},
+        # SyTest (and Synapse, which takes any truthy value) send the string "true".
+        "include_all_networks": {"anyOf": [{"type": ["boolean", "null"]},
+                                           {"enum": ["true", "false"]}]},
         "third_party_instance_id": {"type": ["string", "null"], "maxLength": 255},
     },
 }
@@ -100,5 +102,5 @@ class DirectoryServlets:
             room_types=search_filter.get("room_types"),
             server=req.query("server"),
             third_party_instance_id=body.get("third_party_instance_id"),
-            include_all_networks=bool(body.get("include_all_networks", False)),
+            include_all_networks=body.get("include_all_networks") in (True, "true"),
         )

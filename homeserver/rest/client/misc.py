@@ -69,10 +69,7 @@ class MiscServlets:
 
     def register(self, router: Router) -> None:
         router.add("GET", client_paths("/voip/turnServer"), self.on_turn_server)
-        router.add("GET", client_paths("/thirdparty/protocols"), self.on_protocols)
-        for path in ("/thirdparty/protocol/{protocol}", "/thirdparty/location/{protocol}",
-                     "/thirdparty/user/{protocol}", "/thirdparty/location", "/thirdparty/user"):
-            router.add("GET", client_paths(path), self.on_thirdparty_lookup)
+        # /thirdparty/*: homeserver/rest/client/thirdparty.py (application services).
         router.add("GET", client_paths("/notifications"), self.on_notifications)
         router.add("GET", client_paths("/mutual_rooms", ("v1",)), self.on_mutual_rooms)
 
@@ -85,17 +82,6 @@ class MiscServlets:
         return 200, {"username": username, "password": password,
                      "uris": list(self._voip.turn_uris),
                      "ttl": max(1, int(self._voip.turn_user_lifetime))}
-
-    async def on_protocols(self, req: ApiRequest) -> tuple[int, Any]:
-        req.require_requester()
-        return 200, {}
-
-    async def on_thirdparty_lookup(self, req: ApiRequest, protocol: str | None = None
-                                   ) -> tuple[int, Any]:
-        req.require_requester()
-        if protocol is not None:
-            raise MatrixError(404, "Unknown protocol", Codes.NOT_FOUND)
-        raise MatrixError(404, "No third-party networks are bridged here", Codes.NOT_FOUND)
 
     async def on_notifications(self, req: ApiRequest) -> tuple[int, Any]:
         r = req.require_requester()
