@@ -12,6 +12,7 @@ from homeserver.clock import Clock
 from homeserver.handlers.security_events import SecurityEventRecorder
 from homeserver.handlers.sessions import IssuedTokens, SessionHandler
 from homeserver.http.errors import not_found
+from storage.database import Txn
 from storage.stores.devices import DeviceRecord, DeviceStore
 
 
@@ -75,14 +76,16 @@ class DeviceHandler:
         want_refresh: bool,
         client: ClientInfo,
         via: str | None = None,
+        consume: Callable[[Txn], None] | None = None,
     ) -> tuple[str, IssuedTokens]:
         """Everything a successful login does: create or reuse the device, start a
         session on it (ending the device's previous one) and record the event.
         Shared by /login, /register and shared-secret registration. What the token
-        may do comes from the stored account (see :meth:`SessionHandler.start_session`)."""
+        may do comes from the stored account (see :meth:`SessionHandler.start_session`);
+        ``consume`` is spent in the transaction that starts the session (a login token)."""
         # The session first: it refuses a deactivated account before any device is made.
         device_id = device_id or generate_device_id()
-        tokens = await self._sessions.start_session(user_id, device_id, want_refresh)
+        tokens = await self._sessions.start_session(user_id, device_id, want_refresh, consume)
         await self.ensure_device(user_id, device_id, display_name, client)
         await self._events.record("login", "success", client, user_id=user_id,
                                   device_id=device_id, session_id=tokens.session_id,

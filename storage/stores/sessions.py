@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from storage.database import Database, Txn
@@ -82,14 +83,19 @@ class SessionStore:
         now_ms: int,
         refresh_hash: str | None,
         refresh_expires_ms: int | None,
+        consume: Callable[[Txn], None] | None = None,
     ) -> StartedSession:
         """Start a session for a device, ending any earlier session of that device
         (the spec: logging in with a device id invalidates its old tokens).
 
         Raises :class:`AccountUnavailableError` (and changes nothing) if the user does
-        not exist or is deactivated, checked in the same transaction."""
+        not exist or is deactivated, checked in the same transaction. ``consume``
+        (e.g. spending a login token) runs first in that transaction: if it raises,
+        nothing is written."""
 
         def _create(txn: Txn) -> StartedSession:
+            if consume is not None:
+                consume(txn)
             flags = _account_flags(txn, user_id)
             if flags is None or flags[1]:
                 raise AccountUnavailableError(user_id)

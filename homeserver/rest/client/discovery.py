@@ -16,8 +16,8 @@ from homeserver.http.server import ApiRequest
 # SPEC_VERSION_ENDPOINTS names, per version, the endpoints that version added (from the
 # spec's x-addedInMatrixVersion); tests/rest/test_versions.py checks every one is routed.
 # Optional endpoints are left out: POST /_matrix/client/v1/login/get_token (v1.7, only
-# with the m.get_login_token capability, which we report disabled; Synapse does not route
-# it by default either) and GET /_matrix/client/v1/auth_metadata (v1.15, 404
+# with the m.get_login_token capability: routed only with login_tokens.enabled, as
+# Synapse does not route it by default either) and GET /_matrix/client/v1/auth_metadata (v1.15, 404
 # M_UNRECOGNIZED is the spec's answer of a server without OAuth 2.0).
 # Not advertised: v1.16 (/sync ``use_state_after``/``state_after`` is not implemented)
 # and later (v1.18 adds the /_matrix/client/v1/admin/{lock,suspend} endpoints).
@@ -124,7 +124,8 @@ class DiscoveryServlets:
                 "m.set_displayname": {"enabled": True},
                 "m.set_avatar_url": {"enabled": True},
                 "m.3pid_changes": {"enabled": False},
-                "m.get_login_token": {"enabled": False},
+                # Only when the endpoint is routed (login_tokens.enabled), as the spec asks.
+                "m.get_login_token": {"enabled": self._config.login_tokens.enabled},
                 "m.profile_fields": {"enabled": True},
                 "m.room_versions": {
                     "default": self._config.default_room_version,
