@@ -9,7 +9,7 @@ from typing import Any
 from homeserver.areas.accounts import AccountsArea
 from homeserver.areas.rooms import RoomsArea
 from homeserver.config.model import Config
-from homeserver.events.signing import load_or_generate_signing_key
+from homeserver.crypto.signing_key_file import load_signing_key
 from homeserver.handlers.identity import IdentityHandler, IdentityServerClient
 from storage.database import Database
 from storage.stores.all_stores import Stores
@@ -23,7 +23,7 @@ def build_identity(config: Config, db: Database, stores: Stores, accounts: Accou
     identity = IdentityHandler(
         config.server_name, client, ThreepidBindStore(db), rooms.membership,
         rooms.event_creation, stores.room_members,
-        load_or_generate_signing_key(config.signing_key_path))
+        load_signing_key(config))
     accounts.account.on_deactivated.append(identity.unbind_all)
     rooms.room_creation.invite_3pid = identity.invite
     return identity

@@ -118,6 +118,12 @@ def read_signing_keys_file(path: str) -> list[SigningKey]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ValueError(f"{path}: signing key file is not UTF-8 text") from None
+    return parse_signing_keys(text, path)
+
+
+def parse_signing_keys(text: str, path: str) -> list[SigningKey]:
+    """The keys in a key file's text (also the plaintext of an encrypted key file,
+    homeserver/crypto/signing_key_file.py); ``path`` only names it in errors."""
     keys = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -137,17 +143,23 @@ def read_signing_key_file(path: str) -> SigningKey:
     return read_signing_keys_file(path)[0]
 
 
+def format_signing_keys(keys: list[SigningKey]) -> bytes:
+    """The key file text for ``keys`` (Synapse's format)."""
+    return _format_keys(keys)
+
+
 def _format_keys(keys: list[SigningKey]) -> bytes:
     lines = [f"{k.alg} {_check_version(k.version)} {encode_base64(k.encode())}\n" for k in keys]
     return "".join(lines).encode("ascii")
 
 
-def _write_private(path: str, data: bytes, *, overwrite: bool) -> bool:
+def write_private_file(path: str, data: bytes, *, overwrite: bool) -> bool:
     """Write ``data`` to ``path`` with mode 0600, atomically: a temporary file in the same
     directory, then rename (``overwrite``) or hard link (fails if ``path`` exists, so
     concurrent first starts cannot replace each other's key). Returns False when
     ``overwrite`` is off and the file already existed."""
     directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(8)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
     try:
@@ -173,7 +185,7 @@ def _write_private(path: str, data: bytes, *, overwrite: bool) -> bool:
 def write_signing_key_file(path: str, key: SigningKey | list[SigningKey]) -> None:
     """Write the key(s) in Synapse's format with mode 0600, replacing the file atomically."""
     keys = key if isinstance(key, list) else [key]
-    _write_private(path, _format_keys(keys), overwrite=True)
+    write_private_file(path, _format_keys(keys), overwrite=True)
 
 
 def load_or_generate_signing_key(path: str) -> SigningKey:
@@ -183,7 +195,7 @@ def load_or_generate_signing_key(path: str) -> SigningKey:
         return read_signing_key_file(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     key = generate_signing_key()
-    if _write_private(path, _format_keys([key]), overwrite=False):
+    if write_private_file(path, _format_keys([key]), overwrite=False):
         logger.info("generated signing key %s in %s", key_id(key), path)
         return key
     return read_signing_key_file(path)
@@ -288,7 +300,8 @@ def check_content_hash(pdu: JsonDict) -> bool:
 
 __all__ = [
     "SignatureError", "check_content_hash", "generate_signing_key", "get_verify_key", "key_id",
-    "load_or_generate_signing_key", "read_signing_key_file", "read_signing_keys_file", "sign_event",
+    "format_signing_keys", "load_or_generate_signing_key", "parse_signing_keys",
+    "read_signing_key_file", "read_signing_keys_file", "sign_event",
     "sign_json", "signing_key_from_seed", "verify_event_signature", "verify_signed_json",
     "write_signing_key_file",
 ]

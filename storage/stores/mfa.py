@@ -1,7 +1,7 @@
 """The ``mfa_totp`` and ``mfa_recovery_codes`` tables: TOTP two-factor login.
 
 Every read and write of a TOTP secret goes through :func:`_seal_secret` /
-:func:`_open_secret`, so encryption at rest can wrap those two and nothing else.
+:func:`_open_secret`: encryption at rest (``self.vault``) wraps those two only.
 The one-time guarantees (a time-step accepted once, a recovery code spent once) are
 guarded UPDATEs: of concurrent requests, exactly one sees ``rowcount == 1``.
 """
@@ -10,18 +10,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from homeserver.crypto.at_rest import PLAINTEXT_VAULT, Location, SecretVault
 from storage.database import Database, Txn
 
-
-def _seal_secret(user_id: str, secret: str) -> str:
-    """What is stored for ``secret`` (today the secret itself; at-rest encryption will
-    wrap it here, binding the ciphertext to ``user_id``)."""
-    return secret
+# Encryption at rest binds a secret to its row. Both columns share one location because
+# confirming an enrolment moves ``pending_secret`` into ``secret`` in SQL.
+_SECRET_COLUMNS = ("secret", "pending_secret")
 
 
-def _open_secret(user_id: str, stored: str | None) -> str | None:
-    """The inverse of :func:`_seal_secret`."""
-    return stored
+def _location(user_id: str) -> Location:
+    return Location("mfa_totp", "secret", user_id)
+
+
+def _seal_secret(vault: SecretVault, user_id: str, secret: str) -> str:
+    """What is stored for ``secret``: an envelope bound to ``user_id`` when a key is
+    configured (homeserver/crypto/at_rest.py), else the secret itself."""
+    return vault.seal(secret, _location(user_id))
+
+
+async def _open_secret(vault: SecretVault, user_id: str, stored: str | None) -> str | None:
+    """The inverse of :func:`_seal_secret`; a tampered or moved value is refused
+    (AtRestError, audited), never returned."""
+    return await vault.open(stored, _location(user_id))
 
 
 @dataclass(frozen=True)
@@ -41,6 +51,7 @@ class TotpState:
 class MfaStore:
     def __init__(self, db: Database) -> None:
         self._db = db
+        self.vault: SecretVault = PLAINTEXT_VAULT  # set at wiring (areas/accounts.py)
 
     async def get_totp(self, user_id: str) -> TotpState | None:
         row = await self._db.query_one(
@@ -52,7 +63,8 @@ class MfaStore:
         if row is None:
             return None
         return TotpState(
-            user_id, _open_secret(user_id, row[0]), _open_secret(user_id, row[1]),
+            user_id, await _open_secret(self.vault, user_id, row[0]),
+            await _open_secret(self.vault, user_id, row[1]),
             None if row[2] is None else int(row[2]), None if row[3] is None else int(row[3]),
             int(row[4]),
         )
@@ -65,7 +77,7 @@ class MfaStore:
 
     async def set_pending_secret(self, user_id: str, secret: str, now_ms: int) -> bool:
         """Start (or restart) an enrolment. False if TOTP is already enabled."""
-        sealed = _seal_secret(user_id, secret)
+        sealed = _seal_secret(self.vault, user_id, secret)
 
         def _set(txn: Txn) -> bool:
             row = txn.query_one("SELECT secret FROM mfa_totp WHERE user_id = ?", (user_id,))
@@ -173,6 +185,30 @@ class MfaStore:
             return True
 
         return await self._db.run("replace_mfa_recovery_codes", _replace)
+
+    async def stored_secrets(self, after: str, limit: int) -> list[tuple[str, str, str]]:
+        """(user id, column, stored value) of the rows after ``after`` (``parley keys
+        rotate`` pages through them)."""
+        rows = await self._db.query(
+            "list_mfa_sealed_secrets",
+            "SELECT user_id, secret, pending_secret FROM mfa_totp WHERE user_id > ?"
+            " ORDER BY user_id LIMIT ?", after, limit)
+        return [(str(r[0]), col, str(r[i + 1])) for r in rows
+                for i, col in enumerate(_SECRET_COLUMNS) if r[i + 1] is not None]
+
+    async def reseal_secret(self, user_id: str, column: str, stored: str) -> bool:
+        """Re-encrypt one stored secret under the active key in its own transaction,
+        only if it still holds ``stored`` (a concurrent write wins). Raises AtRestError
+        (audited) if ``stored`` cannot be opened."""
+        if column not in _SECRET_COLUMNS:
+            raise ValueError(column)
+        plain = await _open_secret(self.vault, user_id, stored)
+        assert plain is not None
+        n = await self._db.execute(
+            "reseal_mfa_secret",
+            f"UPDATE mfa_totp SET {column} = ? WHERE user_id = ? AND {column} = ?",
+            _seal_secret(self.vault, user_id, plain), user_id, stored)
+        return n == 1
 
     async def delete_user(self, user_id: str) -> None:
         """Forget everything about the user's MFA (deactivation)."""

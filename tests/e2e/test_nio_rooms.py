@@ -60,7 +60,7 @@ def texts(events: list[Any]) -> list[tuple[str, str]]:
 class RoomsServerProcess(ServerProcess):
     """``ServerProcess`` that creates the data dir up front. On PostgreSQL nothing else
     creates it, and ``parley run`` dies writing its first signing key there (ENOENT on
-    ``data/.signing.key.<hex>.tmp``, homeserver/events/signing.py ``_write_private``).
+    ``data/.signing.key.<hex>.tmp``, homeserver/events/signing.py ``write_private_file``).
     Harmless once the server creates the directory itself."""
 
     def _patch_config(self) -> None:
