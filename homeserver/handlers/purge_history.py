@@ -31,7 +31,10 @@ from dataclasses import dataclass
 
 from twisted.internet import defer
 
+from homeserver.auth.requester import Requester
 from homeserver.clock import Clock
+from homeserver.handlers.admin_actions import record_admin_action
+from homeserver.handlers.security_events import SecurityEventRecorder
 from homeserver.http.errors import Codes, MatrixError
 from storage.stores.events import EventStore
 from storage.stores.purge_history import PurgeHistoryStore, PurgeJob
@@ -58,7 +61,9 @@ class PurgeRequest:
 
 class PurgeHistoryHandler:
     def __init__(self, server_name: str, clock: Clock, store: PurgeHistoryStore,
-                 events: EventStore, rooms: RoomStore, batch_size: int | None = None) -> None:
+                 events: EventStore, rooms: RoomStore, batch_size: int | None = None,
+                 audit: SecurityEventRecorder | None = None) -> None:
+        self._audit = audit  # records purges an admin asks for (start_by_admin)
         self._server_name = server_name
         self._clock = clock
         self._store = store
@@ -68,6 +73,16 @@ class PurgeHistoryHandler:
         self._started_ms = clock.time_msec()
         self._checked_stale = False
         self._busy: set[str] = set()  # rooms with a purge starting or running here
+
+    async def start_by_admin(self, requester: Requester, request: PurgeRequest) -> str:
+        """:meth:`start` for the admin API, recorded as an ``admin_action``."""
+        purge_id = await self.start(request)
+        if self._audit is not None:
+            await record_admin_action(
+                self._audit, requester,
+                {"action": "purge_history", "room_id": request.room_id, "purge_id": purge_id,
+                 "delete_local_events": request.delete_local_events})
+        return purge_id
 
     async def start(self, request: PurgeRequest) -> str:
         """Validate, record the job and start it; returns the purge id at once."""

@@ -6,11 +6,13 @@ import re
 import secrets
 import string
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from homeserver.auth.password_policy import PasswordPolicy
 from homeserver.auth.passwords import PasswordHasher
 from homeserver.clock import Clock
 from homeserver.config.model import RegistrationConfig
+from homeserver.handlers.security_events import SecurityEventRecorder
 from homeserver.http.errors import Codes, MatrixError
 from homeserver.identifiers import check_localpart, user_id
 from storage.database import Txn
@@ -28,7 +30,10 @@ class RegistrationHandler:
         hasher: PasswordHasher,
         policy: PasswordPolicy,
         spam_check: Callable[[str], Awaitable[None]] | None = None,
+        events: SecurityEventRecorder | None = None,
     ) -> None:
+        # The audit trail: registrations are recorded here, not by the servlets.
+        self._events = events
         # Plugin gates (plugins/host.py): raise a MatrixError to refuse.
         self._spam_check = spam_check
         self.registration_check: Callable[[str | None, str, str | None, bool],
@@ -40,12 +45,27 @@ class RegistrationHandler:
         self._hasher = hasher
         self._policy = policy
         self._reserved = [re.compile(p) for p in config.reserved_usernames]
+        # Application services (homeserver/appservice/handler.py, set by app.py): their
+        # exclusive user namespaces are refused here (M_EXCLUSIVE); /register asks them
+        # about as_token registration.
+        self.appservices: Any = None
+
+    async def record_registration(self, outcome: str, user_id: str | None = None, *,
+                                  reason: str | None = None,
+                                  details: dict[str, Any] | None = None) -> None:
+        """Audit one registration outcome (``success``, ``replay``, ``failure``); the
+        request's IP and user agent come from the request being served."""
+        if self._events is not None:
+            await self._events.record("register", outcome, None, user_id=user_id,
+                                      reason=reason, details=details)
 
     def check_username_format(self, localpart: str) -> str:
         """Validate a requested localpart; returns the user id. Raises Matrix errors."""
         check_localpart(localpart, self.server_name)
         if any(p.fullmatch(localpart) for p in self._reserved):
             raise MatrixError(400, "This user ID is reserved", Codes.EXCLUSIVE)
+        if self.appservices is not None:
+            self.appservices.check_user_not_exclusive(user_id(localpart, self.server_name))
         return user_id(localpart, self.server_name)
 
     async def _check_spam(self, uid: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,7 @@ from homeserver.clock import Clock
 from homeserver.config.model import AuthConfig
 from homeserver.handlers.security_events import SecurityEventRecorder
 from homeserver.http.errors import Codes, MatrixError
+from storage.database import Txn
 from storage.stores.sessions import AccountUnavailableError, RefreshOutcome, SessionStore
 
 REFRESH_PREFIX = "prt_"
@@ -76,12 +78,14 @@ class SessionHandler:
             return None
         return claims
 
-    async def start_session(self, user_id: str, device_id: str, want_refresh: bool) -> IssuedTokens:
+    async def start_session(self, user_id: str, device_id: str, want_refresh: bool,
+                            consume: Callable[[Txn], None] | None = None) -> IssuedTokens:
         """A new login on a device; any earlier session of that device ends.
 
         The token's privileges (``is_guest``) are read from the users table in the
         transaction that creates the session, never passed in by the caller, and a
         deactivated or unknown user gets no session (403 ``M_USER_DEACTIVATED``).
+        ``consume`` runs in that transaction first (a login token is spent there).
         """
         session_id = secrets.token_urlsafe(18)
         now = self._clock.time_msec()
@@ -91,6 +95,7 @@ class SessionHandler:
                 session_id, user_id, device_id, now,
                 hash_refresh_token(refresh) if refresh else None,
                 now + int(self._config.refresh_token_lifetime * 1000) if refresh else None,
+                consume,
             )
         except AccountUnavailableError as e:
             raise MatrixError(403, "This account has been deactivated",
@@ -137,6 +142,21 @@ class SessionHandler:
         }[result.outcome]
         await self._events.record("token_refresh", "failure", client, reason=reason, **ids)
         raise MatrixError(401, "Invalid refresh token", Codes.UNKNOWN_TOKEN, soft_logout=False)
+
+    async def login_refused(self, user_id: str | None, reason: str) -> None:
+        """Audit a refused login (wrong password, deactivated, provider said no)."""
+        await self._events.record("login", "failure", None, user_id=user_id, reason=reason)
+
+    async def login_pending(self, user_id: str) -> None:
+        """Audit a right password whose login still needs the second factor."""
+        await self._events.record("login", "pending", None, user_id=user_id,
+                                  reason="second factor required")
+
+    async def logged_out(self, event_type: str, user_id: str, device_id: str | None,
+                         session_id: str | None) -> None:
+        """Audit a ``logout`` / ``logout_all`` once its sessions are revoked."""
+        await self._events.record(event_type, "success", None, user_id=user_id,
+                                  device_id=device_id, session_id=session_id)
 
     async def revoke_session(self, session_id: str, reason: str) -> None:
         revoked = await self._store.revoke_session(session_id, reason, self._clock.time_msec())

@@ -12,8 +12,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
-from homeserver.auth.requester import Requester
-from homeserver.handlers.security_events import SecurityEventRecorder
+from homeserver.handlers.admin_actions import AdminMediaHandler
 from homeserver.http.errors import Codes, MatrixError
 from homeserver.http.router import Router
 from homeserver.http.server import ApiRequest, StreamedBody
@@ -54,9 +53,9 @@ def served_type(content_type: str | None) -> str:
 
 class MediaServlets:
     def __init__(self, media: MediaHandler, previewer: UrlPreviewer, admin: AdminAuth,
-                 events: SecurityEventRecorder) -> None:
+                 admin_media: AdminMediaHandler) -> None:
         self._media = media
-        self._events = events
+        self._admin_media = admin_media
         self._preview = previewer
         self._admin = admin
         self._legacy_download = media.config.legacy_unauthenticated_download
@@ -191,25 +190,15 @@ class MediaServlets:
 
     # -- admin ----------------------------------------------------------------------
 
-    async def _audit(self, req: ApiRequest, requester: Requester, action: str, media_id: str) -> None:
-        # Incident response is audited: who did what to which media (ids only, never content).
-        await self._events.record(
-            "admin_action", "success", req.client, user_id=requester.user_id,
-            device_id=requester.device_id, session_id=requester.session_id,
-            details={"action": action, "media_id": media_id},
-        )
-
     async def on_quarantine(self, req: ApiRequest, serverName: str, mediaId: str) -> tuple[int, Any]:  # noqa: N803
         requester = await self._admin.require_admin(req)
-        await self._media.quarantine(serverName, mediaId, requester.user_id)
-        await self._audit(req, requester, "quarantine_media", mediaId)
+        await self._admin_media.quarantine(requester, serverName, mediaId)
         return 200, {}
 
     async def on_unquarantine(self, req: ApiRequest, serverName: str,  # noqa: N803
                               mediaId: str) -> tuple[int, Any]:  # noqa: N803
         requester = await self._admin.require_admin(req)
-        await self._media.unquarantine(serverName, mediaId)
-        await self._audit(req, requester, "unquarantine_media", mediaId)
+        await self._admin_media.unquarantine(requester, serverName, mediaId)
         return 200, {}
 
     async def on_delete(self, req: ApiRequest, serverName: str, mediaId: str) -> tuple[int, Any]:  # noqa: N803
@@ -217,6 +206,5 @@ class MediaServlets:
         if serverName != self._media.server_name:
             # Synapse's answer for remote media.
             raise MatrixError(400, "Can only delete local media", Codes.UNKNOWN)
-        await self._media.delete(serverName, mediaId)
-        await self._audit(req, requester, "delete_media", mediaId)
+        await self._admin_media.delete(requester, serverName, mediaId)
         return 200, {"deleted_media": [mediaId], "total": 1}

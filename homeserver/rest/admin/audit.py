@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from homeserver.audit.service import DEFAULT_QUERY_LIMIT, MAX_QUERY_LIMIT, query_entries
-from homeserver.handlers.security_events import SecurityEventRecorder
+from homeserver.audit.service import DEFAULT_QUERY_LIMIT, MAX_QUERY_LIMIT
+from homeserver.handlers.admin_actions import AuditQueryHandler
 from homeserver.http.errors import Codes, MatrixError
 from homeserver.http.params import MAX_SAFE_INTEGER
 from homeserver.http.router import Router
@@ -40,8 +40,8 @@ def _filter_param(req: ApiRequest, name: str) -> str | None:
 
 
 class AuditServlet:
-    def __init__(self, events: SecurityEventRecorder, admin_auth: AdminAuth) -> None:
-        self._events = events
+    def __init__(self, audit: AuditQueryHandler, admin_auth: AdminAuth) -> None:
+        self._audit = audit
         self._admin = admin_auth
 
     def register(self, router: Router) -> None:
@@ -59,16 +59,7 @@ class AuditServlet:
         )
         limit = req.query_int("limit", DEFAULT_QUERY_LIMIT, minimum=1, maximum=MAX_QUERY_LIMIT)
         assert limit is not None
-        entries, next_token = await query_entries(self._events.store, flt, req.query("from"),
-                                                  limit)
-        await self._events.record(
-            "admin_action", "success", req.client, user_id=requester.user_id,
-            device_id=requester.device_id, session_id=requester.session_id,
-            target=flt.actor or flt.target,
-            details={"action": "audit_query", "actor": flt.actor, "target": flt.target,
-                     "filter_action": flt.action, "outcome": flt.outcome,
-                     "from_ts": flt.from_ts, "to_ts": flt.to_ts, "returned": len(entries)},
-        )
+        entries, next_token = await self._audit.query(requester, flt, req.query("from"), limit)
         out: dict[str, Any] = {"entries": entries}
         if next_token is not None:
             out["next_batch"] = next_token

@@ -18,7 +18,6 @@ from __future__ import annotations
 from typing import Any
 
 from homeserver.handlers.purge_history import PurgeHistoryHandler, PurgeRequest
-from homeserver.handlers.security_events import SecurityEventRecorder
 from homeserver.http.errors import Codes, MatrixError
 from homeserver.http.params import json_int
 from homeserver.http.router import Router
@@ -44,11 +43,9 @@ def _check_id(value: str, sigil: str, what: str) -> str:
 
 
 class PurgeHistoryServlets:
-    def __init__(self, handler: PurgeHistoryHandler, admin_auth: AdminAuth,
-                 events: SecurityEventRecorder) -> None:
+    def __init__(self, handler: PurgeHistoryHandler, admin_auth: AdminAuth) -> None:
         self._handler = handler
         self._admin = admin_auth
-        self._events = events
 
     def register(self, router: Router) -> None:
         router.add("POST", admin_paths("/purge_history/{roomId}"), self.on_purge,
@@ -71,15 +68,9 @@ class PurgeHistoryServlets:
             raise MatrixError(400, "must specify purge_up_to_event_id or purge_up_to_ts",
                               Codes.BAD_JSON)
         delete_local = bool(body.get("delete_local_events", False))
-        purge_id = await self._handler.start(PurgeRequest(
+        purge_id = await self._handler.start_by_admin(requester, PurgeRequest(
             room_id=room_id, requested_by=requester.user_id, event_id=event_id,
             up_to_ts=up_to_ts, delete_local_events=delete_local))
-        await self._events.record(
-            "admin_action", "success", req.client, user_id=requester.user_id,
-            device_id=requester.device_id, session_id=requester.session_id,
-            details={"action": "purge_history", "room_id": room_id, "purge_id": purge_id,
-                     "delete_local_events": delete_local},
-        )
         return 200, {"purge_id": purge_id}
 
     async def on_status(self, req: ApiRequest, purgeId: str) -> tuple[int, Any]:  # noqa: N803

@@ -23,9 +23,8 @@ import secrets
 import string
 from typing import Any
 
-from homeserver.auth.requester import Requester
 from homeserver.clock import Clock
-from homeserver.handlers.security_events import SecurityEventRecorder
+from homeserver.handlers.admin_actions import RegistrationTokenAdmin
 from homeserver.http.errors import Codes, MatrixError
 from homeserver.http.router import Router
 from homeserver.http.server import ApiRequest
@@ -117,12 +116,12 @@ class RegistrationTokenServlets:
         store: RegistrationTokenStore,
         admin_auth: AdminAuth,
         clock: Clock,
-        events: SecurityEventRecorder,
+        tokens: RegistrationTokenAdmin,
     ) -> None:
         self._store = store
         self._admin = admin_auth
         self._clock = clock
-        self._events = events
+        self._tokens = tokens
 
     def register(self, router: Router) -> None:
         router.add("GET", admin_paths("/registration_tokens"), self.on_list)
@@ -156,21 +155,16 @@ class RegistrationTokenServlets:
         uses_allowed = parse_uses_allowed(body.get("uses_allowed"))
         expiry_time = parse_expiry_time(body.get("expiry_time"), now)
 
-        created = False
-        for _ in range(1 if given else self.GENERATE_ATTEMPTS):
-            candidate = token if token is not None else generate_token(length)
-            if await self._store.create(candidate, uses_allowed, expiry_time, now):
-                token, created = candidate, True
-                break
-        if not created or token is None:
+        candidates = [token if token is not None else generate_token(length)
+                      for _ in range(1 if given else self.GENERATE_ATTEMPTS)]
+        created = await self._tokens.create(requester, candidates, not given, uses_allowed,
+                                            expiry_time, now)
+        if created is None:
             if given:
                 raise _invalid("Token already exists")
             # Only when nearly every token of a tiny length is taken: the caller can fix it.
             raise _invalid("Could not generate an unused token of that length; use a greater length")
-
-        await self._record(req, requester, "registration_token_create",
-                           {"generated": not given, "uses_allowed": uses_allowed,
-                            "expiry_time": expiry_time})
+        token = created
         return 200, {"token": token, "uses_allowed": uses_allowed, "pending": 0, "completed": 0,
                      "expiry_time": expiry_time}
 
@@ -186,25 +180,13 @@ class RegistrationTokenServlets:
         if not could_be_token(token):
             raise _not_found()
         # Like Synapse, nothing to change just returns the token.
-        updated = await self._store.update_fields(token, changes)
+        updated = await self._tokens.update(requester, token, changes)
         if updated is None:
             raise _not_found()
-        if changes:
-            await self._record(req, requester, "registration_token_update", dict(changes))
         return 200, updated.to_json()
 
     async def on_delete(self, req: ApiRequest, token: str) -> tuple[int, Any]:
         requester = await self._admin.require_admin(req)
-        if not could_be_token(token) or not await self._store.delete(token):
+        if not could_be_token(token) or not await self._tokens.delete(requester, token):
             raise _not_found()
-        await self._record(req, requester, "registration_token_delete", {})
         return 200, {}
-
-    async def _record(
-        self, req: ApiRequest, requester: Requester, action: str, details: dict[str, Any]
-    ) -> None:
-        await self._events.record(
-            "admin_action", "success", req.client, user_id=requester.user_id,
-            device_id=requester.device_id, session_id=requester.session_id,
-            details={"action": action, **details},
-        )

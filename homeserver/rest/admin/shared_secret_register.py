@@ -36,7 +36,6 @@ from typing import Any
 from homeserver.clock import Clock
 from homeserver.handlers.devices import DeviceHandler
 from homeserver.handlers.registration import RegistrationHandler
-from homeserver.handlers.security_events import SecurityEventRecorder
 from homeserver.http.errors import Codes, MatrixError
 from homeserver.http.router import Router
 from homeserver.http.server import ApiRequest
@@ -139,13 +138,11 @@ class SharedSecretRegisterServlet:
         clock: Clock,
         registration: RegistrationHandler,
         devices: DeviceHandler,
-        events: SecurityEventRecorder,
         profiles: ProfileStore,
     ) -> None:
         self._secret = shared_secret
         self._registration = registration
         self._devices = devices
-        self._events = events
         self._profiles = profiles
         self.nonces = NonceStore(clock)
 
@@ -214,9 +211,9 @@ class SharedSecretRegisterServlet:
         want_mac = compute_mac(secret, nonce, username, password, admin, user_type)
         # "replace": a MAC that is not even UTF-8 encodable is simply wrong, not a 500.
         if not hmac.compare_digest(want_mac.encode("ascii"), got_mac.encode("utf-8", "replace")):
-            await self._events.record("register", "failure", req.client,
-                                      reason="shared-secret MAC mismatch",
-                                      details={"via": "shared_secret", "admin": admin})
+            await self._registration.record_registration(
+                "failure", reason="shared-secret MAC mismatch",
+                details={"via": "shared_secret", "admin": admin})
             raise MatrixError(403, "HMAC incorrect", Codes.FORBIDDEN)
 
         # Only an authenticated caller gets this far, so it is told precisely.
@@ -229,8 +226,8 @@ class SharedSecretRegisterServlet:
             localpart, password, is_admin=admin, enforce_policy=False
         )
         await self._profiles.set_displayname(user_id, displayname or localpart)
-        await self._events.record("register", "success", req.client, user_id=user_id,
-                                  details={"via": "shared_secret", "admin": admin})
+        await self._registration.record_registration(
+            "success", user_id, details={"via": "shared_secret", "admin": admin})
 
         device_id, tokens = await self._devices.login_device(
             user_id, None, None, want_refresh, req.client, via="shared_secret_register")

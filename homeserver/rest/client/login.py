@@ -8,7 +8,7 @@ from homeserver.auth.password_auth import PasswordAuth, PasswordCheck
 from homeserver.auth.ratelimit import AuthRateLimiters
 from homeserver.auth.ui_auth import PASSWORD, SECOND_FACTOR_STAGES, SecondFactor, UserInteractiveAuth
 from homeserver.handlers.devices import DeviceHandler
-from homeserver.handlers.security_events import SecurityEventRecorder
+from homeserver.handlers.login_tokens import LOGIN_TOKEN_TYPE, MAX_TOKEN_LENGTH, LoginTokenHandler
 from homeserver.handlers.sessions import SessionHandler
 from homeserver.http.errors import Codes, MatrixError
 from homeserver.http.router import Router, client_paths
@@ -32,8 +32,11 @@ LOGIN_SCHEMA: dict[str, Any] = {
         # The second step of an MFA login (type org.parley.totp / org.parley.recovery_code).
         "session": {"type": "string", "minLength": 1, "maxLength": 255},
         "code": {"type": "string", "maxLength": 64},
+        "token": {"type": "string", "maxLength": MAX_TOKEN_LENGTH},  # m.login.token
     },
 }
+# POST /login/get_token: only UIA's ``auth``.
+GET_TOKEN_SCHEMA: dict[str, Any] = {"type": "object", "properties": {"auth": {"type": "object"}}}
 # What the first step of an MFA login remembers for the second.
 _LOGIN_PARAMS = ("device_id", "initial_device_display_name", "refresh_token")
 REFRESH_SCHEMA: dict[str, Any] = {
@@ -51,11 +54,13 @@ class LoginServlets:
         password_auth: PasswordAuth,
         devices: DeviceHandler,
         sessions: SessionHandler,
-        events: SecurityEventRecorder,
         limits: AuthRateLimiters,
         uia: UserInteractiveAuth | None = None,
         mfa: SecondFactor | None = None,
+        login_tokens: LoginTokenHandler | None = None,
     ) -> None:
+        # m.login.token and /login/get_token: None or disabled, neither is offered.
+        self._login_tokens = login_tokens if login_tokens and login_tokens.enabled else None
         self._limits = limits
         self._uia = uia
         self._mfa = mfa
@@ -63,7 +68,6 @@ class LoginServlets:
         self._password_auth = password_auth
         self._devices = devices
         self._sessions = sessions
-        self._events = events
 
     def register(self, router: Router) -> None:
         router.add("GET", client_paths("/login"), self.on_get_login, auth="none")
@@ -76,10 +80,16 @@ class LoginServlets:
         router.add("POST", client_paths("/logout/all"), self.on_logout_all, json_body=False,
                    allow_guest=True)
         router.add("GET", client_paths("/account/whoami"), self.on_whoami, allow_guest=True)
+        if self._login_tokens is not None:  # unrouted when off (404 M_UNRECOGNIZED), as Synapse
+            router.add("POST", client_paths("/login/get_token", versions=["v1"]),
+                       self.on_get_token, body_schema=GET_TOKEN_SCHEMA)
 
     async def on_get_login(self, req: ApiRequest) -> tuple[int, Any]:
-        return 200, {"flows": [{"type": "m.login.password"},
-                               *({"type": t} for t in self._password_auth.login_types())]}
+        flows: list[dict[str, Any]] = [{"type": "m.login.password"},
+                                       *({"type": t} for t in self._password_auth.login_types())]
+        if self._login_tokens is not None:
+            flows.append({"type": LOGIN_TOKEN_TYPE, "get_login_token": True})
+        return 200, {"flows": flows}
 
     async def on_login(self, req: ApiRequest) -> tuple[int, Any]:
         body: dict[str, Any] = req.body
@@ -87,6 +97,8 @@ class LoginServlets:
             user_id, first = await self._uia.finish_login(body)
             return await self._logged_in(req, user_id, {**first, **{
                 k: body[k] for k in _LOGIN_PARAMS if k in body}}, via=body["type"])
+        if body["type"] == LOGIN_TOKEN_TYPE and self._login_tokens is not None:
+            return await self._token_login(req, body)
         if body["type"] in self._password_auth.login_types():
             return await self._provider_login(req, body)
         if body["type"] != PASSWORD:
@@ -109,18 +121,15 @@ class LoginServlets:
         # account exists: only the right password learns that an account is deactivated.
         check = await self._password_auth.verify(user_id, password)
         if check is PasswordCheck.DEACTIVATED:
-            await self._events.record("login", "failure", req.client, user_id=user_id,
-                                      reason="deactivated")
+            await self._sessions.login_refused(user_id, "deactivated")
             raise MatrixError(403, "This account has been deactivated", Codes.USER_DEACTIVATED)
         if check is not PasswordCheck.OK or user_id is None:
-            await self._events.record("login", "failure", req.client, user_id=user_id,
-                                      reason=check.value)
+            await self._sessions.login_refused(user_id, check.value)
             raise MatrixError(403, "Invalid username or password", Codes.FORBIDDEN)
         if (self._mfa is not None and self._uia is not None
                 and await self._mfa.is_enrolled(user_id)):
             # The password was right; the session says so to the second step.
-            await self._events.record("login", "pending", req.client, user_id=user_id,
-                                      reason="second factor required")
+            await self._sessions.login_pending(user_id)
             raise await self._uia.begin_login(
                 user_id, {k: body[k] for k in _LOGIN_PARAMS if k in body})
         return await self._logged_in(req, user_id, body)
@@ -130,8 +139,7 @@ class LoginServlets:
         enrolled in MFA still needs its second factor."""
         user_id, check = await self._password_auth.login_with_provider(body["type"], body)
         if check is not PasswordCheck.OK or user_id is None:
-            await self._events.record("login", "failure", req.client, user_id=user_id,
-                                      reason=check.value)
+            await self._sessions.login_refused(user_id, check.value)
             if check is PasswordCheck.DEACTIVATED:
                 raise MatrixError(403, "This account has been deactivated",
                                   Codes.USER_DEACTIVATED)
@@ -141,6 +149,31 @@ class LoginServlets:
             raise await self._uia.begin_login(
                 user_id, {k: body[k] for k in _LOGIN_PARAMS if k in body})
         return await self._logged_in(req, user_id, body, via=body["type"])
+
+    async def _token_login(self, req: ApiRequest, body: dict[str, Any]) -> tuple[int, Any]:
+        """``m.login.token``: a token from /login/get_token, spent once. No second
+        factor: the issuing session passed UIA (with MFA) to get it."""
+        assert self._login_tokens is not None
+        token = body.get("token")
+        if not isinstance(token, str) or not token:
+            raise MatrixError(400, "Missing parameter: token", Codes.MISSING_PARAM)
+        user_id, device_id, tokens = await self._login_tokens.login(token, body, req.client)
+        out: dict[str, Any] = {"user_id": user_id, "device_id": device_id,
+                               "home_server": self._server_name}
+        out.update(tokens.to_json())
+        return 200, out
+
+    async def on_get_token(self, req: ApiRequest) -> tuple[int, Any]:
+        """POST /login/get_token: always behind a fresh UIA (the spec: re-prompt for
+        every token), with the second factor for an enrolled user."""
+        assert self._login_tokens is not None and self._uia is not None
+        r = req.require_requester()
+        _, session = await self._uia.check(req.body, [[PASSWORD]], req.raw.path.decode(),
+                                           "POST", user_id=r.user_id)
+        await self._uia.consume(session)  # one completed session, one token
+        issued = await self._login_tokens.issue(r.user_id, r.device_id, r.session_id,
+                                                req.client)
+        return 200, issued.to_json()
 
     async def _logged_in(self, req: ApiRequest, user_id: str, params: dict[str, Any],
                          via: str | None = None) -> tuple[int, Any]:
@@ -162,16 +195,14 @@ class LoginServlets:
         if r.device_id:
             await self._devices.delete_devices(r.user_id, [r.device_id], req.client, "logout")
         await self._sessions.revoke_session(r.session_id, "logout")
-        await self._events.record("logout", "success", req.client, user_id=r.user_id,
-                                  device_id=r.device_id, session_id=r.session_id)
+        await self._sessions.logged_out("logout", r.user_id, r.device_id, r.session_id)
         return 200, {}
 
     async def on_logout_all(self, req: ApiRequest) -> tuple[int, Any]:
         r = req.require_requester()
         await self._devices.delete_all_devices(r.user_id, req.client, "logout_all", None)
         await self._sessions.revoke_user(r.user_id, "logout_all")
-        await self._events.record("logout_all", "success", req.client, user_id=r.user_id,
-                                  device_id=r.device_id, session_id=r.session_id)
+        await self._sessions.logged_out("logout_all", r.user_id, r.device_id, r.session_id)
         return 200, {}
 
     async def on_whoami(self, req: ApiRequest) -> tuple[int, Any]:

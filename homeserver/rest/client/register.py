@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from homeserver import identifiers
+from homeserver.appservice.auth import request_token
 from homeserver.auth.ratelimit import AuthRateLimiters
 from homeserver.auth.ui_auth import (
     DUMMY,
@@ -17,7 +18,6 @@ from homeserver.clock import Clock
 from homeserver.config.model import RegistrationConfig
 from homeserver.handlers.devices import DeviceHandler
 from homeserver.handlers.registration import RegistrationHandler, guest_credentials_required
-from homeserver.handlers.security_events import SecurityEventRecorder
 from homeserver.handlers.sessions import SessionHandler
 from homeserver.http.errors import Codes, InteractiveAuthRequired, MatrixError
 from homeserver.http.router import Router, client_paths
@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 REMEMBERED_PARAMS = ("username", "device_id", "initial_device_display_name", "inhibit_login",
                      "refresh_token")
 PARAMS_KEY = "register_params"
+APPSERVICE_LOGIN_TYPE = "m.login.application_service"
 PASSWORD_HASH_KEY = "password_hash"
 
 
@@ -60,7 +61,6 @@ class RegisterServlets:
         registration: RegistrationHandler,
         uia: UserInteractiveAuth,
         devices: DeviceHandler,
-        events: SecurityEventRecorder,
         reg_tokens: RegistrationTokenStore,
         clock: Clock,
         limits: AuthRateLimiters,
@@ -73,7 +73,6 @@ class RegisterServlets:
         self._registration = registration
         self._uia = uia
         self._devices = devices
-        self._events = events
         self._reg_tokens = reg_tokens
 
     def register(self, router: Router) -> None:
@@ -116,6 +115,9 @@ class RegisterServlets:
             raise MatrixError(400, "Invalid kind", Codes.INVALID_PARAM)
         if kind == "guest":
             return await self._register_guest(req)
+        appservice = await self._appservice_registration(req)
+        if appservice is not None:
+            return 200, appservice
         if not self._config.enabled:
             raise MatrixError(403, "Registration has been disabled", Codes.FORBIDDEN)
 
@@ -190,10 +192,32 @@ class RegisterServlets:
                 raise
             return 200, replay
         token = results.get(REGISTRATION_TOKEN)
-        await self._events.record("register", "success", req.client, user_id=user_id,
-                                  details={"registration_token": isinstance(token, str),
-                                           "guest_upgrade": upgrading is not None})
+        await self._registration.record_registration(
+            "success", user_id, details={"registration_token": isinstance(token, str),
+                                         "guest_upgrade": upgrading is not None})
         return 200, await self._login_response(req, user_id, params)
+
+    async def _appservice_registration(self, req: ApiRequest) -> dict[str, Any] | None:
+        """``m.login.application_service`` (homeserver/appservice/): an application
+        service registers a user of its namespace with its ``as_token``, no UIA, even
+        when registration is closed. None when the request is not one."""
+        appservices = self._registration.appservices
+        body: dict[str, Any] = req.body
+        is_as_type = body.get("type") == APPSERVICE_LOGIN_TYPE
+        svc = appservices.tokens.find(request_token(req.raw)) \
+            if appservices is not None else None
+        if svc is None:
+            if is_as_type:
+                raise MatrixError(401, "An application service token is required for "
+                                  "m.login.application_service", Codes.MISSING_TOKEN)
+            return None
+        username = body.get("username", body.get("user"))
+        if not isinstance(username, str) or not username or len(username) > 255:
+            raise MatrixError(400, "Missing parameter: username", Codes.MISSING_PARAM)
+        user_id = await appservices.register_user(svc, username)
+        await self._registration.record_registration("success", user_id,
+                                                     details={"appservice": svc.id})
+        return await self._login_response(req, user_id, _params(body))
 
     async def _guest_to_upgrade(self, guest_token: str, username: str | None) -> str:
         """The guest a ``guest_access_token`` proves the caller is; it must be the user
@@ -252,7 +276,7 @@ class RegisterServlets:
                                   "send the password again, or log in", Codes.UNKNOWN)
             if not await self._uia.check_password(user_id, password):
                 raise MatrixError(403, "Invalid password", Codes.FORBIDDEN)
-        await self._events.record("register", "replay", req.client, user_id=user_id)
+        await self._registration.record_registration("replay", user_id)
         return await self._login_response(req, user_id, params)
 
     async def _register_guest(self, req: ApiRequest) -> tuple[int, Any]:
@@ -264,8 +288,8 @@ class RegisterServlets:
         await self._registration.check_registration(None, req.client.ip, req.client.user_agent,
                                                     is_guest=True)
         user_id = await self._registration.create_account(None, None, is_guest=True)
-        await self._events.record("register", "success", req.client, user_id=user_id,
-                                  details={"guest": True})
+        await self._registration.record_registration("success", user_id,
+                                                     details={"guest": True})
         return 200, await self._login_response(req, user_id, req.body)
 
     async def _login_response(
