@@ -1,8 +1,10 @@
 #!/bin/sh
 # Parley container entrypoint.
 #
-# Without arguments: make sure a config exists, apply database migrations, then
-# replace this shell with the server (so it receives SIGTERM directly).
+# Without arguments: make sure a config exists, then replace this shell with the
+# server (so it receives SIGTERM directly). `parley run` applies pending database
+# migrations itself, already listening: /health is 200 and /ready 503 "migrating"
+# meanwhile, with each migration logged.
 # With arguments: run them instead, e.g.
 #     docker run --rm -v parley-data:/data parley parley create-user -c /data/parley.yaml alice
 #
@@ -45,5 +47,4 @@ if [ ! -e "$PARLEY_CONFIG" ]; then
     mv "$tmp" "$PARLEY_CONFIG"
 fi
 
-parley migrate -c "$PARLEY_CONFIG"
 exec parley run -c "$PARLEY_CONFIG"

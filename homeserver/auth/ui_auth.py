@@ -11,7 +11,6 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from homeserver.auth.ratelimit import RateLimiter
 from homeserver.auth.requester import ClientInfo
 from homeserver.clock import Clock
 from homeserver.http.errors import Codes, InteractiveAuthRequired, MatrixError
@@ -36,6 +35,10 @@ LOGIN_SESSION_LIFETIME_MS = 10 * 60 * 1000
 # (user_id, password) -> the canonical user id if the password is right, else None
 PasswordChecker = Callable[[str, str], Awaitable[bool]]
 IdentifierResolver = Callable[[dict[str, Any]], str | None]
+# user id -> returns, or raises the 429 when that user's password attempts are over the
+# ``uia_password`` limit: the shared per-action limiter (homeserver/ratelimit/), so the
+# Redis backend and a plugin's rate_limit_policy apply (wired by homeserver/app.py).
+PasswordLimit = Callable[[str], Awaitable[None]]
 
 
 class SecondFactor(Protocol):
@@ -72,7 +75,7 @@ class UserInteractiveAuth:
         clock: Clock,
         check_password: PasswordChecker,
         resolve_identifier: IdentifierResolver,
-        password_limiter: RateLimiter | None = None,
+        password_limiter: PasswordLimit | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -165,12 +168,15 @@ class UserInteractiveAuth:
 
     async def check_password(self, user_id: str, password: str) -> bool:
         """The password stage's check (rate-limited per user) outside a UIA flow."""
-        if self.password_limiter is not None:
-            self.password_limiter.check(user_id)
+        await self._limit_password(user_id)
         ok = await self._check_password(user_id, password)
         if not ok:
             await self._password_failed(user_id, "invalid password")
         return ok
+
+    async def _limit_password(self, user_id: str) -> None:
+        if self.password_limiter is not None:
+            await self.password_limiter(user_id)
 
     async def consume(self, session_id: str) -> None:
         """Spend a completed session before acting on it, so concurrent requests
@@ -260,8 +266,7 @@ class UserInteractiveAuth:
         if target is None:
             await self._password_failed(None, "unknown user identifier")
             raise StageFailed(Codes.FORBIDDEN, "Invalid username or password")
-        if self.password_limiter is not None:
-            self.password_limiter.check(target)  # 429 before any Argon2 work
+        await self._limit_password(target)  # 429 before any Argon2 work
         if not await self._check_password(target, password):
             await self._password_failed(target, "invalid password")
             raise StageFailed(Codes.FORBIDDEN, "Invalid password")

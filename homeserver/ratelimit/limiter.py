@@ -120,10 +120,11 @@ class RateLimiter:
 
     async def check(self, action: str, key: str, *, user_id: str | None = None,
                     ip: str = "-", cost: float = 1.0, client: ClientInfo | None = None,
-                    key_kind: str = "") -> None:
+                    key_kind: str = "", exemptible: bool = True) -> None:
         """Count ``cost`` of ``action`` for ``key``; raise the 429 when over the limit.
-        ``user_id`` (the requester) is what exemption and the policy see."""
-        if user_id is not None and await self.is_exempt(user_id):
+        ``user_id`` (the requester) is what exemption and the policy see;
+        ``exemptible=False`` limits admins too (password guessing)."""
+        if exemptible and user_id is not None and await self.is_exempt(user_id):
             return
         multiplier = await self._policy_multiplier(action, user_id, ip)
         if multiplier == 0:

@@ -26,7 +26,7 @@ from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from autobahn.websocket.types import ConnectionRequest
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from jsonschema import Draft202012Validator
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall
@@ -41,6 +41,7 @@ from homeserver.handlers.sync_filter import SyncFilter
 from homeserver.handlers.sync_push import MAX_IN_FLIGHT, POLL_TIMEOUT_MS, SyncPushStream
 from homeserver.http.errors import Codes, MatrixError
 from homeserver.http.server import describe_validation_error, encode_json, parse_json_object
+from homeserver.ratelimit.limiter import RateLimiter
 from homeserver.rest.client.sync import parse_inline_filter, resolve_filter
 
 logger = logging.getLogger(__name__)
@@ -59,6 +60,8 @@ AUTH_TIMEOUT_S = 10.0
 REAUTH_INTERVAL_S = 30.0
 MAX_ERRORS = 5
 MAX_PENDING_MESSAGES = 32
+# Messages refused by the per-IP ``api`` rate limit before the connection is closed 4429.
+MAX_RATE_LIMITED = 5
 AUTO_PING_INTERVAL_S = 30.0
 AUTO_PING_TIMEOUT_S = 20.0
 
@@ -100,7 +103,7 @@ class _QuietLog:
 
 
 def _json_error(err: MatrixError) -> dict[str, Any]:
-    return {"type": "error", "errcode": err.errcode, "error": err.msg}
+    return {"type": "error", **err.to_json()}
 
 
 class SyncWebSocketProtocol(WebSocketServerProtocol):
@@ -118,6 +121,8 @@ class SyncWebSocketProtocol(WebSocketServerProtocol):
         self.requester: Requester | None = None
         self._closing = False
         self._errors = 0
+        self._rate_limited = 0
+        self._refused: MatrixError | None = None  # the 429 of a refused upgrade
         self._pending = 0
         self._chain: defer.Deferred[None] = defer.succeed(None)
         self._auth_timer: IDelayedCall | None = None
@@ -129,10 +134,19 @@ class SyncWebSocketProtocol(WebSocketServerProtocol):
 
     # -- autobahn callbacks -------------------------------------------------------
 
-    def onConnect(self, request: ConnectionRequest) -> None:  # noqa: N802 (autobahn API)
-        """Note the token from the upgrade request; authentication runs once open, so
-        that every failure is reported the same way (close 4401)."""
+    def onConnect(self, request: ConnectionRequest) -> defer.Deferred[None]:  # noqa: N802 (autobahn API)
+        """The per-IP ``api`` rate limit (HTTP 429 instead of the upgrade), then note the
+        token from the upgrade request; authentication runs once open, so that every
+        failure is reported the same way (close 4401)."""
         self._client = self.factory.client_info(request)
+        return defer.ensureDeferred(self._admit(request))
+
+    async def _admit(self, request: ConnectionRequest) -> None:
+        try:
+            await self.factory.check_rate(self._client)
+        except MatrixError as e:
+            self._refused = e
+            raise ConnectionDeny(e.code, "Too Many Requests") from e
         if "access_token" in request.params:
             self._reject_reason = "Access tokens are not accepted in the URL"
             return
@@ -154,6 +168,22 @@ class SyncWebSocketProtocol(WebSocketServerProtocol):
             self._enqueue(lambda: self._authenticate(token))
         else:
             self._auth_timer = self.factory.clock.call_later(AUTH_TIMEOUT_S, self._auth_timeout)
+
+    def failHandshake(self, reason: str, code: int = 400,  # noqa: N802 (autobahn API)
+                      responseHeaders: Any = None) -> None:  # noqa: N803
+        """A rate-limited upgrade is answered like any 429: ``Retry-After`` and the
+        Matrix error body with ``retry_after_ms``."""
+        err, self._refused = self._refused, None
+        if err is None or code != err.code:
+            super().failHandshake(reason, code, responseHeaders)
+            return
+        self.wasNotCleanReason = reason
+        body = encode_json(err.to_json())
+        head = [f"HTTP/1.1 {err.code} {reason}", "Content-Type: application/json",
+                f"Content-Length: {len(body)}", "Connection: close",
+                *(f"{k}: {v}" for k, v in err.headers.items())]
+        self.sendData(("\r\n".join(head) + "\r\n\r\n").encode("ascii") + body)
+        self.dropConnection(abort=False)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:  # noqa: N802, N803
         if self._closing:
@@ -193,6 +223,8 @@ class SyncWebSocketProtocol(WebSocketServerProtocol):
         self._chain.addCallback(run).addBoth(done)
 
     async def _on_message(self, payload: bytes, is_binary: bool) -> None:
+        if not await self._message_admitted():
+            return
         if self.requester is None:
             token = self._auth_message_token(payload, is_binary)
             if token is None:
@@ -211,6 +243,23 @@ class SyncWebSocketProtocol(WebSocketServerProtocol):
                 await self._authenticate(msg["access_token"])
         except MatrixError as e:
             self._error(e)
+
+    async def _message_admitted(self) -> bool:
+        """Each message counts as one request against the per-IP ``api`` limit. A refused
+        one is dropped with an ``M_LIMIT_EXCEEDED`` error frame (``retry_after_ms``); a
+        client that keeps going past the limit is closed with 4429."""
+        try:
+            await self.factory.check_rate(self._client)
+        except MatrixError as e:
+            if self._closing:
+                return False
+            self._rate_limited += 1
+            if self._rate_limited >= MAX_RATE_LIMITED:
+                self._close(CLOSE_TOO_MANY, "Rate limit exceeded")
+            else:
+                self._send_json(_json_error(e))
+            return False
+        return not self._closing
 
     @staticmethod
     def _parse(payload: bytes, is_binary: bool) -> dict[str, Any]:
@@ -402,8 +451,14 @@ class SyncWebSocketFactory(WebSocketServerFactory):
         trusted_proxies: bool = False,
         max_in_flight: int = MAX_IN_FLIGHT,
         poll_timeout_ms: int = POLL_TIMEOUT_MS,
+        rate_limiter: RateLimiter | None = None,
+        on_rate_limited: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__(server=None)
+        # The per-IP ``api`` class that MatrixResource's dispatch point applies to every
+        # other request: this endpoint does not pass through it.
+        self.rate_limiter = rate_limiter
+        self._on_rate_limited = on_rate_limited  # the rejection counter, by class
         self.clock = clock
         self.authenticator = authenticator
         self.sync = sync
@@ -438,6 +493,18 @@ class SyncWebSocketFactory(WebSocketServerFactory):
             if fwd:
                 ip = fwd.split(",")[0].strip()
         return ClientInfo(ip=ip, user_agent=(request.headers.get("user-agent") or "")[:512])
+
+    async def check_rate(self, client: ClientInfo) -> None:
+        """Count one request of ``client`` against the per-IP ``api`` limit (429)."""
+        if self.rate_limiter is None:
+            return
+        try:
+            await self.rate_limiter.check("api", client.ip, ip=client.ip, client=client,
+                                          key_kind="ip")
+        except MatrixError:
+            if self._on_rate_limited is not None:
+                self._on_rate_limited("api")
+            raise
 
     def opened(self, conn: SyncWebSocketProtocol) -> None:
         self._open.add(conn)
