@@ -16,6 +16,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.web import server
 
+from homeserver.appservice import build_appservices, check_registrations
 from homeserver.areas.accounts import build_accounts
 from homeserver.areas.e2ee import build_e2ee
 from homeserver.areas.identity import build_identity
@@ -25,6 +26,7 @@ from homeserver.audit.retention import AuditRetention
 from homeserver.clock import Clock
 from homeserver.config.model import Config, ListenerConfig
 from homeserver.detection.setup import DetectionArea, build_detection
+from homeserver.gdpr.export import ExportJobs, build_gdpr_export, start_cleanup
 from homeserver.handlers.event_fanout import EventFanout
 from homeserver.handlers.legacy import LegacyDeps, LegacyHandler
 from homeserver.handlers.registration import RegistrationHandler
@@ -37,7 +39,12 @@ from homeserver.metrics.activity import ActivityMetrics
 from homeserver.metrics.db import DatabaseMetrics
 from homeserver.metrics.http import HttpMetrics
 from homeserver.metrics.process import register_process_collectors
-from homeserver.metrics.ready import ReadinessCheck
+from homeserver.metrics.ready import (
+    ReadinessCheck,
+    StartingResource,
+    StartupStatus,
+    SwitchableRoot,
+)
 from homeserver.metrics.registry import MetricsResource, new_registry
 from homeserver.notifier import Notifier
 from homeserver.push.sender.pool import PusherPool
@@ -85,6 +92,7 @@ class Homeserver:
     # Server notices and the attack detectors (homeserver/detection).
     detection: DetectionArea | None = None
     plugins: PluginHost | None = None  # the plugin host (plugins/host.py)
+    gdpr_export: ExportJobs | None = None  # GDPR data exports (homeserver/gdpr/)
 
     def listen(self, reactor: Any = default_reactor) -> list[IListeningPort]:
         self._reactor = reactor
@@ -92,6 +100,13 @@ class Homeserver:
             # Each listener serves only its ``resources`` (client / federation / metrics).
             self.ports += _listen(reactor, listener, listener_site(self.site, listener.resources))
         return self.ports
+
+    def serve_on(self, early: EarlyListeners) -> None:
+        """Take over the listeners :func:`listen_early` opened before this server was
+        built: from now on they serve its routes (no port is closed and reopened)."""
+        self._reactor = early.reactor
+        early.root.switch(self.site.resource)
+        self.ports += early.ports
 
     async def stop(self) -> None:
         """Graceful shutdown (SIGTERM, and every test's tear-down): stop accepting, answer
@@ -141,6 +156,34 @@ class Homeserver:
             await deferLater(self._reactor, 0.02)
 
 
+@dataclass
+class EarlyListeners:
+    """The listeners of a server still starting (see :func:`listen_early`)."""
+
+    reactor: Any
+    root: SwitchableRoot
+    ports: list[IListeningPort]
+
+    async def stop(self) -> None:
+        """Close them (a shutdown before the server was built)."""
+        for port in self.ports:
+            await port.stopListening()
+        self.ports = []
+
+
+def listen_early(config: Config, reactor: Any, status: StartupStatus) -> EarlyListeners:
+    """Open every listener before migrating and building the server: meanwhile
+    ``/health`` is 200 and ``/ready`` and everything else 503 saying what is under way
+    (:class:`~homeserver.metrics.ready.StartingResource`); :meth:`Homeserver.serve_on`
+    then switches them to the real routes. Same listener isolation, body limits and TLS."""
+    root = SwitchableRoot(StartingResource(status))
+    site = make_site(root, config.max_request_body_size, config.media.max_upload_size)
+    ports: list[IListeningPort] = []
+    for listener in config.listeners:
+        ports += _listen(reactor, listener, listener_site(site, listener.resources))
+    return EarlyListeners(reactor, root, ports)
+
+
 def open_database(config: Config) -> Database:
     engine = create_engine(config.database)
     return Database(engine, config.database.pool_min, config.database.pool_max)
@@ -148,12 +191,15 @@ def open_database(config: Config) -> Database:
 
 async def build_homeserver(
     config: Config, clock: Clock | None = None, db: Database | None = None,
-    run_migrations: bool = True,
+    run_migrations: bool = True, startup: StartupStatus | None = None,
 ) -> Homeserver:
+    """``startup``, when given, is told the migrations' progress (for ``/ready``)."""
     clock = clock or Clock(default_reactor)
+    check_registrations(config)  # application service files: refuse to start on an error
     db = db or open_database(config)
     if run_migrations:
-        applied = await migrate(db, clock.time_msec())
+        applied = await migrate(db, clock.time_msec(),
+                                startup.migration_progress if startup is not None else None)
         if applied:
             logger.info("applied schema migrations %s", applied)
 
@@ -169,8 +215,12 @@ async def build_homeserver(
     accounts.account.on_erased.append(rooms.client_events.forget_erased)
     accounts.profile.on_member_profile_changed.append(rooms.membership.refresh_profile)
     identity = build_identity(config, db, stores, accounts, rooms, default_reactor)
+    appservices = build_appservices(config, clock, db, stores, default_reactor)
+    appservices.wire_handlers(accounts, rooms)
     media, url_previewer = build_media(config, clock, stores.media, plugins,
                                        default_reactor)
+    gdpr_export = build_gdpr_export(config, clock, db, stores, media.backend, plugins,
+                                    accounts.push_rules)
     router = Router()
     routes.register_all(router, routes.Components(
         config=config, clock=clock, stores=stores, events=accounts.security_events,
@@ -190,7 +240,8 @@ async def build_homeserver(
         device_lists=e2ee.device_lists, to_device=e2ee.to_device,
         cross_signing=e2ee.cross_signing, key_backup=e2ee.key_backup,
         auth_limits=accounts.auth_limits, mfa=accounts.mfa,
-        identity=identity,
+        identity=identity, gdpr_export=gdpr_export,
+        appservices=appservices.handler,
         legacy=LegacyHandler(LegacyDeps(
             clock, stores.events, stores.room_members, rooms.event_creation, rooms.visibility,
             rooms.room_reads, rooms.pagination, rooms.client_events, sync.sync,
@@ -199,7 +250,7 @@ async def build_homeserver(
                                    stores.room_members, rooms.visibility, rooms.event_creation,
                                    stores.users),
     ))
-    authenticator = accounts.authenticator
+    authenticator = appservices.wrap(accounts.authenticator, stores)
     cache = accounts.session_cache
     registry = new_registry()
     register_process_collectors(registry)
@@ -212,6 +263,7 @@ async def build_homeserver(
                                       accounts.security_events)
     rooms.fanout.subscribe("invite_rejections",
                            InviteRejections(rate_limiter.invite_penalty).event_persisted)
+    accounts.uia.password_limiter = _uia_password_limit(rate_limiter)
     readiness = ReadinessCheck(default_reactor, {"database": db.ping,
                                                  **rate_limiter.readiness_checks()})
     readiness.register(router)
@@ -219,15 +271,19 @@ async def build_homeserver(
     plugins.bind_registry(registry)
     await wire_plugins(plugins, config, stores, accounts, rooms, router, rate_limiter,
                        detection.notices if detection is not None else None)
+    appservices.wire_after_plugins(accounts, rate_limiter)
+    http_metrics = HttpMetrics(registry)
     resource = MatrixResource(router, authenticator,
                               trusted_proxies=any(li.x_forwarded for li in config.listeners),
-                              metrics=HttpMetrics(registry),
+                              metrics=http_metrics,
                               rate_limits=RouteLimits(rate_limiter))
     # The WebSocket endpoint needs its own resource (it takes over the connection);
     # the root sends that one path there and every other path to MatrixResource.
     websockets = SyncWebSocketFactory(clock, authenticator, sync.sync, accounts.filters,
                                       session_cache=cache,
-                                      trusted_proxies=any(li.x_forwarded for li in config.listeners))
+                                      trusted_proxies=any(li.x_forwarded for li in config.listeners),
+                                      rate_limiter=rate_limiter,
+                                      on_rate_limited=http_metrics.rejected)
     root = RootResource(resource)
     root.mount(WS_PATH, websockets.make_resource())
     # Only reachable on listeners naming the "metrics" resource (ListenerResource).
@@ -262,6 +318,14 @@ async def build_homeserver(
                                       registry)
     hs.pushers = pushers
     hs._on_stop.append(pushers.stop)
+    # GDPR exports: resume the jobs a stopped process left, delete expired archives.
+    hs.gdpr_export = gdpr_export
+    hs._loops.append(start_cleanup(gdpr_export, clock))
+    hs._on_stop.append(lambda: defer.ensureDeferred(gdpr_export.stop()))
+    await gdpr_export.resume_pending()
+    # Application services: sender users, then resume their queued transactions.
+    await appservices.start()
+    hs._on_stop.append(lambda: defer.ensureDeferred(appservices.stop()))
     return hs
 
 
@@ -271,6 +335,15 @@ def _is_admin(stores: Stores) -> Any:
         user = await stores.users.get_user(user_id)
         return bool(user is not None and user.is_admin)
     return lookup
+
+
+def _uia_password_limit(limiter: RateLimiter) -> Any:
+    """The UIA password stage's limit: class ``uia_password`` of the shared limiter, per
+    user being authenticated, admins included (it guards against password guessing)."""
+    async def check(user_id: str) -> None:
+        await limiter.check("uia_password", user_id, user_id=user_id, key_kind="user",
+                            exemptible=False)
+    return check
 
 
 def _background(coro: Any) -> None:

@@ -15,6 +15,8 @@ import yaml
 
 from homeserver.auth.access_tokens import generate_signing_key_pem
 from homeserver.cli_audit import add_audit_parser
+from homeserver.cli_keys import add_at_rest_section, add_keys_parser, write_encrypted_signing_key
+from homeserver.cli_roles import add_roles_parser
 from homeserver.config import ConfigError, load_config
 from homeserver.config.model import Config
 
@@ -58,6 +60,7 @@ def generate_config_text(
     )
     if dev:
         header += "# DEVELOPMENT config: open registration, plain HTTP on loopback.\n"
+    add_at_rest_section(config)  # secrets.at_rest_key when PARLEY_AT_REST_KEY is set
     return header + yaml.safe_dump(config, sort_keys=False)
 
 
@@ -103,6 +106,8 @@ def cmd_generate_config(args: argparse.Namespace) -> int:
     with os.fdopen(fd, "w") as f:
         f.write(text)
     print(f"wrote {out}")
+    if key_file := write_encrypted_signing_key(out):
+        print(f"wrote {key_file} (encrypted with secrets.at_rest_key)")
     return 0
 
 
@@ -116,6 +121,10 @@ def _load(args: argparse.Namespace) -> Config:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     config = _load(args)
+    from homeserver.logging_setup import setup_logging
+
+    # Each migration is logged with its position, duration and the time left.
+    setup_logging(config.log_level, config.log_format)
 
     async def go() -> None:
         from twisted.internet import reactor
@@ -167,21 +176,39 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(config.log_level, config.log_format)
     from twisted.internet import defer, reactor
 
-    from homeserver.app import build_homeserver
+    from homeserver.app import build_homeserver, listen_early
+    from homeserver.metrics.ready import StartupStatus
 
     state: dict[str, Any] = {"code": 0}
 
     async def start() -> None:
+        # Listen first: while the database is migrated and the server built, /health is
+        # 200 and /ready 503 "migrating" / "starting" (progress is also logged).
+        status = StartupStatus()
         try:
-            hs = await build_homeserver(config)
-            hs.listen(reactor)
-            # Graceful: Homeserver.stop drains for up to shutdown.grace_period_s.
-            reactor.addSystemEventTrigger("before", "shutdown",
-                                          lambda: defer.ensureDeferred(hs.stop()))
-            _handle_stop_signals(reactor, config.shutdown_grace_period_s)
-            print(f"Parley serving {config.server_name} on "
-                  + ", ".join(f"{a}:{li.port}" for li in config.listeners
-                              for a in li.bind_addresses), file=sys.stderr, flush=True)
+            early = listen_early(config, reactor, status)
+        except Exception as e:  # noqa: BLE001 (a port in use, a bad certificate...)
+            print(f"error: {e}", file=sys.stderr)
+            state["code"] = 1
+            reactor.stop()
+            return
+        server: dict[str, Any] = {}
+
+        async def stop() -> None:  # the server if built, else just the listeners
+            await (server["hs"].stop() if "hs" in server else early.stop())
+
+        # Graceful: Homeserver.stop drains for up to shutdown.grace_period_s.
+        reactor.addSystemEventTrigger("before", "shutdown",
+                                      lambda: defer.ensureDeferred(stop()))
+        _handle_stop_signals(reactor, config.shutdown_grace_period_s)
+        print(f"Parley starting {config.server_name} on "
+              + ", ".join(f"{a}:{li.port}" for li in config.listeners
+                          for a in li.bind_addresses), file=sys.stderr, flush=True)
+        try:
+            hs = await build_homeserver(config, startup=status)
+            hs.serve_on(early)
+            server["hs"] = hs
+            print(f"Parley serving {config.server_name}", file=sys.stderr, flush=True)
         except Exception as e:  # noqa: BLE001 (fail start-up with a clear message)
             print(f"error: {e}", file=sys.stderr)
             state["code"] = 1
@@ -244,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--admin", action="store_true", help="make the user a server admin")
     u.set_defaults(func=cmd_create_user)
     add_audit_parser(sub)
+    add_roles_parser(sub)
+    add_keys_parser(sub)
     return p
 
 

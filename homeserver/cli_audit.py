@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from homeserver.audit.chain import Link
+from homeserver.cli_support import react_exit_code
 from homeserver.config import ConfigError, load_config
 
 _HASH = re.compile(r"^[0-9a-f]{64}$")
@@ -122,22 +123,7 @@ async def run_args(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     """The synchronous entry for homeserver/cli.py (runs the reactor until done)."""
-    from twisted.internet import defer, task
-
-    result = {"code": 1}
-
-    async def go() -> None:
-        try:
-            result["code"] = await run_args(args, sys.stdout, sys.stderr)
-        except Exception as e:  # noqa: BLE001 (any failure is an exit code, not a traceback)
-            print(f"error: {e}", file=sys.stderr)
-            result["code"] = 1
-
-    try:
-        task.react(lambda _r: defer.ensureDeferred(go()))
-    except SystemExit:
-        pass
-    return result["code"]
+    return react_exit_code(lambda: run_args(args, sys.stdout, sys.stderr))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -73,14 +73,27 @@ def require_postgres() -> None:
 
 def drop_pg_schema(schema: str) -> None:
     import psycopg2
+    import psycopg2.errors
 
     s = pg_settings()
     conn = psycopg2.connect(host=s["host"], port=s["port"], user=s["user"],
                             dbname=s["database"], password=s.get("password"))
     conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    conn.close()
+    try:
+        # A test's last background transaction can still hold a lock on one of its
+        # tables for a moment; PostgreSQL then breaks the deadlock with DROP as the
+        # victim. The drop is idempotent, so try again.
+        for attempt in range(5):
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+                return
+            except psycopg2.errors.DeadlockDetected:
+                if attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+    finally:
+        conn.close()
 
 
 def make_config(data_dir: str, engine: str | None = None, **overrides: Any) -> tuple[Config, str | None]:
@@ -134,8 +147,9 @@ def _test_key() -> str:
 
 
 class Response:
-    def __init__(self, code: int, body: bytes, headers: Any) -> None:
+    def __init__(self, code: int, body: bytes, headers: Any, phrase: bytes = b"") -> None:
         self.code = code
+        self.phrase = phrase
         self.raw = body
         self.headers = headers
         try:
@@ -219,7 +233,7 @@ class HomeserverTestCase(unittest.TestCase):
         resp = await treq.request(method, self.base_url + path, data=data, headers=hdrs,
                                   pool=self.pool)
         content = await resp.content()
-        return Response(resp.code, content, resp.headers)
+        return Response(resp.code, content, resp.headers, resp.phrase)
 
     async def register(
         self, localpart: str, password: str = TEST_PASSWORD, **extra: Any

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from homeserver.auth.access_tokens import AccessTokenCodec
+from homeserver.auth.account_status import AccountStatusCache, AccountStatusGate
 from homeserver.auth.authenticator import TokenAuthenticator
 from homeserver.auth.mfa import MfaHandler, MfaRequiredGate
 from homeserver.auth.password_auth import PasswordAuth
@@ -17,6 +18,7 @@ from homeserver.auth.session_cache import SessionCache
 from homeserver.auth.ui_auth import UserInteractiveAuth
 from homeserver.clock import Clock
 from homeserver.config.model import Config
+from homeserver.crypto.at_rest import audit_refusals, vault_from_config
 from homeserver.handlers.account import AccountHandler
 from homeserver.handlers.account_data import AccountDataHandler
 from homeserver.handlers.devices import DeviceHandler
@@ -55,6 +57,8 @@ class AccountsArea:
 def build_accounts(config: Config, clock: Clock, stores: Stores,
                    plugins: PluginHost) -> AccountsArea:
     events = SecurityEventRecorder(stores.security_events, clock)
+    # Secrets at rest: TOTP secrets sealed under secrets.at_rest_key; refusals audited.
+    stores.mfa.vault = vault_from_config(config, audit_refusals(events))
     events.add_sink(lambda ev: plugins.on_security_event(asdict(ev)))
     codec = AccessTokenCodec(config.auth, clock)
     cache = SessionCache(stores.sessions, clock, config.auth.session_cache_ttl)
@@ -66,11 +70,12 @@ def build_accounts(config: Config, clock: Clock, stores: Stores,
     devices.on_device_deleted.append(stores.pushers.delete_device_pushers)
     registration = RegistrationHandler(
         config.server_name, config.registration, clock, stores.users, hasher, policy,
-        spam_check=plugins.gate_fn("check_username_for_spam", "user_id"),
+        spam_check=plugins.gate_fn("check_username_for_spam", "user_id"), events=events,
     )
     auth_limits = AuthRateLimiters.from_config(clock, config.rate_limits)
+    # Its uia_password limit is the shared limiter's, set by homeserver/app.py.
     uia = UserInteractiveAuth(stores.ui_auth, clock, password_auth.check,
-                              password_auth.resolve_identifier, auth_limits.uia_password)
+                              password_auth.resolve_identifier)
     uia.on_password_failure.append(events.uia_password_failure)
     account = AccountHandler(clock, stores.users, stores.profiles, hasher, policy, devices,
                              sessions, events)
@@ -84,6 +89,10 @@ def build_accounts(config: Config, clock: Clock, stores: Stores,
     authenticator: Authenticator = TokenAuthenticator(codec, cache, stores.devices, clock)
     if config.mfa.required != "none":
         authenticator = MfaRequiredGate(authenticator, mfa)
+    # Locked / suspended accounts and forced password resets (admin API, issue 15).
+    account_status = AccountStatusCache(stores.roles, clock)
+    authenticator = AccountStatusGate(authenticator, account_status)
+    password_auth.account_check = account_status.check_login
     return AccountsArea(
         security_events=events, session_cache=cache, hasher=hasher,
         password_auth=password_auth, sessions=sessions, devices=devices,

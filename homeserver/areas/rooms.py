@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from homeserver.clock import Clock
 from homeserver.config.model import Config
-from homeserver.events.signing import load_or_generate_signing_key
+from homeserver.crypto.signing_key_file import load_signing_key
 from homeserver.handlers.client_events import ClientEventSerializer
 from homeserver.handlers.directory import DirectoryHandler, RoomStatsUpdater
 from homeserver.handlers.event_creation import EventCreationHandler
@@ -60,7 +60,7 @@ async def build_rooms(config: Config, clock: Clock, stores: Stores, notifier: No
     fanout = EventFanout()
     persister = EventPersister(clock, stores.events, stores.rooms, fanout, notifier)
     await persister.load_position()
-    signing_key = load_or_generate_signing_key(config.signing_key_path)
+    signing_key = load_signing_key(config)  # encrypted at rest with secrets.at_rest_key
     creation = EventCreationHandler(config.server_name, signing_key, clock, stores.events,
                                     stores.rooms, persister)
     visibility = VisibilityHandler(stores.state_history, stores.room_members)

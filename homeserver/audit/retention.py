@@ -89,9 +89,12 @@ class AuditRetention:
         d.addBoth(done)
         self._running = d if not d.called else None
 
-    def stop(self) -> None:
+    def stop(self) -> defer.Deferred[Any] | None:
+        """Stop the schedule; a purge already running is returned so shutdown waits
+        for it before the database closes."""
         first = getattr(self, "_first", None)
         if first is not None and first.active():
             first.cancel()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
+        return self._running

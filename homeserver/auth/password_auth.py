@@ -36,6 +36,9 @@ class PasswordAuth:
         self.external_check: Callable[[str, str], Awaitable[bool | None]] | None = None
         self.login_types: Callable[[], list[str]] = list
         self.provider_login: Callable[[str, dict[str, Any]], Awaitable[str | None]] | None = None
+        # Admin restrictions (homeserver/auth/account_status.py): fn(user_id) raising for a
+        # locked account or one whose password must be reset, once the password matched.
+        self.account_check: Callable[[str], Awaitable[None]] | None = None
 
     async def login_with_provider(self, login_type: str,
                                   body: dict[str, Any]) -> tuple[str | None, PasswordCheck]:
@@ -48,6 +51,8 @@ class PasswordAuth:
             return None, PasswordCheck.UNKNOWN_USER
         if user.deactivated:
             return user.user_id, PasswordCheck.DEACTIVATED
+        if self.account_check is not None:
+            await self.account_check(user.user_id)
         return user.user_id, PasswordCheck.OK
 
     def resolve_identifier(self, identifier: dict[str, Any]) -> str | None:
@@ -85,7 +90,11 @@ class PasswordAuth:
             if external is not None:  # a plugin decided: no local hash involved
                 if not external:
                     return PasswordCheck.BAD_PASSWORD
-                return PasswordCheck.DEACTIVATED if user.deactivated else PasswordCheck.OK
+                if user.deactivated:
+                    return PasswordCheck.DEACTIVATED
+                if self.account_check is not None:
+                    await self.account_check(user.user_id)
+                return PasswordCheck.OK
         ok, needs_rehash = await self._hasher.verify(user.password_hash if user else None,
                                                      password)
         if user is None:
@@ -94,6 +103,8 @@ class PasswordAuth:
             return PasswordCheck.BAD_PASSWORD
         if user.deactivated:
             return PasswordCheck.DEACTIVATED
+        if self.account_check is not None:
+            await self.account_check(user.user_id)
         if user.password_hash and needs_rehash:
             await self._rehash(user.user_id, user.password_hash, password)
         return PasswordCheck.OK

@@ -22,6 +22,7 @@ from homeserver.config.model import (
     IdentityServersConfig,
     InvitePenaltyConfig,
     ListenerConfig,
+    LoginTokensConfig,
     MediaConfig,
     MediaS3Config,
     PasswordHashingConfig,
@@ -38,7 +39,9 @@ from homeserver.config.model import (
     WellKnownConfig,
 )
 from homeserver.config.schema import CONFIG_SCHEMA
+from homeserver.crypto.config import parse_at_rest
 from homeserver.detection.config import parse_detection, parse_server_notices
+from homeserver.gdpr.config import parse_gdpr
 from homeserver.push.sender.config import parse_push
 
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
@@ -375,12 +378,40 @@ def parse_config(raw: Any, base_dir: Path | None = None) -> Config:
         redis=parse_redis(raw.get("redis")),
         shutdown_grace_period_s=float(raw.get("shutdown", {}).get("grace_period_s", 10)),
         audit=parse_audit(raw.get("audit", {})),
+        gdpr=parse_gdpr(raw.get("gdpr", {})),
         mfa=parse_mfa(raw.get("mfa", {})),
         push=parse_push(raw.get("push", {})),
         server_notices=parse_server_notices(raw.get("server_notices", {})),
         detection=parse_detection(raw.get("detection", {})),
         identity_servers=parse_identity_servers(raw.get("identity_servers", {})),
+        app_service_config_files=[rel(p) for p in raw.get("app_service_config_files", [])],
+        admin_roles=_parse_admin_roles(raw.get("admin_roles")),
+        at_rest=parse_at_rest(raw.get("secrets", {})),
+        login_tokens=parse_login_tokens(raw.get("login_tokens", {})),
     )
+
+
+# Bounds of login_tokens.lifetime: a token long enough to type or scan, short enough
+# that a leaked one is soon useless.
+LOGIN_TOKEN_LIFETIME_BOUNDS = (5.0, 900.0)
+
+
+def parse_login_tokens(raw: dict[str, Any]) -> LoginTokensConfig:
+    """``login_tokens``: ``enabled`` (default false), ``lifetime`` (default 2m, 5s-15m)."""
+    lifetime = parse_duration(raw.get("lifetime", "2m"))
+    low, high = LOGIN_TOKEN_LIFETIME_BOUNDS
+    if not low <= lifetime <= high:
+        raise ConfigError(f"login_tokens.lifetime: must be between {low:g}s and {high:g}s")
+    return LoginTokensConfig(enabled=raw.get("enabled", False), lifetime=lifetime)
+
+
+def _parse_admin_roles(raw: dict[str, Any] | None) -> dict[str, frozenset[str]]:
+    from homeserver.auth.roles import parse_admin_roles
+
+    try:
+        return parse_admin_roles(raw)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
 
 
 def parse_identity_servers(raw: dict[str, Any]) -> IdentityServersConfig:

@@ -8,6 +8,7 @@ from typing import Any
 from homeserver.audit.config import AuditConfig
 from homeserver.auth.mfa_config import MfaConfig
 from homeserver.detection.config import DetectionConfig, ServerNoticesConfig
+from homeserver.gdpr.config import GdprConfig
 from homeserver.push.sender.config import PushConfig
 
 
@@ -102,6 +103,9 @@ DEFAULT_RATE_LIMITS: dict[str, dict[str, Any]] = {
     "media_upload": {"per_second": 4 * 1024 * 1024, "burst": 256 * 1024 * 1024},  # bytes/user
     "key_claim": {"per_second": 5, "burst": 50},  # per user
     "to_device": {"per_second": 10, "burst": 100},  # per user
+    # POST /login/get_token, per user: every UIA round trip counts (2 requests a token,
+    # 3 with MFA), so a few tokens at once, then one a minute (the spec suggests 1/min).
+    "login_token": {"per_second": 1 / 30, "burst": 6},
     "api": {"per_second": 50, "burst": 300},  # every request, per client IP
 }
 
@@ -145,6 +149,8 @@ class RateLimitsConfig:
         default_factory=lambda: RateLimitConfig(**DEFAULT_RATE_LIMITS["key_claim"]))
     to_device: RateLimitConfig = field(
         default_factory=lambda: RateLimitConfig(**DEFAULT_RATE_LIMITS["to_device"]))
+    login_token: RateLimitConfig = field(
+        default_factory=lambda: RateLimitConfig(**DEFAULT_RATE_LIMITS["login_token"]))
     api: RateLimitConfig = field(
         default_factory=lambda: RateLimitConfig(**DEFAULT_RATE_LIMITS["api"]))
     backend: str = "memory"  # memory | redis (needs the ``redis`` section)
@@ -157,6 +163,15 @@ class RateLimitsConfig:
             raise KeyError(name)
         value: RateLimitConfig = getattr(self, name)
         return value
+
+
+@dataclass(frozen=True)
+class LoginTokensConfig:
+    """``login_tokens``: m.login.token login with POST /login/get_token (off by default,
+    as Synapse's ``login_via_existing_session``); ``lifetime`` in seconds."""
+
+    enabled: bool = False
+    lifetime: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -283,6 +298,17 @@ class MediaConfig:
 
 
 @dataclass(frozen=True)
+class AtRestConfig:
+    """``secrets``: key-encryption keys for secrets at rest (homeserver/crypto/at_rest.py).
+    ``keys`` are (id, 32 raw bytes); ``active`` seals new values; the others only open
+    values sealed before a rotation. Empty: secrets are stored unencrypted."""
+
+    keys: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
+    active: str | None = None
+    accept_plaintext: bool = True
+
+
+@dataclass(frozen=True)
 class Config:
     server_name: str
     public_baseurl: str
@@ -315,9 +341,16 @@ class Config:
     # SIGTERM: how long in-flight requests may take to finish before the process exits.
     shutdown_grace_period_s: float = 10.0
     audit: AuditConfig = field(default_factory=AuditConfig)
+    gdpr: GdprConfig = field(default_factory=GdprConfig)  # homeserver/gdpr/config.py
     mfa: MfaConfig = field(default_factory=MfaConfig)
     push: PushConfig = field(default_factory=PushConfig)
     server_notices: ServerNoticesConfig = field(default_factory=ServerNoticesConfig)
     detection: DetectionConfig = field(default_factory=DetectionConfig)
     redis: RedisConfig | None = None  # the ``redis`` section; None when absent
     identity_servers: IdentityServersConfig = field(default_factory=IdentityServersConfig)
+    # Paths of application service registration files (homeserver/appservice/config.py).
+    app_service_config_files: list[str] = field(default_factory=list)
+    # Custom admin roles (homeserver/auth/roles.py): name -> permissions.
+    admin_roles: dict[str, frozenset[str]] = field(default_factory=dict)
+    login_tokens: LoginTokensConfig = field(default_factory=LoginTokensConfig)
+    at_rest: AtRestConfig = field(default_factory=AtRestConfig)

@@ -11,8 +11,11 @@ from typing import Any
 
 from homeserver.audit.config import AUDIT_SCHEMA
 from homeserver.auth.mfa_config import MFA_SCHEMA
+from homeserver.auth.roles import ADMIN_ROLES_SCHEMA
 from homeserver.config.model import DEFAULT_RATE_LIMITS
+from homeserver.crypto.config import SECRETS_SCHEMA
 from homeserver.detection.config import DETECTION_SCHEMA, SERVER_NOTICES_SCHEMA
+from homeserver.gdpr.config import GDPR_SCHEMA
 from homeserver.push.sender.config import PUSH_SCHEMA
 
 DURATION = {"anyOf": [{"type": "integer", "minimum": 0},
@@ -223,7 +226,7 @@ CONFIG_SCHEMA: dict[str, Any] = _obj(
                 "support_page": {"type": "string", "pattern": "^https?://[^\\s]+\\Z"},
             }
         ),
-        "secrets": _obj({"at_rest_key": SECRET}),
+        "secrets": SECRETS_SCHEMA,
         "logging": _obj(
             {
                 "level": {"enum": ["DEBUG", "INFO", "WARNING", "ERROR"]},
@@ -253,11 +256,16 @@ CONFIG_SCHEMA: dict[str, Any] = _obj(
         "e2ee": _obj({"policy": {"enum": ["off", "encrypted_rooms", "everywhere", False]}}),
         "media": MEDIA,
         "audit": AUDIT_SCHEMA,
+        "gdpr": GDPR_SCHEMA,
+        "admin_roles": ADMIN_ROLES_SCHEMA,
         "mfa": MFA_SCHEMA,
         "push": PUSH_SCHEMA,
         "server_notices": SERVER_NOTICES_SCHEMA,
         "detection": DETECTION_SCHEMA,
         "shutdown": _obj({"grace_period_s": {"type": "number", "minimum": 0, "maximum": 3600}}),
+        "login_tokens": _obj({"enabled": {"type": "boolean"}, "lifetime": DURATION}),
+        # Application service registration files (homeserver/appservice/config.py).
+        "app_service_config_files": {"type": "array", "items": {"type": "string", "minLength": 1}},
         "identity_servers": _obj({
             # host[:port]: a DNS name, an IPv4 address or a bracketed IPv6 address.
             "trusted": {"type": "array", "items": {"type": "string", "pattern": (

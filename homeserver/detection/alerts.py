@@ -14,7 +14,7 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from homeserver.handlers.security_events import SecurityEventRecorder
-from homeserver.handlers.server_notices import ServerNoticesHandler
+from homeserver.handlers.server_notices import SECURITY_NOTICE_TYPE, ServerNoticesHandler
 from homeserver.metrics.registry import PREFIX
 
 logger = logging.getLogger("parley.security.alerts")
@@ -49,7 +49,7 @@ class Alerts:
             details={"detector": detector, "severity": severity, **(details or {})})
         if notice is not None and user_id is not None and self._notices is not None \
                 and self._notices.enabled:
-            await self._notices.send_notice(user_id, notice)
+            await self._notices.send_notice(user_id, notice, notice_type=SECURITY_NOTICE_TYPE)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run alert work off the caller's path (sinks and fan-out subscribers are

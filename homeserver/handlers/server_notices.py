@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 SERVER_NOTICE_TAG = "m.server_notice"
 SERVER_NOTICE_MSGTYPE = "m.server_notice"
+GENERIC_NOTICE_TYPE = "org.parley.server_notice"
+SECURITY_NOTICE_TYPE = "org.parley.security_alert"
 # The user's level in a notices room: below events_default (0) and invite (50).
 USER_LEVEL = -10
 MAX_BODY = 16384
@@ -108,10 +110,14 @@ class ServerNoticesHandler:
 
     async def send_notice(self, user_id: str, body: str, *,
                           formatted_body: str | None = None,
-                          extra: dict[str, Any] | None = None) -> str | None:
+                          extra: dict[str, Any] | None = None,
+                          notice_type: str = GENERIC_NOTICE_TYPE) -> str | None:
         """Send ``body`` (plain text; ``formatted_body`` as org.matrix.custom.html) to
-        ``user_id``'s notices room. Returns the event id, or None when the user is not a
-        live local account. Raises :class:`ServerNoticesDisabledError` when off."""
+        ``user_id``'s notices room. ``notice_type`` is the content's
+        ``server_notice_type``, which the spec's schema requires (the spec names only
+        ``m.server_notice.usage_limit_reached``; others are namespaced). Returns the event
+        id, or None when the user is not a live local account. Raises
+        :class:`ServerNoticesDisabledError` when off."""
         if not self._usable:
             raise ServerNoticesDisabledError("server notices are disabled")
         if user_id == self.system_user_id:
@@ -119,7 +125,8 @@ class ServerNoticesHandler:
         record = await self._users.get_user(user_id)
         if record is None or record.deactivated:
             return None
-        content: dict[str, Any] = {"msgtype": SERVER_NOTICE_MSGTYPE, "body": body[:MAX_BODY]}
+        content: dict[str, Any] = {"msgtype": SERVER_NOTICE_MSGTYPE, "body": body[:MAX_BODY],
+                                   "server_notice_type": notice_type}
         if formatted_body is not None:
             content["format"] = "org.matrix.custom.html"
             content["formatted_body"] = formatted_body[:MAX_BODY]

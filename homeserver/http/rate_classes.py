@@ -29,6 +29,7 @@ TABLE = """
 # -- authentication and registration (per IP, and per account for login) --
 POST   client/login                                        login:ip login_account:account
 GET    client/login                                        -
+POST   client/login/get_token                              login_token:user
 POST   client/refresh                                      -
 POST   client/logout                                       -
 POST   client/logout/all                                   -
@@ -95,6 +96,8 @@ POST   client/account/deactivate                           -
 POST   client/account/password                             -
 GET    client/account/whoami                               -
 GET    client/admin/whois/{userId}                         -
+*      client/admin/lock/{userId}                          -
+*      client/admin/suspend/{userId}                       -
 POST   client/appservice/{appserviceId}/ping               -
 GET    client/capabilities                                 -
 *      client/devices*                                     -

@@ -8,6 +8,7 @@ import logging
 import time
 import weakref
 from collections.abc import Callable, Iterable
+from http import HTTPStatus
 from typing import Any, BinaryIO
 from urllib.parse import unquote
 
@@ -476,7 +477,8 @@ class MatrixResource(resource.Resource):
     ) -> None:
         if getattr(request, "_disconnected", False) or request.finished:
             return
-        request.setResponseCode(status)
+        # Twisted's table lacks some phrases (429 shows as "Unknown Status"): use the stdlib's.
+        request.setResponseCode(status, _reason_phrase(status))
         for name, value in CORS_HEADERS.items():
             request.setHeader(name, value)
         for name, value in SECURITY_HEADERS.items():
@@ -655,3 +657,12 @@ def make_site(
     site.noisy = False
     site.log = lambda _request: None  # type: ignore[method-assign]
     return site
+
+
+def _reason_phrase(status: int) -> bytes | None:
+    """The standard reason phrase of ``status`` (None: let Twisted choose)."""
+    try:
+        return HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        return None
+

@@ -6,14 +6,17 @@ from dataclasses import dataclass
 
 from federation.openid import OpenIdUserInfoServlet
 from federation.threepid_onbind import ThreepidOnBindServlet
+from homeserver.appservice.handler import AppserviceHandler
 from homeserver.auth.mfa import MfaHandler
 from homeserver.auth.password_auth import PasswordAuth
 from homeserver.auth.ratelimit import AuthRateLimiters
 from homeserver.auth.ui_auth import UserInteractiveAuth
 from homeserver.clock import Clock
 from homeserver.config.model import Config
+from homeserver.gdpr.export import ExportJobs
 from homeserver.handlers.account import AccountHandler
 from homeserver.handlers.account_data import AccountDataHandler
+from homeserver.handlers.admin_actions import AdminMediaHandler
 from homeserver.handlers.client_events import ClientEventSerializer
 from homeserver.handlers.cross_signing import CrossSigningHandler
 from homeserver.handlers.device_lists import DeviceListHandler
@@ -22,10 +25,12 @@ from homeserver.handlers.directory import DirectoryHandler
 from homeserver.handlers.e2e_keys import E2eKeysHandler
 from homeserver.handlers.event_creation import EventCreationHandler
 from homeserver.handlers.filters import FilterHandler
+from homeserver.handlers.gdpr_export import GdprExportHandler
 from homeserver.handlers.hierarchy import HierarchyHandler
 from homeserver.handlers.identity import IdentityHandler
 from homeserver.handlers.key_backup import KeyBackupHandler
 from homeserver.handlers.legacy import LegacyHandler
+from homeserver.handlers.login_tokens import LoginTokenHandler
 from homeserver.handlers.membership import MembershipHandler
 from homeserver.handlers.openid import OpenIdHandler
 from homeserver.handlers.pagination import PaginationHandler
@@ -53,7 +58,7 @@ from homeserver.http.router import Router
 from homeserver.media.handler import MediaHandler
 from homeserver.media.preview import UrlPreviewer
 from homeserver.notifier import NotifierInterface
-from homeserver.rest.admin._auth import AdminAuth
+from homeserver.rest.admin._auth import admin_auth_for
 from homeserver.rest.admin.routes import register_admin
 from homeserver.rest.client.account import AccountServlets
 from homeserver.rest.client.account_data import AccountDataServlets
@@ -64,6 +69,7 @@ from homeserver.rest.client.directory import DirectoryServlets
 from homeserver.rest.client.discovery import DiscoveryServlets
 from homeserver.rest.client.ephemeral import EphemeralServlets
 from homeserver.rest.client.filters import FilterServlets
+from homeserver.rest.client.gdpr_export import GdprExportServlets
 from homeserver.rest.client.hierarchy import HierarchyServlets
 from homeserver.rest.client.key_backup import KeyBackupServlets
 from homeserver.rest.client.keys import KeyServlets
@@ -86,6 +92,7 @@ from homeserver.rest.client.rooms import RoomServlets
 from homeserver.rest.client.search import SearchServlets
 from homeserver.rest.client.sync import SyncServlets
 from homeserver.rest.client.tags import TagServlets
+from homeserver.rest.client.thirdparty import ThirdPartyServlets
 from homeserver.rest.client.threepid import ThreepidServlets
 from homeserver.rest.client.to_device import ToDeviceServlets
 from homeserver.rest.client.user_directory import UserDirectoryServlets
@@ -145,17 +152,21 @@ class Components:
     auth_limits: AuthRateLimiters
     identity: IdentityHandler | None = None  # 3PID invites, bind/unbind, onbind
     mfa: MfaHandler | None = None
+    gdpr_export: ExportJobs | None = None  # GDPR data export (homeserver/gdpr/)
+    appservices: AppserviceHandler | None = None  # application services (bridges)
 
 
 def register_all(router: Router, c: Components) -> None:
     DiscoveryServlets(c.config).register(router)
     auth_limits = c.auth_limits
     RegisterServlets(
-        c.config.registration, c.registration, c.uia, c.devices, c.events,
+        c.config.registration, c.registration, c.uia, c.devices,
         c.stores.registration_tokens, c.clock, auth_limits, c.sessions,
     ).register(router)
+    login_tokens = LoginTokenHandler(c.config.login_tokens, c.clock, c.stores.login_tokens,
+                                     c.devices, c.events, c.password_auth)
     LoginServlets(c.config.server_name, c.password_auth, c.devices, c.sessions,
-                  c.events, auth_limits, c.uia, c.mfa).register(router)
+                  auth_limits, c.uia, c.mfa, login_tokens).register(router)
     if c.mfa is not None:
         MfaServlets(c.mfa, c.uia).register(router)
     AccountServlets(c.account, c.uia,
@@ -166,7 +177,7 @@ def register_all(router: Router, c: Components) -> None:
     FilterServlets(c.filters).register(router)
     ThreepidServlets(c.identity).register(router)
     WhoisServlets(c.config.server_name, c.stores.users, c.devices,
-                  AdminAuth(c.stores.users, c.events)).register(router)
+                  admin_auth_for(c)).register(router)
     OpenIdServlets(c.openid).register(router)
     PushRuleServlets(c.push_rules).register(router)
     # Not behind federation.enabled: third parties holding a user's OpenID token need it
@@ -193,12 +204,16 @@ def register_all(router: Router, c: Components) -> None:
     LegacyServlets(c.legacy).register(router)
     HierarchyServlets(c.hierarchy).register(router)
     SearchServlets(c.search).register(router)
-    MediaServlets(c.media, c.url_previewer, AdminAuth(c.stores.users, c.events),
-                  c.events).register(router)
+    MediaServlets(c.media, c.url_previewer, admin_auth_for(c),
+                  AdminMediaHandler(c.media, c.events)).register(router)
     KeyServlets(c.e2e_keys, c.device_lists).register(router)
     ToDeviceServlets(c.to_device).register(router)
     CrossSigningServlets(c.cross_signing, c.uia).register(router)
     KeyBackupServlets(c.key_backup).register(router)
-    AppserviceOnlyServlets().register(router)
+    AppserviceOnlyServlets(c.appservices).register(router)
+    ThirdPartyServlets(c.appservices).register(router)
     ReportingServlets(c.reporting).register(router)
+    if c.gdpr_export is not None:
+        GdprExportServlets(GdprExportHandler(c.gdpr_export, c.stores.users, c.events),
+                           c.uia, c.config.public_baseurl).register(router)
     register_admin(router, c)

@@ -15,6 +15,7 @@ from storage.stores.event_timestamps import EventTimestampStore
 from storage.stores.events import EventStore, StateHistoryStore
 from storage.stores.filters import FilterStore
 from storage.stores.key_backup import KeyBackupStore
+from storage.stores.login_tokens import LoginTokenStore
 from storage.stores.media import MediaStore
 from storage.stores.mfa import MfaStore
 from storage.stores.openid_tokens import OpenIdTokenStore
@@ -28,6 +29,7 @@ from storage.stores.receipts import ReceiptStore
 from storage.stores.registration_tokens import RegistrationTokenStore
 from storage.stores.relations import RelationsStore
 from storage.stores.reports import ReportStore
+from storage.stores.roles import RoleStore
 from storage.stores.room_aliases import RoomAliasStore
 from storage.stores.room_directory import RoomDirectoryStore
 from storage.stores.room_members import RoomMemberStore
@@ -77,6 +79,8 @@ class Stores:
     media: MediaStore
     purge_history: PurgeHistoryStore
     mfa: MfaStore
+    login_tokens: LoginTokenStore
+    roles: RoleStore  # admin roles and account restrictions (schema 0031)
 
 
 def open_stores(db: Database) -> Stores:
@@ -96,4 +100,6 @@ def open_stores(db: Database) -> Stores:
         device_lists=DeviceListStore(db), to_device=ToDeviceStore(db),
         cross_signing=CrossSigningStore(db), media=MediaStore(db),
         purge_history=PurgeHistoryStore(db), mfa=MfaStore(db),
+        login_tokens=LoginTokenStore(db),
+        roles=RoleStore(db),
     )

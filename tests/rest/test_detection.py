@@ -45,9 +45,12 @@ class DetectionTestCase(RoomTestCase):
             tags = [e for e in room.get("account_data", {}).get("events", [])
                     if e["type"] == "m.tag" and "m.server_notice" in e["content"]["tags"]]
             if tags:
-                out += [e["content"]["body"] for e in room["timeline"]["events"]
-                        if e["type"] == "m.room.message"
-                        and e["content"].get("msgtype") == "m.server_notice"]
+                found = [e["content"] for e in room["timeline"]["events"]
+                         if e["type"] == "m.room.message"
+                         and e["content"].get("msgtype") == "m.server_notice"]
+                for content in found:  # the spec's schema requires server_notice_type
+                    self.assertEqual(content["server_notice_type"], "org.parley.security_alert")
+                out += [c["body"] for c in found]
         return out
 
     async def bad_login(self, user: str = "alice", **kw: Any) -> Any:

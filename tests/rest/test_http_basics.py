@@ -13,6 +13,16 @@ class HttpBasicsTest(HomeserverTestCase):
         resp = await self.request("GET", "/_matrix/client/v3/no/such/thing")
         self.assertMatrixError(resp, 404, "M_UNRECOGNIZED")
 
+    async def test_standard_reason_phrases(self) -> None:
+        """429 and the rest carry their standard reason phrase (Twisted alone says
+        "Unknown Status" for 429)."""
+        from homeserver.http.server import _reason_phrase
+
+        self.assertEqual(_reason_phrase(429), b"Too Many Requests")
+        self.assertIsNone(_reason_phrase(599))
+        resp = await self.request("GET", "/_matrix/client/v3/nope")
+        self.assertEqual((resp.code, resp.phrase), (404, b"Not Found"))
+
     async def test_wrong_method_is_405_unrecognized(self) -> None:
         resp = await self.request("DELETE", "/_matrix/client/versions")
         self.assertMatrixError(resp, 405, "M_UNRECOGNIZED")

@@ -37,8 +37,10 @@ class ServerNoticesTest(RoomTestCase):
         msgs = [e for e in room["timeline"]["events"] if e["type"] == "m.room.message"]
         self.assertEqual(len(msgs), 1)
         self.assertEqual(msgs[0]["sender"], SYSTEM)
+        # server_notice_type is required by the spec's schema for m.server_notice.
         self.assertEqual(msgs[0]["content"], {"msgtype": "m.server_notice",
-                                              "body": "Maintenance tonight"})
+                                              "body": "Maintenance tonight",
+                                              "server_notice_type": "org.parley.server_notice"})
         self.assertEqual(msgs[0]["event_id"], event_id)
         # The system user's display name and the room name are the configured ones.
         state = {(e["type"], e["state_key"]): e["content"] for e in

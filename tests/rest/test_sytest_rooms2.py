@@ -521,3 +521,26 @@ class EphemeralMessagesTest(SyTestRooms2Case):
         timeline = sync["rooms"]["join"][room]["timeline"]["events"]
         gone = [e for e in timeline if e["event_id"] == resp.json["event_id"]]
         self.assertEqual(gone[0]["content"], {})
+
+
+class PresetInviteLevelTest(SyTestRooms2Case):
+    """Synapse's presets: in private_chat and trusted_private_chat any member may invite
+    (invite level 0; SyTest's "with no ops" invites rely on it); public_chat keeps 50."""
+
+    async def test_invite_level_per_preset(self) -> None:
+        creator, member = await self.user("creator"), await self.user("member")
+        await self.user("guest1")
+        await self.user("guest2")
+        cases = (({"visibility": "private"}, 0, 200, "guest1"),
+                 ({"preset": "trusted_private_chat"}, 0, 200, "guest2"),
+                 ({"preset": "public_chat"}, 50, 403, "guest1"))
+        for body, level, code, invitee in cases:
+            room = await self.create_room(creator, **body)
+            if body.get("preset") != "public_chat":
+                resp = await self.member(creator, room, "invite", user_id="@member:test.local")
+                self.assertEqual(resp.code, 200, resp)
+            self.assertEqual((await self.join(member, room)).code, 200)
+            levels = await self.get(f"/rooms/{q(room)}/state/m.room.power_levels", creator)
+            self.assertEqual(levels["invite"], level, body)
+            resp = await self.member(member, room, "invite", user_id=f"@{invitee}:test.local")
+            self.assertEqual(resp.code, code, (body, resp))

@@ -8,27 +8,41 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from homeserver.handlers.admin_actions import AuditQueryHandler, RegistrationTokenAdmin
+from homeserver.handlers.admin_users import AdminUsersDeps, AdminUsersHandler
+from homeserver.handlers.gdpr_export import GdprExportHandler
 from homeserver.handlers.purge_history import PurgeHistoryHandler
 from homeserver.http.router import Router
-from homeserver.rest.admin._auth import AdminAuth
+from homeserver.rest.admin._auth import admin_auth_for
 from homeserver.rest.admin.audit import AuditServlet
+from homeserver.rest.admin.gdpr_export import AdminGdprExportServlet
 from homeserver.rest.admin.purge_history import PurgeHistoryServlets
 from homeserver.rest.admin.registration_tokens import RegistrationTokenServlets
 from homeserver.rest.admin.shared_secret_register import SharedSecretRegisterServlet
+from homeserver.rest.admin.users import AdminUserServlets
 
 if TYPE_CHECKING:
     from homeserver.rest.routes import Components
 
 
 def register_admin(router: Router, c: Components) -> None:
-    admin_auth = AdminAuth(c.stores.users, c.events)
-    AuditServlet(c.events, admin_auth).register(router)
+    admin_auth = admin_auth_for(c)  # roles and the permissions table
+    AuditServlet(AuditQueryHandler(c.events), admin_auth).register(router)
     SharedSecretRegisterServlet(
         c.config.registration.shared_secret, c.clock, c.registration, c.devices,
-        c.events, c.stores.profiles,
+        c.stores.profiles,
     ).register(router)
-    RegistrationTokenServlets(c.stores.registration_tokens, admin_auth, c.clock,
-                              c.events).register(router)
+    RegistrationTokenServlets(
+        c.stores.registration_tokens, admin_auth, c.clock,
+        RegistrationTokenAdmin(c.stores.registration_tokens, c.events)).register(router)
     purge = PurgeHistoryHandler(c.config.server_name, c.clock, c.stores.purge_history,
-                                c.stores.events, c.stores.rooms)
-    PurgeHistoryServlets(purge, admin_auth, c.events).register(router)
+                                c.stores.events, c.stores.rooms, audit=c.events)
+    PurgeHistoryServlets(purge, admin_auth).register(router)
+    if c.gdpr_export is not None:
+        AdminGdprExportServlet(GdprExportHandler(c.gdpr_export, c.stores.users, c.events),
+                               admin_auth, c.config.server_name).register(router)
+    users = AdminUsersHandler(AdminUsersDeps(
+        c.config.server_name, c.clock, c.stores.users, c.stores.roles, admin_auth.roles,
+        c.stores.room_members, c.registration, c.account, c.profile, c.devices, c.sessions,
+        c.events))
+    AdminUserServlets(users, admin_auth).register(router)
