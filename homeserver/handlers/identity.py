@@ -51,6 +51,7 @@ from homeserver.events.power_levels import domain_of, is_valid_user_id
 from homeserver.events.signing import key_id, sign_json
 from homeserver.handlers.event_creation import EventCreationHandler
 from homeserver.handlers.membership import MembershipHandler
+from homeserver.http.bounded_body import read_bounded
 from homeserver.http.errors import Codes, MatrixError
 from homeserver.media.preview import BlocklistingResolver, _ReactorProxy
 from storage.stores.room_members import RoomMemberStore
@@ -165,27 +166,10 @@ class IdentityServerClient:
         return resp.code, decoded
 
     async def _read(self, resp: Any) -> bytes:
-        cap = self._config.max_response_size
-        if isinstance(resp.length, int) and resp.length > cap:
-            raise IdentityServerError("identity server answer too large")
-        chunks: list[bytes] = []
-        size = 0
-
-        def collect(data: bytes) -> None:
-            nonlocal size
-            size += len(data)
-            if size > cap:
-                raise IdentityServerError("identity server answer too large")
-            chunks.append(data)
-
-        d = treq.collect(resp, collect)
-        timer = self._reactor.callLater(self._config.timeout, d.cancel)
-        try:
-            await d
-        finally:
-            if timer.active():
-                timer.cancel()
-        return b"".join(chunks)
+        return await read_bounded(
+            resp, self._config.max_response_size,
+            lambda: IdentityServerError("identity server answer too large"),
+            self._reactor, self._config.timeout)
 
 
 def _unavailable(e: Exception) -> MatrixError:

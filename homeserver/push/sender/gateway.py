@@ -23,6 +23,7 @@ import treq
 from twisted.internet import defer
 from twisted.web.client import Agent, HTTPConnectionPool
 
+from homeserver.http.bounded_body import read_bounded
 from homeserver.media.preview import BlocklistingResolver, _ReactorProxy, is_address_blocked
 from homeserver.push.sender.config import PushConfig
 
@@ -83,22 +84,12 @@ class GatewayClient:
         data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         resp = await treq.post(url, data=data, agent=agent, headers={
             "Content-Type": ["application/json"], "User-Agent": ["Parley push"]})
-        cap = self._config.max_response_size
-        chunks: list[bytes] = []
-        size = 0
-
-        def collect(chunk: bytes) -> None:
-            nonlocal size
-            size += len(chunk)
-            if size > cap:
-                raise GatewayError("answer too large")
-            chunks.append(chunk)
-
-        await treq.collect(resp, collect)  # a collector error drops the connection
+        raw = await read_bounded(resp, self._config.max_response_size,
+                                 lambda: GatewayError("answer too large"))
         if not 200 <= resp.code < 300:
             raise GatewayError(f"gateway answered {resp.code}")
         try:
-            answer = json.loads(b"".join(chunks) or b"{}")
+            answer = json.loads(raw or b"{}")
         except ValueError:
             return {}  # a 2xx without JSON: delivered, nothing rejected
         return answer if isinstance(answer, dict) else {}
