@@ -86,4 +86,5 @@ def build_appservices(config: Config, clock: Clock, db: Database, stores: Stores
     scheduler = AppserviceScheduler(services, store, stores.events, api, clock)
     handler = AppserviceHandler(config.server_name, services, clock, store, stores.users,
                                 stores.room_members, stores.room_aliases, api, scheduler)
+    scheduler.set_before_send(handler.ask_about_unknown_users)
     return AppserviceArea(handler, handler.tokens, scheduler)

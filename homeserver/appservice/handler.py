@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 
 MEMBER = "m.room.member"
 MAX_FIELD_LEN = 1024
+# A user a service said it does not provide is not asked about again for this long.
+UNKNOWN_USER_RETRY_MS = 60_000
+MAX_UNKNOWN_USERS_REMEMBERED = 10_000
 
 
 def _exclusive() -> MatrixError:
@@ -51,6 +54,8 @@ class AppserviceHandler:
         self.api = api
         self.scheduler = scheduler
         self.tokens = AppserviceTokens(services)
+        # (service id, user id) -> when the service last said it does not provide them.
+        self._not_provided: dict[tuple[str, str], int] = {}
 
     # -- start-up -----------------------------------------------------------------
 
@@ -188,6 +193,36 @@ class AppserviceHandler:
                 if await self.api.query_user(svc, uid) and await self._users.user_exists(uid):
                     return True
         return False
+
+    async def ask_about_unknown_users(self, svc: ApplicationService,
+                                      events: list[dict[str, Any]]) -> None:
+        """Before a transaction goes to ``svc``: each local user its events name (the
+        sender, a membership's target) who has no account but is in the service's
+        namespace is asked of the service, which may register them first (as Synapse's
+        ``_check_user_exists``, SyTest's "Inviting an AS-hosted user asks the AS
+        server"). A user the service does not provide is not asked again for a minute."""
+        suffix = ":" + self.server_name
+        named: list[str] = []
+        for ev in events:
+            named.append(ev.get("sender", ""))
+            if ev.get("type") == MEMBER:
+                named.append(ev.get("state_key") or "")
+        now = self._clock.time_msec()
+        for uid in dict.fromkeys(named):
+            if not (isinstance(uid, str) and uid.endswith(suffix)
+                    and svc.is_interested_in_user(uid)):
+                continue
+            asked = self._not_provided.get((svc.id, uid))
+            if asked is not None and now - asked < UNKNOWN_USER_RETRY_MS:
+                continue
+            if await self._users.user_exists(uid):
+                continue
+            if await self.api.query_user(svc, uid):
+                self._not_provided.pop((svc.id, uid), None)
+                continue
+            if len(self._not_provided) >= MAX_UNKNOWN_USERS_REMEMBERED:
+                self._not_provided.clear()
+            self._not_provided[(svc.id, uid)] = now
 
     def is_exempt_from_rate_limits(self, uid: str) -> bool:
         return any(not s.rate_limited and s.is_interested_in_user(uid) for s in self.services)

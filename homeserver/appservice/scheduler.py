@@ -16,6 +16,7 @@ are kept in memory only, bounded, and ride along with the next transaction.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from twisted.internet import defer
@@ -29,6 +30,10 @@ from storage.stores.appservice import AppserviceStore, PendingTxn
 from storage.stores.events import EventStore
 
 logger = logging.getLogger(__name__)
+
+# Called with a service and the events of a transaction about to be sent to it (the
+# handler asks the service about unknown users those events name).
+BeforeSend = Callable[[ApplicationService, list[dict[str, Any]]], Awaitable[None]]
 
 MAX_EVENTS_PER_TXN = 100
 MAX_EPHEMERAL_QUEUED = 1000
@@ -69,6 +74,7 @@ class ServiceQueue:
         self.ephemeral: list[dict[str, Any]] = []
         self.sent = 0  # transactions acknowledged since start (tests, metrics)
         self.stopped = False
+        self.before_send: BeforeSend | None = None
 
     def add_ephemeral(self, edu: dict[str, Any]) -> None:
         if len(self.ephemeral) >= MAX_EPHEMERAL_QUEUED:
@@ -107,9 +113,11 @@ class ServiceQueue:
             if pending is None:
                 pending = PendingTxn(self.svc.id, await self._store.new_empty_txn(self.svc.id),
                                      [], 0)
+            events = await self._render(pending)
+            if self.before_send is not None and events:
+                await self.before_send(self.svc, events)
             try:
-                await self._api.push_transaction(self.svc, pending.txn_id,
-                                                 await self._render(pending), ephemeral)
+                await self._api.push_transaction(self.svc, pending.txn_id, events, ephemeral)
             except AppserviceError as e:
                 self._schedule_retry(str(e))
                 return
@@ -159,6 +167,10 @@ class AppserviceScheduler:
         """Resume: send what was queued or in flight when the server last stopped."""
         for queue in self.queues.values():
             queue.kick()
+
+    def set_before_send(self, before_send: BeforeSend) -> None:
+        for queue in self.queues.values():
+            queue.before_send = before_send
 
     def kick(self, as_id: str) -> None:
         self.queues[as_id].kick()

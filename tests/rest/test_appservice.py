@@ -262,6 +262,39 @@ class GhostTests(AppserviceTestCase):
         self.assertNotIn(quiet, [e["event_id"] for t in self.fake.transactions
                                  for e in t.body["events"]])
 
+    async def test_inviting_an_as_hosted_user_asks_the_as(self) -> None:
+        """SyTest 03passive: the service is asked about the unknown invitee before it is
+        sent the invite, registers them meanwhile and then hears of the invite; a user
+        it does not provide is asked about once, not on every transaction."""
+        alice = await self.user("alice")
+        room = await self.create_room(alice)
+        invitee = "@astest-03passive-1:test.local"
+
+        async def provide(rec: Received) -> tuple[int, Any]:
+            if rec.path.endswith(invitee):
+                await self.ghost("astest-03passive-1")
+                return 200, {}
+            return 404, {"errcode": "M_NOT_FOUND"}
+
+        self.fake.handlers["/_matrix/app/v1/users/"] = provide
+        resp = await self.request("POST", f"{CS}/rooms/{q(room)}/invite",
+                                  {"user_id": invitee}, token=alice)
+        self.assertEqual(resp.code, 200, resp)
+        await self.fake.wait_for_event(lambda e: e["type"] == "m.room.member"
+                                       and e["state_key"] == invitee)
+        asked = [r.path for r in self.fake.requests if r.path.startswith("/_matrix/app/v1/users/")]
+        self.assertEqual(len(asked), 1, asked)
+        self.assertTrue(await self.hs.stores.users.user_exists(invitee))
+        # Someone the service does not provide: asked once, then remembered for a minute.
+        nobody = "@astest-nobody:test.local"
+        for _ in range(2):
+            resp = await self.request("POST", f"{CS}/rooms/{q(room)}/invite",
+                                      {"user_id": nobody}, token=alice)
+            marker = await self.send_ok(alice, room, "marker")
+            await self.fake.wait_for_event(lambda e, m=marker: e["event_id"] == m)
+        asked = [r.path for r in self.fake.requests if "/users/" in r.path and "nobody" in r.path]
+        self.assertEqual(len(asked), 1, asked)
+
 
 class ThirdPartyAndListTests(AppserviceTestCase):
     async def test_hs_provides_query_metadata(self) -> None:
