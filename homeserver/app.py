@@ -217,6 +217,7 @@ async def build_homeserver(
     identity = build_identity(config, db, stores, accounts, rooms, default_reactor)
     appservices = build_appservices(config, clock, db, stores, default_reactor)
     appservices.wire_handlers(accounts, rooms)
+    appservices.wire_ephemeral(sync.typing, sync.receipts, sync.presence)
     media, url_previewer = build_media(config, clock, stores.media, plugins,
                                        default_reactor)
     gdpr_export = build_gdpr_export(config, clock, db, stores, media.backend, plugins,

@@ -46,6 +46,14 @@ class AppserviceArea:
             rooms.membership.query_alias = self.handler.query_alias
             rooms.fanout.subscribe("appservices", self.handler.event_persisted)
 
+    def wire_ephemeral(self, typing: Any, receipts: Any, presence: Any) -> None:
+        """Typing, receipts and presence reach services registered with
+        ``receive_ephemeral`` (MSC2409) in their transactions' ``ephemeral``."""
+        if any(s.receive_ephemeral for s in self.handler.services):
+            typing.on_edu.append(self.handler.room_edu)
+            receipts.on_edu.append(self.handler.room_edu)
+            presence.on_edu.append(self.handler.presence_edu)
+
     def wire_after_plugins(self, accounts: Any, rate_limiter: Any) -> None:
         """``m.login.application_service`` beside plugins' login types, and the rate
         limit exemption of services registered with ``rate_limited: false``."""

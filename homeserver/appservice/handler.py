@@ -10,6 +10,8 @@ import time
 from typing import Any
 from urllib.parse import quote
 
+from twisted.internet import defer
+
 from homeserver.appservice.api import AppserviceApi, AppserviceError
 from homeserver.appservice.auth import AppserviceTokens, app_service_of, request_token
 from homeserver.appservice.config import ApplicationService
@@ -30,6 +32,8 @@ MEMBER = "m.room.member"
 MAX_FIELD_LEN = 1024
 # A user a service said it does not provide is not asked about again for this long.
 UNKNOWN_USER_RETRY_MS = 60_000
+# A presence change is looked up in at most this many of the user's rooms.
+MAX_EPHEMERAL_ROOMS = 500
 MAX_UNKNOWN_USERS_REMEMBERED = 10_000
 
 
@@ -111,6 +115,53 @@ class AppserviceHandler:
         await self._store.enqueue(ids, record.event.event_id, record.position)
         for as_id in ids:
             self.scheduler.kick(as_id)
+
+    # -- HS → AS: ephemeral events (MSC2409, receive_ephemeral) -------------------------
+
+    def room_edu(self, edu: dict[str, Any]) -> None:
+        """A typing or receipt EDU of one room: queued for each ``receive_ephemeral``
+        service interested in the room. Runs in the background: the typing or receipt
+        request that caused it is not held up by the lookups."""
+        self._route_later(edu, [edu["room_id"]], None)
+
+    def presence_edu(self, edu: dict[str, Any], rooms: list[str]) -> None:
+        """A presence change: for services interested in the user or in a room the user
+        shares with them."""
+        self._route_later(edu, rooms, edu.get("sender"))
+
+    def _route_later(self, edu: dict[str, Any], rooms: list[str], sender: str | None) -> None:
+        if not any(s.receive_ephemeral and s.url is not None for s in self.services):
+            return
+        d = defer.ensureDeferred(self._route_ephemeral(edu, rooms, sender))
+        d.addErrback(lambda f: logger.warning("appservice ephemeral routing failed: %s",
+                                              f.getErrorMessage()))
+
+    async def _route_ephemeral(self, edu: dict[str, Any], rooms: list[str],
+                               sender: str | None) -> None:
+        members: dict[str, list[str]] = {}
+        aliases: dict[str, list[str]] = {}
+        for svc in self.services:
+            if not svc.receive_ephemeral or svc.url is None:
+                continue
+            if sender is not None and svc.is_interested_in_user(sender):
+                self.scheduler.add_ephemeral(svc.id, edu)
+                continue
+            for room_id in rooms[:MAX_EPHEMERAL_ROOMS]:
+                if svc.is_interested_in_room(room_id):
+                    break
+                if svc.aliases:
+                    if room_id not in aliases:
+                        aliases[room_id] = await self._aliases.aliases_for_room(room_id)
+                    if any(svc.is_interested_in_alias(a) for a in aliases[room_id]):
+                        break
+                if room_id not in members:
+                    members[room_id] = [m.user_id for m in await self._members.members_of_room(
+                        room_id, ("join",))]
+                if any(svc.is_interested_in_user(m) for m in members[room_id]):
+                    break
+            else:
+                continue
+            self.scheduler.add_ephemeral(svc.id, edu)
 
     # -- exclusive namespaces ---------------------------------------------------------
 

@@ -21,7 +21,7 @@ offline, as Synapse does.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -114,6 +114,8 @@ class PresenceHandler:
         self._broadcast: dict[str, PresenceRecord] = {}  # last written state of live users
         self._timer: IDelayedCall | None = None
         self._checking: defer.Deferred[None] | None = None
+        # Told each broadcast m.presence EDU with the user's rooms (application services).
+        self.on_edu: list[Callable[[JsonDict, list[str]], None]] = []
 
     async def load(self) -> None:
         """Start-up: the stream position, and everyone not offline (to time them out)."""
@@ -248,6 +250,11 @@ class PresenceHandler:
             if self._live.get(user_id) is live:
                 self._broadcast[user_id] = new
             rooms = [m.room_id for m in await self._members.rooms_for_user(user_id)]
+            if self.on_edu:
+                edu = {"type": "m.presence", "sender": user_id,
+                       "content": format_presence(new, now)}
+                for listener in self.on_edu:
+                    listener(edu, rooms)
             self._positions.notify_when_readable(
                 new.stream_id, lambda: self._notifier.notify(user_ids=[user_id], room_ids=rooms))
         if not live.devices and new.state == OFFLINE and self._live.get(user_id) is live:

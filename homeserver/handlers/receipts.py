@@ -104,6 +104,8 @@ class ReceiptsHandler:
         self._positions = StreamPositions(store.allocate_stream_id)
         # Called with (user, room) when a read receipt moved (push badge updates).
         self.on_read: list[Callable[[str, str], None]] = []
+        # Told each new public receipt as an m.receipt EDU (application services).
+        self.on_edu: list[Callable[[JsonDict], None]] = []
 
     async def load_position(self) -> None:
         self._positions.start_at(await self._store.max_stream_id())
@@ -194,6 +196,14 @@ class ReceiptsHandler:
             return
         for listener in self.on_read:
             listener(user_id, room_id)
+        if receipt_type != READ_PRIVATE and self.on_edu:
+            data: JsonDict = {"ts": self._clock.time_msec()}
+            if thread_id is not None:
+                data["thread_id"] = thread_id
+            edu = {"type": "m.receipt", "room_id": room_id,
+                   "content": {event.event_id: {receipt_type: {user_id: data}}}}
+            for edu_listener in self.on_edu:
+                edu_listener(edu)
         if receipt_type == READ_PRIVATE:
             self._positions.notify_when_readable(
                 position, lambda: self._notifier.notify(user_ids=[user_id]))

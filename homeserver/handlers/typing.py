@@ -14,6 +14,7 @@ up), positions never fall below the current time in milliseconds.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall
@@ -46,6 +47,8 @@ class TypingHandler:
         self._typing: dict[str, dict[str, IDelayedCall]] = {}  # room -> user -> expiry
         self._changed_at: dict[str, int] = {}  # room -> position of its last change
         self._position = clock.time_msec()
+        # Told each room's new typing EDU (application services with receive_ephemeral).
+        self.on_edu: list[Callable[[JsonDict], None]] = []
 
     def current_position(self) -> int:
         return self._position
@@ -103,6 +106,11 @@ class TypingHandler:
         self._position = max(self._position + 1, self._clock.time_msec())
         self._changed_at[room_id] = self._position
         self._notifier.notify(room_ids=[room_id])
+        if self.on_edu:
+            edu = {"type": "m.typing", "room_id": room_id,
+                   "content": {"user_ids": self.typing_users(room_id)}}
+            for listener in self.on_edu:
+                listener(edu)
 
     def after_persist(self, event: Event) -> None:
         """Whoever stops being joined (leave, kick, ban) stops typing at once."""

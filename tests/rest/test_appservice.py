@@ -512,3 +512,80 @@ class RateLimitTests(AppserviceTestCase):
             self.assertEqual(resp.code, 200, resp)
         codes = [(await self.send(alice, room)).code for _ in range(4)]
         self.assertIn(429, codes)  # people are still limited
+
+
+class EphemeralTests(AppserviceTestCase):
+    """MSC2409: a service registered with ``receive_ephemeral`` is sent the typing
+    notifications, public receipts and presence of the rooms and users it is interested
+    in, in its transactions' ``ephemeral``; nothing of other rooms."""
+
+    def config_overrides(self) -> dict[str, Any]:
+        self.fake = FakeAppservice()
+        url = self.fake.start()
+        self.addCleanup(self.fake.stop)
+        path = os.path.join(self.data_dir, "appserv-0.yaml")
+        with open(path, "w") as f:
+            yaml.safe_dump(registration(url, receive_ephemeral=True), f)
+        return {"app_service_config_files": [path]}
+
+    def wait_for_edu(self, pred: Any) -> Any:
+        return self.fake.wait_for(lambda r: "/transactions/" in r.path and any(
+            pred(e) for e in (r.body or {}).get("ephemeral", [])))
+
+    async def test_typing_receipts_and_presence_of_interesting_rooms(self) -> None:
+        alice = await self.user("alice")
+        room = await self.create_room(alice, preset="public_chat")
+        ghost = await self.ghost("astest-eph")
+        resp = await self.as_request("POST", f"{CS}/rooms/{q(room)}/join", {}, user_id=ghost)
+        self.assertEqual(resp.code, 200, resp)
+        other = await self.create_room(alice)  # no user of the service in it
+
+        resp = await self.request("PUT", f"{CS}/rooms/{q(other)}/typing/{q('@alice:test.local')}",
+                                  {"typing": True, "timeout": 10000}, token=alice)
+        self.assertEqual(resp.code, 200, resp)
+        resp = await self.request("PUT", f"{CS}/rooms/{q(room)}/typing/{q('@alice:test.local')}",
+                                  {"typing": True, "timeout": 10000}, token=alice)
+        self.assertEqual(resp.code, 200, resp)
+        txn = await self.wait_for_edu(lambda e: e["type"] == "m.typing")
+        typing = [e for e in txn.body["ephemeral"] if e["type"] == "m.typing"]
+        self.assertEqual(typing, [{"type": "m.typing", "room_id": room,
+                                   "content": {"user_ids": ["@alice:test.local"]}}])
+        self.assertEqual(txn.body["de.sorunome.msc2409.ephemeral"], txn.body["ephemeral"])
+
+        event_id = await self.send_ok(alice, room, "read me")
+        resp = await self.request("POST", f"{CS}/rooms/{q(room)}/receipt/m.read/{q(event_id)}",
+                                  {}, token=alice)
+        self.assertEqual(resp.code, 200, resp)
+        txn = await self.wait_for_edu(lambda e: e["type"] == "m.receipt")
+        receipt = [e for e in txn.body["ephemeral"] if e["type"] == "m.receipt"][0]
+        self.assertEqual(receipt["room_id"], room)
+        self.assertIn("@alice:test.local", receipt["content"][event_id]["m.read"])
+
+        # A private receipt is never sent; presence of a user sharing a room is.
+        resp = await self.request("PUT", f"{CS}/presence/{q('@alice:test.local')}/status",
+                                  {"presence": "online"}, token=alice)
+        self.assertEqual(resp.code, 200, resp)
+        txn = await self.wait_for_edu(lambda e: e["type"] == "m.presence"
+                                      and e["sender"] == "@alice:test.local")
+        presence = [e for e in txn.body["ephemeral"] if e["type"] == "m.presence"
+                    and e["sender"] == "@alice:test.local"][0]
+        self.assertEqual(presence["content"]["presence"], "online")
+        sent = [e for t in self.fake.transactions for e in t.body.get("ephemeral", [])]
+        self.assertNotIn(other, [e.get("room_id") for e in sent])
+
+
+
+class NoEphemeralTests(AppserviceTestCase):
+    async def test_a_service_without_receive_ephemeral_gets_none(self) -> None:
+        alice = await self.user("alice")
+        room = await self.create_room(alice, preset="public_chat")
+        ghost = await self.ghost("astest-quiet")
+        resp = await self.as_request("POST", f"{CS}/rooms/{q(room)}/join", {}, user_id=ghost)
+        self.assertEqual(resp.code, 200, resp)
+        resp = await self.request("PUT", f"{CS}/rooms/{q(room)}/typing/{q('@alice:test.local')}",
+                                  {"typing": True, "timeout": 10000}, token=alice)
+        self.assertEqual(resp.code, 200, resp)
+        marker = await self.send_ok(alice, room, "marker")
+        await self.fake.wait_for_event(lambda e: e["event_id"] == marker)
+        self.assertEqual([t.body.get("ephemeral") for t in self.fake.transactions
+                          if t.body.get("ephemeral")], [])
