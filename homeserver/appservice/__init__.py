@@ -32,7 +32,7 @@ class AppserviceArea:
         """The authenticator that knows ``as_token``s (itself when none is registered)."""
         if not self.handler.services:
             return authenticator
-        return AppserviceAuthenticator(authenticator, self.tokens, stores.users)
+        return AppserviceAuthenticator(authenticator, self.tokens, stores.users, stores.devices)
 
 
     def wire_handlers(self, accounts: Any, rooms: Any) -> None:

@@ -5,6 +5,11 @@ It wraps the token authenticator: a bearer token equal to a registration's
 ``as_token`` is the service; anything else goes on to the JWT checks. The masqueraded
 user must exist (the AS registers it first) and not be deactivated, so its privileges
 are those of its stored account, never assumed.
+
+With ``?device_id=`` (MSC4326; ``org.matrix.msc3202.device_id`` as Synapse names it) the
+service also acts as one of that user's devices, which must exist (400
+``M_UNKNOWN_DEVICE`` otherwise): end-to-end encryption and to-device messages work per
+device, as they do for a logged-in client.
 """
 
 from __future__ import annotations
@@ -18,7 +23,10 @@ from homeserver.appservice.config import ApplicationService
 from homeserver.audit import context as audit_context
 from homeserver.auth.requester import Authenticator, ClientInfo, Requester
 from homeserver.http.errors import Codes, MatrixError
+from storage.stores.devices import DeviceStore
 from storage.stores.users import UserStore
+
+DEVICE_PARAMS = ("device_id", "org.matrix.msc3202.device_id")
 
 
 @dataclass(frozen=True)
@@ -66,10 +74,12 @@ class AppserviceTokens:
 
 
 class AppserviceAuthenticator:
-    def __init__(self, inner: Authenticator, tokens: AppserviceTokens, users: UserStore) -> None:
+    def __init__(self, inner: Authenticator, tokens: AppserviceTokens, users: UserStore,
+                 devices: DeviceStore) -> None:
         self._inner = inner
         self._tokens = tokens
         self._users = users
+        self._devices = devices
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._inner, name)
@@ -83,7 +93,16 @@ class AppserviceAuthenticator:
         wanted = request.query("user_id") if request is not None and hasattr(
             request, "query") else None
         user_id = await self.masquerade(svc, wanted)
-        return AppserviceRequester(user_id=user_id, device_id=None,
+        device_id = None
+        if request is not None and hasattr(request, "query"):
+            device_id = next((d for d in (request.query(p) for p in DEVICE_PARAMS) if d),
+                             None)
+        if device_id is not None:
+            if len(device_id) > 255 or await self._devices.get_device(user_id,
+                                                                      device_id) is None:
+                raise MatrixError(400, "Application service trying to use a device that "
+                                  "does not exist", Codes.UNKNOWN_DEVICE)
+        return AppserviceRequester(user_id=user_id, device_id=device_id,
                                    session_id=f"appservice:{svc.id}", app_service_id=svc.id)
 
     async def masquerade(self, svc: ApplicationService, wanted: str | None) -> str:

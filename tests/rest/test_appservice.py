@@ -15,6 +15,7 @@ from twisted.trial import unittest
 from homeserver.app import build_homeserver
 from homeserver.appservice.config import load_appservices
 from homeserver.config.loader import ConfigError
+from tests.rest.e2e_helpers import OlmDevice
 from tests.rest.fake_appservice import FakeAppservice, Received
 from tests.rest.room_helpers import CS, RoomTestCase, q
 
@@ -128,6 +129,39 @@ class RegistrationTests(AppserviceTestCase):
             "type": "m.login.application_service",
             "identifier": {"type": "m.id.user", "user": "someone"}})
         self.assertEqual(outside.code, 403, outside)
+
+    async def test_device_masquerading(self) -> None:
+        """MSC4326 / MSC3202: with ``device_id`` the service acts as one of the user's
+        devices (its keys, its to-device messages); a device the user does not have is
+        refused."""
+        uid = await self.ghost("astest-dev")
+        login = await self.as_request("POST", f"{CS}/login", {
+            "type": "m.login.application_service", "device_id": "BRIDGEDEV",
+            "identifier": {"type": "m.id.user", "user": "astest-dev"}})
+        self.assertEqual(login.code, 200, login)
+        for param in ("device_id", "org.matrix.msc3202.device_id"):
+            who = await self.as_request(
+                "GET", f"{CS}/account/whoami?{param}=BRIDGEDEV", user_id=uid)
+            self.assertEqual(who.code, 200, who)
+            self.assertEqual((who.json["user_id"], who.json.get("device_id")),
+                             (uid, "BRIDGEDEV"))
+        keys = {"device_keys": OlmDevice(uid, "BRIDGEDEV", "").device_keys()}
+        up = await self.as_request("POST", f"{CS}/keys/upload?device_id=BRIDGEDEV", keys,
+                                   user_id=uid)
+        self.assertEqual(up.code, 200, up)
+        alice = await self.user("alice")
+        query = await self.request("POST", f"{CS}/keys/query",
+                                   {"device_keys": {uid: []}}, token=alice)
+        self.assertIn("BRIDGEDEV", query.json["device_keys"][uid])
+        # Another user's device, or one that does not exist: refused.
+        for device in ("NOSUCHDEV", "x" * 300):
+            bad = await self.as_request("GET", f"{CS}/account/whoami?device_id={device}",
+                                        user_id=uid)
+            self.assertMatrixError(bad, 400, "M_UNKNOWN_DEVICE")
+        other = await self.ghost("astest-other")
+        bad = await self.as_request("GET", f"{CS}/account/whoami?device_id=BRIDGEDEV",
+                                    user_id=other)
+        self.assertMatrixError(bad, 400, "M_UNKNOWN_DEVICE")
 
 
 class AliasTests(AppserviceTestCase):
