@@ -145,6 +145,26 @@ class ServerProcess:
             tmp, self.tmp_dir = self.tmp_dir, None
             shutil.rmtree(tmp, ignore_errors=True)
 
+    def restart(self, kill: bool = False) -> None:
+        """Stop the server (SIGKILL when ``kill``: a crash; else SIGTERM) and start it
+        again on the same config, data, database and port."""
+        proc, self._proc = self._proc, None
+        assert proc is not None and self.config_path is not None and self.tmp_dir is not None
+        if kill:
+            proc.kill()
+        else:
+            proc.terminate()
+        proc.wait(timeout=STOP_TIMEOUT_S)
+        assert self._log_file is not None
+        self._log_file.write(b"\n--- restarted ---\n")
+        self._log_file.flush()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "homeserver", "run", "-c", self.config_path],
+            stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=subprocess.STDOUT,
+            cwd=self.tmp_dir, env=_child_env(),
+        )
+        self._wait_until_serving()
+
     def log_tail(self, max_bytes: int = 4000) -> str:
         """The end of the server's stdout/stderr, for failure messages."""
         if not self.log_path or not os.path.exists(self.log_path):
