@@ -218,6 +218,7 @@ async def build_homeserver(
     appservices = build_appservices(config, clock, db, stores, default_reactor)
     appservices.wire_handlers(accounts, rooms)
     appservices.wire_ephemeral(sync.typing, sync.receipts, sync.presence)
+    appservices.wire_e2ee(e2ee.to_device, e2ee.device_lists, e2ee.e2e_keys)
     media, url_previewer = build_media(config, clock, stores.media, plugins,
                                        default_reactor)
     gdpr_export = build_gdpr_export(config, clock, db, stores, media.backend, plugins,

@@ -10,6 +10,7 @@ from typing import Any
 from homeserver.appservice.api import AppserviceApi
 from homeserver.appservice.auth import AppserviceAuthenticator, AppserviceTokens
 from homeserver.appservice.config import load_appservices
+from homeserver.appservice.encryption import AppserviceCrypto
 from homeserver.appservice.handler import AppserviceHandler
 from homeserver.appservice.scheduler import AppserviceScheduler
 from homeserver.auth.requester import Authenticator
@@ -27,6 +28,7 @@ class AppserviceArea:
     handler: AppserviceHandler
     tokens: AppserviceTokens
     scheduler: AppserviceScheduler
+    crypto: AppserviceCrypto
 
     def wrap(self, authenticator: Authenticator, stores: Stores) -> Authenticator:
         """The authenticator that knows ``as_token``s (itself when none is registered)."""
@@ -53,6 +55,18 @@ class AppserviceArea:
             typing.on_edu.append(self.handler.room_edu)
             receipts.on_edu.append(self.handler.room_edu)
             presence.on_edu.append(self.handler.presence_edu)
+
+    def wire_e2ee(self, to_device: Any, device_lists: Any, e2e_keys: Any) -> None:
+        """To-device messages for services with ``receive_ephemeral`` (MSC4203); device
+        list changes and key counts for services with ``org.matrix.msc3202``."""
+        services = self.handler.services
+        if any(s.receive_ephemeral for s in services):
+            to_device.on_stored.append(self.crypto.to_device_stored)
+        if any(s.msc3202 for s in services):
+            device_lists.on_changed.append(self.crypto.device_list_changed)
+            device_lists.on_left_room.append(self.crypto.left_room)
+            e2e_keys.on_key_counts_changed.append(self.crypto.keys_changed)
+            self.scheduler.set_key_counts(self.crypto.key_counts)
 
     def wire_after_plugins(self, accounts: Any, rate_limiter: Any) -> None:
         """``m.login.application_service`` beside plugins' login types, and the rate
@@ -95,4 +109,5 @@ def build_appservices(config: Config, clock: Clock, db: Database, stores: Stores
     handler = AppserviceHandler(config.server_name, services, clock, store, stores.users,
                                 stores.room_members, stores.room_aliases, api, scheduler)
     scheduler.set_before_send(handler.ask_about_unknown_users)
-    return AppserviceArea(handler, handler.tokens, scheduler)
+    crypto = AppserviceCrypto(services, scheduler, stores.room_members, stores.e2e_keys)
+    return AppserviceArea(handler, handler.tokens, scheduler, crypto)

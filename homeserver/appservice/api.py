@@ -95,8 +95,10 @@ class AppserviceApi:
 
     async def push_transaction(self, svc: ApplicationService, txn_id: int,
                                events: list[dict[str, Any]],
-                               ephemeral: list[dict[str, Any]]) -> None:
-        body: dict[str, Any] = {"events": events}
+                               ephemeral: list[dict[str, Any]],
+                               extra: dict[str, Any] | None = None) -> None:
+        """``extra``: to-device messages, device lists and key counts (encryption.py)."""
+        body: dict[str, Any] = {"events": events, **(extra or {})}
         if ephemeral:
             body["ephemeral"] = ephemeral
             body["de.sorunome.msc2409.ephemeral"] = ephemeral

@@ -12,7 +12,9 @@ namespaces:
   aliases: [{exclusive: false, regex: '#irc_.*:example.org'}]
   rooms:   []
 rate_limited: false            # default true
-receive_ephemeral: true        # (or de.sorunome.msc2409.push_ephemeral / push_ephemeral)
+receive_ephemeral: true        # (or de.sorunome.msc2409.push_ephemeral / push_ephemeral):
+                               # typing, receipts, presence and to-device messages
+org.matrix.msc3202: true       # device list changes and one-time key counts (encryption)
 protocols: [irc]
 ```
 
@@ -60,6 +62,9 @@ class ApplicationService:
     rooms: tuple[Namespace, ...] = ()
     rate_limited: bool = True
     receive_ephemeral: bool = False
+    # MSC3202 (``org.matrix.msc3202: true``): device list changes and one-time key
+    # counts of its users ride in its transactions, for bridges that do encryption.
+    msc3202: bool = False
     protocols: tuple[str, ...] = ()
     source: str = ""
 
@@ -150,7 +155,7 @@ def parse_registration(raw: Any, path: str, server_name: str) -> ApplicationServ
         raise _fail(path, f"unknown namespace '{sorted(unknown)[0]}'")
     flags = {}
     for key in ("rate_limited", "receive_ephemeral", "push_ephemeral",
-                "de.sorunome.msc2409.push_ephemeral"):
+                "de.sorunome.msc2409.push_ephemeral", "org.matrix.msc3202"):
         if key in raw and not isinstance(raw[key], bool):
             raise _fail(path, f"'{key}' must be true or false")
         flags[key] = raw.get(key)
@@ -167,6 +172,7 @@ def parse_registration(raw: Any, path: str, server_name: str) -> ApplicationServ
         rate_limited=flags["rate_limited"] is not False,
         receive_ephemeral=any(flags[k] for k in ("receive_ephemeral", "push_ephemeral",
                                                  "de.sorunome.msc2409.push_ephemeral")),
+        msc3202=bool(flags["org.matrix.msc3202"]),
         protocols=tuple(protocols), source=path,
     )
 

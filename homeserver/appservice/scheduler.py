@@ -24,6 +24,7 @@ from twisted.internet.interfaces import IDelayedCall
 
 from homeserver.appservice.api import AppserviceApi, AppserviceError
 from homeserver.appservice.config import ApplicationService
+from homeserver.appservice.encryption import KeyCounts, PendingCrypto
 from homeserver.clock import Clock
 from homeserver.events.client_format import serialize_event
 from storage.stores.appservice import AppserviceStore, PendingTxn
@@ -75,6 +76,9 @@ class ServiceQueue:
         self.sent = 0  # transactions acknowledged since start (tests, metrics)
         self.stopped = False
         self.before_send: BeforeSend | None = None
+        # To-device messages, device list changes, key counts (encryption.py).
+        self.crypto = PendingCrypto()
+        self.key_counts: KeyCounts | None = None
 
     def add_ephemeral(self, edu: dict[str, Any]) -> None:
         if len(self.ephemeral) >= MAX_EPHEMERAL_QUEUED:
@@ -108,7 +112,8 @@ class ServiceQueue:
             self._again = False
             pending = await self._store.next_txn(self.svc.id, MAX_EVENTS_PER_TXN)
             ephemeral = self.ephemeral[:MAX_EPHEMERAL_PER_TXN]
-            if pending is None and not ephemeral:
+            crypto = bool(self.crypto)
+            if pending is None and not ephemeral and not crypto:
                 return
             if pending is None:
                 pending = PendingTxn(self.svc.id, await self._store.new_empty_txn(self.svc.id),
@@ -116,12 +121,19 @@ class ServiceQueue:
             events = await self._render(pending)
             if self.before_send is not None and events:
                 await self.before_send(self.svc, events)
+            extra: dict[str, Any] = {}
+            carried = None
+            if crypto:
+                extra, carried = await self.crypto.take(self.key_counts)
             try:
-                await self._api.push_transaction(self.svc, pending.txn_id, events, ephemeral)
+                await self._api.push_transaction(self.svc, pending.txn_id, events, ephemeral,
+                                                 extra)
             except AppserviceError as e:
                 self._schedule_retry(str(e))
                 return
             del self.ephemeral[:len(ephemeral)]
+            if carried is not None:
+                carried()
             if pending.event_ids:
                 await self._store.complete_txn(pending)
             self.sent += 1
@@ -171,6 +183,10 @@ class AppserviceScheduler:
     def set_before_send(self, before_send: BeforeSend) -> None:
         for queue in self.queues.values():
             queue.before_send = before_send
+
+    def set_key_counts(self, key_counts: KeyCounts) -> None:
+        for queue in self.queues.values():
+            queue.key_counts = key_counts
 
     def kick(self, as_id: str) -> None:
         self.queues[as_id].kick()

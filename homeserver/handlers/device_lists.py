@@ -15,6 +15,7 @@ It is also the /sync source for ``device_one_time_keys_count`` and
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +47,10 @@ class DeviceListHandler:
         self._members = members
         self._notifier = notifier
         self._positions = StreamPositions(store.allocate_stream_id)
+        # Told (user, audience) of each change, and (user, room) when a user leaves a
+        # room (application services: homeserver/appservice/encryption.py).
+        self.on_changed: list[Callable[[str, set[str]], None]] = []
+        self.on_left_room: list[Callable[[str, str], Awaitable[None]]] = []
 
     async def load_position(self) -> None:
         self._positions.start_at(await self._store.max_stream_id())
@@ -68,6 +73,8 @@ class DeviceListHandler:
             await self._store.add_device_changes(position, user_id, device_ids, only_to)
         audience = {only_to} if only_to is not None else \
             await self._members.users_sharing_rooms(user_id) | {user_id}
+        for listener in self.on_changed:
+            listener(user_id, audience)
         self._positions.notify_when_readable(
             position, lambda: self._notifier.notify(user_ids=audience))
 
@@ -98,6 +105,9 @@ class DeviceListHandler:
         async with self._positions.write() as position:
             await self._store.add_membership_change(position, event.state_key, event.room_id,
                                                     kind)
+        if kind == "leave":
+            for left in self.on_left_room:
+                await left(event.state_key, event.room_id)
         # The room's members are woken by the event itself; the user may also need to
         # hear about rooms it shares with them elsewhere, so wake it once more.
         self._positions.notify_when_readable(

@@ -159,6 +159,9 @@ class E2eKeysHandler:
         self._device_lists = device_lists
         # Extensions to /keys/query (cross-signing); each may add sections in place.
         self.query_providers: list[QueryProvider] = []
+        # Told the (user, device) pairs whose one-time or fallback keys were uploaded or
+        # claimed (application services: homeserver/appservice/encryption.py).
+        self.on_key_counts_changed: list[Callable[[list[tuple[str, str]]], None]] = []
 
     def _is_mine(self, user_id: str) -> bool:
         return split_user_id(user_id)[1] == self._server_name
@@ -205,6 +208,9 @@ class E2eKeysHandler:
             await self._store.set_fallback_key(user_id, device_id, alg, kid, value)
         if new_device_keys is not None:
             await self._device_lists.notify_device_change(user_id, [device_id])
+        if one_time or fallback:
+            for listener in self.on_key_counts_changed:
+                listener([(user_id, device_id)])
         counts = await self._store.count_one_time_keys(user_id, device_id)
         counts.setdefault(DEFAULT_OTK_ALGORITHM, 0)
         return {"one_time_key_counts": counts}
@@ -254,4 +260,8 @@ class E2eKeysHandler:
         for key in await self._store.claim_keys(wanted):
             result.setdefault(key.user_id, {}).setdefault(key.device_id, {})[
                 f"{key.algorithm}:{key.key_id}"] = key.key
+        if result:
+            claimed = [(u, d) for u, by_device in result.items() for d in by_device]
+            for listener in self.on_key_counts_changed:
+                listener(claimed)
         return {"one_time_keys": result, "failures": failures}

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from homeserver.clock import Clock
@@ -57,6 +58,9 @@ class ToDeviceHandler:
         self._positions = StreamPositions(store.allocate_stream_id)
         # user_id -> devices whose last sync left messages undelivered.
         self._leftovers: dict[str, set[str]] = {}
+        # Told (sender, type, [(user, device, content JSON)]) of each stored batch
+        # (application services: homeserver/appservice/encryption.py).
+        self.on_stored: list[Callable[[str, str, list[tuple[str, str, str]]], None]] = []
 
     async def load_position(self) -> None:
         # Inbox rows are deleted once read, so the table's max can go backwards; a fresh
@@ -78,6 +82,9 @@ class ToDeviceHandler:
             stored = await self._store.add_messages(
                 sender, sender_device or "", txn_id, position, rows, event_type,
                 self._clock.time_msec())
+        if stored and rows:
+            for listener in self.on_stored:
+                listener(sender, event_type, rows)
         if stored and recipients:
             self._positions.notify_when_readable(
                 position, lambda: self._notifier.notify(user_ids=sorted(recipients)))

@@ -619,7 +619,90 @@ class NoEphemeralTests(AppserviceTestCase):
         resp = await self.request("PUT", f"{CS}/rooms/{q(room)}/typing/{q('@alice:test.local')}",
                                   {"typing": True, "timeout": 10000}, token=alice)
         self.assertEqual(resp.code, 200, resp)
+        resp = await self.request("PUT", f"{CS}/sendToDevice/m.dummy/t1", {
+            "messages": {ghost: {"*": {"n": 1}}}}, token=alice)
+        self.assertEqual(resp.code, 200, resp)
         marker = await self.send_ok(alice, room, "marker")
         await self.fake.wait_for_event(lambda e: e["event_id"] == marker)
-        self.assertEqual([t.body.get("ephemeral") for t in self.fake.transactions
-                          if t.body.get("ephemeral")], [])
+        for key in ("ephemeral", "to_device", "device_lists", "device_one_time_keys_count"):
+            self.assertEqual([t.body.get(key) for t in self.fake.transactions
+                              if t.body.get(key)], [], key)
+
+
+class EncryptionTests(AppserviceTestCase):
+    """What an encrypting bridge gets in its transactions: to-device messages for its
+    users (MSC4203, with receive_ephemeral), and with ``org.matrix.msc3202`` device
+    list changes of users sharing rooms with its users and its devices' key counts."""
+
+    def config_overrides(self) -> dict[str, Any]:
+        self.fake = FakeAppservice()
+        url = self.fake.start()
+        self.addCleanup(self.fake.stop)
+        path = os.path.join(self.data_dir, "appserv-0.yaml")
+        with open(path, "w") as f:
+            yaml.safe_dump(registration(url, receive_ephemeral=True,
+                                        **{"org.matrix.msc3202": True}), f)
+        return {"app_service_config_files": [path]}
+
+    def wait_for_field(self, name: str, pred: Any = lambda v: True) -> Any:
+        return self.fake.wait_for(lambda r: "/transactions/" in r.path
+                                  and name in (r.body or {}) and pred(r.body[name]))
+
+    async def bridged_device(self, localpart: str) -> tuple[str, OlmDevice]:
+        uid = await self.ghost(localpart)
+        login = await self.as_request("POST", f"{CS}/login", {
+            "type": "m.login.application_service", "device_id": "BRIDGEDEV",
+            "identifier": {"type": "m.id.user", "user": localpart}})
+        self.assertEqual(login.code, 200, login)
+        device = OlmDevice(uid, "BRIDGEDEV", "")
+        up = await self.as_request("POST", f"{CS}/keys/upload?device_id=BRIDGEDEV",
+                                   {"device_keys": device.device_keys()}, user_id=uid)
+        self.assertEqual(up.code, 200, up)
+        return uid, device
+
+    async def test_to_device_messages_for_the_service_users(self) -> None:
+        uid, _ = await self.bridged_device("astest-td")
+        alice = await self.user("alice")
+        resp = await self.request("PUT", f"{CS}/sendToDevice/m.room_key_request/t1", {
+            "messages": {uid: {"BRIDGEDEV": {"action": "request", "n": 1}}}}, token=alice)
+        self.assertEqual(resp.code, 200, resp)
+        txn = await self.wait_for_field("to_device")
+        self.assertEqual(txn.body["to_device"], [{
+            "type": "m.room_key_request", "sender": "@alice:test.local", "to_user_id": uid,
+            "to_device_id": "BRIDGEDEV", "content": {"action": "request", "n": 1}}])
+        self.assertEqual(txn.body["de.sorunome.msc2409.to_device"], txn.body["to_device"])
+        # Sent once: a later transaction does not carry it again.
+        marker = await self.request("PUT", f"{CS}/sendToDevice/m.dummy/t2", {
+            "messages": {uid: {"BRIDGEDEV": {"n": 2}}}}, token=alice)
+        self.assertEqual(marker.code, 200, marker)
+        txn = await self.wait_for_field("to_device", lambda v: v[0]["content"] == {"n": 2})
+        self.assertEqual(len(txn.body["to_device"]), 1)
+
+    async def test_device_lists_and_key_counts(self) -> None:
+        uid, device = await self.bridged_device("astest-dl")
+        alice = await self.user("alice")
+        room = await self.create_room(alice, preset="public_chat")
+        resp = await self.as_request("POST", f"{CS}/rooms/{q(room)}/join", {}, user_id=uid)
+        self.assertEqual(resp.code, 200, resp)
+        # Alice signs in on a new device: the bridge (sharing a room) hears of it.
+        await self.login("alice")
+        await self.wait_for_field("device_lists", lambda v: "@alice:test.local" in v["changed"])
+        # One-time keys uploaded for the bridged device, then one claimed by Alice.
+        up = await self.as_request("POST", f"{CS}/keys/upload?device_id=BRIDGEDEV",
+                                   {"one_time_keys": device.one_time_keys(3)}, user_id=uid)
+        self.assertEqual(up.code, 200, up)
+        txn = await self.wait_for_field("device_one_time_keys_count")
+        self.assertEqual(txn.body["device_one_time_keys_count"],
+                         {uid: {"BRIDGEDEV": {"signed_curve25519": 3}}})
+        self.assertEqual(txn.body["org.matrix.msc3202.device_one_time_keys_count"],
+                         txn.body["device_one_time_keys_count"])
+        self.assertEqual(txn.body["device_unused_fallback_key_types"], {uid: {"BRIDGEDEV": []}})
+        claim = await self.request("POST", f"{CS}/keys/claim", {
+            "one_time_keys": {uid: {"BRIDGEDEV": "signed_curve25519"}}}, token=alice)
+        self.assertEqual(claim.code, 200, claim)
+        await self.wait_for_field("device_one_time_keys_count", lambda v: v == {
+            uid: {"BRIDGEDEV": {"signed_curve25519": 2}}})
+        # Alice leaves the only room she shared with the bridge's users.
+        resp = await self.request("POST", f"{CS}/rooms/{q(room)}/leave", {}, token=alice)
+        self.assertEqual(resp.code, 200, resp)
+        await self.wait_for_field("device_lists", lambda v: "@alice:test.local" in v["left"])
