@@ -7,6 +7,7 @@ use ``{name}`` for a path segment; the decoded segment is passed to the handler.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -22,6 +23,21 @@ Handler = Callable[..., Awaitable[HandlerResult]]
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 CLIENT_VERSIONS: tuple[str, ...] = ("r0", "v3")
+
+# Body validators by the schema's canonical text: checking a schema against the
+# metaschema is the costliest part of building the route table (over half of a test
+# server's start-up), and a validator is stateless, so every router shares them.
+_VALIDATORS: dict[str, Draft202012Validator] = {}
+
+
+def body_validator(schema: JsonDict) -> Draft202012Validator:
+    """The (shared) validator of ``schema``, checked against the metaschema once."""
+    key = json.dumps(schema, sort_keys=True, default=repr)
+    validator = _VALIDATORS.get(key)
+    if validator is None:
+        Draft202012Validator.check_schema(schema)
+        validator = _VALIDATORS[key] = Draft202012Validator(schema)
+    return validator
 
 
 def client_paths(path: str, versions: Iterable[str] = CLIENT_VERSIONS) -> list[str]:
@@ -79,10 +95,7 @@ class Router:
             raise ValueError(f"bad auth mode {auth!r}")
         if isinstance(templates, str):
             templates = [templates]
-        validator = None
-        if body_schema is not None:
-            Draft202012Validator.check_schema(body_schema)
-            validator = Draft202012Validator(body_schema)
+        validator = body_validator(body_schema) if body_schema is not None else None
         for template in templates:
             route = Route(
                 method=method.upper(),
