@@ -54,4 +54,6 @@ class PostgresEngine(Engine):
 
     def migration_lock_sql(self) -> str | None:
         # Held until the migration's transaction ends; several workers may start at once.
-        return "SELECT pg_advisory_xact_lock(7306015)"
+        # Keyed by the schema too: deployments (and test schemas) sharing one database
+        # do not wait for each other's migrations.
+        return "SELECT pg_advisory_xact_lock(7306015, hashtext(current_schema()))"
