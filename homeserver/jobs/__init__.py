@@ -1,0 +1,1 @@
+"""Background jobs: a read-only listing across every feature's own job table."""
