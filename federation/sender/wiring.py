@@ -1,0 +1,83 @@
+"""Wires the federation sender and the inbound ``/send`` endpoint into a homeserver
+(called from federation/setup.py when federation is enabled)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from federation.inbound_edus import InboundEdus
+from federation.pdu_checks import server_allowed_by_acl
+from federation.send_servlet import SendServlet
+from federation.sender import FederationSender
+from homeserver.clock import Clock
+from homeserver.config.model import Config
+from homeserver.handlers.security_events import SecurityEventRecorder
+from homeserver.handlers.server_blocks import ServerBlocks
+from homeserver.http.router import Router
+
+logger = logging.getLogger(__name__)
+_ACL = ("m.room.server_acl", "")
+
+
+@dataclass
+class SenderArea:
+    sender: FederationSender
+    send_servlet: SendServlet
+    inbound_edus: InboundEdus
+
+    async def stop(self) -> None:
+        await self.sender.stop()
+
+
+def _guarded(name: str, fn: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    """A hook that never fails the local action it follows (a key upload, a device
+    change): federation errors are logged only."""
+
+    async def hook(*args: Any) -> None:
+        try:
+            await fn(*args)
+        except Exception:  # noqa: BLE001 (logged; the local change stands)
+            logger.exception("federation sender: %s hook failed", name)
+    return hook
+
+
+async def register_sender(config: Config, clock: Clock, events: SecurityEventRecorder,
+                          router: Router, client: Any, deps: Any) -> SenderArea | None:
+    """Subscribes the sender to the fan-out and the handlers' hooks, registers
+    ``PUT /send/{txnId}``, and resumes what was queued before the last stop."""
+    if deps is None or deps.stores is None or deps.sync is None or deps.e2ee is None \
+            or deps.rooms is None:
+        return None
+    stores = deps.stores
+    blocks = ServerBlocks(config.server_name, clock, stores.blocked_servers, events,
+                          config.federation_blocked_servers)
+    sender = FederationSender(
+        config.server_name, clock, config.federation, stores.federation_queue, stores.events,
+        client, blocks.is_blocked, stores.devices, stores.e2e_keys, stores.cross_signing)
+    deps.rooms.fanout.subscribe("federation_sender", sender.event_persisted)
+    deps.sync.typing.on_edu.append(sender.typing_edu)
+    deps.sync.receipts.on_edu.append(sender.receipt_edu)
+    deps.sync.presence.on_edu.append(sender.presence_edu)
+    deps.e2ee.device_lists.on_shared_change.append(
+        _guarded("device list", sender.device_changed))
+    deps.e2ee.cross_signing.on_change.append(_guarded("signing key", sender.signing_keys_changed))
+    deps.e2ee.to_device.remote_send = sender.to_device
+    stores.federation_queue.on_retry_reset.append(sender.wake)
+
+    persister = deps.rooms.persister
+
+    async def acl_allows(room_id: str, server: str) -> bool:
+        acl = (await persister.current_state(room_id, [_ACL])).get(_ACL)
+        return acl is None or server_allowed_by_acl(server, acl.content)
+
+    edus = InboundEdus(config.server_name, stores.room_members, deps.sync.typing,
+                       deps.sync.receipts, deps.sync.presence, deps.e2ee.device_lists,
+                       deps.e2ee.to_device, acl_allows)
+    servlet = SendServlet(clock, stores.federation_queue, stores.rooms, edus, blocks.is_blocked,
+                          on_heard_from=sender.heard_from)
+    servlet.register(router)
+    await sender.start()
+    return SenderArea(sender, servlet, edus)
