@@ -16,21 +16,26 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.web import server
 
+from federation.setup import FederationArea, FederationDeps, build_federation
 from homeserver.appservice import build_appservices, check_registrations
 from homeserver.areas.accounts import build_accounts
 from homeserver.areas.e2ee import build_e2ee
 from homeserver.areas.identity import build_identity
 from homeserver.areas.rooms import build_rooms
+from homeserver.areas.rooms_admin import RoomsAdminArea, build_rooms_admin
 from homeserver.areas.sync import build_sync
 from homeserver.audit.retention import AuditRetention
 from homeserver.clock import Clock
 from homeserver.config.model import Config, ListenerConfig
-from homeserver.detection.setup import DetectionArea, build_detection
+from homeserver.detection.setup import DetectionArea, build_detection, wire_shared_lockouts
+from homeserver.gdpr.erasure import Erasure, build_erasure
 from homeserver.gdpr.export import ExportJobs, build_gdpr_export, start_cleanup
+from homeserver.handlers.consent import ConsentHandler, build_consent
 from homeserver.handlers.event_fanout import EventFanout
 from homeserver.handlers.legacy import LegacyDeps, LegacyHandler
 from homeserver.handlers.registration import RegistrationHandler
 from homeserver.handlers.reporting import ReportingHandler
+from homeserver.handlers.retention import RetentionHandler, RetentionJobSource, build_retention
 from homeserver.handlers.sessions import SessionHandler
 from homeserver.http.router import Router
 from homeserver.http.server import MatrixResource, RootResource, listener_site, make_site
@@ -53,7 +58,9 @@ from homeserver.ratelimit import RateLimiter, build_rate_limiter
 from homeserver.ratelimit.dispatch import RouteLimits
 from homeserver.ratelimit.limiter import InviteRejections
 from homeserver.rest import routes
+from homeserver.rest.admin.moderation import register_server_notices
 from homeserver.rest.client.websocket import WS_PATH, SyncWebSocketFactory
+from homeserver.rest.consent import CONSENT_PATH, ConsentResource
 from plugins import load_plugins
 from plugins.host import PluginHost
 from plugins.wiring import builtin_plugins, wire_plugins
@@ -93,6 +100,13 @@ class Homeserver:
     detection: DetectionArea | None = None
     plugins: PluginHost | None = None  # the plugin host (plugins/host.py)
     gdpr_export: ExportJobs | None = None  # GDPR data exports (homeserver/gdpr/)
+    erasure: Erasure | None = None  # GDPR erasure and its purge jobs (homeserver/gdpr/)
+    federation: FederationArea | None = None  # federation/setup.py; None when disabled
+    consent: ConsentHandler | None = None  # consent tracking (None: off)
+    retention: RetentionHandler | None = None  # message retention purge jobs
+    retention_jobs: RetentionJobSource | None = None  # their runs, as background jobs
+    # Rooms admin: room shutdown jobs and the background jobs registry.
+    rooms_admin: RoomsAdminArea | None = None
 
     def listen(self, reactor: Any = default_reactor) -> list[IListeningPort]:
         self._reactor = reactor
@@ -223,6 +237,12 @@ async def build_homeserver(
                                        default_reactor)
     gdpr_export = build_gdpr_export(config, clock, db, stores, media.backend, plugins,
                                     accounts.push_rules)
+    rooms_admin = build_rooms_admin(config, clock, db, stores, rooms,
+                                    accounts.security_events)
+    erasure = build_erasure(config, clock, db, stores, media.backend, plugins,
+                            accounts.security_events, rooms.event_creation)
+    accounts.account.erasure = erasure.handler
+    rooms_admin.jobs.add_source(erasure.jobs)
     router = Router()
     routes.register_all(router, routes.Components(
         config=config, clock=clock, stores=stores, events=accounts.security_events,
@@ -242,7 +262,7 @@ async def build_homeserver(
         device_lists=e2ee.device_lists, to_device=e2ee.to_device,
         cross_signing=e2ee.cross_signing, key_backup=e2ee.key_backup,
         auth_limits=accounts.auth_limits, mfa=accounts.mfa,
-        identity=identity, gdpr_export=gdpr_export,
+        identity=identity, gdpr_export=gdpr_export, rooms_admin=rooms_admin,
         appservices=appservices.handler,
         legacy=LegacyHandler(LegacyDeps(
             clock, stores.events, stores.room_members, rooms.event_creation, rooms.visibility,
@@ -261,6 +281,9 @@ async def build_homeserver(
     accounts.security_events.add_sink(activity.security_event)
     rooms.fanout.subscribe("metrics", activity.event_persisted)
     detection = await build_detection(config, clock, db, stores, accounts, rooms, registry)
+    # Admin-sent server notices need the notices handler, built just above.
+    register_server_notices(router, config, stores, accounts.security_events,
+                            detection.notices)
     rate_limiter = build_rate_limiter(config, clock, registry, _is_admin(stores),
                                       accounts.security_events)
     rooms.fanout.subscribe("invite_rejections",
@@ -279,6 +302,13 @@ async def build_homeserver(
                               trusted_proxies=any(li.x_forwarded for li in config.listeners),
                               metrics=http_metrics,
                               rate_limits=RouteLimits(rate_limiter))
+    # Federation (keys, X-Matrix auth, outbound client): only when federation.enabled.
+    federation = await build_federation(
+        config, clock, db, accounts.security_events, router, default_reactor,
+        deps=FederationDeps(stores=stores, accounts=accounts, rooms=rooms, e2ee=e2ee,
+                            sync=sync, media=media, notifier=notifier))
+    if federation is not None:
+        resource.federation_auth = federation.authenticator
     # The WebSocket endpoint needs its own resource (it takes over the connection);
     # the root sends that one path there and every other path to MatrixResource.
     websockets = SyncWebSocketFactory(clock, authenticator, sync.sync, accounts.filters,
@@ -290,6 +320,11 @@ async def build_homeserver(
     root.mount(WS_PATH, websockets.make_resource())
     # Only reachable on listeners naming the "metrics" resource (ListenerResource).
     root.mount("/metrics", MetricsResource(registry))
+    # Consent tracking (off unless user_consent is configured) and its pages.
+    consent = build_consent(config, clock, db, stores, accounts, rooms, detection)
+    if consent is not None:
+        root.mount(CONSENT_PATH, ConsentResource(
+            consent, trusted_proxies=any(li.x_forwarded for li in config.listeners)))
     activity.watch(notifier, accounts.hasher, websockets.connection_count)
     site = make_site(root, config.max_request_body_size, config.media.max_upload_size)
     hs = Homeserver(config, clock, db, stores, router, site, accounts.registration,
@@ -298,7 +333,17 @@ async def build_homeserver(
     hs.detection = detection
     hs.rate_limiter = rate_limiter
     hs.plugins = plugins
+    hs.federation = federation
+    if federation is not None:
+        if federation.sender is not None:  # the outbound queue stops before its client
+            hs._on_stop.append(lambda: defer.ensureDeferred(federation.sender.stop()))
+        hs._on_stop.append(lambda: defer.ensureDeferred(federation.client.close()))
     hs._on_stop.append(lambda: defer.ensureDeferred(rate_limiter.close()))
+    # Login and MFA lockouts shared through Redis when configured (homeserver/detection).
+    close_lockouts = wire_shared_lockouts(config, detection, accounts.mfa, rate_limiter,
+                                          default_reactor)
+    if close_lockouts is not None:
+        hs._on_stop.append(lambda: defer.ensureDeferred(close_lockouts()))
 
     cleanup = LoopingCall(lambda: _background(accounts.uia.expire_old_sessions()))
     cleanup.clock = clock._time  # noqa: SLF001 (the clock's own IReactorTime)
@@ -325,6 +370,23 @@ async def build_homeserver(
     hs._loops.append(start_cleanup(gdpr_export, clock))
     hs._on_stop.append(lambda: defer.ensureDeferred(gdpr_export.stop()))
     await gdpr_export.resume_pending()
+    # GDPR erasure: purge jobs past their grace window, now and hourly.
+    hs.erasure = erasure
+    erasure.purge.start()
+    hs._on_stop.append(erasure.purge.stop)
+    # Message retention: m.room.retention checked on send; purge jobs when enabled.
+    hs.consent = consent
+    retention, hs.retention_jobs = build_retention(config, clock, db, stores, rooms)
+    hs.retention = retention
+    rooms_admin.jobs.add_source(hs.retention_jobs)  # its runs: background jobs
+    if config.retention.enabled:
+        retention.start()
+        hs._on_stop.append(lambda: defer.ensureDeferred(retention.stop()))
+        await retention.resume_pending()
+    # Room shutdowns: resume the jobs a stopped process left.
+    hs.rooms_admin = rooms_admin
+    hs._on_stop.append(lambda: defer.ensureDeferred(rooms_admin.shutdown.stop()))
+    await rooms_admin.shutdown.resume_pending()
     # Application services: sender users, then resume their queued transactions.
     await appservices.start()
     hs._on_stop.append(lambda: defer.ensureDeferred(appservices.stop()))

@@ -3,7 +3,8 @@
     parley audit verify -c CONFIG [--anchor SEQ:HASH]
         Checks the whole retained chain. Prints "OK: ..." and exits 0, or names the
         first bad entry ("FAILED at seq=N ...": edited, deleted, reordered, inserted,
-        a truncated tail, an altered retention checkpoint) and exits 1. ``--anchor``
+        a truncated tail, an altered retention checkpoint, an identifier that no longer
+        matches its keyed hash) and exits 1. ``--anchor``
         is a head notarised earlier (the ``seq`` and hash the metric exported): a chain
         rewritten from scratch no longer contains it.
 
@@ -90,6 +91,7 @@ async def run(argv: list[str], out: TextIO | None = None, err: TextIO | None = N
 
 async def run_args(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from homeserver.app import open_database
+    from homeserver.audit.id_key import read_audit_key
     from homeserver.audit.service import export_entries, verify_chain
     from homeserver.handlers.security_events import seal_event
     from storage.migrations import current_version
@@ -110,7 +112,10 @@ async def run_args(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if args.audit_command == "verify":
             # Rows from before the chain existed are chained first (only while it is empty).
             await store.seal_legacy(seal_event)
-            report = await verify_chain(store, anchor=args.anchor)
+            # The audit key (data_dir/audit_id.key) checks identifiers against their
+            # MACs; without it only the hashes and links are checked.
+            id_key = read_audit_key(config.data_dir)
+            report = await verify_chain(store, anchor=args.anchor, id_key=id_key)
             print(report.describe(), file=out if report.ok else err)
             return 0 if report.ok else 1
         async for entry in export_entries(store, args.since):

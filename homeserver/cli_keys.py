@@ -5,13 +5,16 @@
 
     parley keys rotate -c CONFIG [--batch N]
         Re-encrypts every server-held secret under the active KEK (``secrets.active``):
-        the signing key file, then the TOTP secrets. Plaintext values written before a
-        key was configured are encrypted too. Resumable: each value is rewritten in its
-        own small transaction (only if unchanged meanwhile) and the key file by an atomic
-        rename, so a crash half-way leaves every value readable with the configured keys;
-        run it again to finish. Prints progress; exits 1 if a value could not be opened
-        (refused and audited). Remove an old key from the config only after a run that
-        reports nothing uses it.
+        the signing key file, the TOTP secrets, pushers' pushkeys, then, with
+        ``secrets.encrypt_event_content`` / ``secrets.encrypt_profiles``, every event's
+        JSON and profile value (with either
+        option switched off, values sealed earlier are written back as plaintext).
+        Plaintext values written before a key was configured are encrypted too.
+        Resumable: each value is rewritten in its own small transaction (only if
+        unchanged meanwhile) and the key file by an atomic rename, so a crash half-way
+        leaves every value readable with the configured keys; run it again to finish.
+        Prints progress; exits 1 if a value could not be opened (refused and audited).
+        Remove an old key from the config only after a run that reports nothing uses it.
 
 Registered in homeserver/cli.py by :func:`add_keys_parser`; :func:`run` is the async
 entry (tests call it under trial).
@@ -30,7 +33,8 @@ from homeserver.cli_support import react_exit_code
 from homeserver.config import ConfigError, load_config
 from homeserver.crypto.at_rest import AtRestError, new_kek_text
 
-MFA_SCHEMA_VERSION = 26  # schema/0026_mfa.sql
+# The newest table rotate rewrites: schema/0039_pusher_pushkey_hash.sql.
+ROTATE_SCHEMA_VERSION = 39
 AT_REST_ENV = "PARLEY_AT_REST_KEY"
 
 
@@ -132,7 +136,7 @@ async def rotate(config: Any, out: TextIO, err: TextIO, batch: int = 100,
     report = RotationReport()
     db = open_database(config)
     try:
-        if await current_version(db) < MFA_SCHEMA_VERSION:
+        if await current_version(db) < ROTATE_SCHEMA_VERSION:
             print("error: the database schema is out of date: run 'parley migrate' first",
                   file=err)
             return 1
@@ -189,6 +193,12 @@ async def rotate(config: Any, out: TextIO, err: TextIO, batch: int = 100,
             print(f"mfa_totp: {seen} values checked, {report.resealed} re-encrypted so far",
                   file=out, flush=True)
 
+        # 3. Pushers' pushkeys (and their lookup hashes).
+        await _reseal_pushkeys(db, vault, report, out, err, batch, after_each)
+
+        # 4. Event JSON and profile values (optional content encryption).
+        await _rewrite_content(db, config, vault, report, out, err, batch, after_each)
+
         await recorder.record(
             "at_rest_rotation", "failure" if report.refused else "success", None,
             reason=f"{len(report.refused)} refused" if report.refused else None,
@@ -208,6 +218,90 @@ async def rotate(config: Any, out: TextIO, err: TextIO, batch: int = 100,
         print(f"every value is now under {active!r}: keys {', '.join(unused)} are no longer "
               "used and may be removed from secrets.at_rest_keys", file=out)
     return 0
+
+
+async def _reseal_pushkeys(db: Any, vault: Any, report: RotationReport, out: TextIO,
+                           err: TextIO, batch: int,
+                           after_each: Callable[[], None] | None) -> None:
+    """Step 3 of :func:`rotate`: every pusher's pushkey and hash under the active key."""
+    from storage.stores.pushers import PusherStore
+
+    store = PusherStore(db)
+    store.vault = vault
+    after, seen = ("", "", ""), 0
+    while page := await store.stored_pushkeys(after, batch):
+        for user_id, app_id, stored, lookup in page:
+            seen += 1
+            if not store.needs_reseal(stored, lookup):
+                report.current += 1
+                continue
+            try:
+                if await store.reseal_pushkey(user_id, app_id, stored):
+                    report.resealed += 1
+                    if after_each:
+                        after_each()
+                else:
+                    report.changed_meanwhile += 1
+            except AtRestError as e:
+                report.refused.append(f"pushers.pushkey of {user_id} ({app_id})")
+                print(f"pushers.pushkey of {user_id} ({app_id}): REFUSED ({e.problem})",
+                      file=err, flush=True)
+        after = page[-1][:3]
+        print(f"pushers: {seen} values checked, {report.resealed} re-encrypted so far",
+              file=out, flush=True)
+
+
+async def _rewrite_content(db: Any, config: Any, vault: Any, report: RotationReport,
+                           out: TextIO, err: TextIO, batch: int,
+                           after_each: Callable[[], None] | None) -> None:
+    """Step 4 of :func:`rotate`: each event's JSON and each profile value into its target
+    form (homeserver/crypto/content.py), one value per transaction."""
+    from homeserver.crypto.content import FieldCodec
+    from storage.stores.events import EventStore
+    from storage.stores.profiles import ProfileStore
+
+    events = EventStore(db)
+    events.codec = FieldCodec(vault, config.at_rest.encrypt_event_content)
+    profiles = ProfileStore(db)
+    profiles.codec = FieldCodec(vault, config.at_rest.encrypt_profiles)
+
+    async def one(what: str, needs: bool, rewrite: Any, sealed: bool) -> None:
+        if not needs:
+            if sealed:  # plaintext with the option off is not a secret "already current"
+                report.current += 1
+            return
+        try:
+            if await rewrite():
+                report.resealed += 1
+                if after_each:
+                    after_each()
+            else:
+                report.changed_meanwhile += 1
+        except AtRestError as e:
+            report.refused.append(what)
+            print(f"{what}: REFUSED ({e.problem})", file=err, flush=True)
+
+    after, seen = "", 0
+    while page := await events.stored_json_page(after, batch, not events.codec.enabled):
+        for event_id, stored in page:
+            seen += 1
+            await one(f"events.json of {event_id}", events.codec.needs_rewrite(stored),
+                      lambda e=event_id, v=stored: events.rewrite_stored_json(e, v),
+                      events.codec.enabled)
+        after = page[-1][0]
+        print(f"events: {seen} values checked, {report.resealed} rewritten so far",
+              file=out, flush=True)
+
+    key, seen = ("", ""), 0
+    while ppage := await profiles.stored_values_page(key, batch):
+        for user_id, name, stored in ppage:
+            seen += 1
+            await one(f"profile {name} of {user_id}", profiles.codec.needs_rewrite(stored),
+                      lambda u=user_id, n=name, v=stored: profiles.rewrite_stored_value(u, n, v),
+                      profiles.codec.enabled)
+        key = (ppage[-1][0], ppage[-1][1])
+        print(f"profiles: {seen} values checked, {report.resealed} rewritten so far",
+              file=out, flush=True)
 
 
 def cmd_keys(args: argparse.Namespace) -> int:

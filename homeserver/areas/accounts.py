@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from homeserver.audit.id_key import load_or_generate_audit_key
 from homeserver.auth.access_tokens import AccessTokenCodec
 from homeserver.auth.account_status import AccountStatusCache, AccountStatusGate
 from homeserver.auth.authenticator import TokenAuthenticator
@@ -19,6 +20,7 @@ from homeserver.auth.ui_auth import UserInteractiveAuth
 from homeserver.clock import Clock
 from homeserver.config.model import Config
 from homeserver.crypto.at_rest import audit_refusals, vault_from_config
+from homeserver.crypto.content import install_content_codecs
 from homeserver.handlers.account import AccountHandler
 from homeserver.handlers.account_data import AccountDataHandler
 from homeserver.handlers.devices import DeviceHandler
@@ -56,9 +58,12 @@ class AccountsArea:
 
 def build_accounts(config: Config, clock: Clock, stores: Stores,
                    plugins: PluginHost) -> AccountsArea:
-    events = SecurityEventRecorder(stores.security_events, clock)
+    events = SecurityEventRecorder(stores.security_events, clock,
+                                   id_key=load_or_generate_audit_key(config.data_dir))
     # Secrets at rest: TOTP secrets sealed under secrets.at_rest_key; refusals audited.
     stores.mfa.vault = vault_from_config(config, audit_refusals(events))
+    # Optional: event JSON and profile fields sealed too (secrets.encrypt_*).
+    install_content_codecs(config, stores, stores.mfa.vault)
     events.add_sink(lambda ev: plugins.on_security_event(asdict(ev)))
     codec = AccessTokenCodec(config.auth, clock)
     cache = SessionCache(stores.sessions, clock, config.auth.session_cache_ttl)

@@ -12,6 +12,7 @@ from homeserver.handlers.device_lists import DeviceListHandler
 from homeserver.handlers.devices import DeviceHandler
 from homeserver.handlers.e2e_keys import E2eKeysHandler
 from homeserver.handlers.event_fanout import EventFanout
+from homeserver.handlers.event_persister import live_events
 from homeserver.handlers.key_backup import KeyBackupHandler
 from homeserver.handlers.to_device import ToDeviceHandler
 from homeserver.notifier import NotifierInterface
@@ -32,7 +33,7 @@ async def build_e2ee(config: Config, clock: Clock, stores: Stores, notifier: Not
     device_lists = DeviceListHandler(stores.device_lists, stores.e2e_keys, stores.room_members,
                                      notifier)
     await device_lists.load_position()
-    fanout.subscribe("device_lists", lambda rec: device_lists.after_persist(rec.event))
+    fanout.subscribe("device_lists", live_events(device_lists.after_persist))
     devices.on_device_deleted.append(device_lists.on_device_deleted)
     devices.on_device_changed.append(device_lists.on_device_changed)
     e2e_keys = E2eKeysHandler(config.server_name, clock, stores.e2e_keys, device_lists)

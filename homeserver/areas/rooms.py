@@ -13,7 +13,7 @@ from homeserver.handlers.client_events import ClientEventSerializer
 from homeserver.handlers.directory import DirectoryHandler, RoomStatsUpdater
 from homeserver.handlers.event_creation import EventCreationHandler
 from homeserver.handlers.event_fanout import EventFanout
-from homeserver.handlers.event_persister import EventPersister
+from homeserver.handlers.event_persister import EventPersister, live_events
 from homeserver.handlers.hierarchy import HierarchyHandler
 from homeserver.handlers.membership import MembershipHandler
 from homeserver.handlers.pagination import PaginationHandler
@@ -84,7 +84,7 @@ async def build_rooms(config: Config, clock: Clock, stores: Stores, notifier: No
                                  stores.room_directory)
     creation.state_validators["m.room.canonical_alias"] = directory.validate_canonical_alias
     room_stats = RoomStatsUpdater(creation, stores.room_directory)
-    fanout.subscribe("room_stats", lambda rec: room_stats.on_event(rec.event))
+    fanout.subscribe("room_stats", live_events(room_stats.on_event))
     await room_stats.backfill()
     creation.event_validators.append(relations.validate_event_relation)
     relations_indexer = RelationsIndexer(stores.relations, stores.events)
@@ -94,7 +94,7 @@ async def build_rooms(config: Config, clock: Clock, stores: Stores, notifier: No
     # change); unread counts in /sync and GET /notifications read the recorded rows.
     push_actions = PushActionsHandler(config.server_name, clock, stores.push_actions, push_rules,
                                       creation, stores.events, visibility, client_events)
-    fanout.subscribe("push_actions", lambda rec: push_actions.on_event(rec.event))
+    fanout.subscribe("push_actions", live_events(push_actions.on_event))
     push_rules.on_change.append(push_actions.on_rules_changed)
     # Search indexes only when enabled (caught up at start-up).
     search_indexer = SearchIndexer(config.search_enabled, stores.search, stores.relations,
@@ -105,11 +105,11 @@ async def build_rooms(config: Config, clock: Clock, stores: Stores, notifier: No
                                    stores.profiles, stores.room_aliases, stores.users)
     # Guests leave a room once its guest access is revoked (in the background: the
     # leaves are events of the same room, published after this delivery).
-    fanout.subscribe("guest_kick", lambda rec: membership.on_event_persisted(rec.event))
+    fanout.subscribe("guest_kick", live_events(membership.on_event_persisted))
     room_upgrade = RoomUpgradeHandler(config.server_name, clock, creation, room_creation,
                                       stores.room_aliases, stores.rooms, push_rules)
     # Joining a replacement room copies the user's push rules about the old room.
-    fanout.subscribe("upgrade_push_rules", lambda rec: room_upgrade.on_event_persisted(rec.event))
+    fanout.subscribe("upgrade_push_rules", live_events(room_upgrade.on_event_persisted))
     return RoomsArea(
         fanout=fanout, persister=persister, event_creation=creation, visibility=visibility,
         client_events=client_events, room_reads=room_reads, room_creation=room_creation,

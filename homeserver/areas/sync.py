@@ -10,6 +10,7 @@ from homeserver.areas.e2ee import E2eeArea
 from homeserver.areas.rooms import RoomsArea
 from homeserver.clock import Clock
 from homeserver.config.model import Config
+from homeserver.handlers.event_persister import live_events
 from homeserver.handlers.presence import PresenceHandler
 from homeserver.handlers.receipts import ReceiptsHandler
 from homeserver.handlers.sync import SyncHandler
@@ -49,6 +50,6 @@ async def build_sync(config: Config, clock: Clock, stores: Stores, notifier: Not
     await sync.load_positions()
     account_data.on_change.append(sync.note_account_data)
     accounts.push_rules.on_change.append(sync.note_account_data)
-    rooms.fanout.subscribe("typing", lambda rec: typing.after_persist(rec.event))
-    rooms.fanout.subscribe("presence", lambda rec: presence.after_persist(rec.event))
+    rooms.fanout.subscribe("typing", live_events(typing.after_persist))
+    rooms.fanout.subscribe("presence", live_events(presence.after_persist))
     return SyncArea(sync=sync, presence=presence, typing=typing, receipts=receipts)

@@ -9,11 +9,21 @@ longer matches what was notarised.
 
 Entries never hold a password, token, key or message content: :func:`sanitize_details`
 drops such keys (and token-looking values) before anything is hashed or stored.
+
+Version 2 entries (those with ``id_macs``) hash keyed hashes of their identifiers
+instead of the identifiers themselves: HMAC-SHA256 under the server's audit key of the
+actor's user id, device id, session id, IP and user agent, of the target and of
+identifier-valued details (:data:`IDENTIFIER_DETAILS`). The raw values are stored
+beside the MACs; verification checks each raw value against its MAC. Erasure can then
+pseudonymise an entry (replace a raw value with :func:`pseudonym` of its MAC) without
+changing its hash, so the chain still verifies. Version 1 entries (no ``id_macs``)
+hash the raw values and keep verifying as before.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,13 +35,24 @@ from homeserver.events.canonical_json import (
     encode_canonical_json,
 )
 
-CHAIN_VERSION = 1
+CHAIN_VERSION = 1  # entries without id_macs
+CHAIN_VERSION_KEYED = 2  # entries whose identifiers are hashed under the audit key
 GENESIS_HASH = "0" * 64
 # Every field an entry's hash covers (the row id does not: it is storage detail).
 HASHED_FIELDS = (
     "seq", "ts", "event_type", "action", "outcome", "user_id", "device_id", "session_id",
     "ip", "user_agent", "target", "reason", "request_id", "details", "prev_hash",
 )
+# Version 2: the identifier columns, hashed as MACs (raw values stored beside them).
+IDENTIFIER_FIELDS = ("user_id", "device_id", "session_id", "ip", "user_agent", "target")
+# Top-level details keys whose values (a string or a list of strings) identify someone.
+IDENTIFIER_DETAILS = frozenset({
+    "user_id", "user_ids", "target_user_id", "device_id", "device_ids", "session_id", "ip",
+    "user_agent", "requested_by", "requester", "reporter", "sender", "localpart",
+    "username", "invitee", "inviter",
+})
+PSEUDONYM_PREFIX = "erased-"
+PSEUDONYM_HEX = 16
 # The action recorded by a retention purge; its details corroborate the checkpoint.
 PURGE_ACTION = "audit_purge"
 
@@ -117,10 +138,82 @@ def sanitize_details(details: Mapping[str, Any] | None) -> dict[str, Any] | None
     return cleaned or None
 
 
+def identifier_mac(key: bytes, value: str) -> str:
+    """HMAC-SHA256 (hex) of one identifier under the audit key. The same value gives the
+    same MAC in every field, so a pseudonymised user stays linkable across entries."""
+    return hmac.new(key, value.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def pseudonym(mac: str) -> str:
+    """What replaces an erased identifier: derived from its MAC (not reversible without
+    the key, and checkable by verify)."""
+    return PSEUDONYM_PREFIX + mac[:PSEUDONYM_HEX]
+
+
+def _identifier_items(fields: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """(MAC name, raw value) of each identifier an entry holds: columns by name, details
+    keys as ``details.<key>``."""
+    items: list[tuple[str, Any]] = [(f, fields.get(f)) for f in IDENTIFIER_FIELDS
+                                    if fields.get(f) is not None]
+    details = fields.get("details") or {}
+    for k in sorted(details):
+        v = details[k]
+        if k in IDENTIFIER_DETAILS and (isinstance(v, str) or (
+                isinstance(v, list) and v and all(isinstance(x, str) for x in v))):
+            items.append((f"details.{k}", v))
+    return items
+
+
+def compute_id_macs(key: bytes, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``id_macs`` of a new version 2 entry."""
+    out: dict[str, Any] = {}
+    for name, value in _identifier_items(fields):
+        out[name] = ([identifier_mac(key, v) for v in value] if isinstance(value, list)
+                     else identifier_mac(key, value))
+    return out
+
+
 def canonical_entry(fields: Mapping[str, Any]) -> bytes:
-    """The bytes an entry's hash is computed over."""
-    doc = {"v": CHAIN_VERSION, **{k: fields.get(k) for k in HASHED_FIELDS}}
+    """The bytes an entry's hash is computed over (by version)."""
+    macs = fields.get("id_macs")
+    if macs is None:
+        doc = {"v": CHAIN_VERSION, **{k: fields.get(k) for k in HASHED_FIELDS}}
+        return encode_canonical_json(doc)
+    doc = {k: fields.get(k) for k in HASHED_FIELDS if k not in IDENTIFIER_FIELDS}
+    details = fields.get("details")
+    if details:
+        details = {k: v for k, v in details.items()
+                   if not (k in IDENTIFIER_DETAILS and f"details.{k}" in macs)}
+    doc.update({"v": CHAIN_VERSION_KEYED, "details": details or None, "ids": macs})
     return encode_canonical_json(doc)
+
+
+def check_identifiers(fields: Mapping[str, Any], key: bytes | None) -> str | None:
+    """For a version 2 entry: does every stored identifier match its MAC (or is it the
+    pseudonym derived from it)? Returns what does not, or None. Without the key only
+    the shape is checked: same identifiers as MACs, pseudonyms derived from their MAC."""
+    macs = fields.get("id_macs")
+    if macs is None:
+        return None
+    if not isinstance(macs, dict):
+        return "its identifier MACs are malformed"
+    present = dict(_identifier_items(fields))
+    for name in macs:
+        if name not in present:
+            return f"{name} was removed or altered"
+    for name, value in present.items():
+        mac = macs.get(name)
+        if mac is None:
+            return f"{name} was added"
+        values, expect = ((value, mac) if isinstance(value, list) else ([value], [mac]))
+        if not isinstance(expect, list) or len(expect) != len(values):
+            return f"{name} does not match its MAC"
+        for raw, m in zip(values, expect, strict=True):
+            if not isinstance(m, str) or raw == pseudonym(m):
+                continue
+            if key is not None and not hmac.compare_digest(identifier_mac(key, raw), m):
+                return f"{name} does not match its MAC"
+    return None
 
 
 def entry_hash(fields: Mapping[str, Any]) -> str:
@@ -152,8 +245,10 @@ class ChainVerifier:
     Stops at the first problem (``problem``); :meth:`finish` then compares the end of
     the chain with the stored head (and an optional notarised anchor)."""
 
-    def __init__(self, checkpoint: Link | None, anchor: Link | None = None) -> None:
+    def __init__(self, checkpoint: Link | None, anchor: Link | None = None,
+                 id_key: bytes | None = None) -> None:
         self.checkpoint = checkpoint
+        self.id_key = id_key
         self.anchor = anchor
         self.start = checkpoint or Link(0, GENESIS_HASH)
         self.last = self.start
@@ -182,6 +277,10 @@ class ChainVerifier:
         if entry_hash(entry) != entry.get("entry_hash"):
             return self._fail("edited", f"entry seq={seq} was modified: its contents do not "
                               "match its hash", seq, row_id)
+        ident_problem = check_identifiers(entry, self.id_key)
+        if ident_problem is not None:
+            return self._fail("edited", f"entry seq={seq} was modified: {ident_problem}",
+                              seq, row_id)
         if entry.get("prev_hash") != self.last.hash:
             return self._fail("broken_link", f"entry seq={seq} does not link to the entry "
                               f"before it (seq={self.last.seq} was edited and rehashed, or "

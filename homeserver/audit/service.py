@@ -10,7 +10,15 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from homeserver.audit.chain import ChainVerifier, Link, Problem
+from homeserver.audit.chain import (
+    IDENTIFIER_DETAILS,
+    IDENTIFIER_FIELDS,
+    ChainVerifier,
+    Link,
+    Problem,
+    identifier_mac,
+    pseudonym,
+)
 from homeserver.http.opaque_tokens import Int, decode_token, encode_token
 from storage.stores.security_events import AuditFilter, SecurityEvent, SecurityEventStore
 
@@ -62,14 +70,16 @@ class VerifyReport:
 
 
 async def verify_chain(store: SecurityEventStore, anchor: Link | None = None,
-                       page: int = PAGE) -> VerifyReport:
+                       page: int = PAGE, id_key: bytes | None = None) -> VerifyReport:
     """Check the whole retained chain: every entry's hash and link, no gaps, the end
     against the stored head, the start against the retention checkpoint (and that
-    checkpoint against the purge entry that recorded it), optionally a notarised head."""
+    checkpoint against the purge entry that recorded it), optionally a notarised head.
+    With the audit key, version 2 entries' identifiers are checked against their MACs
+    (pseudonymised ones against the MAC they were derived from)."""
     cp_row = await store.latest_checkpoint()
     checkpoint = Link(*cp_row) if cp_row else None
     head = Link(*(await store.head()))
-    verifier = ChainVerifier(checkpoint, anchor)
+    verifier = ChainVerifier(checkpoint, anchor, id_key)
     unchained = await store.first_unchained()
     if unchained is not None:
         verifier.feed({"id": unchained, "seq": None})
@@ -119,3 +129,76 @@ async def query_entries(store: SecurityEventStore, flt: AuditFilter, from_token:
     rows = rows[:limit]
     next_token = encode_token([rows[-1].seq]) if more and rows else None
     return [entry_json(ev) for ev in rows], next_token
+
+
+# The actor's identifiers: all pseudonymised in an entry the erased user made.
+_ACTOR_FIELDS = ("user_id", "device_id", "session_id", "ip", "user_agent")
+_ACTOR_DETAILS = frozenset({"device_id", "device_ids", "session_id", "ip", "user_agent"})
+
+
+def pseudonymised_values(ev: SecurityEvent, user_id: str) -> dict[str, Any]:
+    """The columns (and ``details``) to overwrite so that ``ev`` no longer names
+    ``user_id`` nor, if they were the actor, their devices, sessions, IP and user agent.
+    Empty for a version 1 entry (its hash covers the raw values: it keeps them until
+    retention deletes it) and for an entry with nothing to replace."""
+    macs = ev.id_macs
+    if not macs:
+        return {}
+    actor = ev.user_id == user_id
+    out: dict[str, Any] = {}
+    for name in IDENTIFIER_FIELDS:
+        value, mac = getattr(ev, name), macs.get(name)
+        if value is None or not isinstance(mac, str) or value == pseudonym(mac):
+            continue
+        if value == user_id or (actor and name in _ACTOR_FIELDS):
+            out[name] = pseudonym(mac)
+    details = dict(ev.details or {})
+    changed = False
+    for key in sorted(details):
+        mac = macs.get(f"details.{key}")
+        if key not in IDENTIFIER_DETAILS or mac is None:
+            continue
+        value = details[key]
+        whole = actor and key in _ACTOR_DETAILS
+        if isinstance(value, str) and isinstance(mac, str):
+            if (value == user_id or whole) and value != pseudonym(mac):
+                details[key], changed = pseudonym(mac), True
+        elif isinstance(value, list) and isinstance(mac, list) and len(mac) == len(value):
+            new = [pseudonym(m) if (v == user_id or whole) else v
+                   for v, m in zip(value, mac, strict=True)]
+            if new != value:
+                details[key], changed = new, True
+    if changed:
+        out["details"] = details
+    return out
+
+
+@dataclass(frozen=True)
+class PseudonymiseReport:
+    replaced: int  # entries rewritten
+    kept_v1: int  # version 1 entries naming the user, kept until retention deletes them
+
+
+async def pseudonymise_user(store: SecurityEventStore, id_key: bytes, user_id: str,
+                            after_id: int = 0, page: int = PAGE) -> PseudonymiseReport:
+    """Replace ``user_id`` (and their own identifiers) by pseudonyms in every retained
+    audit entry, without changing any entry's hash: the chain still verifies. The user's
+    pseudonym is the same in every entry, so their history stays linkable."""
+    replaced = kept = 0
+    while True:
+        batch = await store.entries_mentioning(user_id, after_id, page)
+        for ev in batch:
+            values = pseudonymised_values(ev, user_id)
+            if values:
+                replaced += int(await store.replace_identifiers(ev.id or 0, ev.entry_hash,
+                                                                values))
+            elif ev.id_macs is None:
+                kept += 1
+        if len(batch) < page:
+            return PseudonymiseReport(replaced, kept)
+        after_id = batch[-1].id or after_id
+
+
+def user_pseudonym(id_key: bytes, user_id: str) -> str:
+    """What an erased user is called in the audit trail (and in their purge job)."""
+    return pseudonym(identifier_mac(id_key, user_id))

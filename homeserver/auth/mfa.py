@@ -9,7 +9,8 @@ step, the enrolment endpoints):
   guarded UPDATE, so of two concurrent uses only one succeeds;
 - wrong codes lock the user out for a while (doubling each time), checked before any
   code is looked at, so guessing during a lockout learns nothing. The lockout state is
-  in process memory (one process; shared state comes with the multi-worker limiter);
+  in Redis when a ``redis`` section is configured, so every worker enforces it
+  (homeserver/detection/shared_state.py), else (or while Redis is down) in process memory;
 - every failure, lockout and MFA change is a security event.
 """
 
@@ -30,6 +31,7 @@ from homeserver.auth.ratelimit import limit_exceeded
 from homeserver.auth.requester import Authenticator, ClientInfo, Requester
 from homeserver.auth.ui_auth import RECOVERY_CODE, TOTP
 from homeserver.clock import Clock
+from homeserver.detection.shared_state import SharedCodeLockout
 from homeserver.handlers.security_events import SecurityEventRecorder
 from homeserver.http.errors import Codes, MatrixError
 from storage.stores.mfa import MfaStore
@@ -141,6 +143,9 @@ class MfaHandler:
         self._hasher = hasher
         self._events = events
         self.lockout = CodeLockout(clock, config)
+        # The same lockout, in Redis when configured (homeserver/detection/shared_state.py,
+        # wired by homeserver/detection/setup.py); else this process's ``lockout``.
+        self.shared_lockout = SharedCodeLockout(self.lockout, clock, config)
         # user id -> (expiry, must enrol): for the mfa.required gate on every request.
         self._gate_cache: OrderedDict[str, tuple[float, bool]] = OrderedDict()
 
@@ -201,7 +206,7 @@ class MfaHandler:
     async def confirm(self, user_id: str, code: str, client: ClientInfo | None) -> list[str]:
         """Enable TOTP with a current code of the pending secret; returns the recovery
         codes (the only time they are ever shown)."""
-        self.lockout.check(user_id)
+        await self.shared_lockout.check(user_id)
         state = await self._store.get_totp(user_id)
         if state is not None and state.enabled:
             raise already_enabled()
@@ -218,7 +223,7 @@ class MfaHandler:
         if not await self._store.confirm(user_id, state.pending_ts, step, hashes, now_ms):
             raise MatrixError(400, "The TOTP enrolment changed meanwhile; start again",
                               Codes.INVALID_PARAM)
-        self.lockout.succeeded(user_id)
+        await self.shared_lockout.succeeded(user_id)
         self._gate_cache.pop(user_id, None)
         await self._events.record("mfa_enabled", "success", client, user_id=user_id,
                                   target=user_id)
@@ -257,7 +262,7 @@ class MfaHandler:
                      client: ClientInfo | None = None) -> bool:
         """Check a second-factor code for ``stage``; True once accepted (and spent).
         Raises 429 while the user is locked out."""
-        self.lockout.check(user_id)
+        await self.shared_lockout.check(user_id)
         if not isinstance(code, str) or not code or len(code) > 64:
             await self._failed(user_id, client, "missing or malformed code")
             return False
@@ -268,7 +273,7 @@ class MfaHandler:
         else:
             return False
         if ok:
-            self.lockout.succeeded(user_id)
+            await self.shared_lockout.succeeded(user_id)
             return True
         await self._failed(user_id, client, reason)
         return False
@@ -305,7 +310,7 @@ class MfaHandler:
         return False, "invalid recovery code"
 
     async def _failed(self, user_id: str, client: ClientInfo | None, reason: str) -> None:
-        lockout = self.lockout.failed(user_id)
+        lockout = await self.shared_lockout.failed(user_id)
         await self._events.record("mfa_failure", "failure", client, user_id=user_id,
                                   target=user_id, reason=reason)
         if lockout is not None:

@@ -29,8 +29,8 @@ class PasswordAuth:
         self._users = users
         self._hasher = hasher
         # Login lockout (homeserver/detection): fn(user_id) raising a 429 for a locked
-        # account or client IP, run before any hashing.
-        self.lockout_check: Callable[[str | None], None] | None = None
+        # account or client IP, run before any hashing (async: the state may be in Redis).
+        self.lockout_check: Callable[[str | None], Awaitable[None]] | None = None
         # Plugins (plugins/host.py): an external password check (True/False, None: the
         # local hash decides), and extra login types with their login function.
         self.external_check: Callable[[str, str], Awaitable[bool | None]] | None = None
@@ -83,7 +83,7 @@ class PasswordAuth:
         looked at once the password has matched, so a wrong password never learns it.
         A locked-out account or IP gets its 429 first, without a hash."""
         if self.lockout_check is not None:
-            self.lockout_check(user_id)
+            await self.lockout_check(user_id)
         user = await self._users.get_user(user_id) if user_id is not None else None
         if user is not None and self.external_check is not None:
             external = await self.external_check(user.user_id, password)

@@ -30,19 +30,33 @@ PERMISSIONS: dict[str, str] = {
     "users.suspend": "suspend and unsuspend accounts (read-only)",
     "users.roles": "grant and revoke admin roles",
     "users.export": "export a user's data (GDPR access request): more than metadata",
-    "rooms.read": "room metadata and purge status",
-    "rooms.write": "purge room history",
+    "rooms.read": "room metadata (list, details, members, state metadata), block and"
+                  " purge/shutdown status",
+    "rooms.write": "purge room history, block rooms, shut down and purge rooms",
+    "jobs.read": "list background jobs and their progress",
     "media.quarantine": "quarantine and unquarantine media",
     "media.delete": "delete media",
+    "media.read": "list a user's or a room's media (metadata only)",
+    "reports.read": "list and read event, room and user reports (metadata only)",
+    "reports.write": "resolve and delete reports",
+    "server_notices.send": "send a server notice to a user",
+    "users.shadow_ban": "shadow-ban users (their sends succeed but reach nobody)",
+    "servers.read": "list blocked remote servers",
+    "servers.block": "block and unblock remote servers",
     "audit.read": "read the audit trail",
     "registration_tokens": "read and manage registration tokens",
+    "federation.read": "list federation destinations, their backoff and shared rooms",
+    "federation.write": "reset a federation destination's backoff (retry now)",
 }
 
 BUILTIN_ROLES: dict[str, frozenset[str]] = {
     ADMIN: frozenset(PERMISSIONS),
     "moderator": frozenset({"users.read", "users.lock", "users.suspend", "rooms.read",
-                            "rooms.write", "media.quarantine"}),
-    "auditor": frozenset({"users.read", "rooms.read", "audit.read"}),
+                            "rooms.write", "media.quarantine", "media.read", "reports.read",
+                            "reports.write", "server_notices.send", "users.shadow_ban",
+                            "servers.read", "jobs.read", "federation.read"}),
+    "auditor": frozenset({"users.read", "rooms.read", "audit.read", "media.read",
+                          "reports.read", "servers.read", "jobs.read"}),
     "support": frozenset({"users.read", "users.reset_password", "users.sessions"}),
 }
 

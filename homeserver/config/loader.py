@@ -13,6 +13,7 @@ from jsonschema import Draft202012Validator
 
 from homeserver.audit.config import parse_audit
 from homeserver.auth.mfa_config import parse_mfa
+from homeserver.config.federation import parse_federation
 from homeserver.config.model import (
     DEFAULT_RATE_LIMITS,
     DEFAULT_THUMBNAIL_SIZES,
@@ -42,6 +43,8 @@ from homeserver.config.schema import CONFIG_SCHEMA
 from homeserver.crypto.config import parse_at_rest
 from homeserver.detection.config import parse_detection, parse_server_notices
 from homeserver.gdpr.config import parse_gdpr
+from homeserver.gdpr.consent_config import parse_consent
+from homeserver.gdpr.retention_config import parse_retention
 from homeserver.push.sender.config import parse_push
 
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
@@ -169,6 +172,7 @@ def parse_media(raw: dict[str, Any], data_dir: str, rel: Any) -> MediaConfig:
         builtin_scanner=raw.get("builtin_scanner", True),
         sha256_deny_list_file=rel(deny) if deny else None,
         max_image_pixels=raw.get("max_image_pixels", 32 * 1024 * 1024),
+        remote_cache_max_bytes=raw.get("remote_cache_max_bytes", 1024 * 1024 * 1024),
         thumbnail_sizes=tuple(
             ThumbnailSize(t["width"], t["height"], t.get("method", "scale"))
             for t in raw["thumbnail_sizes"]) if "thumbnail_sizes" in raw else DEFAULT_THUMBNAIL_SIZES,
@@ -379,6 +383,9 @@ def parse_config(raw: Any, base_dir: Path | None = None) -> Config:
         shutdown_grace_period_s=float(raw.get("shutdown", {}).get("grace_period_s", 10)),
         audit=parse_audit(raw.get("audit", {})),
         gdpr=parse_gdpr(raw.get("gdpr", {})),
+        user_consent=parse_consent(raw.get("user_consent"), resolve_secret(
+            raw.get("form_secret"), "form_secret"), rel),
+        retention=parse_retention(raw.get("retention")),
         mfa=parse_mfa(raw.get("mfa", {})),
         push=parse_push(raw.get("push", {})),
         server_notices=parse_server_notices(raw.get("server_notices", {})),
@@ -386,8 +393,13 @@ def parse_config(raw: Any, base_dir: Path | None = None) -> Config:
         identity_servers=parse_identity_servers(raw.get("identity_servers", {})),
         app_service_config_files=[rel(p) for p in raw.get("app_service_config_files", [])],
         admin_roles=_parse_admin_roles(raw.get("admin_roles")),
-        at_rest=parse_at_rest(raw.get("secrets", {})),
+        at_rest=parse_at_rest(raw.get("secrets", {}),
+                              search_enabled=raw.get("search", {}).get("enabled", False)),
         login_tokens=parse_login_tokens(raw.get("login_tokens", {})),
+        federation=parse_federation(raw.get("federation", {}), rel),
+        federation_blocked_servers=tuple(
+            n.lower() for n in raw.get("federation", {}).get("blocked_servers", [])),
+        admin_reports_show_content=raw.get("admin", {}).get("reports_show_content", False),
     )
 
 

@@ -7,8 +7,11 @@ from typing import Any
 
 from homeserver.audit.config import AuditConfig
 from homeserver.auth.mfa_config import MfaConfig
+from homeserver.config.federation import FederationConfig
 from homeserver.detection.config import DetectionConfig, ServerNoticesConfig
 from homeserver.gdpr.config import GdprConfig
+from homeserver.gdpr.consent_config import ConsentConfig
+from homeserver.gdpr.retention_config import RetentionConfig
 from homeserver.push.sender.config import PushConfig
 
 
@@ -292,6 +295,9 @@ class MediaConfig:
     builtin_scanner: bool = True
     sha256_deny_list_file: str | None = None
     max_image_pixels: int = 32 * 1024 * 1024
+    # Other servers' media cached for local clients (federation), least recently used
+    # evicted past this many bytes.
+    remote_cache_max_bytes: int = 1024 * 1024 * 1024
     thumbnail_sizes: tuple[ThumbnailSize, ...] = DEFAULT_THUMBNAIL_SIZES
     s3: MediaS3Config | None = None
     url_preview: UrlPreviewConfig = field(default_factory=UrlPreviewConfig)
@@ -306,6 +312,9 @@ class AtRestConfig:
     keys: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
     active: str | None = None
     accept_plaintext: bool = True
+    # Optional sealing of stored event JSON / profile fields (homeserver/crypto/content.py).
+    encrypt_event_content: bool = False
+    encrypt_profiles: bool = False
 
 
 @dataclass(frozen=True)
@@ -342,6 +351,9 @@ class Config:
     shutdown_grace_period_s: float = 10.0
     audit: AuditConfig = field(default_factory=AuditConfig)
     gdpr: GdprConfig = field(default_factory=GdprConfig)  # homeserver/gdpr/config.py
+    # Consent tracking (None: off) and message retention (homeserver/gdpr/*_config.py).
+    user_consent: ConsentConfig | None = None
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     mfa: MfaConfig = field(default_factory=MfaConfig)
     push: PushConfig = field(default_factory=PushConfig)
     server_notices: ServerNoticesConfig = field(default_factory=ServerNoticesConfig)
@@ -354,3 +366,9 @@ class Config:
     admin_roles: dict[str, frozenset[str]] = field(default_factory=dict)
     login_tokens: LoginTokensConfig = field(default_factory=LoginTokensConfig)
     at_rest: AtRestConfig = field(default_factory=AtRestConfig)
+    # The ``federation`` section (homeserver/config/federation.py); ``enabled`` is also
+    # ``federation_enabled`` above.
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    # federation.blocked_servers (lower-cased); admin.reports_show_content (issue 15).
+    federation_blocked_servers: tuple[str, ...] = ()
+    admin_reports_show_content: bool = False

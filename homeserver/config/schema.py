@@ -16,6 +16,8 @@ from homeserver.config.model import DEFAULT_RATE_LIMITS
 from homeserver.crypto.config import SECRETS_SCHEMA
 from homeserver.detection.config import DETECTION_SCHEMA, SERVER_NOTICES_SCHEMA
 from homeserver.gdpr.config import GDPR_SCHEMA
+from homeserver.gdpr.consent_config import CONSENT_SCHEMA
+from homeserver.gdpr.retention_config import RETENTION_SCHEMA
 from homeserver.push.sender.config import PUSH_SCHEMA
 
 DURATION = {"anyOf": [{"type": "integer", "minimum": 0},
@@ -89,6 +91,9 @@ MEDIA = _obj(
         "builtin_scanner": {"type": "boolean"},
         "sha256_deny_list_file": {"type": "string"},
         "max_image_pixels": {"type": "integer", "minimum": 1},
+        # Bytes of other servers' media kept (homeserver/media/remote.py; federation).
+        "remote_cache_max_bytes": {"type": "integer", "minimum": 0,
+                                   "maximum": 2**53 - 1},
         "thumbnail_sizes": {"type": "array", "minItems": 1, "maxItems": 20, "items": _obj(
             {
                 "width": {"type": "integer", "minimum": 1, "maximum": 4096},
@@ -233,7 +238,30 @@ CONFIG_SCHEMA: dict[str, Any] = _obj(
                 "format": {"enum": ["json", "text"]},
             }
         ),
-        "federation": _obj({"enabled": {"type": "boolean"}}),
+        # homeserver/config/federation.py
+        "federation": _obj({
+            "enabled": {"type": "boolean"},
+            "key_validity_period": DURATION,
+            "trusted_key_servers": {"type": "array", "maxItems": 16, "items": _obj({
+                "server_name": {"type": "string", "minLength": 1, "maxLength": 255},
+                "verify_keys": {"type": "object", "minProperties": 1,
+                                "additionalProperties": {"type": "string"}},
+            }, ["server_name", "verify_keys"])},
+            "allowed_servers": {"type": "array", "items": {"type": "string", "minLength": 1,
+                                                           "maxLength": 255}},
+            "tls_ca_file": {"type": "string", "minLength": 1},
+            "ip_range_allowlist": {"type": "array", "items": {"type": "string"}},
+            "request_timeout": DURATION,
+            "max_response_size": {"type": "integer", "minimum": 65536,
+                                  "maximum": 1024 * 1024 * 1024},
+            # Blocked remote servers, merged with those blocked through the admin API
+            # (homeserver/handlers/server_blocks.py).
+            "blocked_servers": {"type": "array", "maxItems": 10000, "items": {
+                "type": "string", "minLength": 1, "maxLength": 255}},
+        }),
+        # Admin API options (issue 15): event-report details show the reported event's
+        # content only with this on, and only for unencrypted rooms.
+        "admin": _obj({"reports_show_content": {"type": "boolean"}}),
         # A plugin is its name, or {name, config} with its own config (checked by the
         # plugin's CONFIG_SCHEMA at start-up).
         "plugins": {"type": "array", "items": {"anyOf": [
@@ -257,6 +285,10 @@ CONFIG_SCHEMA: dict[str, Any] = _obj(
         "media": MEDIA,
         "audit": AUDIT_SCHEMA,
         "gdpr": GDPR_SCHEMA,
+        # Consent tracking and message retention (homeserver/gdpr/*_config.py).
+        "user_consent": CONSENT_SCHEMA,
+        "form_secret": SECRET,
+        "retention": RETENTION_SCHEMA,
         "admin_roles": ADMIN_ROLES_SCHEMA,
         "mfa": MFA_SCHEMA,
         "push": PUSH_SCHEMA,

@@ -24,6 +24,8 @@ one, plaintext written before the key was configured is still read (unless
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import logging
 import os
@@ -145,11 +147,23 @@ class Keyring:
         if active not in keys:
             raise ValueError(f"the active key id {active!r} is not configured")
         self._keys = {kid: AESGCM(key) for kid, key in keys.items()}
+        # Per-KEK keys for lookup hashes (derived, so a hash never exposes the KEK).
+        self._lookup = {kid: hmac.new(key, b"parley at-rest lookup v1", hashlib.sha256).digest()
+                        for kid, key in keys.items()}
         self.active = active
 
     @property
     def ids(self) -> list[str]:
         return list(self._keys)
+
+    def lookup_hash(self, value: str, purpose: str, kid: str | None = None) -> str:
+        """A keyed hash (HMAC-SHA256) of ``value`` for equality lookups of a sealed column
+        (``<kid>:<hex>``): the database can find a row by it without holding the value,
+        and without the key nobody can test guesses against it."""
+        kid = kid or self.active
+        mac = hmac.new(self._lookup[kid], json.dumps([purpose, value]).encode("utf-8"),
+                       hashlib.sha256)
+        return f"{kid}:{mac.hexdigest()}"
 
     def seal(self, plaintext: bytes, loc: Location) -> str:
         kid = self.active
@@ -241,6 +255,25 @@ class SecretVault:
             except Exception:
                 logger.exception("could not audit a refused stored secret")
 
+    def lookup_hash(self, value: str, purpose: str) -> str:
+        """The hash new rows store for lookups of ``value`` (:meth:`Keyring.lookup_hash`
+        under the active key; without a key an unkeyed SHA-256, the value being
+        plaintext then anyway)."""
+        if self.keyring is None:
+            return "sha256:" + hashlib.sha256(
+                json.dumps([purpose, value]).encode("utf-8")).hexdigest()
+        return self.keyring.lookup_hash(value, purpose)
+
+    def lookup_hashes(self, value: str, purpose: str) -> list[str]:
+        """Every hash a row holding ``value`` may carry: under each configured key (a
+        rotation may be half-way) and the unkeyed one (rows written before a key)."""
+        out = [self.lookup_hash(value, purpose)]
+        if self.keyring is not None:
+            out += [self.keyring.lookup_hash(value, purpose, kid)
+                    for kid in self.keyring.ids if kid != self.keyring.active]
+            out.append(SecretVault(None).lookup_hash(value, purpose))
+        return out
+
     def needs_reseal(self, stored: str | None) -> bool:
         """True if ``stored`` is not sealed under the active key (rotation's test)."""
         if stored is None or self.keyring is None:
@@ -265,7 +298,7 @@ def vault_from_config(config: Config, on_refused: Refusal | None = None) -> Secr
         if not _warned:
             _warned.append(True)
             logger.warning("secrets.at_rest_key is not set: server-held secrets (TOTP "
-                           "secrets, the signing key file) are stored unencrypted")
+                           "secrets, the signing key file, pushers' pushkeys) are stored unencrypted")
         return SecretVault(None, on_refused=on_refused)
     return SecretVault(Keyring(keys, at_rest.active or next(iter(keys))),
                        at_rest.accept_plaintext, on_refused)

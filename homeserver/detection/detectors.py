@@ -1,7 +1,10 @@
 """The detectors. Each reads the audit trail's events (a recorder sink) or the event
 fan-out, keeps small bounded in-memory windows per key, and raises alerts
-(homeserver/detection/alerts.py). State is per process: with several workers each
-counts what it serves (the lockout still bounds every worker's guessing rate).
+(homeserver/detection/alerts.py). The login lockout and the spraying window are kept in
+Redis when a ``redis`` section is configured (homeserver/detection/shared_state.py), so
+several workers share them; without Redis, or while it is unreachable, each process
+keeps its own (the lockout still bounds every worker's guessing rate). The flood and
+policy-rejection windows are per process.
 
 - login failures per account and per IP: a temporary lockout with growing backoff,
   checked before any password hashing (429 ``M_LIMIT_EXCEEDED`` + ``retry_after_ms``);
@@ -28,6 +31,7 @@ from homeserver.audit import context as audit_context
 from homeserver.clock import Clock
 from homeserver.detection.alerts import HIGH, INFO, WARNING, Alerts
 from homeserver.detection.config import DetectionConfig, LoginFailuresConfig, Windowed
+from homeserver.detection.shared_state import SharedLoginLockout, SharedRedis
 from homeserver.handlers.event_fanout import PersistedEvent, PersistKind
 from homeserver.http.errors import Codes, MatrixError
 from homeserver.lru import LruCache
@@ -183,6 +187,8 @@ class Detection:
         self._devices = devices
         self._system_user = system_user_id
         self.lockout = LoginLockout(config.login_failures)
+        # The same lockout, in Redis once :meth:`share` is called (else in-process).
+        self.shared = SharedLoginLockout(self.lockout, config.login_failures)
         self._spray: LruCache[str, deque[tuple[int, str]]] = LruCache(MAX_KEYS)
         self._messages = SlidingWindow(config.message_flood.window_s)
         self._invites = SlidingWindow(config.invite_flood.window_s)
@@ -194,16 +200,20 @@ class Detection:
             POLICY_REJECTION: self._on_policy_rejection,
         }
 
+    def share(self, redis: SharedRedis | None) -> None:
+        """Keep the lockout and spraying state in Redis (None: in-process)."""
+        self.shared.redis = redis
+
     # ---- the pre-hash check (PasswordAuth.lockout_check)
 
-    def check_login(self, user_id: str | None) -> None:
+    async def check_login(self, user_id: str | None) -> None:
         """Raise the lockout 429 for a locked account or IP, before any hashing."""
         if not (self._config.enabled and self._config.login_failures.enabled):
             return
         ctx = audit_context.current()
         client = getattr(ctx.request, "client", None) if ctx is not None else None
         ip = getattr(client, "ip", None)
-        wait = self.lockout.retry_after_ms(user_id, ip, self._clock.time_msec())
+        wait = await self.shared.retry_after_ms(user_id, ip, self._clock.time_msec())
         if wait > 0:
             raise lockout_error(wait)
 
@@ -221,7 +231,10 @@ class Detection:
         if ev.outcome == "failure" and ev.reason in _COUNTED_LOGIN_FAILURES:
             self._password_failure(ev, now)
         elif ev.outcome == "success" and ev.user_id:
-            self.lockout.success(ev.user_id, now)
+            if self.shared.redis is not None:
+                self.alerts.spawn(self.shared.success(ev.user_id, now))
+            else:
+                self.lockout.success(ev.user_id, now)
             via = (ev.details or {}).get("via")
             if self._config.new_login:
                 self.alerts.spawn(self._check_new_login(ev, via in _REGISTRATION_VIA))
@@ -231,6 +244,9 @@ class Detection:
             self._password_failure(ev, self._clock.time_msec())
 
     def _password_failure(self, ev: SecurityEvent, now: int) -> None:
+        if self.shared.redis is not None:
+            self.alerts.spawn(self._shared_password_failure(ev, now))
+            return
         lf = self._config.login_failures
         if lf.enabled:
             for lock in self.lockout.failure(ev.user_id, ev.ip, now):
@@ -238,6 +254,22 @@ class Detection:
         sp = self._config.password_spraying
         if sp.enabled and ev.ip and ev.user_id:
             self._spraying(ev.ip, ev.user_id, now)
+
+    async def _shared_password_failure(self, ev: SecurityEvent, now: int) -> None:
+        """:meth:`_password_failure` on the shared (Redis) state."""
+        if self._config.login_failures.enabled:
+            for lock in await self.shared.failure(ev.user_id, ev.ip, now):
+                self._alert_lockout(lock, ev.user_id if lock.scope == "account" else None)
+        sp = self._config.password_spraying
+        if not (sp.enabled and ev.ip and ev.user_id):
+            return
+        accounts = await self.shared.spray(ev.ip, ev.user_id, now, sp.window_s,
+                                           sp.distinct_accounts,
+                                           lambda: self._spray_count(ev.ip or "",
+                                                                     ev.user_id or "", now))
+        if accounts >= sp.distinct_accounts:
+            duration = await self.shared.lock_ip(ev.ip, now)
+            self._alert_spraying(accounts, duration)
 
     def _alert_lockout(self, lock: Lockout, user_id: str | None) -> None:
         notice = None
@@ -255,6 +287,15 @@ class Detection:
 
     def _spraying(self, ip: str, user_id: str, now: int) -> None:
         sp = self._config.password_spraying
+        count = self._spray_count(ip, user_id, now)
+        if count < sp.distinct_accounts:
+            return
+        self._alert_spraying(count, self.lockout.lock_ip(ip, now))
+
+    def _spray_count(self, ip: str, user_id: str, now: int) -> int:
+        """Distinct accounts failed from ``ip`` in the window, with this one (the window
+        starts afresh once the threshold is reached: one alert per burst)."""
+        sp = self._config.password_spraying
         q = self._spray.get(ip)
         if q is None:
             q = deque()
@@ -263,13 +304,15 @@ class Detection:
         while q and q[0][0] <= now - sp.window_s * 1000:
             q.popleft()
         accounts = {u for _, u in q}
-        if len(accounts) < sp.distinct_accounts:
-            return
-        self._spray.pop(ip)
-        duration = self.lockout.lock_ip(ip, now)
+        if len(accounts) >= sp.distinct_accounts:
+            self._spray.pop(ip)
+        return len(accounts)
+
+    def _alert_spraying(self, accounts: int, duration: float) -> None:
         self.alerts.spawn(self.alerts.raise_alert(
             "password_spraying", HIGH, "failed logins on many accounts from one address",
-            details={"distinct_accounts": len(accounts), "window_s": sp.window_s,
+            details={"distinct_accounts": accounts,
+                     "window_s": self._config.password_spraying.window_s,
                      "lockout_s": duration}))
 
     def _on_refresh_reuse(self, ev: SecurityEvent) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +13,7 @@ from homeserver.config.model import Config
 from homeserver.detection.alerts import Alerts
 from homeserver.detection.detectors import Detection
 from homeserver.detection.policy import watch_policy_rejections
+from homeserver.detection.shared_state import shared_redis
 from homeserver.handlers.server_notices import ServerNoticesHandler
 from storage.database import Database
 from storage.stores.all_stores import Stores
@@ -46,3 +48,17 @@ async def build_detection(config: Config, clock: Clock, db: Database, stores: St
     watch_policy_rejections(rooms.event_creation, accounts.security_events,
                             notices.system_user_id)
     return DetectionArea(notices, detection, alerts)
+
+
+def wire_shared_lockouts(config: Config, detection: DetectionArea | None, mfa: Any,
+                         limiter: Any, reactor: Any) -> Callable[[], Awaitable[None]] | None:
+    """With a ``redis`` section: the login lockout, the spraying window and the MFA
+    code lockout kept in Redis (on the rate limiter's connection when it has one), so
+    every process enforces them. Returns a closer for a connection opened here."""
+    redis, closer = shared_redis(config, reactor, limiter)
+    if redis is None:
+        return None
+    if detection is not None:
+        detection.detection.share(redis)
+    mfa.shared_lockout.redis = redis
+    return closer

@@ -28,8 +28,9 @@ class EventFormat(IntEnum):
 class RoomVersion:
     identifier: str
     event_format: EventFormat
-    # "v1" (v1), "v2" (v2-v11), "v2.1" (v12). Local rooms are linear, so this is recorded
-    # for federation rather than run.
+    # "v1" (v1), "v2" (v2-v11), "v2.1" (v12: iterative auth checks start from an empty
+    # state, and the full conflicted set adds the conflicted state subgraph). The
+    # algorithms are in homeserver/events/state_res/ (resolve_state dispatches on this).
     state_res: str
     # v1, v2: auth rule 11 authorises m.room.redaction (redact level, or the same event id
     # domain); from v3 redactions are checked when applied ("Handling redactions").

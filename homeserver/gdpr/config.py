@@ -3,6 +3,7 @@
 ```yaml
 gdpr:
   export_link_lifetime: 24h   # how long a finished export (archive and link) lives
+  erasure_grace_period: 30d   # after an erasure, when the purge job deletes the rest (0: at once)
 ```
 """
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 DEFAULT_EXPORT_LINK_LIFETIME_S = 24 * 3600.0
+DEFAULT_ERASURE_GRACE_S = 30 * 24 * 3600.0
 
 _DURATION: dict[str, Any] = {"anyOf": [{"type": "integer", "minimum": 1},
                                        {"type": "string", "pattern": r"^\d+(ms|s|m|h|d|w|y)?$"}]}
@@ -22,6 +24,9 @@ GDPR_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
     "properties": {
         "export_link_lifetime": _DURATION,
+        "erasure_grace_period": {"anyOf": [
+            {"type": "integer", "minimum": 0, "maximum": 10 * 365 * 86400},
+            {"type": "string", "pattern": r"^\d{1,12}(ms|s|m|h|d|w|y)?$"}]},
     },
 }
 
@@ -30,6 +35,8 @@ GDPR_SCHEMA: dict[str, Any] = {
 class GdprConfig:
     # A finished export's archive and download link expire this long after it finished.
     export_link_lifetime_s: float = DEFAULT_EXPORT_LINK_LIFETIME_S
+    # After an erasure, the purge job deletes the remaining personal data this much later.
+    erasure_grace_period_s: float = DEFAULT_ERASURE_GRACE_S
 
 
 def parse_gdpr(raw: dict[str, Any] | None) -> GdprConfig:
@@ -40,4 +47,7 @@ def parse_gdpr(raw: dict[str, Any] | None) -> GdprConfig:
     lifetime = parse_duration(raw.get("export_link_lifetime", "24h"))
     if lifetime < 1:
         raise ConfigError("gdpr.export_link_lifetime: must be at least 1s")
-    return GdprConfig(export_link_lifetime_s=lifetime)
+    grace = parse_duration(raw.get("erasure_grace_period", "30d"))
+    if grace > 10 * 365 * 86400:
+        raise ConfigError("gdpr.erasure_grace_period: at most 10 years")
+    return GdprConfig(export_link_lifetime_s=lifetime, erasure_grace_period_s=grace)

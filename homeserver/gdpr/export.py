@@ -50,6 +50,7 @@ from homeserver.media.handler import media_key
 from plugins.host import PluginHost
 from storage.database import Database
 from storage.stores.all_stores import Stores
+from storage.stores.consent import ConsentStore
 from storage.stores.gdpr_exports import ExportJob, GdprExportStore, SectionState
 from storage.stores.security_events import SecurityEvent
 
@@ -68,7 +69,7 @@ MAX_TOKEN_LENGTH = 128
 SECTIONS: tuple[tuple[str, str], ...] = (
     ("profile", "single"), ("account_data", "single"), ("devices", "single"),
     ("memberships", "single"), ("push_rules", "single"), ("pushers", "single"),
-    ("events", "batched"), ("media", "batched"), ("audit", "batched"),
+    ("consent", "single"), ("events", "batched"), ("media", "batched"), ("audit", "batched"),
     ("plugins", "single"),
 )
 SECTION_NAMES = [s for s, _ in SECTIONS]
@@ -120,6 +121,8 @@ class ExportJobs:
         self.batch_size = BATCH_SIZE
         # Test hook: awaited before every batch with (export id, section, batch number).
         self.before_batch: Callable[[str, str, int], Awaitable[None]] | None = None
+        # Consent records (schema 0038; set by build_gdpr_export).
+        self.consents: ConsentStore | None = None
 
     # -- requests ------------------------------------------------------------------------
 
@@ -288,7 +291,7 @@ class ExportJobs:
             "profile": self._profile, "account_data": self._account_data,
             "devices": self._devices, "memberships": self._memberships,
             "push_rules": self._push_rules.get_ruleset, "pushers": self._pushers,
-            "plugins": self._plugins.export_user_data,
+            "plugins": self._plugins.export_user_data, "consent": self._consents,
         }
         if section in single:
             return await single[section](user_id), None, True
@@ -313,6 +316,11 @@ class ExportJobs:
             out.update(created_ts=user.created_ts, is_admin=user.is_admin,
                        is_guest=user.is_guest, deactivated=user.deactivated)
         return out
+
+    async def _consents(self, user_id: str) -> list[dict[str, Any]]:
+        """The privacy policy versions the user accepted, and when."""
+        records = await self.consents.list_consents(user_id) if self.consents else []
+        return [{"version": r.version, "accepted_ts": r.accepted_ts} for r in records]
 
     async def _account_data(self, user_id: str) -> dict[str, Any]:
         global_data, rooms = await self._stores.account_data.get_updated_account_data(user_id, 0)
@@ -417,8 +425,10 @@ def build_gdpr_export(config: Config, clock: Clock, db: Database, stores: Stores
                       media: MediaBackend, plugins: PluginHost,
                       push_rules: PushRulesHandler) -> ExportJobs:
     """The export jobs from the config (the composition root gains a line)."""
-    return ExportJobs(config.server_name, clock, GdprExportStore(db), stores, media, plugins,
+    jobs = ExportJobs(config.server_name, clock, GdprExportStore(db), stores, media, plugins,
                       push_rules, config.data_dir, config.gdpr.export_link_lifetime_s)
+    jobs.consents = ConsentStore(db)
+    return jobs
 
 
 def start_cleanup(exports: ExportJobs, clock: Clock) -> LoopingCall:

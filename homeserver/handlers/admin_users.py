@@ -46,7 +46,7 @@ def user_json(row: AdminUserRow) -> dict[str, Any]:
         "name": row.user_id, "displayname": row.displayname, "avatar_url": row.avatar_url,
         "is_guest": row.is_guest, "admin": row.is_admin, "deactivated": row.deactivated,
         "erased": row.erased, "locked": row.locked, "suspended": row.suspended,
-        "shadow_banned": False, "user_type": None, "creation_ts": row.created_ts,
+        "shadow_banned": row.shadow_banned, "user_type": None, "creation_ts": row.created_ts,
         "last_seen_ts": row.last_seen_ts, "threepids": [], "external_ids": [],
         "admin_role": row.role if not row.is_admin else ADMIN,
         "password_reset_required": row.password_reset_required,
@@ -170,11 +170,20 @@ class AdminUsersHandler:
         return created
 
     async def deactivate(self, actor: Actor, user_id: str, erase: bool) -> None:
+        """With ``erase``: GDPR erasure (homeserver/gdpr/erasure.py), also of an account
+        deactivated earlier without it. Only an admin may erase an account holding a
+        role (``_target``)."""
         row = await self._target(actor, user_id)
+        requester = actor.requester.user_id
         if not row.deactivated:
             await self._d.account.deactivate(
-                Requester(user_id=user_id, device_id=None, session_id=""), erase, actor.client)
+                Requester(user_id=user_id, device_id=None, session_id=""), erase, actor.client,
+                requested_by=requester)
+        elif erase and not row.erased:
+            await self._d.account.erase_deactivated(user_id, requester, actor.client)
         await self._audit(actor, "deactivate_user", user_id, erase=erase)
+        if erase:
+            self._d.account.start_due_purges()  # after the entries above: it pseudonymises them
 
     async def reset_password(self, actor: Actor, user_id: str, new_password: str,
                              logout_devices: bool) -> None:

@@ -47,6 +47,9 @@ class DeviceListHandler:
         self._members = members
         self._notifier = notifier
         self._positions = StreamPositions(store.allocate_stream_id)
+        # Told (user, device ids, stream id) of each change others may see (the
+        # federation sender's m.device_list_update: federation/sender/).
+        self.on_shared_change: list[Callable[[str, list[str], int], Awaitable[None]]] = []
         # Told (user, audience) of each change, and (user, room) when a user leaves a
         # room (application services: homeserver/appservice/encryption.py).
         self.on_changed: list[Callable[[str, set[str]], None]] = []
@@ -71,6 +74,9 @@ class DeviceListHandler:
             return
         async with self._positions.write() as position:
             await self._store.add_device_changes(position, user_id, device_ids, only_to)
+        if only_to is None:
+            for hook in self.on_shared_change:
+                await hook(user_id, device_ids, position)
         audience = {only_to} if only_to is not None else \
             await self._members.users_sharing_rooms(user_id) | {user_id}
         for listener in self.on_changed:

@@ -5,9 +5,11 @@ directory read.
 Permissions follow Synapse: an alias is created by a member of the room (or a server
 admin) and deleted by its creator, a server admin, or a member able to send
 ``m.room.canonical_alias``; the same "moderator" rule guards publishing a room.
-Aliases of other servers cannot be resolved until federation exists: they are
-reported as not found, and a canonical alias naming one is refused (M_BAD_ALIAS),
-since nothing could vouch for it.
+Aliases of other servers are resolved, and other servers' room lists fetched, over
+federation (``remote_alias`` / ``remote_public_rooms``, set by
+federation/remote_queries.py); without federation they are not found. A canonical
+alias naming another server's alias is refused (M_BAD_ALIAS), since nothing here can
+vouch for it.
 """
 
 from __future__ import annotations
@@ -234,6 +236,14 @@ class DirectoryHandler:
         self.appservice_alias: Callable[[str], Awaitable[bool]] | None = None
         self.query_alias: Callable[[str], Awaitable[bool]] | None = None
         self.network_rooms: Callable[[str | None, bool], Awaitable[list[str]]] | None = None
+        # Aliases a room shutdown removed (homeserver/handlers/admin_rooms.py): raises
+        # M_FORBIDDEN, so they cannot be created again.
+        self.check_alias_blocked: Callable[[str], Awaitable[None]] | None = None
+        # Federation: remote_alias(alias) -> {"room_id", "servers"} or None (not found);
+        # remote_public_rooms(server, params) -> that server's /publicRooms answer.
+        self.remote_alias: Callable[[str], Awaitable[dict[str, Any] | None]] | None = None
+        self.remote_public_rooms: Callable[[str, dict[str, Any]],
+                                           Awaitable[dict[str, Any]]] | None = None
 
     async def _is_admin(self, user_id: str) -> bool:
         user = await self._users.get_user(user_id)
@@ -274,17 +284,20 @@ class DirectoryHandler:
                               Codes.FORBIDDEN)
         if await self._rooms.get_room_version(room_id) is None:
             raise MatrixError(404, "Room not found", Codes.NOT_FOUND)
+        if self.check_alias_blocked is not None:
+            await self.check_alias_blocked(alias)
         if self.may_create_alias is not None:
             await self.may_create_alias(user_id, alias, room_id)
         if not await self._aliases.create_alias(alias, room_id, user_id, self._clock.time_msec()):
             raise MatrixError(409, f"Room alias {alias} already exists", Codes.UNKNOWN)
 
     async def resolve_alias(self, alias: str) -> str | None:
-        """The room of an alias, or None (always None for other servers' aliases until
-        federation lands)."""
+        """The room of an alias, or None (other servers' aliases: asked over federation,
+        else None)."""
         _, server = parse_alias(alias)
         if server != self._server_name:
-            return None
+            answer = await self.remote_alias(alias) if self.remote_alias is not None else None
+            return answer["room_id"] if answer is not None else None
         found = await self._aliases.get_alias(alias)
         if found is None and self.query_alias is not None and await self.query_alias(alias):
             found = await self._aliases.get_alias(alias)
@@ -292,6 +305,11 @@ class DirectoryHandler:
 
     async def get_alias(self, alias: str) -> dict[str, Any]:
         _, server = parse_alias(alias)
+        if server != self._server_name and self.remote_alias is not None:
+            answer = await self.remote_alias(alias)
+            if answer is None:
+                raise MatrixError(404, f"Room alias {alias} not found", Codes.NOT_FOUND)
+            return answer
         room_id = await self.resolve_alias(alias)
         if room_id is None:
             msg = f"Room alias {alias} not found" if server == self._server_name else (
@@ -415,13 +433,24 @@ class DirectoryHandler:
         server: str | None = None,
         third_party_instance_id: str | None = None,
         include_all_networks: bool = False,
+        authenticated: bool = True,
     ) -> dict[str, Any]:
         """One page of the published room list, Synapse's pagination: ``next_batch``
-        when more rooms follow, ``prev_batch`` when the page did not start at the top."""
+        when more rooms follow, ``prev_batch`` when the page did not start at the top.
+        Another server's list is only fetched for an authenticated user (as Synapse:
+        no anonymous requests made through us)."""
         if server is not None and server != self._server_name:
             check_server_name(server)
-            raise MatrixError(404, "Federation is not enabled: cannot list another server's"
-                              " rooms", Codes.NOT_FOUND)
+            if self.remote_public_rooms is None:
+                raise MatrixError(404, "Federation is not enabled: cannot list another"
+                                  " server's rooms", Codes.NOT_FOUND)
+            if not authenticated:
+                raise MatrixError(401, "Listing another server's rooms needs an access token",
+                                  Codes.MISSING_TOKEN)
+            return await self.remote_public_rooms(server, {
+                "limit": limit, "since": since, "search": search, "room_types": room_types,
+                "third_party_instance_id": third_party_instance_id,
+                "include_all_networks": include_all_networks})
         if include_all_networks and third_party_instance_id is not None:
             raise MatrixError(400, "Can't use include_all_networks with an explicit network",
                               Codes.INVALID_PARAM)

@@ -6,7 +6,9 @@ every signed one-time or fallback key a valid signature by that same key. A forg
 upload could otherwise let anyone with a stolen access token swap a device's identity
 for one the attacker controls, or plant one-time keys others would encrypt to.
 
-There is no federation yet: remote users are reported under ``failures``.
+Users of other servers are asked through ``remote_query`` / ``remote_claim``, hooks
+federation sets (federation/remote_queries.py); without federation they are reported
+under ``failures``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,11 @@ JsonDict = dict[str, Any]
 # response being built) -> adds e.g. master_keys / self_signing_keys / user_signing_keys
 # and signatures on device keys. Used by cross-signing.
 QueryProvider = Callable[[str, dict[str, list[str]], JsonDict], Awaitable[None]]
+# Federation hooks: ({server: {user: [device ids]}} or {server: {user: {device: algorithm}}},
+# timeout in seconds) -> (the merged answers, {server: failure}).
+RemoteQuery = Callable[[dict[str, dict[str, Any]], float], Awaitable[tuple[JsonDict, JsonDict]]]
+DEFAULT_REMOTE_TIMEOUT_MS = 10_000
+MAX_REMOTE_TIMEOUT_MS = 60_000
 
 MAX_ID_LENGTH = 255
 # Algorithm names: the spec's grammar is lower-case letters, digits, '.', '_' and '-'.
@@ -159,6 +166,9 @@ class E2eKeysHandler:
         self._device_lists = device_lists
         # Extensions to /keys/query (cross-signing); each may add sections in place.
         self.query_providers: list[QueryProvider] = []
+        # Set by federation (federation/remote_queries.py) when it is enabled.
+        self.remote_query: RemoteQuery | None = None
+        self.remote_claim: RemoteQuery | None = None
         # Told the (user, device) pairs whose one-time or fallback keys were uploaded or
         # claimed (application services: homeserver/appservice/encryption.py).
         self.on_key_counts_changed: list[Callable[[list[tuple[str, str]]], None]] = []
@@ -217,31 +227,58 @@ class E2eKeysHandler:
 
     # Query
 
+    @staticmethod
+    def remote_timeout(body: JsonDict) -> float:
+        """The per-server timeout of a query or claim, in seconds (``timeout`` in ms,
+        default 10 s, at most 60 s)."""
+        timeout = body.get("timeout")
+        if not isinstance(timeout, int) or isinstance(timeout, bool):
+            timeout = DEFAULT_REMOTE_TIMEOUT_MS
+        return max(1, min(timeout, MAX_REMOTE_TIMEOUT_MS)) / 1000
+
     async def query_keys(self, requester: str, body: JsonDict) -> JsonDict:
         wanted = body["device_keys"]
         failures: JsonDict = {}
         local: dict[str, list[str]] = {}
+        remote: dict[str, dict[str, Any]] = {}
         for user_id, device_ids in wanted.items():
             _, server = split_user_id(user_id)
             if server != self._server_name:
-                failures[server] = dict(FEDERATION_FAILURE)
+                remote.setdefault(server, {})[user_id] = list(dict.fromkeys(device_ids))
                 continue
             local[user_id] = list(dict.fromkeys(device_ids))
+        response = await self.query_local_keys(requester, local)
+        if remote and self.remote_query is not None:
+            answers, failures = await self.remote_query(remote, self.remote_timeout(body))
+            for section in ("device_keys", "master_keys", "self_signing_keys"):
+                response[section].update(answers.get(section, {}))
+        else:
+            failures = {server: dict(FEDERATION_FAILURE) for server in remote}
+        response["failures"] = failures
+        return response
+
+    async def query_local_keys(self, requester: str | None, local: dict[str, list[str]]
+                               ) -> JsonDict:
+        """Keys of local users (``{user: [device ids]}``, none: every device). With no
+        ``requester`` (a query from another server), no user-signing keys and only the
+        owners' signatures are included."""
         queries: list[tuple[str, str | None]] = []
         for user_id, device_ids in local.items():
             queries.extend([(user_id, d) for d in device_ids] or [(user_id, None)])
         device_keys: dict[str, JsonDict] = {u: {} for u in local}
         for rec in await self._store.query_device_keys(queries):
             # Only the server's own unsigned data: a client's is not echoed to others.
+            # Device names stay on this server (Synapse's default for federation).
             info = dict(rec.keys)
             info["unsigned"] = ({"device_display_name": rec.display_name}
-                                if rec.display_name is not None else {})
+                                if rec.display_name is not None and requester is not None
+                                else {})
             device_keys[rec.user_id][rec.device_id] = info
-        response: JsonDict = {"device_keys": device_keys, "failures": failures,
+        response: JsonDict = {"device_keys": device_keys, "failures": {},
                               "master_keys": {}, "self_signing_keys": {},
                               "user_signing_keys": {}}
         for provider in self.query_providers:
-            await provider(requester, local, response)
+            await provider(requester or "", local, response)
         return response
 
     # Claim
@@ -249,13 +286,25 @@ class E2eKeysHandler:
     async def claim_keys(self, body: JsonDict) -> JsonDict:
         failures: JsonDict = {}
         wanted: list[tuple[str, str, str]] = []
+        remote: dict[str, dict[str, Any]] = {}
         for user_id, devices in body["one_time_keys"].items():
             _, server = split_user_id(user_id)
             if server != self._server_name:
-                failures[server] = dict(FEDERATION_FAILURE)
+                remote.setdefault(server, {})[user_id] = dict(devices)
                 continue
             for device_id, algorithm in devices.items():
                 wanted.append((user_id, device_id, algorithm))
+        result = await self.claim_local_keys(wanted)
+        if remote and self.remote_claim is not None:
+            answers, failures = await self.remote_claim(remote, self.remote_timeout(body))
+            result.update(answers.get("one_time_keys", {}))
+        else:
+            failures = {server: dict(FEDERATION_FAILURE) for server in remote}
+        return {"one_time_keys": result, "failures": failures}
+
+    async def claim_local_keys(self, wanted: list[tuple[str, str, str]]
+                               ) -> dict[str, dict[str, JsonDict]]:
+        """Claim one key per (local user, device, algorithm)."""
         result: dict[str, dict[str, JsonDict]] = {}
         for key in await self._store.claim_keys(wanted):
             result.setdefault(key.user_id, {}).setdefault(key.device_id, {})[
@@ -264,4 +313,4 @@ class E2eKeysHandler:
             claimed = [(u, d) for u, by_device in result.items() for d in by_device]
             for listener in self.on_key_counts_changed:
                 listener(claimed)
-        return {"one_time_keys": result, "failures": failures}
+        return result

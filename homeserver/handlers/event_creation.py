@@ -83,6 +83,13 @@ class EventCreationHandler:
         # Checks on every event, state or not, after the auth rules: async fn(event,
         # snapshot) raising a MatrixError (e.g. the e2ee_only policy).
         self.event_validators: list[Callable[[Event, RoomSnapshot], Awaitable[None]]] = []
+        # Consent tracking (homeserver/handlers/consent.py), when configured: async
+        # fn(sender, room_id, type, state_key, content) raising 403 M_CONSENT_NOT_GIVEN;
+        # type None means creating a room.
+        self.consent_check: Callable[..., Awaitable[None]] | None = None
+        # Shadow-bans (homeserver/handlers/shadow_ban.py): async fn(user_id) -> banned.
+        # A banned sender's events (and invites) are built but never persisted.
+        self.shadow_banned: Callable[[str], Awaitable[bool]] | None = None
 
     # ---- reads, answered by the persister
 
@@ -140,6 +147,8 @@ class EventCreationHandler:
         validate every one, then persist them together: a refused event stores none.
         ``before_write`` runs once all passed, before the first write."""
         room_id = create.room_id
+        if self.consent_check is not None:
+            await self.consent_check(create.sender, None, None, None, None)
         async with self._persister.room_queue(room_id, new_room=True) as turn:
             built = [create]
             snap = turn.snapshot.after(create, None)
@@ -169,7 +178,10 @@ class EventCreationHandler:
         txn_id) for idempotent sends: a retry returns the first event and stores
         nothing. ``check`` runs on the snapshot first (in the room's queue)."""
         draft = EventDraft(event_type, content, state_key, redacts)
+        if self.consent_check is not None:
+            await self.consent_check(sender, room_id, event_type, state_key, content)
         version = await self.room_version(room_id)
+        banned = self.shadow_banned is not None and await self.shadow_banned(sender)
         async with self._persister.room_queue(room_id) as turn:
             if txn is not None:
                 found = await self._event_for_txn(room_id, sender, txn)
@@ -178,6 +190,8 @@ class EventCreationHandler:
             if check is not None:
                 await check(turn.snapshot)
             event = await self._build(version, room_id, sender, draft, turn.snapshot, {})
+            if banned and _shadow_dropped(event):
+                return event  # as Synapse: the sender sees success; nothing is stored or sent
             current = await self._same_as_current(event, turn.snapshot)
 
             async def validate(ev: Event, snap: RoomSnapshot) -> None:
@@ -319,6 +333,14 @@ _NOT_CLIENT_STATE = {
     "m.room.member": "Membership cannot be set through initial_state",
     "m.room.create": "A room's create event cannot be replaced",
 }
+
+
+def _shadow_dropped(event: Event) -> bool:
+    """What a shadow-banned sender does in vain: everything but their own membership
+    (joining, leaving, profile updates still work; inviting others does not)."""
+    if event.type != "m.room.member":
+        return True
+    return event.content.get("membership") == "invite" and event.state_key != event.sender
 
 
 def check_client_state_type(event_type: str) -> None:

@@ -7,10 +7,21 @@ and, once the room's queue is released, publishes a typed record of it to the
 subscribers of :class:`EventFanout` and wakes the long-polls that may now read it.
 
 Kinds: ``LOCAL`` events are built by this server against the snapshot the caller
-read while holding the room's queue (:meth:`room_queue`); remote, outlier and
-backfilled events (federation) will take the same path with their own kinds.
-Nothing is written unless every event of a batch passes authorisation and the
-caller's validation, so a refused ``initial_state`` leaves no half-made room.
+read while holding the room's queue (:meth:`room_queue`). Nothing is written unless
+every event of a local batch passes authorisation and the caller's validation, so a
+refused ``initial_state`` leaves no half-made room.
+
+Events from other servers (:meth:`persist_remote`) take the same queue and store, as a
+DAG: the state before a ``REMOTE`` or ``BACKFILLED`` event is the resolution
+(homeserver/events/state_res) of the states after its prev events; it is authorised
+against its auth events and that state (failing either: stored *rejected*, never
+served, never in any state) and, when ``REMOTE``, against the room's current state
+(failing: *soft-failed*, stored with its state but not in the timeline, not notified,
+not a forward extremity). The room's forward extremities are the events no other
+event cites yet; local events cite all of them (up to ``MAX_PREV_EVENTS``), and the
+current state is the resolution of their states. ``OUTLIER`` events are checked
+against their auth events only and stored without state; backfilled and hidden
+events take negative stream orderings, so they sort before all history.
 """
 
 from __future__ import annotations
@@ -27,6 +38,7 @@ from homeserver.events import auth as event_auth
 from homeserver.events.model import Event, StateKey
 from homeserver.events.power_levels import get_named_level, get_user_power_level
 from homeserver.events.room_versions import RoomVersion, get_room_version
+from homeserver.handlers.event_dag import DagWriter
 from homeserver.handlers.event_fanout import EventFanout, PersistedEvent, PersistKind
 from homeserver.handlers.stream_positions import StreamPositions
 from homeserver.http.errors import Codes, MatrixError
@@ -35,7 +47,8 @@ from homeserver.notifier import NotifierInterface
 from storage.stores.events import EventStore, PersistRequest, StateMap
 from storage.stores.rooms import RoomStore
 
-__all__ = ["EventPersister", "PersistKind", "PersistedEvent", "RoomSnapshot", "RoomQueue"]
+__all__ = ["EventPersister", "MissingEventsError", "Outcome", "PersistKind", "PersistedEvent",
+           "RoomSnapshot", "RoomQueue", "live_events"]
 
 _REDACT_AUTH = (("m.room.create", ""), ("m.room.power_levels", ""))
 _SNAPSHOT_CACHE = 10_000
@@ -46,7 +59,9 @@ Validator = Callable[[Event, "RoomSnapshot"], Awaitable[None]]
 @dataclass(frozen=True)
 class RoomSnapshot:
     """The current state of a room as this process last wrote it: the state before
-    the next event, its only prev event (the single forward extremity) and depth."""
+    the next local event (the resolution of the extremities' states), the forward
+    extremities (its prev events), the stored state group equal to that state (None
+    when it is a resolution not stored yet) and the highest depth among them."""
 
     state_ids: StateMap
     extremities: list[str]
@@ -54,14 +69,41 @@ class RoomSnapshot:
     depth: int
 
     def after(self, event: Event, group: int | None) -> RoomSnapshot:
-        """The snapshot once ``event`` is the room's latest event."""
+        """The snapshot once ``event`` (built on this snapshot) is persisted: it replaces
+        the extremities it cites (all of them unless there were more than a local event
+        may cite)."""
         state = self.state_ids
         if event.is_state():
             state = {**state, event.state_pair: event.event_id}
-        return RoomSnapshot(state, [event.event_id], group, event.depth)
+        cited = set(event.prev_event_ids)
+        extremities = [e for e in self.extremities if e not in cited] + [event.event_id]
+        return RoomSnapshot(state, extremities, group, max(self.depth, event.depth))
 
 
 EMPTY_SNAPSHOT = RoomSnapshot({}, [], None, 0)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one event of another server. ``status``: ``accepted`` (in the
+    timeline and the state), ``soft_failed``, ``rejected``, ``outlier``, ``backfilled``
+    or ``known`` (stored before: left as it was); ``reason`` says why it was rejected
+    or soft-failed (never event content)."""
+
+    event_id: str
+    status: str
+    reason: str | None = None
+
+
+class MissingEventsError(Exception):
+    """An event cites events not held here: ``what`` is ``"prev"`` (and no state
+    before was given) or ``"auth"``. Fetching them is the caller's job."""
+
+    def __init__(self, event_id: str, missing: Sequence[str], what: str) -> None:
+        super().__init__(f"{event_id}: {len(missing)} {what} event(s) not held")
+        self.event_id = event_id
+        self.missing = list(missing)
+        self.what = what
 
 
 @dataclass
@@ -86,6 +128,7 @@ class EventPersister:
         self._locks: dict[str, defer.DeferredLock] = {}
         self._snapshots: LruCache[str, RoomSnapshot] = LruCache(_SNAPSHOT_CACHE)
         self._versions: LruCache[str, RoomVersion] = LruCache(_SNAPSHOT_CACHE)
+        self._dag = DagWriter(self)
 
     async def load_position(self) -> None:
         self.positions.start_at(await self._events.max_stream_ordering())
@@ -119,9 +162,11 @@ class EventPersister:
         group = None
         depth = 0
         if extremities:
-            group = await self._events.get_state_group_for_event(extremities[0])
+            if len(extremities) == 1:  # else the current state is a resolution, no group
+                group = await self._events.get_state_group_for_event(extremities[0])
             prev = await self._events.get_events(extremities)
             depth = max((e.depth for e in prev.values()), default=0)
+            extremities.sort(key=lambda e: (-prev[e].depth if e in prev else 0, e))
         snap = RoomSnapshot(state, extremities, group, depth)
         self._snapshots.set(room_id, snap)
         return snap
@@ -134,6 +179,12 @@ class EventPersister:
                   if wanted_keys is None or k in wanted_keys}
         found = await self._events.get_events(wanted.values())
         return {k: found[v] for k, v in wanted.items() if v in found}
+
+    def forget_room(self, room_id: str) -> None:
+        """Drop what is cached about a room whose rows were deleted (a room purge,
+        homeserver/handlers/room_shutdown.py), so it reads as unknown again."""
+        self._snapshots.pop(room_id)
+        self._versions.pop(room_id)
 
     # ---- the room queue and the write
 
@@ -164,10 +215,27 @@ class EventPersister:
                 await self._publish(turn.persisted)
 
     async def persist(self, room_id: str, events: Sequence[Event], kind: PersistKind) -> None:
-        """Persist events that need no caller-held snapshot (they carry their own
-        prev events): takes the room's queue itself."""
+        """Persist events that need no caller-held snapshot: takes the room's queue
+        itself (events of other servers: :meth:`persist_remote`)."""
+        if kind is not PersistKind.LOCAL:
+            await self.persist_remote(room_id, events, kind)
+            return
         async with self.room_queue(room_id) as turn:
             await self.persist_in_turn(turn, events, kind)
+
+    async def persist_remote(self, room_id: str, events: Sequence[Event], kind: PersistKind,
+                             state_before: StateMap | None = None) -> list[Outcome]:
+        """Persist events of other servers (kind REMOTE, OUTLIER or BACKFILLED), in
+        graph order whatever their order here; one :class:`Outcome` per event, in the
+        given order. ``state_before``: the state before those events whose prev events
+        are not held here (as send_join and /state give it); without it such an event
+        raises :class:`MissingEventsError` (as does one whose auth events are unknown),
+        after the events before it in graph order were stored. Events already stored
+        are left as they are (outcome ``"known"``)."""
+        if kind is PersistKind.LOCAL:
+            raise ValueError("local events are built by event_creation")
+        async with self.room_queue(room_id) as turn:
+            return await self._dag.persist(turn, events, kind, state_before)
 
     async def persist_in_turn(
         self, turn: RoomQueue, events: Sequence[Event], kind: PersistKind,
@@ -179,7 +247,7 @@ class EventPersister:
         last event as the answer to a client transaction; ``before_write`` runs once
         every event has passed, before the first is written."""
         if kind is not PersistKind.LOCAL:
-            raise NotImplementedError(f"{kind.value} events are not accepted yet")
+            raise ValueError(f"{kind.value} events go through persist_remote")
         batch = {e.event_id: e for e in events}
         snap = turn.snapshot
         plans: list[tuple[Event, RoomSnapshot, RoomSnapshot, str | None]] = []
@@ -254,9 +322,12 @@ class EventPersister:
             event.internal.txn_id = txn_key[2]
         async with self.positions.write() as position:
             event.internal.stream_ordering = position
+            # No group when the state before is a resolution not stored yet (after a
+            # fork): the store then writes one for it.
             group = await self._events.persist_event(PersistRequest(
                 event=event, stream_ordering=position,
-                group_before=turn.snapshot.state_group, state_before=before.state_ids,
+                group_before=turn.snapshot.state_group if before.state_ids else None,
+                state_before=before.state_ids,
                 txn_key=txn_key, now_ms=self._clock.time_msec(),
                 redaction_target=redaction_target,
             ))
@@ -270,12 +341,27 @@ class EventPersister:
     async def _publish(self, records: list[PersistedEvent]) -> None:
         await self._fanout.publish(records)
         for record in records:
+            if record.kind is PersistKind.BACKFILLED:
+                continue  # history: nobody is woken for it
             users = record.members
             room_id = record.event.room_id
             self.positions.notify_when_readable(
                 record.position,
                 lambda users=users, room_id=room_id: self._notifier.notify(  # type: ignore[misc]
                     user_ids=users, room_ids={room_id}))
+
+
+def live_events(handler: Callable[[Event], Awaitable[None] | None]
+                ) -> Callable[[PersistedEvent], Awaitable[None] | None]:
+    """A fan-out subscriber passing ``handler`` only live events (LOCAL and REMOTE):
+    backfilled history is not news (no push, no typing reset, no current-state
+    bookkeeping); outliers and hidden events are never published."""
+    def subscriber(record: PersistedEvent) -> Awaitable[None] | None:
+        if record.kind not in (PersistKind.LOCAL, PersistKind.REMOTE):
+            return None
+        return handler(record.event)
+
+    return subscriber
 
 
 def _members(state_ids: StateMap) -> list[str]:

@@ -12,11 +12,19 @@ then ``origin_server_ts``, then room id; each room once). Pagination is stateles
 token holds how many rooms were already returned (and the parameters that may not
 change), and the walk is redone to that point. Walks are bounded by
 :data:`MAX_VISITED` rooms, so a page costs at most that much work.
+
+Children this server does not know are asked of the servers in their ``via`` (the
+``remote_hierarchy`` hook, set by federation/remote_queries.py; without it they are
+left out): a child space once per walk (at most :data:`MAX_REMOTE_PER_WALK`), other
+children from their parent's answer. A remote room is shown if it is open (public,
+knock, world-readable), the user is in it, or it is restricted to a room the user is
+joined to.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +51,36 @@ _SUMMARY_KEYS = [("m.room.create", ""), ("m.room.name", ""), ("m.room.topic", ""
                  ("m.room.history_visibility", ""), ("m.room.guest_access", ""),
                  ("m.room.encryption", "")]
 _INVALID_ORDER = re.compile(r"[^\x20-\x7E]")
+MAX_REMOTE_PER_WALK = 20
+# (room id, via servers, suggested_only) -> the federation /hierarchy answer, or None.
+RemoteHierarchy = Callable[[str, list[str], bool], Awaitable[JsonDict | None]]
+
+
+@dataclass(frozen=True)
+class _RemoteChild:
+    """An m.space.child event from another server's answer (what the walk sorts by)."""
+
+    state_key: str
+    content: JsonDict
+    origin_server_ts: int
+    type: str = SPACE_CHILD
+    sender: str = ""
+
+
+def _remote_children(answer_room: JsonDict, suggested_only: bool) -> list[Any]:
+    out = []
+    for ev in answer_room.get("children_state", []):
+        if not isinstance(ev, dict) or ev.get("type") != SPACE_CHILD:
+            continue
+        ts = ev.get("origin_server_ts")
+        child = _RemoteChild(str(ev.get("state_key") or ""), ev.get("content") or {},
+                             ts if isinstance(ts, int) else 0, sender=str(ev.get("sender", "")))
+        if not isinstance(child.content, dict) or not _valid_child(child):  # type: ignore[arg-type]
+            continue
+        if suggested_only and child.content.get("suggested") is not True:
+            continue
+        out.append(child)
+    return sorted(out, key=_child_sort_key)  # type: ignore[arg-type]
 
 
 def _child_sort_key(ev: Event) -> tuple[bool, str, int, str]:
@@ -80,6 +118,19 @@ class HierarchyToken:
         return cls(data[0], data[1], data[2], data[3])
 
 
+class _RemoteWalk:
+    """How many more rooms one walk may ask other servers about."""
+
+    def __init__(self, budget: int) -> None:
+        self._left = budget
+
+    def take(self) -> bool:
+        if self._left <= 0:
+            return False
+        self._left -= 1
+        return True
+
+
 class HierarchyHandler:
     def __init__(self, creation: EventCreationHandler, members: RoomMemberStore,
                  stats: RoomDirectoryStore, directory: DirectoryHandler) -> None:
@@ -87,6 +138,7 @@ class HierarchyHandler:
         self._members = members
         self._stats = stats
         self._directory = directory
+        self.remote_hierarchy: RemoteHierarchy | None = None  # set by federation
 
     async def _state(self, room_id: str) -> dict[tuple[str, str], Event] | None:
         try:
@@ -179,6 +231,9 @@ class HierarchyHandler:
         rooms: list[JsonDict] = []
         queue: list[tuple[str, int]] = [(root_id, 0)]
         processed: set[str] = set()
+        via: dict[str, list[str]] = {}  # child room -> servers its parent names
+        known: dict[str, JsonDict] = {}  # remote summaries from a parent's answer
+        walk = _RemoteWalk(MAX_REMOTE_PER_WALK)
         seen = 0  # accessible rooms walked, returned or skipped as already paged
         while queue and len(rooms) < limit and len(processed) < MAX_VISITED:
             room_id, depth = queue.pop()
@@ -186,11 +241,18 @@ class HierarchyHandler:
                 continue
             processed.add(room_id)
             state = root_state if room_id == root_id else await self._state(room_id)
-            if state is None or not await self.accessible(user_id, room_id, state):
+            if state is None:
+                found = await self._remote_room(user_id, room_id, via.get(room_id, []),
+                                                suggested_only, known, walk)
+                if found is None:
+                    continue
+                summary, children = found
+            elif not await self.accessible(user_id, room_id, state):
                 continue
-            children = await self._children(room_id, suggested_only)
+            else:
+                summary, children = None, await self._children(room_id, suggested_only)
             if seen >= offset:
-                entry = await self._summary(room_id, state)
+                entry = summary if summary is not None else await self._summary(room_id, state)
                 entry["children_state"] = [
                     {"type": e.type, "state_key": e.state_key, "content": e.content,
                      "sender": e.sender, "origin_server_ts": e.origin_server_ts}
@@ -198,11 +260,83 @@ class HierarchyHandler:
                 rooms.append(entry)
             seen += 1
             if max_depth is None or depth < max_depth:
+                for e in children:
+                    servers = e.content.get("via")
+                    via.setdefault(e.state_key or "", [v for v in servers
+                                                       if isinstance(v, str)][:10])
                 queue.extend((e.state_key or "", depth + 1) for e in reversed(children))
         out: JsonDict = {"rooms": rooms}
         if any(rid not in processed for rid, _ in queue) and len(processed) < MAX_VISITED:
             out["next_batch"] = HierarchyToken(seen, root_id, suggested_only, max_depth).encode()
         return out
+
+    async def _remote_room(self, user_id: str, room_id: str, via: list[str],
+                           suggested_only: bool, known: dict[str, JsonDict],
+                           walk: _RemoteWalk) -> tuple[JsonDict, list[Any]] | None:
+        """(summary, children) of a room this server does not know, from its parent's
+        answer (not a space) or from the servers in ``via``; None if unknown or not
+        accessible to ``user_id``."""
+        summary = known.get(room_id)
+        children: list[Any] = []
+        if (summary is None or summary.get("room_type") == "m.space") \
+                and self.remote_hierarchy is not None and via and walk.take():
+            answer = await self.remote_hierarchy(room_id, via, suggested_only)
+            if answer is not None:
+                summary = {k: v for k, v in answer["room"].items() if k != "children_state"}
+                children = _remote_children(answer["room"], suggested_only)
+                for child in answer.get("children", []):
+                    known.setdefault(child["room_id"], child)
+        if summary is None or not await self._remote_accessible(user_id, room_id, summary):
+            return None
+        return dict(summary), children
+
+    async def _remote_accessible(self, user_id: str, room_id: str, summary: JsonDict) -> bool:
+        """Synapse's rule for another server's room: open, or the user is in it, or it
+        is restricted to a room the user is joined to."""
+        join_rule = summary.get("join_rule")
+        if join_rule in OPEN_JOIN_RULES or summary.get("world_readable") is True:
+            return True
+        membership = await self._members.get_membership(user_id, room_id)
+        if membership is not None and membership.membership in ("join", "invite"):
+            return True
+        if join_rule in RESTRICTED_JOIN_RULES:
+            allowed = summary.get("allowed_room_ids")
+            for allowed_id in allowed if isinstance(allowed, list) else []:
+                if not isinstance(allowed_id, str):
+                    continue
+                m = await self._members.get_membership(user_id, allowed_id)
+                if m is not None and m.membership == "join":
+                    return True
+        return False
+
+    # ------------------------------------------------------------------ federation
+
+    async def federation_hierarchy(self, room_id: str, suggested_only: bool) -> JsonDict:
+        """The federation ``/hierarchy`` answer (not paginated): the room and its direct
+        children that another server could peek or join (public, knock or world-readable
+        rooms; a requesting server has no user to judge membership by). Children we know
+        but that are not open are listed in ``inaccessible_children``; unknown ones are
+        left out. 404 if the room itself is unknown or not open."""
+        state = await self._state(room_id)
+        if state is None or not await self.accessible(None, room_id, state):
+            raise MatrixError(404, "Unknown room", Codes.NOT_FOUND)
+        children = await self._children(room_id, suggested_only)
+        room = await self._summary(room_id, state)
+        room["children_state"] = [
+            {"type": e.type, "state_key": e.state_key, "content": e.content, "sender": e.sender,
+             "origin_server_ts": e.origin_server_ts} for e in children]
+        summaries: list[JsonDict] = []
+        inaccessible: list[str] = []
+        for child in children[:MAX_VISITED]:
+            child_id = child.state_key or ""
+            child_state = await self._state(child_id)
+            if child_state is None:
+                continue
+            if await self.accessible(None, child_id, child_state):
+                summaries.append(await self._summary(child_id, child_state))
+            else:
+                inaccessible.append(child_id)
+        return {"room": room, "children": summaries, "inaccessible_children": inaccessible}
 
     # ------------------------------------------------------------------ /room_summary
 

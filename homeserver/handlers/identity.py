@@ -281,6 +281,9 @@ class IdentityHandler:
         record = await self._members.get_membership(sender, room_id)
         if record is None or record.membership != "join":
             raise MatrixError(403, "You are not in this room", Codes.FORBIDDEN)
+        banned = self._creation.shadow_banned  # homeserver/handlers/shadow_ban.py
+        if banned is not None and await banned(sender):
+            return  # as Synapse: success, but no identity server is asked to invite anyone
         try:
             mxid = await self._lookup(server, id_access_token, medium, address)
             if mxid is not None:

@@ -138,7 +138,7 @@ class LoginTokenHandler:
         if self._password_auth is None:
             return
         if self._password_auth.lockout_check is not None:
-            self._password_auth.lockout_check(user_id)
+            await self._password_auth.lockout_check(user_id)
         account_check = getattr(self._password_auth, "account_check", None)
         if account_check is not None:
             try:

@@ -66,9 +66,18 @@ class MembershipHandler:
         # may_join(user_id, room_id, is_invited), may_invite(inviter, invitee, room_id).
         self.may_join: Callable[[str, str, bool], Awaitable[None]] | None = None
         self.may_invite: Callable[[str, str, str], Awaitable[None]] | None = None
+        # Blocked remote servers (homeserver/handlers/server_blocks.py): async fn(invitee)
+        # raising 403 when the invitee's server is blocked.
+        self.check_invitee: Callable[[str], Awaitable[None]] | None = None
         # Application services (homeserver/appservice/): asked about an unknown local
         # alias in their namespace, which they may create meanwhile (True: ask again).
         self.query_alias: Callable[[str], Awaitable[bool]] | None = None
+        # Blocked rooms (homeserver/handlers/admin_rooms.py): raises M_FORBIDDEN for a
+        # room an admin blocked; asked before any membership but leave and ban.
+        self.check_room_blocked: Callable[[str], Awaitable[None]] | None = None
+        # Federation (federation/remote_queries.py): another server's alias ->
+        # {"room_id", "servers"} or None.
+        self.remote_alias: Callable[[str], Awaitable[dict[str, Any] | None]] | None = None
 
     async def _is_guest(self, user_id: str) -> bool:
         if self._users is None:
@@ -83,6 +92,11 @@ class MembershipHandler:
             if found is None and server == self._server_name and self.query_alias is not None \
                     and await self.query_alias(room_id_or_alias):
                 found = await self._aliases.get_alias(room_id_or_alias)
+            if found is None and server != self._server_name and self.remote_alias is not None:
+                answer = await self.remote_alias(room_id_or_alias)
+                if answer is not None:
+                    return str(answer["room_id"])
+                raise MatrixError(404, "Room alias not found", Codes.NOT_FOUND)
             if found is None:
                 msg = "Room alias not found" if server == self._server_name else (
                     "Room alias is on another server; federation is not enabled")
@@ -115,7 +129,11 @@ class MembershipHandler:
         check: Callable[[RoomSnapshot], Awaitable[None]] | None = None,
     ) -> Event:
         split_user_id(target)
+        if membership not in ("leave", "ban") and self.check_room_blocked is not None:
+            await self.check_room_blocked(room_id)  # before 404: a purged room stays blocked
         await self._creation.room_version(room_id)  # 404 for unknown rooms
+        if membership == "invite" and self.check_invitee is not None:
+            await self.check_invitee(target)
         if membership == "invite" and self.may_invite is not None:
             await self.may_invite(sender, target, room_id)
         fields: dict[str, Any] = dict(extra or {})
@@ -190,6 +208,8 @@ class MembershipHandler:
         join a room whose ``m.room.guest_access`` is ``can_join``: guests are a local
         notion the auth rules do not know, so the check is here, in the room's queue."""
         room_id = await self.resolve_room(room_id_or_alias)
+        if self.check_room_blocked is not None:
+            await self.check_room_blocked(room_id)
         current = await self._members.get_membership(user_id, room_id)
         if current is not None and current.membership == "join":
             return room_id  # idempotent, as Synapse

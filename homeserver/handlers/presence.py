@@ -261,6 +261,26 @@ class PresenceHandler:
             del self._live[user_id]
             self._broadcast.pop(user_id, None)
 
+    async def receive_remote(self, user_id: str, state: str, status_msg: str | None,
+                             last_active_ago: int, currently_active: bool) -> bool:
+        """A remote user's presence from their own server (federation checked that):
+        stored and shown to local users sharing a room with them; False if ignored
+        (presence off, an unknown state, or nobody here shares a room with them)."""
+        if not self.enabled or state not in STATES or self._is_mine(user_id):
+            return False
+        rooms = [m.room_id for m in await self._members.rooms_for_user(user_id)]
+        if not rooms:
+            return False
+        now = self._clock.time_msec()
+        rec = PresenceRecord(user_id, state, status_msg, max(0, now - last_active_ago), 0,
+                             currently_active and state == ONLINE)
+        async with self._positions.write() as position:
+            rec = replace(rec, stream_id=position)
+            await self._store.store(rec)
+        self._positions.notify_when_readable(
+            position, lambda: self._notifier.notify(room_ids=rooms))
+        return True
+
     # Reads
 
     async def current(self, user_id: str) -> PresenceRecord:

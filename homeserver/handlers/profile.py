@@ -1,8 +1,9 @@
 """Profiles of local users: display name, avatar URL and custom fields (spec v1.16).
 
-Only the owner may change a profile. Lookups of unknown, deactivated or remote
-users all answer 404 alike, so the answer says no more than "no profile here".
-Remote lookups will go over federation once it exists.
+Only the owner may change a profile. Lookups of unknown and deactivated
+users answer 404 alike, so the answer says no more than "no profile here". Profiles of
+other servers' users are asked over federation (``remote_profile``, set by
+federation/remote_queries.py); without federation they are 404 too.
 """
 
 from __future__ import annotations
@@ -62,13 +63,24 @@ class ProfileHandler:
         # Called with the user id after a display name or avatar change (e.g. to update
         # the user's member events in their rooms, as Synapse does).
         self.on_member_profile_changed: list[Callable[[str], Awaitable[None]]] = []
+        # Federation: (user id of another server, field or None) -> that server's answer.
+        self.remote_profile: Callable[[str, str | None], Awaitable[dict[str, Any]]] | None = None
 
     async def _member_profile_changed(self, user_id: str, key: str) -> None:
         if key in (DISPLAYNAME, AVATAR_URL):
             for observer in self.on_member_profile_changed:
                 await observer(user_id)
 
-    async def get_profile(self, user_id: str) -> dict[str, Any]:
+    def _check_remote(self, authenticated: bool) -> None:
+        """Other servers are only asked for an authenticated user (no anonymous
+        requests made through us)."""
+        if self.remote_profile is None:
+            raise not_found("Profile not found")
+        if not authenticated:
+            raise MatrixError(401, "Looking up another server's users needs an access token",
+                              Codes.MISSING_TOKEN)
+
+    async def get_profile(self, user_id: str, authenticated: bool = True) -> dict[str, Any]:
         """Every set field of a local, active user; 400 if ``user_id`` is malformed, else 404.
 
         Unset fields are left out, as the spec asks.
@@ -77,17 +89,26 @@ class ProfileHandler:
         if any(ord(c) < 0x20 for c in user_id):
             raise MatrixError(400, "Invalid user ID", Codes.INVALID_PARAM)
         if server != self._server_name:
-            raise not_found("Profile not found")
+            self._check_remote(authenticated)
+            assert self.remote_profile is not None
+            return await self.remote_profile(user_id, None)
         profile = await self._store.get_active_profile_fields(user_id)
         if profile is None:
             raise not_found("Profile not found")
         return profile
 
-    async def get_field(self, user_id: str, key: str) -> dict[str, Any]:
+    async def get_field(self, user_id: str, key: str, authenticated: bool = True
+                        ) -> dict[str, Any]:
         """``{key: value}``; 404 when the field is not set (spec v1.16)."""
         check_key_name(key)
-        profile = await self.get_profile(user_id)
-        if key not in profile:
+        _, server = split_user_id(user_id)
+        if server != self._server_name:
+            self._check_remote(authenticated)
+            assert self.remote_profile is not None
+            profile = await self.remote_profile(user_id, key)
+        else:
+            profile = await self.get_profile(user_id)
+        if profile.get(key) is None:
             raise not_found("Profile field not set")
         return {key: profile[key]}
 

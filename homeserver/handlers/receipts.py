@@ -211,6 +211,27 @@ class ReceiptsHandler:
             self._positions.notify_when_readable(
                 position, lambda: self._notifier.notify(room_ids=[room_id]))
 
+    async def receive_remote_receipt(self, user_id: str, room_id: str, receipt_type: str,
+                                     event_id: str, thread_id: str | None, ts: int) -> bool:
+        """A public receipt from the user's own server (federation checked that), kept
+        if the user is joined and the event is one of the room's; False if ignored."""
+        if receipt_type != READ:
+            return False
+        membership = await self._members.get_membership(user_id, room_id)
+        if membership is None or membership.membership != "join":
+            return False
+        event = await self._events.get_event(event_id)
+        if event is None or event.room_id != room_id:
+            return False
+        async with self._positions.write() as position:
+            written = await self._store.upsert_receipt(
+                room_id, receipt_type, user_id, thread_id, event.event_id,
+                event.internal.stream_ordering or 0, ts, position)
+        if written:
+            self._positions.notify_when_readable(
+                position, lambda: self._notifier.notify(room_ids=[room_id]))
+        return written
+
     async def _set_fully_read(self, user_id: str, room_id: str, event: Event) -> None:
         """Move the read marker, forward only (as Synapse without ``allow_backward``)."""
         current = await self._ad_store.get_account_data(user_id, room_id, FULLY_READ)

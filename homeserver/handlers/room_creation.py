@@ -77,6 +77,13 @@ class RoomCreationHandler:
         self.may_create_alias: Callable[[str, str, str], Awaitable[None]] | None = None
         self.may_publish: Callable[[str, str], Awaitable[None]] | None = None
         self.may_invite: Callable[[str, str, str], Awaitable[None]] | None = None
+        # Moderation (homeserver/handlers/shadow_ban.py): async fn(creator, invites) ->
+        # the invites to send (none for a shadow-banned creator; 403 for a blocked server).
+        self.filter_invites: Callable[[str, list[str]], Awaitable[list[str]]] | None = None
+        # Blocked rooms and aliases (homeserver/handlers/admin_rooms.py), each raising
+        # M_FORBIDDEN: a blocked room id or an alias a room shutdown removed.
+        self.check_room_blocked: Callable[[str], Awaitable[None]] | None = None
+        self.check_alias_blocked: Callable[[str], Awaitable[None]] | None = None
 
     async def _plugin_gates(self, user_id: str, room_id: str, alias: str | None,
                             public: bool, invites: list[str]) -> None:
@@ -106,10 +113,14 @@ class RoomCreationHandler:
         invites = list(dict.fromkeys(body.get("invite", [])))
         for invitee in invites:
             split_user_id(invitee)
+        if self.filter_invites is not None:
+            invites = await self.filter_invites(user_id, invites)
 
         alias = None
         if body.get("room_alias_name") is not None:
             alias = f"#{body['room_alias_name']}:{self._server_name}"
+            if self.check_alias_blocked is not None:
+                await self.check_alias_blocked(alias)
             if await self._aliases.get_alias(alias) is not None:
                 raise MatrixError(400, "Room alias already taken", Codes.ROOM_IN_USE)
 
@@ -131,6 +142,8 @@ class RoomCreationHandler:
             create = self._creator.build_create_event(version, user_id, creation_content,
                                                       None, ts)
         room_id = create.room_id
+        if self.check_room_blocked is not None:
+            await self.check_room_blocked(room_id)
         await self._plugin_gates(user_id, room_id, alias, body.get("visibility") == "public",
                                  invites)
         # The alias exists before the canonical-alias event names it (as Synapse does);

@@ -20,6 +20,7 @@ from homeserver.audit.chain import (
     GENESIS_HASH,
     PURGE_ACTION,
     clean_text,
+    compute_id_macs,
     entry_hash,
     sanitize_details,
 )
@@ -42,9 +43,13 @@ def seal_event(ev: SecurityEvent, seq: int, prev_hash: str) -> SecurityEvent:
 
 
 class SecurityEventRecorder:
-    def __init__(self, store: SecurityEventStore, clock: Clock) -> None:
+    def __init__(self, store: SecurityEventStore, clock: Clock,
+                 id_key: bytes | None = None) -> None:
         self._store = store
         self._clock = clock
+        # The audit key (homeserver/audit/id_key.py): with it, entries are chain version 2
+        # (identifiers hashed as MACs, so erasure can pseudonymise them).
+        self.id_key = id_key
         self._sinks: list[Callable[[SecurityEvent], None]] = []
         # The chain head as last seen by this process (seq, hash): for the metric.
         self._head: tuple[int, str] = (0, GENESIS_HASH)
@@ -105,7 +110,7 @@ class SecurityEventRecorder:
             if target is None:
                 target = next((str(details[k]) for k in _TARGET_KEYS
                                if isinstance(details.get(k), str)), None)
-        return SecurityEvent(
+        ev = SecurityEvent(
             ts=self._clock.time_msec(),
             event_type=clean_text(event_type, 64) or "unknown",
             outcome=clean_text(outcome, 64) or "unknown",
@@ -120,6 +125,9 @@ class SecurityEventRecorder:
             target=clean_text(target, MAX_ID),
             request_id=request_id,
         )
+        if self.id_key is None:
+            return ev
+        return dataclasses.replace(ev, id_macs=compute_id_macs(self.id_key, ev.fields()))
 
     async def record(
         self,

@@ -619,3 +619,34 @@ class SyncHandler:
         return serialize_event(event, self._clock.time_msec(), for_user=req.user_id,
                                for_device=req.device_id, redaction=redaction, pruned_pdu=pruned,
                                include_room_id=False, relations=relations)
+
+    # -- building blocks shared with sliding sync (homeserver/handlers/sliding_sync.py),
+    # so both answer with the same visibility, counts and serialization.
+
+    async def room_timeline(self, user_id: str, device_id: str | None, room_id: str,
+                            since: int, upto: int, limit: int, joined: bool,
+                            ignored: frozenset[str] | None = None
+                            ) -> tuple[list[Event], bool]:
+        """The visible timeline window (see ``_timeline``), ignored users applied."""
+        req = SyncRequest(user_id, device_id, None, 0, False,
+                          SyncFilter.parse({"room": {"timeline": {"limit": limit}}}))
+        if ignored is None:
+            ignored = await self._ignored_users(user_id)
+        return await self._timeline(req, room_id, since, upto, ignored, joined)
+
+    async def serialize_events(self, events: list[Event], user_id: str,
+                               device_id: str | None) -> list[JsonDict]:
+        req = SyncRequest(user_id, device_id, None, 0, False, SyncFilter.parse({}))
+        return await self._timeline_events(events, req)
+
+    async def state_at(self, room_id: str, position: int) -> StateMap:
+        return await self._state_at(room_id, position)
+
+    async def room_summary(self, room_id: str, user_id: str, position: int) -> JsonDict:
+        return await self._summary(room_id, user_id, position)
+
+    async def stripped_state(self, m: MembershipRecord, user_id: str) -> list[JsonDict]:
+        return await self._stripped_state(m, user_id)
+
+    async def ignored_users(self, user_id: str) -> frozenset[str]:
+        return await self._ignored_users(user_id)

@@ -13,16 +13,17 @@ left over is delivered by the next sync whatever its ``since``. To make that nex
 return at once instead of long-polling, a device with leftovers is remembered and the
 stream is ticked.
 
-Where we differ from Synapse: messages for remote users are dropped with a warning
-(no federation yet; Synapse queues them for the remote server), and a message body
-over 64 KiB is refused with 400 ``M_TOO_LARGE``.
+Messages for remote users go to ``remote_send`` (the federation sender queues them as
+``m.direct_to_device``); without federation they are dropped with a warning. Messages
+from remote users arrive through :meth:`receive_remote`. Where we differ from Synapse:
+a message body over 64 KiB is refused with 400 ``M_TOO_LARGE``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from homeserver.clock import Clock
@@ -58,6 +59,10 @@ class ToDeviceHandler:
         self._positions = StreamPositions(store.allocate_stream_id)
         # user_id -> devices whose last sync left messages undelivered.
         self._leftovers: dict[str, set[str]] = {}
+        # Federation (federation/sender/): async fn(sender, type, {user: {device: content}})
+        # for messages to remote users; None: federation off, they are dropped.
+        self.remote_send: Callable[[str, str, dict[str, dict[str, Any]]],
+                                   Awaitable[None]] | None = None
         # Told (sender, type, [(user, device, content JSON)]) of each stored batch
         # (application services: homeserver/appservice/encryption.py).
         self.on_stored: list[Callable[[str, str, list[tuple[str, str, str]]], None]] = []
@@ -77,7 +82,7 @@ class ToDeviceHandler:
         check_event_type(event_type)
         if not txn_id or len(txn_id.encode()) > MAX_TXN_ID_BYTES:
             raise MatrixError(400, "Invalid transaction ID", Codes.INVALID_PARAM)
-        rows, recipients = await self._expand(messages)
+        rows, recipients, remote = await self._expand(messages)
         async with self._positions.write() as position:
             stored = await self._store.add_messages(
                 sender, sender_device or "", txn_id, position, rows, event_type,
@@ -85,17 +90,44 @@ class ToDeviceHandler:
         if stored and rows:
             for listener in self.on_stored:
                 listener(sender, event_type, rows)
+        if stored and remote and self.remote_send is not None:
+            await self.remote_send(sender, event_type, remote)
         if stored and recipients:
             self._positions.notify_when_readable(
                 position, lambda: self._notifier.notify(user_ids=sorted(recipients)))
 
-    async def _expand(self, messages: Any) -> tuple[list[tuple[str, str, str]], set[str]]:
+    async def receive_remote(self, sender: str, event_type: str, message_id: str,
+                             messages: Any) -> None:
+        """An ``m.direct_to_device`` EDU from ``sender``'s server (which federation has
+        checked): delivered to local users' inboxes once per (sender, message id)."""
+        check_event_type(event_type)
+        if not message_id or len(message_id.encode()) > MAX_TXN_ID_BYTES:
+            raise MatrixError(400, "Invalid message ID", Codes.INVALID_PARAM)
+        if not isinstance(messages, dict):
+            raise MatrixError(400, "'messages' must be an object", Codes.BAD_JSON)
+        local = {u: m for u, m in messages.items()
+                 if isinstance(u, str) and u.endswith(":" + self._server_name)}
+        rows, recipients, _ = await self._expand(local)
+        async with self._positions.write() as position:
+            stored = await self._store.add_messages(
+                sender, "", message_id, position, rows, event_type, self._clock.time_msec())
+        if stored and rows:
+            for listener in self.on_stored:
+                listener(sender, event_type, rows)
+        if stored and recipients:
+            self._positions.notify_when_readable(
+                position, lambda: self._notifier.notify(user_ids=sorted(recipients)))
+
+    async def _expand(self, messages: Any) -> tuple[list[tuple[str, str, str]], set[str],
+                                                    dict[str, dict[str, Any]]]:
         """Validate the request body's ``messages`` and resolve ``*`` to the devices that
-        exist now. Unknown local devices are skipped, as Synapse does."""
+        exist now. Unknown local devices are skipped, as Synapse does. Messages for
+        remote users are returned apart, as given."""
         if not isinstance(messages, dict):
             raise MatrixError(400, "'messages' must be an object", Codes.BAD_JSON)
         rows: list[tuple[str, str, str]] = []
         recipients: set[str] = set()
+        remote: dict[str, dict[str, Any]] = {}
         for user_id, by_device in messages.items():
             _, server = split_user_id(user_id)
             if not isinstance(by_device, dict):
@@ -113,8 +145,11 @@ class ToDeviceHandler:
                                            f"{MAX_MESSAGE_BYTES} bytes", Codes.TOO_LARGE)
                 encoded[device_id] = body
             if server != self._server_name:
-                logger.warning("dropping %d to-device message(s) for remote user on %s:"
-                               " federation is not available", len(encoded), server)
+                if self.remote_send is None:
+                    logger.warning("dropping %d to-device message(s) for remote user on %s:"
+                                   " federation is not available", len(encoded), server)
+                else:
+                    remote[user_id] = dict(by_device)
                 continue
             known = {d.device_id for d in await self._devices.list_devices(user_id)}
             targets: dict[str, str] = {}
@@ -125,7 +160,7 @@ class ToDeviceHandler:
             rows.extend((user_id, d, c) for d, c in sorted(targets.items()))
             if targets:
                 recipients.add(user_id)
-        return rows, recipients
+        return rows, recipients, remote
 
     async def on_device_deleted(self, user_id: str, device_id: str) -> None:
         """A deleted device will never read its inbox: drop it."""

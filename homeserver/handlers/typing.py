@@ -14,7 +14,7 @@ up), positions never fall below the current time in milliseconds.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall
@@ -49,6 +49,8 @@ class TypingHandler:
         self._position = clock.time_msec()
         # Told each room's new typing EDU (application services with receive_ephemeral).
         self.on_edu: list[Callable[[JsonDict], None]] = []
+        # Shadow-bans (homeserver/handlers/shadow_ban.py): async fn(user_id) -> banned.
+        self.shadow_banned: Callable[[str], Awaitable[bool]] | None = None
 
     def current_position(self) -> int:
         return self._position
@@ -63,6 +65,8 @@ class TypingHandler:
         membership = await self._members.get_membership(user_id, room_id)
         if membership is None or membership.membership != "join":
             raise forbidden("You are not in this room")
+        if self.shadow_banned is not None and await self.shadow_banned(user_id):
+            return  # as Synapse: a shadow-banned user's typing reaches nobody
         if typing:
             if timeout_ms is None:
                 timeout_ms = DEFAULT_TIMEOUT_MS
@@ -73,6 +77,19 @@ class TypingHandler:
             self._stop(room_id, user_id)
         if self._presence is not None:
             await self._presence.bump_active(user_id, device_id)
+
+    async def set_remote_typing(self, user_id: str, room_id: str, typing: bool) -> bool:
+        """An ``m.typing`` EDU from the user's own server (federation checked that):
+        applied if the user is joined to the room; remote typing lasts the default
+        timeout, as in Synapse (the EDU carries none)."""
+        membership = await self._members.get_membership(user_id, room_id)
+        if membership is None or membership.membership != "join":
+            return False
+        if typing:
+            self._start(room_id, user_id, DEFAULT_TIMEOUT_MS)
+        else:
+            self._stop(room_id, user_id)
+        return True
 
     def _start(self, room_id: str, user_id: str, timeout_ms: int) -> None:
         room = self._typing.setdefault(room_id, {})

@@ -10,9 +10,12 @@ Rules (spec "History visibility", as Synapse applies them):
 A user always sees their own membership events, and a history-visibility change
 under the more visible of its old and new value.
 
-The visibility and the user's membership *at* an event are read from the room's
-stream of membership and history-visibility changes, which for local rooms is the
-DAG order; no state replay per event.
+:meth:`VisibilityHandler.filter_events` reads the visibility and the user's membership
+in the state *before* each event from the room's state groups (with events of other
+servers, stream order is not graph order: a remote branch merged late, backfilled
+history). The range answers (:meth:`~VisibilityHandler.visible_ranges`,
+:meth:`~VisibilityHandler.can_see_room_state`) follow the room's stream of membership
+and history-visibility changes, which is the graph order of linear rooms.
 """
 
 from __future__ import annotations
@@ -75,6 +78,12 @@ def _more_visible(before: str, new: object) -> str:
     return new if _PRIORITY.index(new) < _PRIORITY.index(before) else before
 
 
+def _visibility_value(content: dict[str, object] | None) -> str:
+    """The history visibility a state event's content sets ("shared" if none or unknown)."""
+    value = (content or {}).get("history_visibility", "shared")
+    return value if isinstance(value, str) and value in VISIBLE_WHEN else "shared"
+
+
 def _merge_ranges(ranges: list[tuple[int, int | None]]) -> list[tuple[int, int | None]]:
     """Sorted, with touching ``(after, upto)`` intervals joined."""
     out: list[tuple[int, int | None]] = []
@@ -105,25 +114,41 @@ class VisibilityHandler:
         return _Timeline([(pos, membership) for membership, pos in history], "leave")
 
     async def filter_events(self, user_id: str, events: Sequence[Event]) -> list[Event]:
-        """The events (in the given order) that ``user_id`` may see."""
-        by_room: dict[str, tuple[_Timeline, _Timeline, bool]] = {}
+        """The events (in the given order) that ``user_id`` may see, judged by the
+        history visibility and the user's membership in the state before each event.
+        An event without state here (an outlier, or a stand-in "probe" at a stream
+        position, see homeserver/handlers/pagination.py) is judged by the room's
+        stream of changes at its stream position, as in a linear room."""
+        joined_now: dict[str, bool] = {}
+        for room_id in dict.fromkeys(ev.room_id for ev in events):
+            current = await self._members.get_membership(user_id, room_id)
+            joined_now[room_id] = current is not None and current.membership == "join"
+        wanted = [ev.event_id for ev in events
+                  if not (ev.type == "m.room.member" and ev.state_key == user_id)]
+        before = await self._history.visibility_state_before(wanted, user_id)
+        timelines: dict[str, tuple[_Timeline, _Timeline]] = {}
         out = []
         for ev in events:
-            if ev.room_id not in by_room:
-                vis = await self._visibility_timeline(ev.room_id)
-                mem = await self._membership_timeline(ev.room_id, user_id)
-                current = await self._members.get_membership(user_id, ev.room_id)
-                by_room[ev.room_id] = (vis, mem, current is not None and current.membership == "join")
-            vis, mem, joined_now = by_room[ev.room_id]
             if ev.type == "m.room.member" and ev.state_key == user_id:
                 out.append(ev)
                 continue
-            pos = ev.internal.stream_ordering or 0
-            # The visibility and the user's membership in the state before the event.
-            visibility = vis.before(pos)
+            found = before.get(ev.event_id)
+            if found is not None:
+                visibility = _visibility_value(found[0])
+                membership = (found[1] or {}).get("membership", "leave")
+                if not isinstance(membership, str):
+                    membership = "leave"
+            else:
+                if ev.room_id not in timelines:
+                    timelines[ev.room_id] = (
+                        await self._visibility_timeline(ev.room_id),
+                        await self._membership_timeline(ev.room_id, user_id))
+                vis, mem = timelines[ev.room_id]
+                pos = ev.internal.stream_ordering or 0
+                visibility, membership = vis.before(pos), mem.before(pos)
             if ev.type == "m.room.history_visibility" and ev.state_key == "":
                 visibility = _more_visible(visibility, ev.content.get("history_visibility"))
-            if _allowed(visibility, mem.before(pos), joined_now):
+            if _allowed(visibility, membership, joined_now[ev.room_id]):
                 out.append(ev)
         return out
 

@@ -124,6 +124,7 @@ POST   client/rooms/{roomId}/report/{eventId}              -
 PUT    client/rooms/{roomId}/typing/{userId}               -
 POST   client/search                                       -
 GET    client/sync                                         -
+POST   client/sync                                         -
 GET    client/thirdparty/*                                 -
 *      client/user/{userId}/*                              -
 POST   client/user_directory/search                        -

@@ -63,7 +63,9 @@ class Route:
     template: str
     pattern: re.Pattern[str]
     handler: Handler
-    auth: str  # "required" | "optional" | "none"
+    # "required" | "optional" | "none" | "federation" (X-Matrix: sets ApiRequest.origin,
+    # federation/auth.py)
+    auth: str
     body_validator: Draft202012Validator | None = None
     # Requests from deactivated / guest users: whether guests may call this.
     allow_guest: bool = False
@@ -91,7 +93,7 @@ class Router:
         json_body: bool | None = None,
         allow_guest: bool = False,
     ) -> None:
-        if auth not in ("required", "optional", "none"):
+        if auth not in ("required", "optional", "none", "federation"):
             raise ValueError(f"bad auth mode {auth!r}")
         if isinstance(templates, str):
             templates = [templates]

@@ -169,6 +169,8 @@ class ApiRequest:
         self.path_params = path_params
         self.client = client
         self.requester: Requester | None = None
+        # The verified origin server of a request on a ``federation`` auth route.
+        self.origin: str | None = None
         self.body: Any = None
         self.access_token: str | None = None
 
@@ -293,6 +295,9 @@ class MatrixResource(resource.Resource):
         self._auth = authenticator
         self._trusted_proxies = trusted_proxies
         self._metrics = metrics
+        # Verifies X-Matrix for ``federation`` auth routes (federation/auth.py); set by
+        # the composition root when federation is enabled.
+        self.federation_auth: Any = None
         # Requests being handled, so a graceful shutdown can wait for them.
         self._in_flight: set[defer.Deferred[None]] = set()
         self._idle_waiters: list[defer.Deferred[None]] = []
@@ -421,7 +426,11 @@ class MatrixResource(resource.Resource):
         if limits is not None:  # per-IP classes: before any token verification
             await limits.before_auth(api)
 
-        if route.auth != "none":
+        if route.auth == "federation":
+            if self.federation_auth is None:
+                raise MatrixError(404, "Unrecognized request", Codes.UNRECOGNIZED)
+            api.origin = await self.federation_auth.authenticate(api)
+        elif route.auth != "none":
             token = self._extract_token(request)
             if token is not None:
                 api.access_token = token
@@ -572,7 +581,8 @@ RESOURCE_PATHS: dict[str, tuple[str, ...]] = {
     "client": ("/_matrix/client/", "/_matrix/media/", "/.well-known/matrix/client",
                "/.well-known/matrix/support", "/.well-known/matrix/server",
                "/_parley/client/", "/_synapse/admin/", "/_parley/admin/",
-               "/_parley/plugins/"),  # plugins' own routes (plugins/module_api.py)
+               "/_parley/plugins/",  # plugins' own routes (plugins/module_api.py)
+               "/_matrix/consent"),  # the consent pages (homeserver/rest/consent.py)
     "federation": ("/_matrix/federation/", "/_matrix/key/", "/.well-known/matrix/server"),
     "metrics": ("/metrics",),  # homeserver/metrics/registry.py MetricsResource
 }

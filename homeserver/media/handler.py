@@ -84,6 +84,9 @@ class MediaHandler:
         # (media id, width, height, method) being generated -> callers waiting for it.
         self._generating: dict[tuple[str, int, int, str], list[defer.Deferred[tuple[bytes, str]]]] = {}
         self._thumbnail_slots = defer.DeferredSemaphore(THUMBNAIL_CONCURRENCY)
+        # Other servers' media (homeserver/media/remote.py RemoteMediaCache): set when
+        # federation is enabled; None means remote media is never fetched.
+        self.remote: Any = None
 
     # -- upload ---------------------------------------------------------------------
 
@@ -163,6 +166,10 @@ class MediaHandler:
                            new_id, owner)
         self._wake(new_id)
         return f"mxc://{self.server_name}/{new_id}"
+
+    async def scan(self, path: str, content_type: str, sha256: str) -> str | None:
+        """The scan hook, on a thread (remote media is scanned as uploads are)."""
+        return await deferToThread(self._scan, path, content_type, sha256)
 
     @staticmethod
     def _new_media_id() -> str:
@@ -333,7 +340,11 @@ class MediaHandler:
 
     async def quarantine(self, server_name: str, media_id: str, by: str) -> None:
         """Quarantine a media and its content: every media with the same sha256 (now or
-        uploaded later) is refused too. Their cached thumbnails are deleted."""
+        uploaded later) is refused too. Their cached thumbnails are deleted. Another
+        server's media is quarantined in the remote media cache."""
+        if server_name != self.server_name and self.remote is not None:
+            await self.remote.quarantine(server_name, media_id, by)
+            return
         self._check_local(server_name, media_id)
         affected = await self._store.quarantine(media_id, by, self._clock.time_msec())
         if affected is None:

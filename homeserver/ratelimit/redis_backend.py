@@ -123,6 +123,12 @@ class RedisBackend:
         self._metrics.fallbacks.inc()
         return self._fallback.acquire_now(bucket, rate, burst, cost, now)
 
+    @property
+    def connection(self) -> Any:
+        """The Redis connection, shared with the detection lockouts
+        (homeserver/detection/shared_state.py)."""
+        return self._conn
+
     async def ping(self) -> None:
         """For ``/ready``: raises unless Redis answers (the caller bounds the wait)."""
         await self._conn.ping()

@@ -150,8 +150,21 @@ class MediaServlets:
     async def on_download(self, req: ApiRequest, serverName: str, mediaId: str,  # noqa: N803
                           fileName: str | None = None) -> tuple[int, Any]:  # noqa: N803
         req.require_requester()
+        if serverName != self._media.server_name and self._media.remote is not None:
+            return await self._serve_remote(req, serverName, mediaId, fileName)
         info = await self._media.get_media(serverName, mediaId, self._timeout(req))
         return await self._serve(req, info, fileName, allow_redirect=True)
+
+    async def _serve_remote(self, req: ApiRequest, server_name: str, media_id: str,
+                            file_name: str | None) -> tuple[int, Any]:
+        """Another server's media, through the remote media cache (federation on)."""
+        info = await self._media.remote.get_media(server_name, media_id, self._timeout(req))
+        f, size, cleanup = await self._media.remote.open_media(info)
+        req.raw.setHeader("Content-Disposition", content_disposition(info.content_type,
+                                                                     file_name))
+        req.raw.setHeader("X-Robots-Tag", "noindex, nofollow, noarchive, noimageindex")
+        req.raw.setHeader("Content-Type", served_type(info.content_type))
+        return 200, StreamedBody(f, size, cleanup)
 
     def _check_legacy(self) -> None:
         if not self._legacy_download:
@@ -163,7 +176,9 @@ class MediaServlets:
         info = await self._media.get_media(serverName, mediaId, self._timeout(req))
         return await self._serve(req, info, fileName, allow_redirect=req.query_bool("allow_redirect"))
 
-    async def _thumbnail(self, req: ApiRequest, server_name: str, media_id: str) -> tuple[int, Any]:
+    async def _thumbnail(self, req: ApiRequest, server_name: str, media_id: str,
+                         remote: bool = False) -> tuple[int, Any]:
+        """``remote``: other servers' media may be fetched (the authenticated path only)."""
         width, height = req.query_int("width"), req.query_int("height")
         if width is None or height is None:
             raise MatrixError(400, "Missing 'width' or 'height' parameter", Codes.MISSING_PARAM)
@@ -173,15 +188,19 @@ class MediaServlets:
         method = req.query("method", "scale") or "scale"
         if method not in METHODS:
             raise MatrixError(400, "Query parameter 'method' must be scale or crop", Codes.INVALID_PARAM)
-        info = await self._media.get_media(server_name, media_id, self._timeout(req))
-        data, ctype = await self._media.thumbnail(info, width, height, method)
+        if remote and server_name != self._media.server_name and self._media.remote is not None:
+            ctype, data = await self._media.remote.thumbnail(server_name, media_id, width,
+                                                             height, method, self._timeout(req))
+        else:
+            info = await self._media.get_media(server_name, media_id, self._timeout(req))
+            data, ctype = await self._media.thumbnail(info, width, height, method)
         req.raw.setHeader("Content-Type", ctype)
         req.raw.setHeader("Content-Disposition", "inline; filename=thumbnail." + ctype.split("/")[1])
         return 200, data
 
     async def on_thumbnail(self, req: ApiRequest, serverName: str, mediaId: str) -> tuple[int, Any]:  # noqa: N803
         req.require_requester()
-        return await self._thumbnail(req, serverName, mediaId)
+        return await self._thumbnail(req, serverName, mediaId, remote=True)
 
     async def on_legacy_thumbnail(self, req: ApiRequest, serverName: str,  # noqa: N803
                                   mediaId: str) -> tuple[int, Any]:  # noqa: N803

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from federation.openid import OpenIdUserInfoServlet
 from federation.threepid_onbind import ThreepidOnBindServlet
 from homeserver.appservice.handler import AppserviceHandler
+from homeserver.areas.rooms_admin import RoomsAdminArea
 from homeserver.auth.mfa import MfaHandler
 from homeserver.auth.password_auth import PasswordAuth
 from homeserver.auth.ratelimit import AuthRateLimiters
@@ -49,6 +50,7 @@ from homeserver.handlers.room_upgrade import RoomUpgradeHandler
 from homeserver.handlers.search import SearchHandler
 from homeserver.handlers.security_events import SecurityEventRecorder
 from homeserver.handlers.sessions import SessionHandler
+from homeserver.handlers.sliding_sync import SlidingSyncHandler
 from homeserver.handlers.sync import SyncHandler
 from homeserver.handlers.to_device import ToDeviceHandler
 from homeserver.handlers.typing import TypingHandler
@@ -90,6 +92,7 @@ from homeserver.rest.client.room_history import RoomHistoryServlets
 from homeserver.rest.client.room_upgrade import RoomUpgradeServlets
 from homeserver.rest.client.rooms import RoomServlets
 from homeserver.rest.client.search import SearchServlets
+from homeserver.rest.client.sliding_sync import SlidingSyncServlets
 from homeserver.rest.client.sync import SyncServlets
 from homeserver.rest.client.tags import TagServlets
 from homeserver.rest.client.thirdparty import ThirdPartyServlets
@@ -154,6 +157,7 @@ class Components:
     mfa: MfaHandler | None = None
     gdpr_export: ExportJobs | None = None  # GDPR data export (homeserver/gdpr/)
     appservices: AppserviceHandler | None = None  # application services (bridges)
+    rooms_admin: RoomsAdminArea | None = None  # rooms admin, shutdowns, background jobs
 
 
 def register_all(router: Router, c: Components) -> None:
@@ -193,6 +197,10 @@ def register_all(router: Router, c: Components) -> None:
     RedactionServlets(c.redaction).register(router)
     RoomUpgradeServlets(c.room_upgrade).register(router)
     SyncServlets(c.sync, c.filters, c.presence).register(router)
+    SlidingSyncServlets(SlidingSyncHandler(  # MSC4186, built on /sync's pieces
+        c.clock, c.sync, c.stores.room_members, c.stores.events, c.stores.sliding_sync,
+        c.account_data, c.stores.account_data, c.notifier, push_rules=c.push_rules,
+        unread_counts=c.push_actions.unread_counts)).register(router)
     EphemeralServlets(c.typing, c.receipts, c.presence).register(router)
     DirectoryServlets(c.directory).register(router)
     UserDirectoryServlets(c.user_directory).register(router)

@@ -7,12 +7,14 @@ from dataclasses import dataclass
 
 from storage.database import Database
 from storage.stores.account_data import AccountDataStore
+from storage.stores.blocked_servers import BlockedServerStore
 from storage.stores.cross_signing import CrossSigningStore
 from storage.stores.device_lists import DeviceListStore
 from storage.stores.devices import DeviceStore
 from storage.stores.e2e_keys import E2eKeyStore
 from storage.stores.event_timestamps import EventTimestampStore
 from storage.stores.events import EventStore, StateHistoryStore
+from storage.stores.federation_queue import FederationQueueStore
 from storage.stores.filters import FilterStore
 from storage.stores.key_backup import KeyBackupStore
 from storage.stores.login_tokens import LoginTokenStore
@@ -37,6 +39,8 @@ from storage.stores.rooms import RoomStore
 from storage.stores.search import SearchStore
 from storage.stores.security_events import SecurityEventStore
 from storage.stores.sessions import SessionStore
+from storage.stores.shadow_bans import ShadowBanStore
+from storage.stores.sliding_sync import SlidingSyncStore
 from storage.stores.to_device import ToDeviceStore
 from storage.stores.ui_auth import UiAuthStore
 from storage.stores.user_directory import UserDirectoryStore
@@ -81,6 +85,10 @@ class Stores:
     mfa: MfaStore
     login_tokens: LoginTokenStore
     roles: RoleStore  # admin roles and account restrictions (schema 0031)
+    blocked_servers: BlockedServerStore  # remote servers blocked by an admin (0036)
+    shadow_bans: ShadowBanStore  # shadow-banned users (0036)
+    sliding_sync: SlidingSyncStore  # MSC4186 room-list reads (no table)
+    federation_queue: FederationQueueStore  # federation sender queue, inbound txns (0043)
 
 
 def open_stores(db: Database) -> Stores:
@@ -102,4 +110,7 @@ def open_stores(db: Database) -> Stores:
         purge_history=PurgeHistoryStore(db), mfa=MfaStore(db),
         login_tokens=LoginTokenStore(db),
         roles=RoleStore(db),
+        blocked_servers=BlockedServerStore(db), shadow_bans=ShadowBanStore(db),
+        sliding_sync=SlidingSyncStore(db),
+        federation_queue=FederationQueueStore(db),
     )

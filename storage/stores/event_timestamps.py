@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from homeserver.crypto.content import PLAIN_CODEC, FieldCodec
 from homeserver.events.model import Event
 from storage.database import Database
-from storage.stores.events import _EVENT_COLS, _EVENT_FROM, _row_to_event
+from storage.stores.events import _EVENT_COLS, _EVENT_FROM, rows_to_events
 
 
 class EventTimestampStore:
     def __init__(self, db: Database) -> None:
         self._db = db
+        self.codec: FieldCodec = PLAIN_CODEC  # as EventStore.codec, set at wiring
 
     async def events_by_timestamp(
         self, room_id: str, ts: int, direction: str, low: int, high: int | None,
@@ -44,4 +46,4 @@ class EventTimestampStore:
         sql.append(f"ORDER BY e.origin_server_ts {order}, e.stream_ordering {order} LIMIT ?")
         args.append(limit)
         rows = await self._db.query("events_by_timestamp", " ".join(sql), *args)
-        return [_row_to_event(r) for r in rows]
+        return await rows_to_events(rows, self.codec)

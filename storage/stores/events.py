@@ -6,6 +6,18 @@ as a full snapshot or as a delta on the previous group (a full snapshot every
 ``SNAPSHOT_INTERVAL`` deltas keeps reads short). The state after any event is thus
 read with a bounded number of small queries, never by replaying history; the
 ``current_state`` table mirrors the latest state of each room for fast reads.
+
+An event's JSON is written by :func:`_persist` and read through :func:`_row_to_event`
+(or ``state_changes``) only: with ``secrets.encrypt_event_content`` it is sealed there
+(``EventStore.codec``, homeserver/crypto/content.py), so every read path decrypts.
+
+Events of other servers (issue 16) are written by mode (:class:`PersistRequest`):
+accepted ones as local ones (with the current state changed by a resolution's delta);
+backfilled ones with state groups and membership history only; soft-failed, rejected
+and outlier events marked ``outlier`` (so no client read returns them), the first two
+with state groups, outliers without. Backfilled and hidden events get negative stream
+orderings (:meth:`EventStore.allocate_backfill_positions`). ``event_state_groups``
+records the state group before each event as well as after it.
 """
 
 from __future__ import annotations
@@ -15,7 +27,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from homeserver.events.model import Event, InternalMetadata, StateKey
+from homeserver.crypto.at_rest import AtRestError
+from homeserver.crypto.content import PLAIN_CODEC, SEALED_LIKE, FieldCodec, event_location
+from homeserver.events.model import Event, InternalMetadata, JsonDict, StateKey
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
 from storage.database import Database, Txn
 
@@ -24,14 +38,24 @@ SNAPSHOT_INTERVAL = 50
 StateMap = dict[StateKey, str]  # (type, state_key) -> event_id
 
 
+# How an event is written (PersistRequest.mode): what it touches besides its own row.
+TIMELINE = "timeline"        # local or accepted remote: state, current state, extremities
+BACKFILLED = "backfilled"    # history: state groups and membership history only
+SOFT_FAILED = "soft_failed"  # state groups only; hidden (outlier) from clients
+REJECTED = "rejected"        # state after = state before; hidden, never in any state
+OUTLIER = "outlier"          # the row alone: no state groups, hidden
+_HIDDEN = frozenset({SOFT_FAILED, REJECTED, OUTLIER})
+
+
 @dataclass(frozen=True)
 class PersistRequest:
     """What the handler decided; the store only writes it."""
 
     event: Event
     stream_ordering: int
-    # The state group holding the state before the event (None for the create event),
-    # and that state itself (needed when a full snapshot is due).
+    # A stored state group holding exactly the state before the event (None: no such
+    # group, e.g. the create event, or after a fork the resolved state: then a group is
+    # written for ``state_before``, as a delta on ``base`` if given), and that state.
     group_before: int | None
     state_before: StateMap
     txn_key: tuple[str, str, str] | None = None  # (user_id, device_id, txn_id)
@@ -39,6 +63,13 @@ class PersistRequest:
     # The event this redaction takes effect on, as the persister authorised it
     # (None: not a redaction, or one that does not apply).
     redaction_target: str | None = None
+    mode: str = TIMELINE
+    rejected_reason: str | None = None
+    # (group, its state) to write a new ``state_before`` group as a delta on.
+    base: tuple[int, StateMap] | None = None
+    # TIMELINE: the change of the room's current state (key -> event id, None: removed);
+    # None means the event's own key (the event is the room's only forward extremity).
+    current_delta: dict[StateKey, str | None] | None = None
 
 
 def _delta_depth(txn: Txn, group: int) -> int:
@@ -46,26 +77,24 @@ def _delta_depth(txn: Txn, group: int) -> int:
     return int(row[0]) if row else 0
 
 
-def _write_state_group(txn: Txn, req: PersistRequest) -> int:
-    ev = req.event
+def _write_group(txn: Txn, room_id: str, event_id: str, base: tuple[int, StateMap] | None,
+                 state: StateMap) -> int:
+    """A new state group holding ``state``: a delta on ``base`` when that is only
+    additions/replacements and the chain is short, else a full snapshot."""
     group = txn.next_stream_id("state_groups")
-    state_after = dict(req.state_before)
-    state_after[ev.state_pair] = ev.event_id
-    if req.group_before is None or _delta_depth(txn, req.group_before) + 1 >= SNAPSHOT_INTERVAL:
+    entries: Iterable[tuple[StateKey, str]]
+    depth = _delta_depth(txn, base[0]) + 1 if base is not None else 0
+    if (base is not None and depth < SNAPSHOT_INTERVAL
+            and all(k in state for k in base[1])):
         txn.execute(
             "INSERT INTO state_groups (id, room_id, event_id, prev_group, delta_depth)"
-            " VALUES (?, ?, ?, NULL, 0)",
-            (group, ev.room_id, ev.event_id),
-        )
-        entries: Iterable[tuple[StateKey, str]] = state_after.items()
+            " VALUES (?, ?, ?, ?, ?)", (group, room_id, event_id, base[0], depth))
+        entries = [(k, v) for k, v in state.items() if base[1].get(k) != v]
     else:
         txn.execute(
             "INSERT INTO state_groups (id, room_id, event_id, prev_group, delta_depth)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (group, ev.room_id, ev.event_id, req.group_before,
-             _delta_depth(txn, req.group_before) + 1),
-        )
-        entries = [(ev.state_pair, ev.event_id)]
+            " VALUES (?, ?, ?, NULL, 0)", (group, room_id, event_id))
+        entries = state.items()
     txn.executemany(
         "INSERT INTO state_group_entries (state_group, type, state_key, event_id)"
         " VALUES (?, ?, ?, ?)",
@@ -74,31 +103,63 @@ def _write_state_group(txn: Txn, req: PersistRequest) -> int:
     return group
 
 
-def _persist(txn: Txn, req: PersistRequest) -> int:
+def _write_state(txn: Txn, req: PersistRequest) -> int | None:
+    """The event's state groups (before and after it); returns the group after."""
     ev = req.event
+    if req.mode == OUTLIER:
+        return None
+    before = req.group_before
+    if before is None and req.state_before:
+        before = _write_group(txn, ev.room_id, ev.event_id, req.base, req.state_before)
+    if ev.is_state() and req.mode != REJECTED:
+        base = (before, req.state_before) if before is not None else None
+        after = _write_group(txn, ev.room_id, ev.event_id, base,
+                             {**req.state_before, ev.state_pair: ev.event_id})
+    else:
+        assert before is not None, "a non-state event needs prior state"
+        after = before
+    txn.execute("INSERT INTO event_state_groups (event_id, state_group, state_group_before)"
+                " VALUES (?, ?, ?)", (ev.event_id, after, before))
+    return after
+
+
+def _set_current(txn: Txn, room_id: str, key: StateKey, event_id: str | None) -> None:
+    """One key of the room's current state, and for members their current membership."""
+    txn.execute("DELETE FROM current_state WHERE room_id = ? AND type = ? AND state_key = ?",
+                (room_id, key[0], key[1]))
+    if key[0] == "m.room.member":
+        txn.execute("DELETE FROM local_current_membership WHERE user_id = ? AND room_id = ?",
+                    (key[1], room_id))
+    if event_id is None:
+        return
+    txn.execute(
+        "INSERT INTO current_state (room_id, type, state_key, event_id) VALUES (?, ?, ?, ?)",
+        (room_id, key[0], key[1], event_id))
+    if key[0] == "m.room.member":
+        txn.execute(
+            "INSERT INTO local_current_membership (user_id, room_id, membership, event_id,"
+            " stream_ordering, forgotten) SELECT user_id, room_id, membership, event_id,"
+            " stream_ordering, ? FROM room_memberships WHERE event_id = ?",
+            (False, event_id))
+
+
+def _persist(txn: Txn, req: PersistRequest, codec: FieldCodec = PLAIN_CODEC) -> int | None:
+    ev = req.event
+    mode = req.mode
+    # Sealed here, in the database thread: the reactor never runs the AES work.
+    stored = codec.seal(json.dumps(ev.pdu, ensure_ascii=False), event_location(ev.event_id))
     txn.execute(
         "INSERT INTO events (event_id, room_id, stream_ordering, depth, type, state_key,"
-        " sender, origin_server_ts, json, txn_id, device_id)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " sender, origin_server_ts, json, txn_id, device_id, outlier, rejected_reason,"
+        " soft_failed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (ev.event_id, ev.room_id, req.stream_ordering, ev.depth, ev.type, ev.state_key,
-         ev.sender, ev.origin_server_ts, json.dumps(ev.pdu, ensure_ascii=False),
-         req.txn_key[2] if req.txn_key else None, req.txn_key[1] if req.txn_key else None),
+         ev.sender, ev.origin_server_ts, stored,
+         req.txn_key[2] if req.txn_key else None, req.txn_key[1] if req.txn_key else None,
+         mode in _HIDDEN, req.rejected_reason, mode == SOFT_FAILED),
     )
-    if ev.is_state():
-        group = _write_state_group(txn, req)
-        txn.execute(
-            "DELETE FROM current_state WHERE room_id = ? AND type = ? AND state_key = ?",
-            (ev.room_id, ev.type, ev.state_key),
-        )
-        txn.execute(
-            "INSERT INTO current_state (room_id, type, state_key, event_id) VALUES (?, ?, ?, ?)",
-            (ev.room_id, ev.type, ev.state_key, ev.event_id),
-        )
-    else:
-        assert req.group_before is not None, "a non-state event needs prior state"
-        group = req.group_before
-    txn.execute("INSERT INTO event_state_groups (event_id, state_group) VALUES (?, ?)",
-                (ev.event_id, group))
+    group = _write_state(txn, req)
+    if mode in _HIDDEN:
+        return group
 
     if ev.type == "m.room.member" and ev.state_key is not None and ev.membership:
         txn.execute(
@@ -106,18 +167,17 @@ def _persist(txn: Txn, req: PersistRequest) -> int:
             " stream_ordering) VALUES (?, ?, ?, ?, ?, ?)",
             (ev.event_id, ev.room_id, ev.state_key, ev.sender, ev.membership, req.stream_ordering),
         )
-        txn.execute("DELETE FROM local_current_membership WHERE user_id = ? AND room_id = ?",
-                    (ev.state_key, ev.room_id))
-        txn.execute(
-            "INSERT INTO local_current_membership (user_id, room_id, membership, event_id,"
-            " stream_ordering, forgotten) VALUES (?, ?, ?, ?, ?, ?)",
-            (ev.state_key, ev.room_id, ev.membership, ev.event_id, req.stream_ordering, False),
-        )
-
     if req.redaction_target is not None:
         txn.execute("INSERT INTO redactions (event_id, redacts, stream_ordering) VALUES (?, ?, ?)",
                     (ev.event_id, req.redaction_target, req.stream_ordering))
+    if mode != TIMELINE:
+        return group
 
+    delta = req.current_delta
+    if delta is None:
+        delta = {ev.state_pair: ev.event_id} if ev.is_state() else {}
+    for key, value in delta.items():
+        _set_current(txn, ev.room_id, key, value)
     for prev in ev.prev_event_ids:
         txn.execute("DELETE FROM room_forward_extremities WHERE room_id = ? AND event_id = ?",
                     (ev.room_id, prev))
@@ -134,11 +194,13 @@ def _persist(txn: Txn, req: PersistRequest) -> int:
     return group
 
 
-def _row_to_event(row: tuple[Any, ...]) -> Event:
+def _row_to_event(row: tuple[Any, ...], codec: FieldCodec = PLAIN_CODEC) -> Event:
+    """An event from an ``_EVENT_COLS`` row; ``codec`` opens JSON sealed at rest
+    (AtRestError if it was tampered with or moved from another row)."""
     event_id, room_version, raw, stream_ordering, txn_id, device_id, rejected, room_id, \
         outlier = row
     version = KNOWN_ROOM_VERSIONS[room_version]
-    return Event(event_id, json.loads(raw), version,
+    return Event(event_id, json.loads(codec.open(raw, event_location(event_id))), version,
                  InternalMetadata(stream_ordering=int(stream_ordering), txn_id=txn_id,
                                   device_id=device_id, rejected_reason=rejected,
                                   room_id=room_id, outlier=bool(outlier)))
@@ -150,16 +212,53 @@ _EVENT_COLS = ("e.event_id, r.room_version, e.json, e.stream_ordering, e.txn_id,
 _EVENT_FROM = "events e JOIN rooms r ON r.room_id = e.room_id"
 
 
+async def rows_to_events(rows: Iterable[tuple[Any, ...]], codec: FieldCodec) -> list[Event]:
+    """``_row_to_event`` over rows; a refused (tampered or moved) sealed event is audited
+    before its AtRestError propagates."""
+    try:
+        return [_row_to_event(r, codec) for r in rows]
+    except AtRestError as e:
+        await codec.vault.refused(e)
+        raise
+
+
 class EventStore:
     def __init__(self, db: Database) -> None:
         self._db = db
+        # Encryption at rest of event JSON (secrets.encrypt_event_content), set at wiring.
+        self.codec: FieldCodec = PLAIN_CODEC
 
-    async def persist_event(self, req: PersistRequest) -> int:
-        """Write the event and its consequences; returns the state group after it."""
-        return await self._db.run("persist_event", _persist, req)
+    async def persist_event(self, req: PersistRequest) -> int | None:
+        """Write the event and its consequences; returns the state group after it
+        (None for an outlier)."""
+        return await self._db.run("persist_event", _persist, req, self.codec)
 
     async def allocate_stream_ordering(self) -> int:
         return await self._db.run("next_event_stream", lambda txn: txn.next_stream_id("events"))
+
+    async def allocate_backfill_positions(self, n: int) -> list[int]:
+        """``n`` new negative stream orderings, each below every one given before
+        (backfilled history and hidden events sort before all live events)."""
+        def _alloc(txn: Txn) -> list[int]:
+            return [-txn.next_stream_id("events_backfill") for _ in range(n)]
+
+        return await self._db.run("next_backfill_stream", _alloc)
+
+    async def get_state_groups(self, event_ids: Iterable[str]
+                               ) -> dict[str, tuple[int, int | None]]:
+        """event id -> (state group after it, state group before it) for the events
+        that have state (not outliers, not unknown)."""
+        ids = list(dict.fromkeys(event_ids))
+        out: dict[str, tuple[int, int | None]] = {}
+        for i in range(0, len(ids), 200):
+            chunk = ids[i:i + 200]
+            marks = ",".join("?" for _ in chunk)
+            for eid, after, before in await self._db.query(
+                    "event_state_groups",
+                    "SELECT event_id, state_group, state_group_before FROM event_state_groups"
+                    f" WHERE event_id IN ({marks})", *chunk):
+                out[eid] = (int(after), int(before) if before is not None else None)
+        return out
 
     async def max_stream_ordering(self) -> int:
         row = await self._db.query_one("max_stream", "SELECT MAX(stream_ordering) FROM events")
@@ -176,8 +275,7 @@ class EventStore:
                 f"SELECT {_EVENT_COLS} FROM {_EVENT_FROM} WHERE e.event_id IN ({marks})",
                 *chunk,
             )
-            for row in rows:
-                ev = _row_to_event(row)
+            for ev in await rows_to_events(rows, self.codec):
                 out[ev.event_id] = ev
         return out
 
@@ -216,8 +314,9 @@ class EventStore:
             "state_group_at",
             "SELECT g.state_group FROM events e JOIN event_state_groups g"
             " ON g.event_id = e.event_id WHERE e.room_id = ? AND e.stream_ordering <= ?"
+            " AND e.soft_failed = ? AND e.rejected_reason IS NULL"
             " ORDER BY e.stream_ordering DESC LIMIT 1",
-            room_id, position,
+            room_id, position, False,
         )
         return int(row[0]) if row else None
 
@@ -280,7 +379,7 @@ class EventStore:
             " ORDER BY e.stream_ordering DESC LIMIT ?",
             room_id, from_exclusive, to_inclusive, False, limit,
         )
-        return [_row_to_event(r) for r in reversed(rows)]
+        return await rows_to_events(reversed(rows), self.codec)
 
     async def paginate_room_events(
         self, room_id: str, from_position: int, direction: str, limit: int,
@@ -304,7 +403,7 @@ class EventStore:
             f" ORDER BY e.stream_ordering {order} LIMIT ?",
             *args,
         )
-        return [_row_to_event(r) for r in rows]
+        return await rows_to_events(rows, self.codec)
 
     async def rooms_with_events_between(self, room_ids: Iterable[str], from_exclusive: int,
                                         to_inclusive: int) -> set[str]:
@@ -323,11 +422,100 @@ class EventStore:
         return out
 
 
+    # -- encryption at rest (``parley keys rotate``) --------------------------------------
+
+    async def stored_json_page(self, after: str, limit: int, sealed_only: bool
+                               ) -> list[tuple[str, str]]:
+        """(event id, JSON as stored) of events after ``after`` by id; ``sealed_only``:
+        only envelopes (when content encryption was switched off again)."""
+        cond = " AND json LIKE ?" if sealed_only else ""
+        args: list[Any] = [after, SEALED_LIKE] if sealed_only else [after]
+        rows = await self._db.query(
+            "stored_event_json",
+            f"SELECT event_id, json FROM events WHERE event_id > ?{cond}"
+            " ORDER BY event_id LIMIT ?", *args, limit)
+        return [(str(r[0]), str(r[1])) for r in rows]
+
+    async def rewrite_stored_json(self, event_id: str, stored: str) -> bool:
+        """Rewrite one event's JSON in its target form (sealed under the active key, or
+        plaintext with encryption off) in its own transaction, only if it still holds
+        ``stored``. AtRestError (audited) if ``stored`` cannot be opened."""
+        codec = self.codec
+
+        async def rewrite() -> str:
+            return codec.rewrite(stored, event_location(event_id))
+
+        new = await codec.audited(rewrite)
+        n = await self._db.execute(
+            "rewrite_event_json", "UPDATE events SET json = ? WHERE event_id = ? AND json = ?",
+            new, event_id, stored)
+        return n == 1
+
+
+_VIS_KEY: StateKey = ("m.room.history_visibility", "")
+
+
+def _chunks(items: list[Any], size: int = 400) -> Iterable[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def _state_before_for_visibility(txn: Txn, event_ids: list[str], user_id: str
+                                 ) -> dict[str, tuple[str | None, str | None]]:
+    """event id -> (history visibility event id, the user's member event id) in the
+    state before the event; events without state (outliers, unknown) are left out."""
+    before: dict[str, int | None] = {}
+    for chunk in _chunks(event_ids):
+        for eid, group in txn.query(
+                "SELECT event_id, state_group_before FROM event_state_groups"
+                f" WHERE event_id IN ({','.join('?' for _ in chunk)})", tuple(chunk)):
+            before[eid] = int(group) if group is not None else None
+    # The groups and their delta chains (bounded by SNAPSHOT_INTERVAL), then only the
+    # two keys wanted from their entries: two queries per chunk of groups.
+    chain = ("WITH RECURSIVE chain(id) AS (SELECT id FROM state_groups WHERE id IN ({marks})"
+             " UNION SELECT g.prev_group FROM state_groups g JOIN chain c ON g.id = c.id"
+             " WHERE g.prev_group IS NOT NULL) ")
+    links: dict[int, int | None] = {}
+    entries: dict[int, dict[StateKey, str]] = {}
+    for chunk in _chunks(sorted({g for g in before.values() if g is not None})):
+        with_chain = chain.format(marks=",".join("?" for _ in chunk))
+        for gid, prev in txn.query(
+                with_chain + "SELECT s.id, s.prev_group FROM state_groups s"
+                " JOIN chain c ON s.id = c.id", tuple(chunk)):
+            links[int(gid)] = int(prev) if prev is not None else None
+        for gid, t, sk, eid in txn.query(
+                with_chain + "SELECT e.state_group, e.type, e.state_key, e.event_id"
+                " FROM state_group_entries e JOIN chain c ON e.state_group = c.id"
+                " WHERE (e.type = ? AND e.state_key = ?) OR (e.type = ? AND e.state_key = ?)",
+                (*chunk, *_VIS_KEY, "m.room.member", user_id)):
+            entries.setdefault(int(gid), {})[(t, sk)] = eid
+    member_key: StateKey = ("m.room.member", user_id)
+    memo: dict[int, tuple[str | None, str | None]] = {}
+
+    def at(group: int) -> tuple[str | None, str | None]:
+        if group in memo:
+            return memo[group]
+        vis = member = None
+        current: int | None = group
+        while current is not None and (vis is None or member is None):
+            found = entries.get(current, {})
+            vis = vis or found.get(_VIS_KEY)
+            member = member or found.get(member_key)
+            current = links.get(current)
+        memo[group] = (vis, member)
+        return memo[group]
+
+    return {eid: at(g) if g is not None else (None, None) for eid, g in before.items()}
+
+
 class StateHistoryStore:
-    """Cheap answers to "what was X at stream position S" for linear (local) rooms."""
+    """Cheap answers to "what was X at stream position S" (for linear rooms: stream
+    order is graph order there), and to "what was X in the state before event E"
+    (any room, from the state groups)."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        self.codec: FieldCodec = PLAIN_CODEC  # as EventStore.codec, set at wiring
 
     async def state_changes(self, room_id: str, event_type: str, state_key: str | None = None
                             ) -> list[tuple[int, str, str]]:
@@ -335,15 +523,51 @@ class StateHistoryStore:
         if state_key is None:
             rows = await self._db.query(
                 "state_changes",
-                "SELECT stream_ordering, state_key, json FROM events WHERE room_id = ?"
+                "SELECT stream_ordering, state_key, json, event_id FROM events WHERE room_id = ?"
                 " AND type = ? AND state_key IS NOT NULL ORDER BY stream_ordering",
                 room_id, event_type,
             )
         else:
             rows = await self._db.query(
                 "state_changes",
-                "SELECT stream_ordering, state_key, json FROM events WHERE room_id = ?"
+                "SELECT stream_ordering, state_key, json, event_id FROM events WHERE room_id = ?"
                 " AND type = ? AND state_key = ? ORDER BY stream_ordering",
                 room_id, event_type, state_key,
             )
-        return [(int(r[0]), r[1], r[2]) for r in rows]
+        codec = self.codec
+        try:
+            return [(int(r[0]), r[1], codec.open(r[2], event_location(r[3]))) for r in rows]
+        except AtRestError as e:
+            await codec.vault.refused(e)
+            raise
+
+    async def visibility_state_before(self, event_ids: Iterable[str], user_id: str
+                                      ) -> dict[str, tuple[JsonDict | None, JsonDict | None]]:
+        """event id -> (content of m.room.history_visibility, content of ``user_id``'s
+        m.room.member) in the state before the event (None: not in that state). One
+        database transaction; events without state (outliers) are left out."""
+        ids = list(dict.fromkeys(event_ids))
+        if not ids:
+            return {}
+        refs = await self._db.run("visibility_state_before", _state_before_for_visibility,
+                                  ids, user_id)
+        wanted = sorted({e for pair in refs.values() for e in pair if e is not None})
+        raw: dict[str, str] = {}
+        for chunk in _chunks(wanted):
+            for eid, js in await self._db.query(
+                    "visibility_state_events",
+                    f"SELECT event_id, json FROM events WHERE event_id IN"
+                    f" ({','.join('?' for _ in chunk)})", *chunk):
+                raw[eid] = js
+        codec = self.codec
+        contents: dict[str, JsonDict] = {}
+        try:
+            for eid, js in raw.items():
+                content = json.loads(codec.open(js, event_location(eid))).get("content")
+                contents[eid] = content if isinstance(content, dict) else {}
+        except AtRestError as e:
+            await codec.vault.refused(e)
+            raise
+        return {eid: (contents.get(v) if v else None, contents.get(m) if m else None)
+                for eid, (v, m) in refs.items()}
+

@@ -58,6 +58,23 @@ def _thumb(row: tuple) -> ThumbnailInfo:  # type: ignore[type-arg]
     return ThumbnailInfo(int(row[0]), int(row[1]), row[2], row[3], int(row[4]))
 
 
+# Admin listing (issue 15): Synapse's order_by names -> columns. Parley stores no upload
+# name and no last access time: those sort by media id and upload time.
+ADMIN_ORDER_COLUMNS: dict[str, str] = {
+    "media_id": "media_id", "upload_name": "media_id", "created_ts": "created_ts",
+    "last_access_ts": "created_ts", "media_length": "size", "media_type": "content_type",
+    "quarantined_by": "quarantined", "safe_from_quarantine": "protected",
+}
+
+
+@dataclass(frozen=True)
+class AdminMediaRow:
+    """A media's metadata with its ``protected`` flag (safe from bulk quarantine)."""
+
+    info: MediaInfo
+    protected: bool
+
+
 class MediaStore:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -220,3 +237,79 @@ class MediaStore:
             media_id, thumb.width, thumb.height, thumb.method, thumb.content_type, thumb.size,
             media_id,
         )
+
+    # -- admin (issue 15): listings, protection, bulk selections ----------------------
+
+    async def list_by_owner(self, owner: str, order_by: str, descending: bool, offset: int,
+                            limit: int) -> tuple[list[AdminMediaRow], int]:
+        """One page of ``owner``'s media (uploaded or reserved) and their count;
+        ``order_by`` is a key of :data:`ADMIN_ORDER_COLUMNS`."""
+        column = ADMIN_ORDER_COLUMNS[order_by]
+        order = "DESC" if descending else "ASC"
+
+        def _list(txn: Txn) -> tuple[list[AdminMediaRow], int]:
+            total = txn.query_one("SELECT COUNT(*) FROM local_media WHERE owner = ?", (owner,))
+            rows = txn.query(
+                f"SELECT {_READ_COLUMNS}, protected FROM local_media WHERE owner = ?"
+                f" ORDER BY {column} {order}, media_id {order} LIMIT ? OFFSET ?",
+                (owner, limit, offset))
+            return ([AdminMediaRow(_row(r), bool(r[8])) for r in rows],
+                    int(total[0]) if total else 0)
+
+        return await self._db.run("list_media_by_owner", _list)
+
+    async def owner_media_ids(self, owner: str, include_protected: bool) -> list[str]:
+        rows = await self._db.query(
+            "owner_media_ids",
+            "SELECT media_id FROM local_media WHERE owner = ?"
+            + ("" if include_protected else " AND protected = 0") + " ORDER BY media_id",
+            owner)
+        return [r[0] for r in rows]
+
+    async def unprotected(self, media_ids: list[str]) -> list[str]:
+        """Those of ``media_ids`` that exist and are not protected."""
+        out: list[str] = []
+        for i in range(0, len(media_ids), 200):
+            chunk = media_ids[i:i + 200]
+            marks = ",".join("?" for _ in chunk)
+            rows = await self._db.query(
+                "unprotected_media",
+                f"SELECT media_id FROM local_media WHERE media_id IN ({marks}) AND protected = 0",
+                *chunk)
+            out += [r[0] for r in rows]
+        return sorted(out)
+
+    async def set_protected(self, media_id: str, protected: bool) -> bool:
+        """Protect (or not) a media from the bulk quarantine calls; False if unknown."""
+        n = await self._db.execute(
+            "set_media_protected", "UPDATE local_media SET protected = ? WHERE media_id = ?",
+            1 if protected else 0, media_id)
+        return n == 1
+
+    async def room_event_ids(self, room_id: str, after: int, limit: int
+                             ) -> list[tuple[str, int]]:
+        """(event id, stream ordering) of the room's non-rejected events after stream
+        position ``after``, oldest first: the admin room-media listing reads them
+        through the event store (whose reads open content sealed at rest)."""
+        rows = await self._db.query(
+            "room_event_ids_for_media",
+            "SELECT event_id, stream_ordering FROM events WHERE room_id = ?"
+            " AND rejected_reason IS NULL AND stream_ordering > ?"
+            " ORDER BY stream_ordering LIMIT ?", room_id, after, limit)
+        return [(r[0], int(r[1])) for r in rows]
+
+    async def media_ids_before(self, before_ts: int, size_gt: int, keep_profiles: bool,
+                               server_name: str, limit: int) -> list[str]:
+        """Up to ``limit`` unprotected local media uploaded before ``before_ts`` and
+        larger than ``size_gt`` bytes; ``keep_profiles`` skips those used as a user's
+        avatar (Synapse's media/delete)."""
+        sql = ("SELECT media_id FROM local_media WHERE created_ts < ? AND protected = 0"
+               " AND COALESCE(size, 0) > ?")
+        args: list[object] = [before_ts, size_gt]
+        if keep_profiles:
+            sql += " AND NOT EXISTS (SELECT 1 FROM profiles p WHERE p.avatar_url = ?"
+            sql += " || local_media.media_id)"
+            args.append(f"mxc://{server_name}/")
+        rows = await self._db.query("media_ids_before", sql + " ORDER BY media_id LIMIT ?",
+                                    *args, limit)
+        return [r[0] for r in rows]

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from homeserver.crypto.content import SEALED_LIKE
 from storage.database import Database, Txn
 
 _COLS = "event_id, relates_to_id, rel_type, sender, type, is_state, origin_server_ts, stream_ordering"
@@ -135,8 +136,10 @@ class RelationsStore:
         cond = [f"e.type IN ({_marks(types)})"] if types else []
         args: list[Any] = list(types)
         if with_relations:
-            cond.append("e.json LIKE ?")
-            args.append('%"m.relates_to"%')
+            # Event JSON sealed at rest (homeserver/crypto/content.py) cannot be looked
+            # into here: every sealed event is a candidate.
+            cond.append("(e.json LIKE ? OR e.json LIKE ?)")
+            args += ['%"m.relates_to"%', SEALED_LIKE]
         rows = await self._db.query(
             "events_to_index",
             f"SELECT e.event_id, e.stream_ordering FROM events e"

@@ -6,7 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from homeserver.crypto.content import PLAIN_CODEC, FieldCodec, sql_sealed
 from storage.database import Database, Txn
+from storage.stores.profiles import open_profile_columns
 
 ADMIN_ROLE = "admin"
 
@@ -38,6 +40,7 @@ class AdminUserRow:
     avatar_url: str | None
     erased: bool
     last_seen_ts: int | None
+    shadow_banned: bool = False
 
 
 # Synapse's order_by values → a column (always followed by user_id for a stable order).
@@ -52,16 +55,19 @@ _SELECT = (
     "SELECT u.user_id, u.created_ts, u.is_admin, u.is_guest, u.deactivated, u.admin_role,"
     " u.locked, u.suspended, u.password_reset_required, p.displayname, p.avatar_url,"
     " e.user_id, (SELECT MAX(d.last_seen_ts) FROM devices d WHERE d.user_id = u.user_id)"
-    " AS last_seen_ts"
+    " AS last_seen_ts,"
+    " (SELECT 1 FROM shadow_banned_users sb WHERE sb.user_id = u.user_id) AS shadow_banned"
     " FROM users u LEFT JOIN profiles p ON p.user_id = u.user_id"
     " LEFT JOIN erased_users e ON e.user_id = u.user_id"
 )
 
 
-def _user_row(r: tuple) -> AdminUserRow:
+def _user_row(r: tuple, codec: FieldCodec = PLAIN_CODEC) -> AdminUserRow:
+    """A row of ``_SELECT``; ``codec`` opens profile columns sealed at rest."""
+    name, avatar = open_profile_columns(codec, r[0], r[9], r[10])
     return AdminUserRow(r[0], int(r[1]), bool(r[2]), bool(r[3]), bool(r[4]), r[5],
-                        bool(r[6]), bool(r[7]), bool(r[8]), r[9], r[10], r[11] is not None,
-                        int(r[12]) if r[12] is not None else None)
+                        bool(r[6]), bool(r[7]), bool(r[8]), name, avatar, r[11] is not None,
+                        int(r[12]) if r[12] is not None else None, r[13] is not None)
 
 
 def _escape_like(text: str) -> str:
@@ -82,6 +88,7 @@ class UserQuery:
 class RoleStore:
     def __init__(self, db: Database) -> None:
         self._db = db
+        self.profile_codec: FieldCodec = PLAIN_CODEC  # secrets.encrypt_profiles, at wiring
         # Told the user id after a role or restriction changed (the status cache of
         # homeserver/auth/account_status.py forgets its entry at once).
         self.on_change: list[Callable[[str], None]] = []
@@ -138,15 +145,24 @@ class RoleStore:
     async def get_user(self, user_id: str) -> AdminUserRow | None:
         row = await self._db.query_one("admin_get_user", _SELECT + " WHERE u.user_id = ?",
                                        user_id)
-        return _user_row(row) if row else None
+        if row is None:
+            return None
+        codec = self.profile_codec
+
+        async def decode() -> AdminUserRow:
+            return _user_row(row, codec)
+
+        return await codec.audited(decode)
 
     async def list_users(self, q: UserQuery) -> tuple[list[AdminUserRow], int]:
         """One page of users and the total matching ``q``."""
         where: list[str] = []
         args: list[object] = []
         if q.name:
+            # A display name sealed at rest is opaque here: such users match by id.
             where.append("(LOWER(u.user_id) LIKE ? ESCAPE '\\'"
-                         " OR LOWER(p.displayname) LIKE ? ESCAPE '\\')")
+                         " OR (LOWER(p.displayname) LIKE ? ESCAPE '\\'"
+                         f" AND NOT {sql_sealed('p.displayname')}))")
             pattern = f"%{_escape_like(q.name.lower())}%"
             args += [pattern, pattern]
         if not q.guests:
@@ -160,12 +176,14 @@ class RoleStore:
         direction = "DESC" if q.descending else "ASC"
         order = f" ORDER BY {column} {direction}, u.user_id {direction}"
 
+        codec = self.profile_codec
+
         def _list(txn: Txn) -> tuple[list[AdminUserRow], int]:
             count = txn.query_one(
                 "SELECT COUNT(*) FROM users u LEFT JOIN profiles p ON p.user_id = u.user_id"
                 + clause, args)
             rows = txn.query(_SELECT + clause + order + " LIMIT ? OFFSET ?",
                              [*args, q.limit, q.offset])
-            return [_user_row(r) for r in rows], int(count[0]) if count else 0
+            return [_user_row(r, codec) for r in rows], int(count[0]) if count else 0
 
-        return await self._db.run("admin_list_users", _list)
+        return await codec.audited(lambda: self._db.run("admin_list_users", _list))

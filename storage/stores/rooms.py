@@ -50,6 +50,10 @@ class RoomStore:
         self._versions[room_id] = room.room_version
         return room.room_version
 
+    def forget_room(self, room_id: str) -> None:
+        """Drop the cached version of a room whose row was deleted (a room purge)."""
+        self._versions.pop(room_id, None)
+
     async def set_public(self, room_id: str, is_public: bool) -> bool:
         count = await self._db.execute(
             "set_room_public", "UPDATE rooms SET is_public = ? WHERE room_id = ?",

@@ -37,6 +37,8 @@ class SecurityEvent:
     prev_hash: str | None = None
     entry_hash: str | None = None
     id: int | None = None  # the row id (storage detail, not hashed)
+    # Chain version 2: MACs of the identifiers (homeserver/audit/chain.py); None: version 1.
+    id_macs: dict[str, Any] | None = None
 
     def fields(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -61,9 +63,10 @@ Sealer = Callable[[SecurityEvent, int, str], SecurityEvent]
 PurgeCheck = Callable[[tuple[int, str] | None, list[SecurityEvent]], str | None]
 
 _COLS = ("id, ts, event_type, outcome, user_id, device_id, session_id, ip, user_agent, reason, "
-         "details, action, target, request_id, seq, prev_hash, entry_hash")
+         "details, action, target, request_id, seq, prev_hash, entry_hash, id_macs")
 _INSERT_COLS = ("ts, event_type, outcome, user_id, device_id, session_id, ip, user_agent, "
-                "reason, details, action, target, request_id, seq, prev_hash, entry_hash")
+                "reason, details, action, target, request_id, seq, prev_hash, entry_hash, "
+                "id_macs")
 
 
 def _event(r: Row) -> SecurityEvent:
@@ -72,7 +75,7 @@ def _event(r: Row) -> SecurityEvent:
         device_id=r[5], session_id=r[6], ip=r[7], user_agent=r[8], reason=r[9],
         details=json.loads(r[10]) if r[10] else None, action=r[11], target=r[12],
         request_id=r[13], seq=int(r[14]) if r[14] is not None else None, prev_hash=r[15],
-        entry_hash=r[16],
+        entry_hash=r[16], id_macs=json.loads(r[17]) if r[17] is not None else None,
     )
 
 
@@ -107,10 +110,11 @@ class SecurityEventStore:
     def _insert(txn: Txn, ev: SecurityEvent) -> None:
         txn.execute(
             f"INSERT INTO security_events ({_INSERT_COLS}) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (ev.ts, ev.event_type, ev.outcome, ev.user_id, ev.device_id, ev.session_id,
              ev.ip, ev.user_agent, ev.reason, _details_text(ev.details), ev.action, ev.target,
-             ev.request_id, ev.seq, ev.prev_hash, ev.entry_hash),
+             ev.request_id, ev.seq, ev.prev_hash, ev.entry_hash,
+             json.dumps(ev.id_macs, sort_keys=True) if ev.id_macs is not None else None),
         )
 
     @staticmethod
@@ -286,3 +290,32 @@ class SecurityEventStore:
             return len(doomed)
 
         return await self._db.run("purge_security_events", txn_fn)
+
+    # -- erasure -------------------------------------------------------------------------
+
+    async def entries_mentioning(self, text: str, after_id: int,
+                                 limit: int) -> list[SecurityEvent]:
+        """Entries whose identifier columns or details contain ``text`` (candidates for
+        pseudonymisation), in row id order after ``after_id``."""
+        like = "%" + text.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%"
+        rows = await self._db.query(
+            "audit_entries_mentioning",
+            f"SELECT {_COLS} FROM security_events WHERE id > ? AND (user_id = ? OR "
+            "target = ? OR details LIKE ? ESCAPE '!') ORDER BY id LIMIT ?",
+            after_id, text, text, like, limit)
+        return [_event(r) for r in rows]
+
+    async def replace_identifiers(self, row_id: int, entry_hash: str | None,
+                                  values: dict[str, Any]) -> bool:
+        """Overwrite identifier columns (and ``details``) of one entry, only while it
+        still has ``entry_hash`` (which never changes: version 2 hashes the MACs)."""
+        allowed = {"user_id", "device_id", "session_id", "ip", "user_agent", "target",
+                   "details"}
+        assert values and set(values) <= allowed
+        cols = sorted(values)
+        args = [(_details_text(values[c]) if c == "details" else values[c]) for c in cols]
+        count = await self._db.execute(
+            "audit_pseudonymise",
+            f"UPDATE security_events SET {', '.join(f'{c} = ?' for c in cols)} "
+            "WHERE id = ? AND entry_hash = ?", *args, row_id, entry_hash)
+        return bool(count)

@@ -19,8 +19,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from homeserver.crypto.content import PLAIN_CODEC, FieldCodec, sql_sealed
 from storage.database import Database
+from storage.stores.profiles import open_profile_columns
 from storage.stores.room_directory import escape_like
+
+# The display name as SQL may match it: a name sealed at rest (secrets.encrypt_profiles)
+# is opaque to the database, so it never matches (users are then found by id only).
+_NAME = f"(CASE WHEN {sql_sealed('p.displayname')} THEN NULL ELSE p.displayname END)"
 
 # Separators inside a localpart that start a new "word" (alice.smith, bob_jones, ...).
 _LOCALPART_SEPARATORS = (".", "_", "-")
@@ -43,17 +49,18 @@ def _term_clause(term: str) -> tuple[str, list[str]]:
         [f"@{e}%"] + [f"@%{escape_like(sep)}{e}%:%" for sep in _LOCALPART_SEPARATORS])
     name = [f"{e}%", f"% {e}%"]
     parts = (["LOWER(u.user_id) LIKE ? ESCAPE '\\'"] * len(uid)
-             + ["LOWER(p.displayname) LIKE ? ESCAPE '\\'"] * len(name))
+             + [f"LOWER({_NAME}) LIKE ? ESCAPE '\\'"] * len(name))
     if low != term:
         raw = escape_like(term)
         name += [f"{raw}%", f"% {raw}%"]
-        parts += ["p.displayname LIKE ? ESCAPE '\\'"] * 2
+        parts += [f"{_NAME} LIKE ? ESCAPE '\\'"] * 2
     return "(" + " OR ".join(parts) + ")", uid + name
 
 
 class UserDirectoryStore:
     def __init__(self, db: Database) -> None:
         self._db = db
+        self.profile_codec: FieldCodec = PLAIN_CODEC  # secrets.encrypt_profiles, at wiring
 
     async def search(self, searcher: str, terms: list[str], full_term: str,
                      limit: int) -> list[DirectoryUser]:
@@ -85,7 +92,7 @@ class UserDirectoryStore:
             "   WHERE m.user_id = u.user_id AND m.membership = ?"
             "   AND (s.join_rules = ? OR s.history_visibility = ?)))"
             " ORDER BY CASE WHEN LOWER(u.user_id) LIKE ? ESCAPE '\\'"
-            "   OR LOWER(p.displayname) = ? THEN 0 ELSE 1 END,"
+            f"   OR LOWER({_NAME}) = ? THEN 0 ELSE 1 END,"
             " CASE WHEN sh.user_id IS NULL THEN 1 ELSE 0 END,"
             " CASE WHEN p.displayname IS NULL THEN 1 ELSE 0 END,"
             " CASE WHEN p.avatar_url IS NULL THEN 1 ELSE 0 END,"
@@ -95,4 +102,11 @@ class UserDirectoryStore:
         args: list[Any] = ["join", searcher, "join", False, *term_args, "join", "public",
                            "world_readable", exact_local, full_term, limit]
         rows = await self._db.query("search_user_directory", sql, *args)
-        return [DirectoryUser(r[0], r[1], r[2]) for r in rows]
+        codec = self.profile_codec
+        return await codec.audited(lambda: _async([
+            DirectoryUser(r[0], *open_profile_columns(codec, r[0], r[1], r[2]))
+            for r in rows]))
+
+
+async def _async(value: Any) -> Any:
+    return value

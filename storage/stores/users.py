@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
+from homeserver.crypto.content import PLAIN_CODEC, FieldCodec
 from storage.database import Database, Txn
+from storage.stores.profiles import seal_column
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,7 @@ class UserInUseError(Exception):
 class UserStore:
     def __init__(self, db: Database) -> None:
         self._db = db
+        self.profile_codec: FieldCodec = PLAIN_CODEC  # secrets.encrypt_profiles, at wiring
 
     async def create_user(
         self,
@@ -43,6 +46,8 @@ class UserStore:
         refuse, so a grant is spent if and only if the account is created.
         """
 
+        stored_name = seal_column(self.profile_codec, user_id, "displayname", displayname)
+
         def _create(txn: Txn) -> None:
             if consume is not None:
                 consume(txn)
@@ -52,7 +57,7 @@ class UserStore:
                 (user_id, password_hash, now_ms, is_admin, is_guest),
             )
             txn.execute("INSERT INTO profiles (user_id, displayname) VALUES (?, ?)",
-                        (user_id, displayname))
+                        (user_id, stored_name))
 
         try:
             await self._db.run("create_user", _create)

@@ -3,7 +3,8 @@
 nio knows nothing of ``org.parley.totp``: what it can do, it does (register, password
 login, ``login_raw`` for the second step, whoami); the Parley-only enrolment endpoints go
 through nio's raw transport (``AsyncClient.send``). The server runs in real time, so
-codes are computed from the wall clock.
+codes are computed from the wall clock. The login from a new device then reaches the
+user as an ``m.server_notice`` in their server-notices room, found by nio's /sync.
 """
 
 from __future__ import annotations
@@ -13,9 +14,18 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import quote
 
 import pyotp
-from nio import AsyncClient, LoginError, LoginResponse, RegisterResponse, WhoamiResponse
+from nio import (
+    AsyncClient,
+    JoinResponse,
+    LoginError,
+    LoginResponse,
+    RegisterResponse,
+    SyncResponse,
+    WhoamiResponse,
+)
 from twisted.internet import threads
 from twisted.trial import unittest
 
@@ -41,6 +51,35 @@ async def raw(client: AsyncClient, method: str, path: str,
     resp = await client.send(method, path, json.dumps(body), headers,
                              timeout=REQUEST_TIMEOUT_S)
     return resp.status, await resp.json(content_type=None)
+
+
+async def raw_get(client: AsyncClient, path: str) -> tuple[int, dict[str, Any]]:
+    headers = {"Authorization": f"Bearer {client.access_token}"}
+    resp = await client.send("GET", path, None, headers, timeout=REQUEST_TIMEOUT_S)
+    return resp.status, await resp.json(content_type=None)
+
+
+async def wait_for_server_notices(client: AsyncClient, deadline_s: float = 20.0
+                                  ) -> list[tuple[str, dict[str, Any]]]:
+    """Sync (nio) until a ``m.server_notice`` message arrives: (room id, content) of
+    each. An invite to the notices room is accepted on the way (the server joins the
+    user itself with ``server_notices.auto_join``, the default). Alerts are raised off
+    the login's path, so the notice may take a moment."""
+    end = time.monotonic() + deadline_s
+    found: list[tuple[str, dict[str, Any]]] = []
+    while not found and time.monotonic() < end:
+        resp = await client.sync(timeout=1000)
+        assert isinstance(resp, SyncResponse), str(resp)
+        for room_id in resp.rooms.invite:
+            joined = await client.join(room_id)
+            assert isinstance(joined, JoinResponse), str(joined)
+        for room_id, info in resp.rooms.join.items():
+            for ev in info.timeline.events:
+                content = ev.source.get("content", {})
+                if (ev.source.get("type") == "m.room.message"
+                        and content.get("msgtype") == "m.server_notice"):
+                    found.append((room_id, content))
+    return found
 
 
 class NioMfaTest(unittest.TestCase):
@@ -108,5 +147,21 @@ class NioMfaTest(unittest.TestCase):
             self.assertIsInstance(replay, LoginError, str(replay))
             self.assertEqual((http_status(replay), replay.status_code), (401, "M_FORBIDDEN"))
             self.assertFalse(tablet.logged_in)
+
+            # The sign-in from the new device ("laptop") was noticed: the user's phone
+            # syncs and finds a server notice about it, in the room tagged as the
+            # server-notices room.
+            notices = await wait_for_server_notices(phone)
+            self.assertTrue(notices, "no m.server_notice arrived by /sync")
+            room_id, content = notices[-1]
+            self.assertEqual(content["server_notice_type"], "org.parley.security_alert")
+            self.assertIn("New sign-in", content["body"])
+            self.assertIn(login.device_id, content["body"])
+            status, tags = await raw_get(
+                phone, f"/_matrix/client/v3/user/{quote(user_id)}/rooms/{quote(room_id)}/tags")
+            self.assertEqual(status, 200, tags)
+            self.assertIn("m.server_notice", tags["tags"])
+            # Only the laptop's login: registration and the refused logins sent none.
+            self.assertEqual(len(notices), 1, notices)
 
         await self.run_nio(scenario)

@@ -29,10 +29,29 @@ BODIES: list[tuple[str, str, Any]] = [
     ("POST", r"/purge_history/\{roomId\}$", {"purge_up_to_ts": 1}),
     ("POST", r"/purge_history/\{roomId\}/\{eventId\}$", {}),
     ("POST", r"/registration_tokens/new$", {}),
+    ("PUT", r"/rooms/\{roomId\}/block$", {"block": True}),
     ("PUT", r"/registration_tokens/\{token\}$", {"uses_allowed": 5}),
+    ("POST", r"/send_server_notice$", {"user_id": "@actor_admin:test.local",
+                                        "content": {"msgtype": "m.text", "body": "hi"}}),
+    ("PUT", r"/send_server_notice/\{txnId\}$", {"user_id": "@actor_admin:test.local",
+                                                 "content": {"msgtype": "m.text", "body": "hi"}}),
+]
+# A query string for each route that needs one.
+QUERIES: list[tuple[str, str, str]] = [
+    ("POST", r"/v1/media/delete$", "?before_ts=1"),
 ]
 # Allowed answers other than 2xx, where the walk cannot cheaply make the thing exist.
-ALLOWED_NOT_FOUND = {("GET", "/_synapse/admin/v1/purge_history_status/{purgeId}")}
+ALLOWED_NOT_FOUND = {("GET", "/_synapse/admin/v1/purge_history_status/{purgeId}"),
+                     ("GET", "/_synapse/admin/v2/rooms/delete_status/{deleteId}"),
+                     ("GET", "/_synapse/admin/v2/rooms/{roomId}/delete_status"),
+                     ("GET", "/_parley/admin/v1/background_jobs/{jobId}")}
+
+
+def query_for(method: str, template: str) -> str:
+    for m, pattern, query in QUERIES:
+        if m == method and re.search(pattern, template):
+            return query
+    return ""
 
 
 def body_for(method: str, template: str) -> Any:
@@ -63,7 +82,8 @@ class AdminRoleWalkTest(HomeserverTestCase):
         target = f"@target{n}:test.local"
         await self.hs.stores.users.create_user(target, None, now)
         await self.hs.stores.devices.upsert_device(target, "TARGETDEV", None, now, "-", "-")
-        params = {"userId": target, "deviceId": "TARGETDEV", "purgeId": "nope"}
+        params = {"userId": target, "deviceId": "TARGETDEV", "purgeId": "nope",
+                  "deleteId": "nope", "jobId": "nope"}
         if "{roomId}" in template:
             room = await self.request("POST", "/_matrix/client/v3/createRoom", {},
                                       token=admin_token)
@@ -84,6 +104,19 @@ class AdminRoleWalkTest(HomeserverTestCase):
             self.assertEqual(up.code, 200, up)
             server, media_id = up.json["content_uri"][len("mxc://"):].split("/", 1)
             params.update(serverName=server, mediaId=media_id)
+        if "{reportId}" in template:
+            report = await self.hs.stores.reports.add_report(
+                "user", "@actor_none:test.local", now, target_user_id=target, reason="spam")
+            params["reportId"] = str(report)
+        if "/blocked_servers/{serverName}" in template:
+            params["serverName"] = f"evil{n}.example"
+            await self.hs.stores.blocked_servers.block(f"evil{n}.example", "@x:test.local",
+                                                       now, None)
+        if "{destination}" in template:  # a federation destination backing off
+            params["destination"] = f"dest{n}.example"
+            await self.hs.stores.federation_queue.set_retry(f"dest{n}.example", now, now,
+                                                            60_000)
+        params["txnId"] = f"txn{n}"
         if "{token}" in template:
             params["token"] = f"tok{n}"
             await self.hs.stores.registration_tokens.create(f"tok{n}", None, None, now)
@@ -113,7 +146,7 @@ class AdminRoleWalkTest(HomeserverTestCase):
             for role in ROLES:
                 n += 1
                 params = await self._fixtures(template, tokens["admin"], n)
-                path = self._path(template, params)
+                path = self._path(template, params) + query_for(method, template)
                 resp = await self.request(method, path, body_for(method, template),
                                           token=tokens[role])
                 perms = BUILTIN_ROLES.get(role or "", frozenset()) if role != "helpdesk" \

@@ -2,16 +2,23 @@
 clock, reset by a later success), password spraying, refresh-token reuse, new
 IP / new device logins, message and invite floods, repeated policy rejections; each
 alert as an audit entry with a severity, a metric, a recorder sink call and, where the
-user should know, a server notice."""
+user should know, a server notice. With Redis (the real one at 127.0.0.1:6379, skipped
+when absent), two servers share the login, spraying and MFA lockouts; with Redis down
+the in-process state answers."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet import defer, reactor
+from twisted.trial import unittest
+
+from homeserver.app import build_homeserver
 from homeserver.detection.detectors import LOCKOUT_MESSAGE
 from storage.stores.security_events import SecurityEvent
 from tests.harness import TEST_PASSWORD
 from tests.rest.room_helpers import CS, RoomTestCase
+from tests.rest.test_mfa import TOTP, MfaTestCase
 
 ALICE = "@alice:test.local"
 
@@ -348,3 +355,161 @@ class DetectionDisabledTest(DetectionTestCase):
             self.assertMatrixError(await self.bad_login("ghost"), 403, "M_FORBIDDEN")
         self.assertEqual(await self.alerts(), [])
 
+
+
+def _redis_unreachable() -> str | None:
+    """Why the real Redis at 127.0.0.1:6379 cannot be used (None: it answers PING)."""
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=2) as s:
+            s.sendall(b"PING\r\n")
+            if s.recv(16).startswith(b"+PONG"):
+                return None
+            return "Redis at 127.0.0.1:6379 did not answer PING"
+    except OSError as e:
+        return f"Redis not reachable at 127.0.0.1:6379 ({e}); start redis-server to run this"
+
+
+class SharedLockoutRedisTest(MfaTestCase):
+    """Two homeservers (two processes' worth of handlers) on one database and the real
+    Redis: a lockout started through one is enforced by the other."""
+
+    def config_overrides(self) -> dict[str, Any]:
+        import secrets
+
+        self.prefix = f"parley-test-{secrets.token_hex(6)}:"
+        return {"redis": {"host": "127.0.0.1", "port": 6379, "key_prefix": self.prefix,
+                          "timeout": "2s"},
+                "detection": {
+                    "login_failures": {"per_account": {"max_failures": 3, "window": "10m"},
+                                       "per_ip": {"max_failures": 100}, "lockout": "60s",
+                                       "multiplier": 2, "max_lockout": "150s"},
+                    "password_spraying": {"distinct_accounts": 3, "window": "10m"}}}
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        reason = _redis_unreachable()
+        if reason:
+            raise unittest.SkipTest(reason)
+        await super().setUp()
+        self.first_url = self.base_url
+        self.hs2 = await build_homeserver(self.config, clock=self.clock)
+        self.second_url = f"http://127.0.0.1:{self.hs2.listen(reactor)[0].getHost().port}"
+        self.addCleanup(self._clean_redis)
+
+    async def tearDown(self) -> None:  # type: ignore[override]
+        for hs in (self.hs, self.hs2):
+            assert hs.detection is not None
+            await hs.detection.alerts.drain()
+        await self.hs2.stop()
+        await super().tearDown()
+
+    def _clean_redis(self) -> None:
+        import txredisapi
+
+        async def clean() -> None:
+            conn = await txredisapi.Connection("127.0.0.1", 6379, reconnect=False)
+            try:
+                keys = await conn.keys(self.prefix + "*")
+                if keys:
+                    await conn.delete(*keys)
+            finally:
+                await conn.disconnect()
+
+        return defer.ensureDeferred(clean())  # type: ignore[return-value]
+
+    async def on(self, which: int) -> None:
+        """Send the next requests to server 1 or 2 (after its alert work settled)."""
+        for hs in (self.hs, self.hs2):
+            assert hs.detection is not None
+            await hs.detection.alerts.drain()
+        self.base_url = self.first_url if which == 1 else self.second_url
+
+    async def test_login_lockout_started_on_one_is_enforced_by_the_other(self) -> None:
+        await self.user("alice")
+        for n in range(3):
+            await self.on(1 + n % 2)  # the failures are spread over both servers
+            resp = await self.login("alice", "wrong-password-123")
+            self.assertMatrixError(resp, 403, "M_FORBIDDEN")
+        for which in (1, 2):
+            await self.on(which)
+            hashes = self.count_password_hashes()
+            locked = await self.login("alice")
+            self.assertMatrixError(locked, 429, "M_LIMIT_EXCEEDED")
+            self.assertEqual(locked.json["retry_after_ms"], 60_000)
+            self.assertEqual(hashes, [])
+        # The state lives in Redis (under the configured prefix), not in either process.
+        assert self.hs.detection is not None
+        self.assertEqual(self.hs.detection.detection.lockout.retry_after_ms(
+            "@alice:test.local", None, self.clock.time_msec()), 0)
+        # Expiry on the (shared) clock; a success on server 2 resets the account for both.
+        self.advance(61)
+        await self.on(2)
+        self.assertEqual((await self.login("alice")).code, 200)
+        for _ in range(2):
+            await self.on(1)
+            await self.login("alice", "wrong-password-123")
+        await self.on(2)
+        self.assertEqual((await self.login("alice")).code, 200)  # 2 < 3: not locked
+
+    async def test_spraying_counted_across_servers(self) -> None:
+        for name in ("u1", "u2", "u3"):
+            await self.user(name)
+        for n, name in enumerate(("u1", "u2", "u3")):
+            await self.on(1 + n % 2)
+            await self.login(name, "wrong-password-123")
+        await self.on(2)
+        await self.user("u4")
+        locked = await self.login("u4")
+        self.assertMatrixError(locked, 429, "M_LIMIT_EXCEEDED")
+        await self.on(1)
+        alerts = [e for e in await self.hs.stores.security_events.list_events(
+                  event_type="alert")  # one database: both servers' entries
+                  if (e.details or {}).get("detector") == "password_spraying"]
+        self.assertEqual(len(alerts), 1)
+
+    async def test_mfa_code_lockout_shared(self) -> None:
+        uid, token, _ = await self.user("hank")
+        secret, _ = await self.enrol(uid, token)
+        session = (await self.login_first("hank")).json["session"]
+        right = self.code(secret)
+        wrong = [c for c in ("000000", "111111", "222222", "333333", "444444", "555555",
+                             "666666") if c not in {right, self.code(secret, -1),
+                                                    self.code(secret, 1)}][:5]
+        for n, code in enumerate(wrong):
+            await self.on(1 + n % 2)
+            self.assertEqual((await self.login_second(session, TOTP, code)).code, 401)
+        for which in (1, 2):
+            await self.on(which)
+            locked = await self.login_second(session, TOTP, right)
+            self.assertMatrixError(locked, 429, "M_LIMIT_EXCEEDED")
+            self.assertEqual(locked.json["retry_after_ms"], 30_000)
+        self.advance(31)
+        await self.on(2)
+        ok = await self.login_second(session, TOTP, self.code(secret))
+        self.assertEqual(ok.code, 200, ok)
+
+
+class SharedLockoutFallbackTest(unittest.TestCase):
+    """Redis down: the in-process state answers (lockouts still enforced, no errors)."""
+
+    async def test_unreachable_redis_falls_back_to_process_state(self) -> None:
+        from homeserver.detection.config import LoginFailuresConfig
+        from homeserver.detection.detectors import LoginLockout
+        from homeserver.detection.shared_state import SharedLoginLockout, SharedRedis
+
+        class DeadConnection:
+            def eval(self, *args: Any) -> Any:
+                return defer.fail(ConnectionRefusedError("down"))
+
+        cfg = LoginFailuresConfig(account_max_failures=2, ip_max_failures=100)
+        redis = SharedRedis(DeadConnection(), reactor, 0.5, "x:")
+        shared = SharedLoginLockout(LoginLockout(cfg), cfg, redis)
+        now = 1_000_000
+        self.assertEqual(await shared.failure("@a:hs", "10.0.0.1", now), [])
+        locks = await shared.failure("@a:hs", "10.0.0.1", now + 1)
+        self.assertEqual([(lk.scope, lk.duration_s, lk.failures) for lk in locks],
+                         [("account", 60.0, 2)])
+        self.assertTrue(redis.fallback_active)
+        self.assertEqual(await shared.retry_after_ms("@a:hs", "10.0.0.1", now + 1), 60_000)
+        self.assertEqual(await shared.retry_after_ms("@b:hs", "10.0.0.1", now + 1), 0)

@@ -48,16 +48,55 @@ GET    {PA}/audit                                           audit.read
 POST   {SA}/v1/purge_history/{{roomId}}                     rooms.write
 POST   {SA}/v1/purge_history/{{roomId}}/{{eventId}}         rooms.write
 GET    {SA}/v1/purge_history_status/{{purgeId}}             rooms.read
+GET    {SA}/v1/rooms                                        rooms.read
+GET    {SA}/v1/rooms/{{roomId}}                             rooms.read
+GET    {SA}/v1/rooms/{{roomId}}/members                     rooms.read
+GET    {SA}/v1/rooms/{{roomId}}/state                       rooms.read
+GET    {SA}/v1/rooms/{{roomId}}/block                       rooms.read
+PUT    {SA}/v1/rooms/{{roomId}}/block                       rooms.write
+DELETE {SA}/v2/rooms/{{roomId}}                             rooms.write
+GET    {SA}/v2/rooms/{{roomId}}/delete_status               rooms.read
+GET    {SA}/v2/rooms/delete_status/{{deleteId}}             rooms.read
+# -- background jobs (purges, shutdowns, exports, erasures...: metadata and progress) --
+GET    {PA}/background_jobs                                 jobs.read
+GET    {PA}/background_jobs/{{jobId}}                       jobs.read
 # -- media --
 POST   {SA}/v1/media/quarantine/{{serverName}}/{{mediaId}}   media.quarantine
 POST   {SA}/v1/media/unquarantine/{{serverName}}/{{mediaId}} media.quarantine
 DELETE {SA}/v1/media/{{serverName}}/{{mediaId}}             media.delete
+GET    {SA}/v1/users/{{userId}}/media                       media.read
+DELETE {SA}/v1/users/{{userId}}/media                       media.delete
+GET    {SA}/v1/room/{{roomId}}/media                        media.read
+POST   {SA}/v1/room/{{roomId}}/media/quarantine             media.quarantine
+POST   {SA}/v1/user/{{userId}}/media/quarantine             media.quarantine
+POST   {SA}/v1/media/protect/{{mediaId}}                    media.quarantine
+POST   {SA}/v1/media/unprotect/{{mediaId}}                  media.quarantine
+POST   {SA}/v1/media/delete                                 media.delete
+# -- event reports (metadata; content only if configured, for unencrypted rooms) --
+GET    {SA}/v1/event_reports                                reports.read
+GET    {SA}/v1/event_reports/{{reportId}}                   reports.read
+DELETE {SA}/v1/event_reports/{{reportId}}                   reports.write
+POST   {PA}/event_reports/{{reportId}}/resolve              reports.write
+# -- server notices, shadow-bans, blocked remote servers --
+POST   {SA}/v1/send_server_notice                           server_notices.send
+PUT    {SA}/v1/send_server_notice/{{txnId}}                 server_notices.send
+POST   {SA}/v1/users/{{userId}}/shadow_ban                  users.shadow_ban
+DELETE {SA}/v1/users/{{userId}}/shadow_ban                  users.shadow_ban
+GET    {PA}/federation/blocked_servers                      servers.read
+GET    {PA}/federation/blocked_servers/{{serverName}}       servers.read
+PUT    {PA}/federation/blocked_servers/{{serverName}}       servers.block
+DELETE {PA}/federation/blocked_servers/{{serverName}}       servers.block
 # -- registration tokens (secrets: admin only unless a custom role says so) --
 GET    {SA}/v1/registration_tokens                          registration_tokens
 POST   {SA}/v1/registration_tokens/new                      registration_tokens
 GET    {SA}/v1/registration_tokens/{{token}}                registration_tokens
 PUT    {SA}/v1/registration_tokens/{{token}}                registration_tokens
 DELETE {SA}/v1/registration_tokens/{{token}}                registration_tokens
+# -- federation destinations (Synapse's API: backoff state, shared rooms, retry now) --
+GET    {SA}/v1/federation/destinations                      federation.read
+GET    {SA}/v1/federation/destinations/{{destination}}      federation.read
+GET    {SA}/v1/federation/destinations/{{destination}}/rooms  federation.read
+POST   {SA}/v1/federation/destinations/{{destination}}/reset_connection  federation.write
 """
 
 # Paths under these prefixes are admin routes (plus the client API's /admin/ ones).

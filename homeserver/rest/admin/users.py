@@ -5,7 +5,7 @@
 Every endpoint's permission is declared in homeserver/rest/admin/permissions.py and
 checked by :class:`AdminAuth` before any account lookup (no enumeration by the
 unprivileged). Answers carry metadata only: never message content, never keys.
-Shadow-banning is not offered (no stub): see the README.
+Shadow-bans: homeserver/rest/admin/shadow_ban.py.
 """
 
 from __future__ import annotations

@@ -89,7 +89,8 @@ class DirectoryServlets:
 
     async def on_get_public_rooms(self, req: ApiRequest) -> tuple[int, Any]:
         return 200, await self._directory.public_rooms(
-            limit=req.query_int("limit"), since=req.query("since"), server=req.query("server"))
+            limit=req.query_int("limit"), since=req.query("since"), server=req.query("server"),
+            authenticated=req.requester is not None)
 
     async def on_post_public_rooms(self, req: ApiRequest) -> tuple[int, Any]:
         req.require_requester()

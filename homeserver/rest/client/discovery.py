@@ -57,6 +57,7 @@ SUPPORTED_VERSIONS = list(SPEC_VERSION_ENDPOINTS)
 UNSTABLE_FEATURES: dict[str, bool] = {
     "org.matrix.msc3916.stable": True,  # authenticated media
     "uk.tcpip.msc4133.stable": True,  # extended profile fields (m.tz, custom keys, DELETE)
+    "org.matrix.simplified_msc3575": True,  # simplified sliding sync (MSC4186)
 }
 # Element hides its encryption toggle when these say new rooms are always encrypted.
 _E2EE_FORCED = ("io.element.e2ee_forced.public", "io.element.e2ee_forced.private",

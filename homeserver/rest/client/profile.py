@@ -105,11 +105,13 @@ class ProfileServlets:
                        json_body=True, allow_guest=True)
 
     async def on_get_profile(self, req: ApiRequest, userId: str) -> tuple[int, Any]:  # noqa: N803
-        return 200, await self._profiles.get_profile(userId)
+        return 200, await self._profiles.get_profile(userId,
+                                                     authenticated=req.requester is not None)
 
     async def on_get_field(self, req: ApiRequest, userId: str, keyName: str  # noqa: N803
                            ) -> tuple[int, Any]:
-        return 200, await self._profiles.get_field(userId, keyName)
+        return 200, await self._profiles.get_field(userId, keyName,
+                                                   authenticated=req.requester is not None)
 
     async def on_put_field(self, req: ApiRequest, userId: str, keyName: str  # noqa: N803
                            ) -> tuple[int, Any]:
