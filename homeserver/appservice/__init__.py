@@ -89,9 +89,11 @@ class AppserviceArea:
 
     async def start(self) -> None:
         await self.handler.ensure_senders()
+        await self.handler.replay()  # events a crash kept from their queue
         self.scheduler.start()
 
     async def stop(self) -> None:
+        self.handler.stop_checkpoints()
         await self.scheduler.stop()
 
 
@@ -109,5 +111,6 @@ def build_appservices(config: Config, clock: Clock, db: Database, stores: Stores
     handler = AppserviceHandler(config.server_name, services, clock, store, stores.users,
                                 stores.room_members, stores.room_aliases, api, scheduler)
     scheduler.set_before_send(handler.ask_about_unknown_users)
+    handler.events = stores.events
     crypto = AppserviceCrypto(services, scheduler, stores.room_members, stores.e2e_keys)
     return AppserviceArea(handler, handler.tokens, scheduler, crypto)

@@ -34,6 +34,10 @@ MAX_FIELD_LEN = 1024
 UNKNOWN_USER_RETRY_MS = 60_000
 # A presence change is looked up in at most this many of the user's rooms.
 MAX_EPHEMERAL_ROOMS = 500
+# Start-up replay reads events in batches of this many; the scan position is written
+# every this many seconds (the position the fan-out had reached one interval before).
+REPLAY_BATCH = 500
+CHECKPOINT_INTERVAL_S = 5.0
 MAX_UNKNOWN_USERS_REMEMBERED = 10_000
 
 
@@ -60,6 +64,11 @@ class AppserviceHandler:
         self.tokens = AppserviceTokens(services)
         # (service id, user id) -> when the service last said it does not provide them.
         self._not_provided: dict[tuple[str, str], int] = {}
+        self.events: Any = None  # EventStore, set at build (the replay reads events)
+        self._seen = 0  # highest stream position the fan-out brought
+        self._checkpoint_due = 0
+        self._written = 0
+        self._timer: Any = None
 
     # -- start-up -----------------------------------------------------------------
 
@@ -109,12 +118,63 @@ class AppserviceHandler:
             return
         if record.event.internal.rejected_reason:
             return
+        self._seen = max(self._seen, record.position)
         ids = await self.interested_services(record)
         if not ids:
             return
         await self._store.enqueue(ids, record.event.event_id, record.position)
         for as_id in ids:
             self.scheduler.kick(as_id)
+
+    # -- crash safety: replay and checkpoints ---------------------------------------
+
+    async def replay(self) -> None:
+        """Start-up: look again at the events persisted after the last checkpoint, so an
+        event stored just before a crash, whose fan-out never ran, still reaches its
+        services. Nothing a service acknowledged or has in flight is queued again, and
+        the queue itself ignores what it holds already."""
+        if not any(s.url is not None for s in self.services) or self.events is None:
+            return
+        position = await self._store.get_scan_position()
+        if position is None:  # first start: history from before is not sent
+            position = await self.events.max_stream_ordering()
+        handled = {s.id: await self._store.handled_up_to(s.id) for s in self.services
+                   if s.url is not None}
+        while True:
+            rows = await self._store.events_after(position, REPLAY_BATCH)
+            found = await self.events.get_events(eid for _, eid in rows)
+            for ordering, event_id in rows:
+                event = found.get(event_id)
+                if event is None:
+                    continue
+                record = PersistedEvent(event, ordering, {}, PersistKind.LOCAL, frozenset())
+                ids = [a for a in await self.interested_services(record)
+                       if ordering > handled.get(a, 0)]
+                await self._store.enqueue(ids, event_id, ordering)
+            if rows:
+                position = rows[-1][0]
+            if len(rows) < REPLAY_BATCH:
+                break
+        await self._store.set_scan_position(position)
+        self._seen = self._checkpoint_due = self._written = position
+        self._timer = self._clock.call_later(CHECKPOINT_INTERVAL_S, self._tick)
+
+    def _tick(self) -> None:
+        """Checkpoint the position the fan-out had reached one interval ago (a room's
+        records reach subscribers in order, within moments, so all before it are
+        queued)."""
+        self._timer = self._clock.call_later(CHECKPOINT_INTERVAL_S, self._tick)
+        due, self._checkpoint_due = self._checkpoint_due, self._seen
+        if due > self._written:
+            self._written = due
+            d = defer.ensureDeferred(self._store.set_scan_position(due))
+            d.addErrback(lambda f: logger.warning("appservice scan checkpoint failed: %s",
+                                                  f.getErrorMessage()))
+
+    def stop_checkpoints(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
 
     # -- HS → AS: ephemeral events (MSC2409, receive_ephemeral) -------------------------
 

@@ -104,6 +104,39 @@ class AppserviceStore:
             " WHERE as_id = ?", as_id)
         return (int(row[0]), int(row[1])) if row else None
 
+    # -- replay after a crash --------------------------------------------------------
+
+    async def get_scan_position(self) -> int | None:
+        row = await self._db.query_one(
+            "appservice_scan_position", "SELECT stream_ordering FROM appservice_scan_position")
+        return int(row[0]) if row else None
+
+    async def set_scan_position(self, stream_ordering: int) -> None:
+        await self._db.execute(
+            "appservice_set_scan_position",
+            "INSERT INTO appservice_scan_position (lock, stream_ordering) VALUES ('X', ?)"
+            " ON CONFLICT (lock) DO UPDATE SET stream_ordering = excluded.stream_ordering",
+            stream_ordering)
+
+    async def events_after(self, after: int, limit: int) -> list[tuple[int, str]]:
+        """(stream ordering, event id) of events in their room's graph (not outliers nor
+        rejected) after ``after``, in order: what the fan-out may not have queued."""
+        rows = await self._db.query(
+            "appservice_events_after", "SELECT stream_ordering, event_id FROM events"
+            " WHERE stream_ordering > ? AND outlier = ? AND rejected_reason IS NULL"
+            " ORDER BY stream_ordering LIMIT ?", after, False, limit)
+        return [(int(r[0]), str(r[1])) for r in rows]
+
+    async def handled_up_to(self, as_id: str) -> int:
+        """The highest stream ordering ``as_id`` has acknowledged or has in flight:
+        events at or below it are never queued again."""
+        row = await self._db.query_one(
+            "appservice_handled_up_to",
+            "SELECT COALESCE((SELECT stream_position FROM appservice_state WHERE as_id = ?),"
+            " 0), COALESCE((SELECT MAX(up_to) FROM appservice_txns WHERE as_id = ?), 0)",
+            as_id, as_id)
+        return max(int(row[0]), int(row[1])) if row else 0
+
     async def has_pending(self, as_id: str) -> bool:
         row = await self._db.query_one(
             "appservice_has_pending",

@@ -455,6 +455,33 @@ class QueueTests(AppserviceTestCase):
         self.assertNotIn(in_flight, sent)
         self.assertNotIn(queued, sent)
 
+    async def test_event_whose_fan_out_never_ran_is_queued_at_start(self) -> None:
+        """A crash between storing an event and queueing it for its services (its
+        fan-out never ran): the next start looks at it again and sends it, once;
+        what the service had acknowledged before is not sent again."""
+        alice = await self.user("alice")
+        room = await self.create_room(alice)
+        await self.as_request("PUT", f"{CS}/directory/room/{q('#astest-c:test.local')}",
+                              {"room_id": room})
+        acked = await self.send_ok(alice, room, "acknowledged")
+        await self.fake.wait_for_event(lambda e: e["event_id"] == acked)
+        self.advance(10)  # a checkpoint passes the acknowledged event
+        self.advance(10)
+
+        async def crashed(record: Any) -> None:  # the fan-out never reaches the queue
+            return None
+        fanout = self.hs.fanout
+        fanout._subscribers = [  # noqa: SLF001 (simulating the crash)
+            (n, crashed if n == "appservices" else s) for n, s in fanout._subscribers]  # noqa: SLF001
+        lost = await self.send_ok(alice, room, "stored, never queued")
+        await self.hs.stop()
+        self.fake.requests.clear()
+        self.hs = await build_homeserver(self.config, clock=self.clock)
+        await self.fake.wait_for_event(lambda e: e["event_id"] == lost)
+        sent = [e["event_id"] for t in self.fake.transactions for e in t.body["events"]]
+        self.assertEqual(sent.count(lost), 1)
+        self.assertNotIn(acked, sent)
+
     async def _login_alice(self) -> str:
         # The new server's listener is not bound: talk to it through a fresh listener.
         from twisted.internet import reactor
