@@ -16,12 +16,19 @@ requester's *window*: the span of positions holding anything they may see. The
 visibility rules only change at history-visibility changes and at the requester's own
 membership changes, so one probe per interval between those points, asked of the
 visibility handler itself, gives the window without restating its rules here.
+
+History from other servers. Backfilled events (fetched with federation ``/backfill``)
+take negative positions, below everything held before, so tokens and windows span
+negative positions too (``t-N``). When a backwards page reaches the oldest event held
+and the requester may see further back, :attr:`PaginationHandler.backfill` (set by the
+federation area; None without federation) asks a server in the room for older events,
+and the page continues into them.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +37,7 @@ from homeserver.events.room_versions import RoomVersion
 from homeserver.handlers.client_events import ClientEventSerializer
 from homeserver.handlers.event_creation import EventCreationHandler
 from homeserver.handlers.sync_filter import EventFilter
-from homeserver.handlers.visibility import VisibilityHandler
+from homeserver.handlers.visibility import MIN_POSITION, VisibilityHandler
 from homeserver.http.errors import Codes, MatrixError
 from homeserver.http.params import parse_room_token
 from storage.stores.account_data import AccountDataStore
@@ -47,6 +54,13 @@ MAX_LIMIT = 1000  # as Synapse caps /messages
 SCAN_BUDGET = 2000
 MEMBERSHIPS = ("join", "invite", "knock", "leave", "ban")
 HISTORY_VISIBILITY = ("m.room.history_visibility", "")
+# Backfill rounds one /messages request may cause (each asks one server, bounded).
+MAX_BACKFILL_ROUNDS = 2
+
+# (room id, how many events are wanted) -> how many older events were stored.
+Backfiller = Callable[[str, int], Awaitable[int]]
+# (room id, ts, direction) -> the id of an event another server found, now held here.
+RemoteTimestamp = Callable[[str, int, str], Awaitable[str | None]]
 
 
 def parse_position(raw: str, name: str) -> int:
@@ -123,6 +137,8 @@ class PaginationHandler:
         self._visibility = visibility
         self._creation = creation
         self._serializer = serializer
+        self.backfill: Backfiller | None = None  # federation/missing_events.py, when federating
+        self.remote_timestamp: RemoteTimestamp | None = None  # likewise
 
     # -- access -------------------------------------------------------------------------
 
@@ -175,7 +191,7 @@ class PaginationHandler:
         # Interval (prev, b] for each break b, then (last, inf); the rules are constant
         # on each, so the probe at its first position speaks for all of it.
         intervals: list[tuple[int, int | None]] = []
-        prev = 0
+        prev = MIN_POSITION  # backfilled history sits at negative positions
         for b in breaks:
             if b > prev:
                 intervals.append((prev + 1, b))
@@ -254,6 +270,27 @@ class PaginationHandler:
             if scanned >= SCAN_BUDGET:
                 return Page(out, cursor, True)
 
+    async def _backfilled(self, user_id: str, room_id: str, page: Page, limit: int,
+                          bound: int, event_filter: HistoryFilter | None,
+                          ignored: frozenset[str]) -> Page:
+        """``page`` continued into history fetched from other servers when it ran out
+        of held events before ``limit``; ``more`` stays set while backfill finds some."""
+        rounds = 0
+        fetched = False
+        while (self.backfill is not None and not page.more and len(page.events) < limit
+               and rounds < MAX_BACKFILL_ROUNDS):
+            rounds += 1
+            if await self.backfill(room_id, limit - len(page.events)) <= 0:
+                break
+            fetched = True
+            more = await self._scan(user_id, room_id, "b", page.position,
+                                    limit - len(page.events), bound, event_filter, ignored)
+            page = Page(page.events + more.events, more.position, more.more)
+        if fetched:
+            # Older history may still be fetched: hand out a token past what was read.
+            page.more = True
+        return page
+
     async def _state_after(self, event: Event) -> StateMap:
         group = await self._events.get_state_group_for_event(event.event_id)
         return await self._events.get_state_for_group(group) if group is not None else {}
@@ -279,7 +316,7 @@ class PaginationHandler:
         await self._check_can_read(user_id, room_id)
         live = self._creation.current_position()
         if start is None:
-            start = live if direction == "b" else 0
+            start = live if direction == "b" else MIN_POSITION
         result: JsonDict = {"chunk": [], "start": from_token if from_token is not None
                             else f"t{start}"}
         window = await self._window(user_id, room_id, version)
@@ -288,9 +325,12 @@ class PaginationHandler:
         ignored = await self.ignored_users(user_id)
         if direction == "b":
             top = min(start, live) if window.high is None else min(start, live, window.high)
-            bound = max(to or 0, window.low - 1)
+            bound = max(to if to is not None else MIN_POSITION, window.low - 1)
             page = await self._scan(user_id, room_id, "b", top, limit, bound, event_filter,
                                     ignored)
+            if bound <= MIN_POSITION:  # the requester may see back to the room's start
+                page = await self._backfilled(user_id, room_id, page, limit, bound,
+                                              event_filter, ignored)
             if page.more:
                 result["end"] = f"t{page.position}"
         else:
@@ -457,6 +497,15 @@ class PaginationHandler:
                 break
             scanned += len(rows)
             after = (rows[-1].origin_server_ts, rows[-1].internal.stream_ordering or 0)
+        if self.remote_timestamp is not None and window is not None \
+                and window.low - 1 <= MIN_POSITION:
+            # Nothing held: history this server lacks may hold it (the spec's advice:
+            # ask a server in the room, and fetch what it names).
+            found = await self.remote_timestamp(room_id, ts, direction)
+            event = await self._events.get_event(found) if found is not None else None
+            if event is not None and event.room_id == room_id and not event.internal.outlier \
+                    and await self._visibility.filter_events(user_id, [event]):
+                return {"event_id": event.event_id, "origin_server_ts": event.origin_server_ts}
         where = "forward" if direction == "f" else "backward"
         raise MatrixError(404, f"Unable to find event from {ts} in {where} direction",
                           Codes.NOT_FOUND)

@@ -65,9 +65,10 @@ def body_int(value: Any, name: str, *, minimum: int = 0, maximum: int = MAX_SAFE
     return value
 
 
-# Room pagination tokens: ``t<N>`` (the gap after position N) or a sync token
-# ``s<N>_...`` read as its event position N. 18 digits stay below MAX_POSITION.
-_ROOM_TOKEN = re.compile(r"t([0-9]{1,18})|s([0-9]{1,18})(?:_[0-9]{1,18}){0,16}", re.ASCII)
+# Room pagination tokens: ``t<N>`` (the gap after position N; N is negative inside
+# backfilled history, which sorts before every live event) or a sync token ``s<N>_...``
+# read as its event position N. Either way |N| <= MAX_POSITION.
+_ROOM_TOKEN = re.compile(r"t(-?[0-9]{1,19})|s([0-9]{1,18})(?:_[0-9]{1,18}){0,16}", re.ASCII)
 
 
 def parse_room_token(raw: str, name: str) -> int:
@@ -76,7 +77,10 @@ def parse_room_token(raw: str, name: str) -> int:
     m = _ROOM_TOKEN.fullmatch(raw)
     if m is None:
         raise MatrixError(400, f"Invalid '{name}' token", Codes.INVALID_PARAM)
-    return int(m.group(1) or m.group(2))
+    value = int(m.group(1) or m.group(2))
+    if abs(value) > MAX_POSITION:
+        raise MatrixError(400, f"Invalid '{name}' token", Codes.INVALID_PARAM)
+    return value
 
 
 def parse_stream_token(raw: str, prefix: str, min_fields: int, max_fields: int) -> list[int]:

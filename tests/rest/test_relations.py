@@ -115,7 +115,7 @@ class RelationsEndpointTest(RelationsTestCase):
         root = await self.send_ok(self.alice, self.room, "root")
         no_token = await self.relations(None, root)
         self.assertMatrixError(no_token, 401, "M_MISSING_TOKEN")
-        for query in ("dir=x", "from=nonsense", "to=t-1", "limit=abc", "limit=-1", "recurse=maybe"):
+        for query in ("dir=x", "from=nonsense", "to=t--1", "limit=abc", "limit=-1", "recurse=maybe"):
             self.assertMatrixError(await self.relations(self.alice, root, query=query), 400,
                                    "M_INVALID_PARAM")
         self.assertMatrixError(await self.relations(self.alice, "not-an-event"), 400,
