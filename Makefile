@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEV_CONFIG ?= dev-config.yaml
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-sqlite test-postgres lint clean conformance
+.PHONY: install run test test-sqlite test-postgres lint clean conformance interop
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,12 @@ test-postgres: install
 
 lint: install
 	$(BIN)/ruff check .
+
+# Parley against the pinned PyPI Synapse (its own venv, bench/setup_synapse.sh) over TLS
+# on loopback; not part of `make test` (it downloads Synapse). 1-3 min once installed.
+interop: install
+	bash bench/setup_synapse.sh
+	$(BIN)/python -m tests.interop.run
 
 conformance: install
 	$(BIN)/python ../shared/conformance/cs_conformance.py --base-url http://127.0.0.1:8008
