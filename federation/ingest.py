@@ -21,8 +21,9 @@ spec's "Checks performed on receipt of a PDU" in order:
 
 Answers: None for an accepted, soft-failed (the spec: not an error to the sender) or
 already known event; an error string otherwise (dropped, rejected, or prev/auth events
-this server does not hold: fetching those, ``/get_missing_events`` and ``/event_auth``,
-is the caller's job, after which the PDU can be passed again).
+this server does not hold and that the ``fetcher`` (federation/missing_events.py, set
+by federation/history.py ``register_history``) could not fetch with ``/event_auth``,
+``/get_missing_events`` and ``/state_ids``).
 
 :meth:`receive_pdus` does the same for events handed over together (a join's state
 and auth chain as outliers, a backfilled batch), with the kind and ``state_before``
@@ -66,13 +67,25 @@ class FederationIngest:
         self.persister = persister  # for callers that persist checked events themselves
         self._keyring = keyring
         self._is_blocked = is_blocked
+        # federation/missing_events.py HistoryFetcher: fills gaps under a PDU (or None).
+        self.fetcher: Any = None
 
     async def receive_pdu(self, origin: str, pdu: JsonDict) -> str | None:
         """Check and persist one PDU of ``origin``'s transaction (see the module)."""
         try:
             event = await self.check_pdu(origin, pdu)
-            outcome = (await self._persister.persist_remote(
-                event.room_id, [event], PersistKind.REMOTE))[0]
+            if not (await self._persister.snapshot(event.room_id)).state_ids:
+                # A room known here only by an out-of-band invite or knock
+                # (federation/membership.py): we are not in it and take none of its events.
+                raise PduError("this server is not in the room")
+            try:
+                outcome = (await self._persister.persist_remote(
+                    event.room_id, [event], PersistKind.REMOTE))[0]
+            except MissingEventsError as missing:
+                if self.fetcher is None:
+                    raise
+                # federation/missing_events.py: get_missing_events, then /state_ids.
+                outcome = await self.fetcher.persist_after_gap(origin, event, missing)
         except PduError as e:
             logger.info("Dropped a PDU from %s: %s", origin, e.reason)
             return e.reason

@@ -9,12 +9,14 @@ from typing import Any
 
 from federation.auth import FederationAuthenticator
 from federation.client import FederationClient
+from federation.history import register_history
 from federation.ingest import build_ingest
 from federation.key_servlets import KeyServlets
 from federation.keyring import KeyRing
 from federation.local_keys import LocalServerKeys
 from federation.notary import NotaryHandler
 from federation.queries import register_queries
+from federation.remote_join import register_membership
 from federation.sender.wiring import register_sender
 from homeserver.clock import Clock
 from homeserver.config.model import Config
@@ -35,6 +37,7 @@ class FederationArea:
     sender: Any = None  # federation/sender/wiring.py SenderArea (outbound queue, /send)
     ingest: Any = None  # federation/ingest.py FederationIngest (PDUs into rooms)
     queries: Any = None  # federation/remote_queries.py RemoteQueries (aliases, keys, ...)
+    membership: Any = None  # federation/remote_join.py RemoteMembership (joins, invites)
 
 
 @dataclass
@@ -89,5 +92,8 @@ async def build_federation(config: Config, clock: Clock, db: Database,
     ingest = build_ingest(config, clock, events, keyring, deps)  # PDUs into rooms
     if sender is not None and ingest is not None:
         sender.send_servlet.ingest = ingest
+    membership = register_membership(config, clock, db, events, router, local, keyring, client,
+                                      ingest, deps, sender)  # joins, invites, leaves, knocks
+    register_history(config, clock, events, router, client, ingest, deps)  # /backfill...
     return FederationArea(local, keyring, client, notary, auth, sender, ingest,
-                          queries=queries)
+                          queries=queries, membership=membership)

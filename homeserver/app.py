@@ -57,6 +57,8 @@ from homeserver.push.sender.setup import build_pusher_pool
 from homeserver.ratelimit import RateLimiter, build_rate_limiter
 from homeserver.ratelimit.dispatch import RouteLimits
 from homeserver.ratelimit.limiter import InviteRejections
+from homeserver.replication import build_replication, make_notifier
+from homeserver.replication.routing import ReadOnlyPresence, restrict_to_reads
 from homeserver.rest import routes
 from homeserver.rest.admin.moderation import register_server_notices
 from homeserver.rest.client.websocket import WS_PATH, SyncWebSocketFactory
@@ -107,6 +109,7 @@ class Homeserver:
     retention_jobs: RetentionJobSource | None = None  # their runs, as background jobs
     # Rooms admin: room shutdown jobs and the background jobs registry.
     rooms_admin: RoomsAdminArea | None = None
+    replication: Any = None  # homeserver/replication/ (None: one process, no workers)
 
     def listen(self, reactor: Any = default_reactor) -> list[IListeningPort]:
         self._reactor = reactor
@@ -220,7 +223,7 @@ async def build_homeserver(
     stores = open_stores(db)
     plugins = PluginHost(load_plugins(config.plugins, builtin_plugins(config)),
                          timeouts=config.plugin_timeouts)
-    notifier = Notifier(clock)
+    notifier = make_notifier(config, clock)  # replicating with workers
     accounts = build_accounts(config, clock, stores, plugins)
     rooms = await build_rooms(config, clock, stores, notifier, accounts.push_rules)
     e2ee = await build_e2ee(config, clock, stores, notifier, accounts.devices, rooms.fanout)
@@ -254,7 +257,8 @@ async def build_homeserver(
         room_creation=rooms.room_creation, room_reads=rooms.room_reads,
         membership=rooms.membership, sync=sync.sync, directory=rooms.directory,
         user_directory=rooms.user_directory, typing=sync.typing, receipts=sync.receipts,
-        presence=sync.presence, pagination=rooms.pagination, redaction=rooms.redaction,
+        presence=sync.presence if config.workers.is_main else ReadOnlyPresence(sync.presence),
+        pagination=rooms.pagination, redaction=rooms.redaction,
         room_upgrade=rooms.room_upgrade, relations=rooms.relations,
         hierarchy=rooms.hierarchy, search=rooms.search, visibility=rooms.visibility,
         media=media, url_previewer=url_previewer, push_actions=rooms.push_actions,
@@ -267,7 +271,8 @@ async def build_homeserver(
         legacy=LegacyHandler(LegacyDeps(
             clock, stores.events, stores.room_members, rooms.event_creation, rooms.visibility,
             rooms.room_reads, rooms.pagination, rooms.client_events, sync.sync,
-            accounts.account_data, rooms.directory, sync.presence)),
+            accounts.account_data, rooms.directory,
+            sync.presence if config.workers.is_main else ReadOnlyPresence(sync.presence))),
         reporting=ReportingHandler(config.server_name, clock, stores.reports, stores.events,
                                    stores.room_members, rooms.visibility, rooms.event_creation,
                                    stores.users),
@@ -303,12 +308,15 @@ async def build_homeserver(
                               metrics=http_metrics,
                               rate_limits=RouteLimits(rate_limiter))
     # Federation (keys, X-Matrix auth, outbound client): only when federation.enabled.
-    federation = await build_federation(
+    # A client worker federates with nobody (the main process does).
+    federation = None if not config.workers.is_main else await build_federation(
         config, clock, db, accounts.security_events, router, default_reactor,
         deps=FederationDeps(stores=stores, accounts=accounts, rooms=rooms, e2ee=e2ee,
                             sync=sync, media=media, notifier=notifier))
     if federation is not None:
         resource.federation_auth = federation.authenticator
+    if not config.workers.is_main:  # a client worker: reads only (replication/routing.py)
+        restrict_to_reads(router)
     # The WebSocket endpoint needs its own resource (it takes over the connection);
     # the root sends that one path there and every other path to MatrixResource.
     websockets = SyncWebSocketFactory(clock, authenticator, sync.sync, accounts.filters,
@@ -355,41 +363,53 @@ async def build_homeserver(
     activity.watch_audit_head(accounts.security_events.chain_head)
     audit_retention = AuditRetention(accounts.security_events, clock,
                                      config.audit.retention_days)
-    audit_retention.start()
+    if config.workers.is_main:  # background jobs: the main process only
+        audit_retention.start()
     hs._on_stop.append(audit_retention.stop)
-    sync.presence.start()
+    if config.workers.is_main:
+        sync.presence.start()
     hs._on_stop.append(sync.presence.stop)
     # Push delivery to HTTP pushers' gateways (homeserver/push/sender/).
-    pushers = await build_pusher_pool(config, clock, stores, default_reactor,
-                                      rooms.event_creation, rooms.push_actions, sync.receipts,
-                                      registry)
-    hs.pushers = pushers
-    hs._on_stop.append(pushers.stop)
+    if config.workers.is_main:
+        pushers = await build_pusher_pool(config, clock, stores, default_reactor,
+                                          rooms.event_creation, rooms.push_actions,
+                                          sync.receipts, registry)
+        hs.pushers = pushers
+        hs._on_stop.append(pushers.stop)
     # GDPR exports: resume the jobs a stopped process left, delete expired archives.
     hs.gdpr_export = gdpr_export
-    hs._loops.append(start_cleanup(gdpr_export, clock))
     hs._on_stop.append(lambda: defer.ensureDeferred(gdpr_export.stop()))
-    await gdpr_export.resume_pending()
+    if config.workers.is_main:
+        hs._loops.append(start_cleanup(gdpr_export, clock))
+        await gdpr_export.resume_pending()
     # GDPR erasure: purge jobs past their grace window, now and hourly.
     hs.erasure = erasure
-    erasure.purge.start()
+    if config.workers.is_main:
+        erasure.purge.start()
     hs._on_stop.append(erasure.purge.stop)
     # Message retention: m.room.retention checked on send; purge jobs when enabled.
     hs.consent = consent
     retention, hs.retention_jobs = build_retention(config, clock, db, stores, rooms)
     hs.retention = retention
     rooms_admin.jobs.add_source(hs.retention_jobs)  # its runs: background jobs
-    if config.retention.enabled:
+    if config.retention.enabled and config.workers.is_main:
         retention.start()
         hs._on_stop.append(lambda: defer.ensureDeferred(retention.stop()))
         await retention.resume_pending()
     # Room shutdowns: resume the jobs a stopped process left.
     hs.rooms_admin = rooms_admin
     hs._on_stop.append(lambda: defer.ensureDeferred(rooms_admin.shutdown.stop()))
-    await rooms_admin.shutdown.resume_pending()
+    if config.workers.is_main:
+        await rooms_admin.shutdown.resume_pending()
     # Application services: sender users, then resume their queued transactions.
-    await appservices.start()
-    hs._on_stop.append(lambda: defer.ensureDeferred(appservices.stop()))
+    if config.workers.is_main:
+        await appservices.start()
+        hs._on_stop.append(lambda: defer.ensureDeferred(appservices.stop()))
+    # Replication with the other processes when workers are configured (homeserver/replication).
+    hs.replication = await build_replication(config, clock, db, notifier, accounts, rooms,
+                                             sync, default_reactor, registry)
+    if hs.replication is not None:
+        hs._on_stop.append(lambda: defer.ensureDeferred(hs.replication.stop()))
     return hs
 
 
@@ -417,14 +437,21 @@ def _background(coro: Any) -> None:
     d.addErrback(lambda f: logger.error("background task failed: %s", f.getErrorMessage()))
 
 
+# The kernel's queue of connections not yet accepted (Twisted's default is 50): a burst of
+# clients (a reconnect storm, a login flood) waits there instead of being dropped while
+# the reactor is busy. The kernel caps it at net.core.somaxconn.
+LISTEN_BACKLOG = 1024
+
+
 def _listen(reactor: Any, listener: ListenerConfig, site: server.Site) -> list[IListeningPort]:
     ports = []
     for address in listener.bind_addresses:
         if listener.tls_certificate_path and listener.tls_private_key_path:
             ports.append(reactor.listenSSL(listener.port, site, _tls_context(listener),
-                                           interface=address))
+                                           backlog=LISTEN_BACKLOG, interface=address))
         else:
-            ports.append(reactor.listenTCP(listener.port, site, interface=address))
+            ports.append(reactor.listenTCP(listener.port, site, backlog=LISTEN_BACKLOG,
+                                           interface=address))
         logger.info("listening on %s:%d%s", address, listener.port,
                     " (TLS)" if listener.tls_certificate_path else "")
     return ports

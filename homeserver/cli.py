@@ -171,6 +171,14 @@ def cmd_create_user(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args)
+    if args.worker is not None:  # a worker's section (homeserver/config/workers.py)
+        from homeserver.config.workers import select_worker
+
+        try:
+            config = select_worker(config, args.worker)
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
     from homeserver.logging_setup import setup_logging
 
     setup_logging(config.log_level, config.log_format)
@@ -258,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="start the homeserver")
     r.add_argument("-c", "--config", required=True)
+    r.add_argument("--worker", metavar="NAME", default=None,
+                   help="run the worker NAME of the config's 'workers' section")
     r.set_defaults(func=cmd_run)
 
     m = sub.add_parser("migrate", help="apply database migrations")

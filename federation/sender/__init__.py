@@ -209,6 +209,21 @@ class FederationSender:
         for d in destinations:
             self.queue(d).kick()
 
+    async def forward_event(self, event: Any, origin: str) -> None:
+        """A member event of another server's user that this server took as the room's
+        resident (send_join, send_leave, send_knock: federation/membership.py): the
+        room's other servers learn it from us, as the spec has the resident do."""
+        position = event.internal.stream_ordering
+        if position is None or position <= 0:
+            return
+        servers = set(await self._room_destinations(event.room_id)) - {origin}
+        destinations = await self._destinations(servers)
+        if not destinations:
+            return
+        await self._store.enqueue_pdu(destinations, position, event.room_id, event.event_id)
+        for d in destinations:
+            self.queue(d).kick()
+
     # -- EDUs ----------------------------------------------------------------------------
 
     async def _enqueue(self, destinations: list[str], edu_type: str, content: JsonDict,

@@ -40,6 +40,7 @@ from homeserver.config.model import (
     WellKnownConfig,
 )
 from homeserver.config.schema import CONFIG_SCHEMA
+from homeserver.config.workers import parse_workers
 from homeserver.crypto.config import parse_at_rest
 from homeserver.detection.config import parse_detection, parse_server_notices
 from homeserver.gdpr.config import parse_gdpr
@@ -400,6 +401,7 @@ def parse_config(raw: Any, base_dir: Path | None = None) -> Config:
         federation_blocked_servers=tuple(
             n.lower() for n in raw.get("federation", {}).get("blocked_servers", [])),
         admin_reports_show_content=raw.get("admin", {}).get("reports_show_content", False),
+        workers=parse_workers(raw.get("workers"), rel, database.engine, "redis" in raw),
     )
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from homeserver.audit.config import AuditConfig
 from homeserver.auth.mfa_config import MfaConfig
 from homeserver.config.federation import FederationConfig
+from homeserver.config.workers import WorkersConfig
 from homeserver.detection.config import DetectionConfig, ServerNoticesConfig
 from homeserver.gdpr.config import GdprConfig
 from homeserver.gdpr.consent_config import ConsentConfig
@@ -372,3 +373,5 @@ class Config:
     # federation.blocked_servers (lower-cased); admin.reports_show_content (issue 15).
     federation_blocked_servers: tuple[str, ...] = ()
     admin_reports_show_content: bool = False
+    # Worker processes and this process's role (homeserver/config/workers.py).
+    workers: WorkersConfig = field(default_factory=WorkersConfig)

@@ -13,6 +13,7 @@ from homeserver.audit.config import AUDIT_SCHEMA
 from homeserver.auth.mfa_config import MFA_SCHEMA
 from homeserver.auth.roles import ADMIN_ROLES_SCHEMA
 from homeserver.config.model import DEFAULT_RATE_LIMITS
+from homeserver.config.workers import workers_schema
 from homeserver.crypto.config import SECRETS_SCHEMA
 from homeserver.detection.config import DETECTION_SCHEMA, SERVER_NOTICES_SCHEMA
 from homeserver.gdpr.config import GDPR_SCHEMA
@@ -298,6 +299,8 @@ CONFIG_SCHEMA: dict[str, Any] = _obj(
         "login_tokens": _obj({"enabled": {"type": "boolean"}, "lifetime": DURATION}),
         # Application service registration files (homeserver/appservice/config.py).
         "app_service_config_files": {"type": "array", "items": {"type": "string", "minLength": 1}},
+        # Worker processes (homeserver/config/workers.py).
+        "workers": workers_schema(LISTENER),
         "identity_servers": _obj({
             # host[:port]: a DNS name, an IPv4 address or a bracketed IPv6 address.
             "trusted": {"type": "array", "items": {"type": "string", "pattern": (

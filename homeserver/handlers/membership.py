@@ -10,7 +10,7 @@ authorising user (``join_authorised_via_users_server``) the rules then check.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from twisted.internet import defer
@@ -42,6 +42,7 @@ ROOM_MEMBERSHIP_CONDITION = "m.room_membership"
 # vouched for it, and the request's own parameters.
 GUEST_ACCESS = "m.room.guest_access"
 CAN_JOIN = "can_join"
+MAX_SERVERS = 20  # candidate resident servers tried for a remote join or knock
 SERVER_MEMBER_KEYS = frozenset({"membership", AUTHORISING_USER, "third_party_signed",
                                 "reason"})
 
@@ -78,6 +79,15 @@ class MembershipHandler:
         # Federation (federation/remote_queries.py): another server's alias ->
         # {"room_id", "servers"} or None.
         self.remote_alias: Callable[[str], Awaitable[dict[str, Any] | None]] | None = None
+        # Federation (federation/remote_join.py): membership of a room this server holds
+        # no state of, through a resident server. remote_join(user, room, servers,
+        # content), remote_knock(user, room, servers, content), remote_leave(user, room,
+        # content) (rejecting an invite, withdrawing a knock).
+        self.remote_join: Callable[[str, str, list[str], dict[str, Any]],
+                                   Awaitable[None]] | None = None
+        self.remote_knock: Callable[[str, str, list[str], dict[str, Any]],
+                                    Awaitable[None]] | None = None
+        self.remote_leave: Callable[[str, str, dict[str, Any]], Awaitable[None]] | None = None
 
     async def _is_guest(self, user_id: str) -> bool:
         if self._users is None:
@@ -201,13 +211,34 @@ class MembershipHandler:
             raise MatrixError(403, "The target user is not banned", Codes.FORBIDDEN)
         return await self.update(sender, room_id, target, membership, reason)
 
+    async def _resolve_with_servers(self, target: str) -> tuple[str, list[str]]:
+        """The room id and, for another server's alias, the servers it names."""
+        if target.startswith("#") and self.remote_alias is not None:
+            _, server = check_room_alias(target)
+            if server != self._server_name and await self._aliases.get_alias(target) is None:
+                answer = await self.remote_alias(target)
+                if answer is None:
+                    raise MatrixError(404, "Room alias not found", Codes.NOT_FOUND)
+                servers = answer.get("servers")
+                return str(answer["room_id"]), [
+                    s for s in (servers if isinstance(servers, list) else [])
+                    if isinstance(s, str)][:MAX_SERVERS]
+        return await self.resolve_room(target), []
+
+    async def _is_remote_only(self, room_id: str) -> bool:
+        """Whether this server holds no state of the room (unknown, or only an
+        out-of-band invite): membership then goes through a resident server."""
+        return not (await self._creation.snapshot(room_id)).state_ids
+
     async def join(self, user_id: str, room_id_or_alias: str, reason: str | None = None,
-                   custom: Mapping[str, Any] | None = None, is_guest: bool = False) -> str:
+                   custom: Mapping[str, Any] | None = None, is_guest: bool = False,
+                   servers: Sequence[str] = ()) -> str:
         """Join; ``custom`` is the rest of the client's request body, kept on the member
         event as Synapse does, except the keys only the server may set. A guest may only
         join a room whose ``m.room.guest_access`` is ``can_join``: guests are a local
-        notion the auth rules do not know, so the check is here, in the room's queue."""
-        room_id = await self.resolve_room(room_id_or_alias)
+        notion the auth rules do not know, so the check is here, in the room's queue.
+        ``servers``: the client's ``via`` hints, for a room held elsewhere."""
+        room_id, alias_servers = await self._resolve_with_servers(room_id_or_alias)
         if self.check_room_blocked is not None:
             await self.check_room_blocked(room_id)
         current = await self._members.get_membership(user_id, room_id)
@@ -217,6 +248,14 @@ class MembershipHandler:
             await self.may_join(user_id, room_id,
                                 current is not None and current.membership == "invite")
         extra = {k: v for k, v in (custom or {}).items() if k not in SERVER_MEMBER_KEYS}
+        if self.remote_join is not None and await self._is_remote_only(room_id):
+            if is_guest:  # as Synapse: guests are a local notion
+                raise MatrixError(403, "Guests cannot join rooms on other servers",
+                                  Codes.FORBIDDEN)
+            fields = {**extra, "reason": reason}
+            content = await self._member_content(user_id, "join", fields)
+            await self.remote_join(user_id, room_id, [*servers, *alias_servers], content)
+            return room_id
         extra.update(await self._restricted_join_fields(
             user_id, room_id, current.membership if current is not None else None) or {})
         check = self._guest_can_join(room_id) if is_guest else None
@@ -272,6 +311,24 @@ class MembershipHandler:
     def _is_restricted(join_rule: Any, version: RoomVersion) -> bool:
         return (join_rule == "restricted" and version.restricted_joins) or (
             join_rule == "knock_restricted" and version.knock_restricted)
+
+    async def restricted_join_fields(self, user_id: str, room_id: str,
+                                     current: str | None) -> dict[str, Any] | None:
+        """The same for a remote user's join (make_join, federation/membership.py)."""
+        return await self._restricted_join_fields(user_id, room_id, current)
+
+    async def knock(self, user_id: str, room_id_or_alias: str, reason: str | None = None,
+                    servers: Sequence[str] = ()) -> str:
+        """Knock; on a room held elsewhere, through a resident server."""
+        room_id, alias_servers = await self._resolve_with_servers(room_id_or_alias)
+        if self.remote_knock is not None and await self._is_remote_only(room_id):
+            if self.check_room_blocked is not None:
+                await self.check_room_blocked(room_id)
+            content = await self._member_content(user_id, "knock", {"reason": reason})
+            await self.remote_knock(user_id, room_id, [*servers, *alias_servers], content)
+            return room_id
+        await self.update(user_id, room_id, user_id, "knock", reason)
+        return room_id
 
     async def _restricted_join_fields(self, user_id: str, room_id: str,
                                       current: str | None) -> dict[str, Any] | None:
@@ -340,6 +397,12 @@ class MembershipHandler:
         if current is None or current.membership in ("leave",):
             await self._creation.room_version(room_id)
             raise MatrixError(403, "You are not a member of this room", Codes.FORBIDDEN)
+        if self.remote_leave is not None and await self._is_remote_only(room_id):
+            content: dict[str, Any] = {"membership": "leave"}
+            if reason is not None:
+                content["reason"] = reason
+            await self.remote_leave(user_id, room_id, content)
+            return
         await self.update(user_id, room_id, user_id, "leave", reason)
 
     async def leave_all_rooms(self, user_id: str) -> None:

@@ -552,6 +552,10 @@ class SyncHandler:
 
     async def _stripped_state(self, m: MembershipRecord, user_id: str) -> list[JsonDict]:
         group = await self._events.get_state_group_for_event(m.event_id)
+        if group is None:
+            # An invite or knock over federation in a room whose state this server does
+            # not hold: the stripped state the other server sent with it.
+            return await self._out_of_band_state(m)
         state = await self._events.get_state_for_group(group) if group is not None else {}
         ids = [state[(t, "")] for t in STRIPPED_STATE_TYPES if (t, "") in state]
         # The inviter's own member event too, as Synapse (clients show who invited).
@@ -563,6 +567,19 @@ class SyncHandler:
         found = await self._events.get_events(ids)
         return [{"type": e.type, "state_key": e.state_key, "content": e.content,
                  "sender": e.sender} for e in (found.get(i) for i in ids) if e is not None]
+
+    async def _out_of_band_state(self, m: MembershipRecord) -> list[JsonDict]:
+        event = await self._events.get_event(m.event_id)
+        if event is None:
+            return []
+        unsigned = event.pdu.get("unsigned")
+        given = unsigned.get(f"{m.membership}_room_state") if isinstance(unsigned, dict) else None
+        out = [{k: s[k] for k in ("type", "state_key", "content", "sender") if k in s}
+               for s in (given if isinstance(given, list) else []) if isinstance(s, dict)
+               and (s.get("type"), s.get("state_key")) != ("m.room.member", event.state_key)]
+        out.append({"type": event.type, "state_key": event.state_key,
+                    "content": event.content, "sender": event.sender})
+        return out
 
     async def _summary(self, room_id: str, user_id: str, position: int) -> JsonDict:
         """Counts and heroes from the room state at the sync position (spec RoomSummary).

@@ -318,7 +318,18 @@ class EventStore:
             " ORDER BY e.stream_ordering DESC LIMIT 1",
             room_id, position, False,
         )
-        return int(row[0]) if row else None
+        if row is None:
+            # Nothing held at or before it (a room joined over federation: its earlier
+            # history is not here): the state before the room's first event after it.
+            row = await self._db.query_one(
+                "state_group_before_first",
+                "SELECT g.state_group_before FROM events e JOIN event_state_groups g"
+                " ON g.event_id = e.event_id WHERE e.room_id = ? AND e.stream_ordering > ?"
+                " AND e.soft_failed = ? AND e.rejected_reason IS NULL"
+                " ORDER BY e.stream_ordering ASC LIMIT 1",
+                room_id, position, False,
+            )
+        return int(row[0]) if row and row[0] is not None else None
 
     async def get_state_for_group(self, group: int) -> StateMap:
         """Walk the delta chain down to a snapshot; nearer entries win."""

@@ -27,8 +27,11 @@ from tests.e2e.server_process import ServerProcess
 FLOOD = 500
 MAX_PENDING = 8
 HASH_MIB = 64
-#: /versions must answer this fast while the flood is being handled (seconds).
-VERSIONS_WITHIN_S = 3.0
+#: /versions must be answered while the flood is being handled: a bound that catches
+#: starvation (requests queued behind the hashes), not a latency figure -- the suite
+#: shares the machine's cores with other tests, so timings are for bench/ (ops_cost.py
+#: measures honest logins under a flood).
+VERSIONS_WITHIN_S = 10.0
 PASSWORD = "correct-horse-battery-staple"
 LIFTED = {"per_second": 100000, "burst": 1000000}
 
@@ -120,9 +123,10 @@ class HashFloodTest(unittest.TestCase):
         outcomes = await defer.DeferredList(flood, consumeErrors=True)
         peak_kib = self.server.status_kib("VmHWM")
         results = [value for ok, value in outcomes if ok]
-        # 500 simultaneous connects overflow the listen backlog (50): the kernel may drop
-        # or reset the odd one (before or while the request is written). A few lost
-        # connections are the network's; many are a failure.
+        # 500 simultaneous connects: the listen backlog (homeserver/app.py) holds them
+        # while the reactor is busy; the kernel may still drop or reset the odd one
+        # (before or while the request is written). A few lost connections are the
+        # network's; many are a failure.
         lost = [value for ok, value in outcomes if not ok]
         for failure in lost:
             failure.trap(ConnectError, ResponseNeverReceived, RequestTransmissionFailed)

@@ -44,6 +44,11 @@ class FakeRemote(resource.Resource):
 
     def render_PUT(self, request: Any) -> bytes:  # noqa: N802 (twisted.web API)
         path = request.path
+        if path.startswith(b"/_matrix/federation/v2/invite/"):
+            # An invite of one of its users is sent here first (federation/remote_join.py):
+            # it accepts, answering the event (without a signature of its own).
+            request.setHeader(b"content-type", b"application/json")
+            return json.dumps({"event": json.loads(request.content.read())["event"]}).encode()
         if not path.startswith(SEND_PREFIX):
             request.setResponseCode(404)
             return b'{"errcode":"M_UNRECOGNIZED","error":"no"}'

@@ -62,13 +62,13 @@ class MembershipServlets:
         if req.body.get("third_party_signed") is not None:
             raise MatrixError(400, "Third-party invites are not supported", Codes.UNRECOGNIZED)
         room_id = await self._m.join(r.user_id, target, req.body.get("reason"), req.body,
-                                  is_guest=r.is_guest)
+                                  is_guest=r.is_guest, servers=_via(req))
         return 200, {"room_id": room_id}
 
     async def on_knock(self, req: ApiRequest, roomIdOrAlias: str) -> tuple[int, Any]:  # noqa: N803
         r = req.require_requester()
-        room_id = await self._m.resolve_room(roomIdOrAlias)
-        await self._m.update(r.user_id, room_id, r.user_id, "knock", req.body.get("reason"))
+        room_id = await self._m.knock(r.user_id, roomIdOrAlias, req.body.get("reason"),
+                                      servers=_via(req))
         return 200, {"room_id": room_id}
 
     async def on_invite(self, req: ApiRequest, roomId: str) -> tuple[int, Any]:  # noqa: N803
@@ -117,3 +117,22 @@ class MembershipServlets:
             return 200, {}
 
         return handler
+
+
+MAX_VIA = 20
+
+
+def _via(req: ApiRequest) -> list[str]:
+    """The servers a client names to join or knock through (``via``, and the older
+    ``server_name``), bounded in number and length."""
+    out: list[str] = []
+    for name in (b"via", b"server_name"):
+        for raw in req.raw.args.get(name) or []:
+            server = raw.decode("utf-8", "replace")
+            if not server or len(server) > 255:
+                raise MatrixError(400, f"Invalid {name.decode()}", Codes.INVALID_PARAM)
+            if server not in out:
+                out.append(server)
+    if len(out) > MAX_VIA:
+        raise MatrixError(400, f"At most {MAX_VIA} servers", Codes.INVALID_PARAM)
+    return out
