@@ -30,6 +30,36 @@ def _counts(output: str) -> dict[str, int]:
     return counts
 
 
+# Every PostgreSQL test creates and drops a schema of ~100 tables: the system catalogs
+# fill with dead rows, and where autovacuum is off (as on some CI machines) DDL -- each
+# test's migrations -- grows slower run after run (seen: 0.35 s -> 1.8 s per test).
+_CATALOGS = ("pg_attribute", "pg_depend", "pg_class", "pg_index", "pg_type", "pg_constraint",
+             "pg_attrdef", "pg_sequence", "pg_trigger", "pg_rewrite", "pg_description",
+             "pg_statistic", "pg_namespace")
+
+
+def vacuum_pg_catalogs() -> None:
+    """VACUUM the test database's system catalogs (a no-op for a role not allowed to:
+    PostgreSQL then only warns). Never fails the run."""
+    try:
+        import psycopg2
+
+        from tests.harness import pg_settings
+
+        s = pg_settings()
+        conn = psycopg2.connect(host=s["host"], port=s["port"], user=s["user"],
+                                dbname=s["database"], password=s.get("password"),
+                                connect_timeout=5)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SET statement_timeout = '300s'")
+            cur.execute("VACUUM " + ", ".join(f"pg_catalog.{t}" for t in _CATALOGS))
+        conn.close()
+        print("== postgres: vacuumed the system catalogs", flush=True)
+    except Exception as e:  # noqa: BLE001 (hygiene only: the tests report real problems)
+        print(f"== postgres: catalog vacuum skipped ({str(e).strip()[:200]})", flush=True)
+
+
 def run_engine(engine: str, targets: list[str]) -> tuple[dict[str, int], int]:
     env = dict(os.environ, PARLEY_TEST_DB=engine)
     jobs = os.environ.get("PARLEY_TEST_JOBS", "2")
@@ -54,6 +84,8 @@ def main() -> int:
     total = {"passed": 0, "failed": 0, "skipped": 0}
     worst = 0
     for engine in engines:
+        if engine == "postgres":
+            vacuum_pg_catalogs()
         c, code = run_engine(engine, targets)
         passed = c["successes"] + c["expectedFailures"]
         failed = c["failures"] + c["errors"] + c["unexpectedSuccesses"]
