@@ -21,6 +21,22 @@ class RoomTestCase(HomeserverTestCase):
         """Register ``name``; returns its access token (user id is @name:test.local)."""
         return (await self.register(name))["access_token"]
 
+    async def user_with_role(self, name: str, role: str) -> str:
+        """Register ``name`` and give it an admin role; returns its access token."""
+        token = await self.user(name)
+        await self.hs.stores.roles.set_role(f"@{name}:test.local", role)
+        return token
+
+    async def staff(self, support: bool = True) -> None:
+        """One user per built-in admin role: ``self.admin`` (ada), ``self.mod`` (mo),
+        ``self.auditor`` (audrey) and, unless ``support`` is False, ``self.support``
+        (sam)."""
+        self.admin = await self.user_with_role("ada", "admin")
+        self.mod = await self.user_with_role("mo", "moderator")
+        self.auditor = await self.user_with_role("audrey", "auditor")
+        if support:
+            self.support = await self.user_with_role("sam", "support")
+
     async def create_room(self, token: str, **body: Any) -> str:
         resp = await self.request("POST", f"{CS}/createRoom", body, token=token)
         self.assertEqual(resp.code, 200, resp)

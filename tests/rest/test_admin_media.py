@@ -14,14 +14,7 @@ MEDIA = "/_matrix/client/v1/media"
 
 class AdminMediaTest(RoomTestCase):
     async def _setup(self) -> None:
-        self.admin = await self.user("ada")
-        await self.hs.stores.roles.set_role("@ada:test.local", "admin")
-        self.mod = await self.user("mo")
-        await self.hs.stores.roles.set_role("@mo:test.local", "moderator")
-        self.auditor = await self.user("audrey")
-        await self.hs.stores.roles.set_role("@audrey:test.local", "auditor")
-        self.support = await self.user("sam")
-        await self.hs.stores.roles.set_role("@sam:test.local", "support")
+        await self.staff()
         self.alice = await self.user("alice")
 
     async def upload(self, token: str, data: bytes) -> str:

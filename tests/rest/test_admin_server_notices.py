@@ -18,12 +18,7 @@ def notice(user_id: str = "@alice:test.local", **content: Any) -> dict[str, Any]
 
 class AdminServerNoticesTest(RoomTestCase):
     async def _setup(self) -> None:
-        self.admin = await self.user("ada")
-        await self.hs.stores.roles.set_role("@ada:test.local", "admin")
-        self.mod = await self.user("mo")
-        await self.hs.stores.roles.set_role("@mo:test.local", "moderator")
-        self.auditor = await self.user("audrey")
-        await self.hs.stores.roles.set_role("@audrey:test.local", "auditor")
+        await self.staff(support=False)
         self.alice = await self.user("alice")
 
     def notices_in(self, sync: dict[str, Any]) -> list[dict[str, Any]]:
@@ -95,8 +90,7 @@ class NoticesDisabledTest(RoomTestCase):
         return {"server_notices": {"enabled": False}}
 
     async def test_disabled(self) -> None:
-        admin = await self.user("ada")
-        await self.hs.stores.roles.set_role("@ada:test.local", "admin")
+        admin = await self.user_with_role("ada", "admin")
         await self.user("alice")
         resp = await self.request("POST", PATH, notice(), token=admin)
         self.assertMatrixError(resp, 400, "M_UNKNOWN")

@@ -17,14 +17,7 @@ class BlockedServersTest(RoomTestCase):
         return {"federation": {"blocked_servers": ["Config-Blocked.example"]}}
 
     async def _setup(self) -> None:
-        self.admin = await self.user("ada")
-        await self.hs.stores.roles.set_role("@ada:test.local", "admin")
-        self.mod = await self.user("mo")
-        await self.hs.stores.roles.set_role("@mo:test.local", "moderator")
-        self.auditor = await self.user("audrey")
-        await self.hs.stores.roles.set_role("@audrey:test.local", "auditor")
-        self.support = await self.user("sam")
-        await self.hs.stores.roles.set_role("@sam:test.local", "support")
+        await self.staff()
         self.alice = await self.user("alice")
 
     async def test_block_list_unblock(self) -> None:
