@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
+import time
 from typing import Any
 
 from homeserver.config.model import DatabaseConfig
@@ -28,10 +29,10 @@ class SqliteEngine(Engine):
 
     def on_connect(self, conn: sqlite3.Connection) -> None:
         cur = conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        _set_wal(cur)
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA busy_timeout=30000")
         cur.close()
 
     def convert_sql(self, sql: str) -> str:
@@ -50,3 +51,20 @@ class SqliteEngine(Engine):
     @property
     def single_writer(self) -> bool:
         return True
+
+
+def _set_wal(cur: sqlite3.Cursor, deadline_s: float = 30.0) -> None:
+    """Switch to WAL, retrying while another connection holds the file: SQLite answers
+    "database is locked" at once here, without its busy handler, when two processes
+    open a new database together. Runs on a database thread, so sleeping is fine."""
+    give_up = time.monotonic() + deadline_s
+    delay = 0.005
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > give_up:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
