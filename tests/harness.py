@@ -96,12 +96,14 @@ def drop_pg_schema(schema: str) -> None:
         conn.close()
 
 
-def make_config(data_dir: str, engine: str | None = None, **overrides: Any) -> tuple[Config, str | None]:
-    """A test config (cheap Argon2, open registration); returns (config, pg schema)."""
+def make_config(data_dir: str, engine: str | None = None, *, pg_schema: str | None = None,
+                **overrides: Any) -> tuple[Config, str | None]:
+    """A test config (cheap Argon2, open registration); returns (config, pg schema).
+    On PostgreSQL the schema is ``pg_schema`` or a new one."""
     engine = engine or test_engine()
     schema = None
     if engine == "postgres":
-        schema = "t_" + secrets.token_hex(8)
+        schema = pg_schema or "t_" + secrets.token_hex(8)
         database: dict[str, Any] = {"engine": "postgres", "schema": schema, "pool_max": 4,
                                     **pg_settings()}
     else:
@@ -146,6 +148,29 @@ def _test_key() -> str:
     return _KEY
 
 
+async def _pooled_config(test: unittest.TestCase, data_dir: str, engine: str,
+                         **overrides: Any) -> tuple[Config, str | None]:
+    """A test config whose PostgreSQL schema is migrated and empty, reused from an earlier
+    test of this process when one is free (tests/pg_pool.py); released on cleanup."""
+    if engine != "postgres":
+        return make_config(data_dir, engine, **overrides)
+    from homeserver.app import open_database
+    from storage.migrations import migrate
+    from tests import pg_pool
+
+    schema, migrated = pg_pool.acquire()
+    config, _ = make_config(data_dir, engine, pg_schema=schema, **overrides)
+    test.addCleanup(pg_pool.release, schema)
+    if not migrated:
+        db = open_database(config)
+        try:
+            await migrate(db, int(time.time() * 1000))
+        finally:
+            db.close()
+        pg_pool.capture(schema)
+    return config, schema
+
+
 class Response:
     def __init__(self, code: int, body: bytes, headers: Any, phrase: bytes = b"") -> None:
         self.code = code
@@ -179,10 +204,8 @@ class HomeserverTestCase(unittest.TestCase):
         if engine == "postgres":
             require_postgres()
         self.data_dir = tempfile.mkdtemp(prefix="parley-test-")
-        self.config, self.pg_schema = make_config(self.data_dir, engine,
-                                                  **self.config_overrides())
-        if self.pg_schema:
-            self.addCleanup(drop_pg_schema, self.pg_schema)
+        self.config, self.pg_schema = await _pooled_config(self, self.data_dir, engine,
+                                                           **self.config_overrides())
         # A controllable clock, starting at the real time so timestamps look real.
         self.reactor_time = task.Clock()
         self.reactor_time.advance(time.time())
@@ -279,9 +302,12 @@ class DatabaseTestCase(unittest.TestCase):
         if engine == "postgres":
             require_postgres()
         self.data_dir = tempfile.mkdtemp(prefix="parley-db-")
-        self.config, self.pg_schema = make_config(self.data_dir, engine)
-        if self.pg_schema:
-            self.addCleanup(drop_pg_schema, self.pg_schema)
+        if self.migrate_on_setup:
+            self.config, self.pg_schema = await _pooled_config(self, self.data_dir, engine)
+        else:  # the test migrates (or not) itself: a new, empty schema
+            self.config, self.pg_schema = make_config(self.data_dir, engine)
+            if self.pg_schema:
+                self.addCleanup(drop_pg_schema, self.pg_schema)
         self.db = open_database(self.config)
         self.addCleanup(self.db.close)
         if self.migrate_on_setup:
