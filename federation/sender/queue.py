@@ -23,7 +23,12 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall
 
 from federation.client import FederationDenied, FederationError, FederationHttpError
-from federation.sender.backoff import BackoffPolicy, counts_as_down, retry_due_at
+from federation.sender.backoff import (
+    BackoffPolicy,
+    counts_as_down,
+    rate_limited_for_ms,
+    retry_due_at,
+)
 from homeserver.clock import Clock
 from storage.stores.events import EventStore
 from storage.stores.federation_queue import FederationQueueStore, InFlight
@@ -168,6 +173,14 @@ class DestinationQueue:
         except FederationHttpError as e:
             self.status.failures += 1
             self.status.last_error = f"HTTP {e.code}"
+            pause = rate_limited_for_ms(e.code, e.body)
+            if pause is not None:
+                # Up but throttling us (our own per-origin limit answers this way): try
+                # again when told, without the 10-minute "down" backoff.
+                logger.info("federation: %s rate-limited us; retrying in %d ms",
+                            self.destination, pause)
+                self._schedule(pause)
+                return False
             if counts_as_down(e.code):
                 await self._back_off(state, f"HTTP {e.code}")
                 return False

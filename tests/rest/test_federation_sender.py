@@ -40,6 +40,7 @@ class FakeRemote(resource.Resource):
         self.verify_key = verify_key
         self.txns: list[tuple[str, dict[str, Any]]] = []
         self.status = 200
+        self.error_body = b'{"errcode":"M_UNKNOWN","error":"down"}'
         self.bad_signatures = 0
 
     def render_PUT(self, request: Any) -> bytes:  # noqa: N802 (twisted.web API)
@@ -65,7 +66,7 @@ class FakeRemote(resource.Resource):
         request.setResponseCode(self.status)
         request.setHeader(b"content-type", b"application/json")
         if self.status != 200:
-            return b'{"errcode":"M_UNKNOWN","error":"down"}'
+            return self.error_body
         self.txns.append((path[len(SEND_PREFIX):].decode(), body))
         return b'{"pdus":{}}'
 
@@ -275,6 +276,38 @@ class BackoffTest(SenderTestCase):
         later = await self.send_text(room_id, "accepted")
         await self.settle(lambda: later in self.fake.pdu_ids())
         self.assertEqual(self.fake.pdu_ids(), [later])
+
+    async def test_rate_limited_retries_when_told_without_backoff(self) -> None:
+        """A 429 with retry_after_ms (our own per-origin limit's answer) is a pause, not
+        "down": the same transaction goes again after that delay."""
+        room_id = await self.room_with_remote_member()
+        self.fake.status = 429
+        self.fake.error_body = (b'{"errcode":"M_LIMIT_EXCEEDED","error":"slow down",'
+                                b'"retry_after_ms":2000}')
+        sent = await self.send_text(room_id, "throttled")
+        await self.settle()
+        fq = self.hs.stores.federation_queue
+        pending = await fq.in_flight(REMOTE)
+        assert pending is not None
+        state = await fq.get_destination(REMOTE)
+        self.assertEqual(state.retry_interval if state else 0, 0)
+        self.fake.status = 200
+        self.advance(1)
+        await self.settle()
+        self.assertEqual(self.fake.pdu_ids(), [])
+        self.advance(1.5)
+        await self.settle(lambda: sent in self.fake.pdu_ids())
+        self.assertEqual(self.fake.txns[0][0], pending.txn_id)
+
+    async def test_rate_limited_without_a_delay_backs_off(self) -> None:
+        room_id = await self.room_with_remote_member()
+        self.fake.status = 429
+        self.fake.error_body = b'{"errcode":"M_LIMIT_EXCEEDED","error":"slow down"}'
+        await self.send_text(room_id, "throttled")
+        await self.settle()
+        state = await self.hs.stores.federation_queue.get_destination(REMOTE)
+        assert state is not None
+        self.assertEqual(state.retry_interval, MIN_RETRY_INTERVAL_MS)
 
     async def test_inbound_transaction_from_destination_wakes_it(self) -> None:
         """Synapse's rule: hearing from a server clears its backoff (here: /send)."""

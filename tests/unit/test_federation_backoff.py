@@ -11,6 +11,7 @@ from federation.sender.backoff import (
     MIN_RETRY_INTERVAL_MS,
     BackoffPolicy,
     counts_as_down,
+    rate_limited_for_ms,
     retry_due_at,
 )
 
@@ -63,3 +64,14 @@ class BackoffPolicyTest(unittest.TestCase):
             self.assertTrue(counts_as_down(status), status)
         for status in (400, 403, 413):
             self.assertFalse(counts_as_down(status), status)
+
+
+class RateLimitedTest(unittest.TestCase):
+    def test_only_a_bounded_429_delay_is_a_pause(self) -> None:
+        self.assertEqual(rate_limited_for_ms(429, {"retry_after_ms": 2000}), 2000)
+        self.assertEqual(rate_limited_for_ms(429, {"retry_after_ms": 0}), 100)
+        for status, body in ((429, {}), (429, None), (429, {"retry_after_ms": "5"}),
+                             (429, {"retry_after_ms": True}), (429, {"retry_after_ms": -1}),
+                             (429, {"retry_after_ms": 3600 * 1000 + 1}),
+                             (500, {"retry_after_ms": 10})):
+            self.assertIsNone(rate_limited_for_ms(status, body), (status, body))
