@@ -120,12 +120,27 @@ def acquire() -> tuple[str, bool]:
     """A schema name, and whether it is already migrated (taken from the pool)."""
     if _free:
         return _free.pop(), True
-    return "t_" + secrets.token_hex(8), False
+    return _new_name(), False
 
 
-def _reset(cur: Any, schema: str, base: _Baseline) -> bool:
+def _new_name() -> str:
+    return "t_" + secrets.token_hex(8)
+
+
+def _reset(cur: Any, schema: str, base: _Baseline) -> str | None:
+    """Empty ``schema`` to its migrated state and rename it; the new name, or None if it
+    is not reusable. The rename fences off stragglers: a connection of the finished test
+    still open (its search_path names the old schema) fails instead of writing into the
+    next test's data."""
     if _tables(cur, schema) != base.tables or _versions(cur, schema) != base.versions:
-        return False
+        return None
+    # A straggling transaction of the finished test on these tables is ended first.
+    cur.execute(
+        "SELECT DISTINCT l.pid FROM pg_locks l JOIN pg_class c ON c.oid = l.relation"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %s AND l.pid <> pg_backend_pid()", (schema,))
+    for (pid,) in cur.fetchall():
+        cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
     cur.execute("SET LOCAL lock_timeout = '2s'")
     for table in base.delete_order:
         if table not in _KEEP:
@@ -137,7 +152,9 @@ def _reset(cur: Any, schema: str, base: _Baseline) -> bool:
                         rows)
     for seq in base.sequences:
         cur.execute(f"ALTER SEQUENCE {_q(schema)}.{_q(seq)} RESTART")
-    return True
+    renamed = _new_name()
+    cur.execute(f"ALTER SCHEMA {_q(schema)} RENAME TO {_q(renamed)}")
+    return renamed
 
 
 def release(schema: str) -> None:
@@ -154,9 +171,9 @@ def release(schema: str) -> None:
             try:
                 with conn.cursor() as cur:
                     kept = _reset(cur, schema, base)
-                if kept:
+                if kept is not None:
                     conn.commit()
-                    _free.append(schema)
+                    _free.append(kept)
                     return
                 conn.rollback()
             except Exception:  # noqa: BLE001 (not reusable: drop it)
