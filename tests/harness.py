@@ -148,10 +148,11 @@ def _test_key() -> str:
     return _KEY
 
 
-async def _pooled_config(test: unittest.TestCase, data_dir: str, engine: str,
+async def _pooled_config(test: unittest.TestCase | None, data_dir: str, engine: str,
                          **overrides: Any) -> tuple[Config, str | None]:
     """A test config whose PostgreSQL schema is migrated and empty, reused from an earlier
-    test of this process when one is free (tests/pg_pool.py); released on cleanup."""
+    test of this process when one is free (tests/pg_pool.py); released on ``test``'s
+    cleanup, or (``test`` None) by the caller with ``pg_pool.release``."""
     if engine != "postgres":
         return make_config(data_dir, engine, **overrides)
     from homeserver.app import open_database
@@ -160,7 +161,8 @@ async def _pooled_config(test: unittest.TestCase, data_dir: str, engine: str,
 
     schema, migrated = pg_pool.acquire()
     config, _ = make_config(data_dir, engine, pg_schema=schema, **overrides)
-    test.addCleanup(pg_pool.release, schema)
+    if test is not None:
+        test.addCleanup(pg_pool.release, schema)
     if not migrated:
         db = open_database(config)
         try:
@@ -204,8 +206,24 @@ class HomeserverTestCase(unittest.TestCase):
         if engine == "postgres":
             require_postgres()
         self.data_dir = tempfile.mkdtemp(prefix="parley-test-")
-        self.config, self.pg_schema = await _pooled_config(self, self.data_dir, engine,
+        # Released at the end of tearDown, once every server on it has stopped (trial
+        # runs cleanups *before* tearDown).
+        self.config, self.pg_schema = await _pooled_config(None, self.data_dir, engine,
                                                            **self.config_overrides())
+        try:
+            await self._build()
+        except BaseException:
+            self._release_schema()
+            raise
+
+    def _release_schema(self) -> None:
+        schema, self.pg_schema = self.pg_schema, None
+        if schema:
+            from tests import pg_pool
+
+            pg_pool.release(schema)
+
+    async def _build(self) -> None:
         # A controllable clock, starting at the real time so timestamps look real.
         self.reactor_time = task.Clock()
         self.reactor_time.advance(time.time())
@@ -216,8 +234,11 @@ class HomeserverTestCase(unittest.TestCase):
         self.pool = HTTPConnectionPool(reactor, persistent=False)
 
     async def tearDown(self) -> None:  # type: ignore[override]
-        await self.hs.stop()
-        await self.pool.closeCachedConnections()
+        try:
+            await self.hs.stop()
+            await self.pool.closeCachedConnections()
+        finally:
+            self._release_schema()
 
     def count_password_hashes(self) -> list[int]:
         """From now on, every Argon2 hash or verify the server runs appends to the list
