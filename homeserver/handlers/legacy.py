@@ -10,7 +10,10 @@ visibility rules apply.
   same wait /sync uses). ``room_id`` limits room events, typing and receipts to one
   room, and lets a user peek at a world-readable room they are not in; guests must give
   one. Calling it marks a non-guest user online, as a /sync does. A join in the chunk
-  brings the presence of the people now in view (Synapse).
+  brings the presence of the people now in view (Synapse). With ``room_id`` the presence
+  changes of that room's joined members are in too (Synapse's explicit room), so a
+  peeker of a world-readable room sees them; the room's wake-ups (a member's presence
+  change notifies their rooms) end the peeker's long-poll.
 - /events/{eventId} is /rooms/{roomId}/event/{eventId} without the room: an unknown event
   and one the user may not see are the same 404.
 - /initialSync and /rooms/{roomId}/initialSync take their messages from /messages
@@ -134,11 +137,15 @@ class LegacyHandler:
         if room_id is None and is_guest:
             raise MatrixError(400, "Guest users must specify room_id param",
                               Codes.GUEST_ACCESS_FORBIDDEN)
+        # Whose presence the named room adds: its members, when the caller is in it or
+        # it is world-readable (not to a departed user, who sees the room as it was).
+        peeked: str | None = None
         if room_id is not None:
-            allowed, _ = await self._d.visibility.can_see_room_state(user_id, room_id)
+            allowed, at = await self._d.visibility.can_see_room_state(user_id, room_id)
             if not allowed:
                 raise forbidden(f"User {user_id} not in room {room_id}, and room previews"
                                 " are disabled")
+            peeked = room_id if at is None else None
         timeout_ms = max(0, min(timeout_ms, MAX_TIMEOUT_MS))
         limit = min(limit or EVENTS_LIMIT, EVENTS_LIMIT)
         presence = self._d.presence
@@ -154,7 +161,8 @@ class LegacyHandler:
             """Scan what arrived up to ``token``: True once there is something to answer
             (visible events or stream data, or SCAN_ROUNDS batches that were all hidden)."""
             nonlocal found, end, rounds, extras
-            extras = await self._stream_extras(user_id, device_id, start, token, room_id)
+            extras = await self._stream_extras(user_id, device_id, start, token, room_id,
+                                               peeked)
             while token.events > end:
                 found, end = await self._stream(user_id, end, token.events, room_id, limit)
                 rounds += 1
@@ -203,9 +211,12 @@ class LegacyHandler:
         return await self._d.visibility.filter_events(user_id, merged), cut
 
     async def _stream_extras(self, user_id: str, device_id: str | None, since: SyncToken,
-                             upto: SyncToken, only_room: str | None) -> list[JsonDict]:
-        """The non-timeline part of an /events answer in (since, upto]: presence,
-        typing and receipts (with their ``room_id``), then account data."""
+                             upto: SyncToken, only_room: str | None,
+                             peeked: str | None = None) -> list[JsonDict]:
+        """The non-timeline part of an /events answer in (since, upto]: presence (of
+        the people sharing a room with the user, and of ``peeked``'s members, as
+        Synapse's explicit room), typing and receipts (with their ``room_id``), then
+        account data."""
         out: list[JsonDict] = []
         room_ids: list[str] | None = [only_room] if only_room is not None else None
         for name in ("presence", "typing", "receipts"):
@@ -213,8 +224,13 @@ class LegacyHandler:
             if src is None or upto.position(name) <= since.position(name):
                 continue
             if name == "presence":
-                section = await src.global_section(user_id, device_id, since.position(name),
-                                                   upto.position(name))
+                if peeked is not None and self._d.presence is not None:
+                    section = await self._d.presence.global_section(
+                        user_id, device_id, since.position(name), upto.position(name),
+                        peeked_room=peeked)
+                else:
+                    section = await src.global_section(
+                        user_id, device_id, since.position(name), upto.position(name))
                 events = section.get("presence", {}).get("events", [])
                 out.extend(legacy_presence(e) for e in events if isinstance(e, dict))
                 continue

@@ -49,6 +49,7 @@ LAST_ACTIVE_GRANULARITY_MS = 60_000  # "currently active" = active in the last m
 SYNC_ONLINE_TIMEOUT_MS = 30_000  # a device is gone this long after its last sync ended
 IDLE_TIMER_MS = 5 * 60_000  # online but idle this long: unavailable
 CHECK_INTERVAL_S = 5.0
+MAX_PEEKED_MEMBERS = 500  # presence changes of a peeked room's members per answer
 
 
 @dataclass
@@ -336,15 +337,23 @@ class PresenceHandler:
                           ) -> dict[str, list[JsonDict]]:
         return {}
 
-    async def global_section(self, user_id: str, device_id: str | None, since: int, upto: int
-                             ) -> dict[str, Any]:
+    async def global_section(self, user_id: str, device_id: str | None, since: int, upto: int,
+                             peeked_room: str | None = None) -> dict[str, Any]:
         """Initial sync: everyone visible who is not offline; incremental: whoever
-        visible changed in (since, upto]."""
+        visible changed in (since, upto]. ``peeked_room`` (legacy /events?room_id= of
+        a room the caller may read, as Synapse's explicit room) adds its joined
+        members, at most ``MAX_PEEKED_MEMBERS`` of them."""
         if not self.enabled:
             return {}
         now = self._clock.time_msec()
         events = []
-        for rec in await self._store.visible_changes(user_id, since, upto):
+        records = await self._store.visible_changes(user_id, since, upto)
+        if peeked_room is not None:
+            seen = {rec.user_id for rec in records}
+            records.extend(rec for rec in await self._store.room_member_changes(
+                peeked_room, since, upto, MAX_PEEKED_MEMBERS) if rec.user_id not in seen)
+            records.sort(key=lambda rec: rec.stream_id)
+        for rec in records:
             if since == 0 and rec.state == OFFLINE:
                 continue
             live = self._live.get(rec.user_id)

@@ -89,6 +89,22 @@ class PresenceStore:
             since, *(() if upto is None else (upto,)), viewer, viewer)
         return [_row(r) for r in rows]
 
+    async def room_member_changes(self, room_id: str, since: int, upto: int, limit: int
+                                  ) -> list[PresenceRecord]:
+        """Presence written at a position in (since, upto] of the users currently joined
+        to ``room_id``, in stream order: a peeked room's members (legacy /events). At
+        most ``limit`` rows, the latest ones (presence is a current state: an older
+        change of a busy room is the one worth dropping)."""
+        rows = await self._db.query(
+            "presence_room_member_changes",
+            f"SELECT {_P_COLS} FROM presence p"
+            " WHERE p.stream_id > ? AND p.stream_id <= ? AND p.user_id IN ("
+            " SELECT m.user_id FROM local_current_membership m"
+            " WHERE m.room_id = ? AND m.membership = 'join')"
+            " ORDER BY p.stream_id DESC LIMIT ?",
+            since, upto, room_id, max(0, int(limit)))
+        return [_row(r) for r in reversed(rows)]
+
     async def not_offline(self) -> list[PresenceRecord]:
         """Everyone not offline: their states must time out even if they never return."""
         rows = await self._db.query(
