@@ -23,6 +23,12 @@ in the state at the event. An event it may not see is served redacted (its graph
 links and signatures stay, so the DAG can still be walked); events redacted here are
 served redacted too. Outliers have no state here: they are served as they are (they
 are auth and state events, which every server of the room needs).
+
+Events of senders erased here (GDPR, deactivated with ``erase``) are served redacted
+on every path, whatever the asking server may see (Synapse's ``is_sender_erased`` in
+``filter_events_for_server``): pruned by the room version's redaction algorithm, so
+their graph links, auth-relevant keys and signatures stay and the content goes, from
+the moment of erasure (before the purge job rewrites them here too).
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from homeserver.http.server import ApiRequest
 from homeserver.identifiers import check_room_id
 from storage.stores.event_timestamps import EventTimestampStore
 from storage.stores.events import EventStore, StateMap
+from storage.stores.users import UserStore
 
 JsonDict = dict[str, Any]
 PREFIX = "/_matrix/federation/v1"
@@ -94,8 +101,9 @@ def _visible(visibility: str, memberships: Iterable[str]) -> bool:
 class HistoryServlets:
     def __init__(self, server_name: str, clock: Clock, events: EventStore,
                  timestamps: EventTimestampStore, persister: Any,
-                 blocks: ServerBlocks) -> None:
+                 blocks: ServerBlocks, users: UserStore | None = None) -> None:
         self._server_name = server_name
+        self._users = users  # erased senders (None: no erasure handling)
         self._clock = clock
         self._events = events
         self._timestamps = timestamps
@@ -181,11 +189,15 @@ class HistoryServlets:
 
     async def filter_for_server(self, server: str, events: Sequence[Event]) -> list[JsonDict]:
         """The events as PDUs for ``server``: redacted where it may not see them (or
-        where they were redacted here); rejected events are left out."""
+        where they were redacted here, or their sender was erased); rejected events are
+        left out."""
         events = [e for e in events if not e.internal.rejected_reason]
         visible = await self.visible_to_server(server, events)
         redacted = await self._events.get_redaction_ids(e.event_id for e in events)
-        return [federation_pdu(e, redact=e.event_id not in visible or e.event_id in redacted)
+        erased = await self._users.erased_among({e.sender for e in events}) \
+            if self._users is not None and events else set()
+        return [federation_pdu(e, redact=e.event_id not in visible or e.event_id in redacted
+                               or e.sender in erased)
                 for e in events]
 
     async def _answer(self, server: str, events: Sequence[Event]) -> JsonDict:
@@ -388,7 +400,7 @@ def register_history(config: Any, clock: Clock, events: Any, router: Router, cli
     blocks = ServerBlocks(config.server_name, clock, stores.blocked_servers, events,
                           config.federation_blocked_servers)
     HistoryServlets(config.server_name, clock, stores.events, stores.event_timestamps,
-                    deps.rooms.persister, blocks).register(router)
+                    deps.rooms.persister, blocks, stores.users).register(router)
     fetcher = HistoryFetcher(config.server_name, client, ingest, stores.events,
                              blocks.is_blocked)
     ingest.fetcher = fetcher

@@ -322,10 +322,13 @@ class HistoryFetcher:
 
     async def _persist_backfilled(self, server: str, room_id: str,
                                   events: list[Event]) -> int:
-        # Events held already (e.g. the room's state, as outliers since the join) stay
-        # as they are; what rests on them needs the state before it.
+        # Events held already in the graph stay as they are; what rests on them needs
+        # the state before it. Those held only as outliers (e.g. the room's state since
+        # the join) are promoted into the graph by the persister.
         held = await self._events.get_events(e.event_id for e in events)
-        events = [e for e in events if e.event_id not in held]
+        events = [e for e in events if e.event_id not in held
+                  or (held[e.event_id].internal.outlier
+                      and not held[e.event_id].internal.rejected_reason)]
         batch = {e.event_id: e for e in events}
         outside = {p for e in events for p in e.prev_event_ids if p not in batch}
         with_state = await self._events.get_state_groups(outside)

@@ -18,6 +18,11 @@ federation/pdu_checks.py):
 OUTLIER events are checked against their auth events only and stored without state;
 BACKFILLED ones get state but touch neither the current state nor the extremities.
 Both, and hidden (rejected, soft-failed) events, take negative stream orderings.
+
+An event held only as an outlier (no state, not rejected) that arrives again as REMOTE
+or BACKFILLED is *promoted*: decided as a new event would be, then its stored row
+takes its new place (stream position, state groups, membership row, current state),
+as Synapse does; it is no "known" duplicate. Its stored JSON stays as first received.
 """
 
 from __future__ import annotations
@@ -63,8 +68,12 @@ class DagWriter:
                 raise MatrixError(400, "Event is for another room", Codes.BAD_JSON)
         batch = {e.event_id: e for e in events}
         stored = await self._events.get_events(batch)
-        outcomes: dict[str, Outcome] = {eid: Outcome(eid, "known") for eid in stored}
-        todo = {eid: e for eid, e in batch.items() if eid not in stored}
+        promote = await self._promotable(stored, kind)
+        outcomes: dict[str, Outcome] = {eid: Outcome(eid, "known") for eid in stored
+                                        if eid not in promote}
+        # A promoted event is the stored one (its JSON as first received).
+        todo = {eid: promote.get(eid, e) for eid, e in batch.items()
+                if eid not in stored or eid in promote}
         graph = {eid: set(e.prev_event_ids) | set(e.auth_event_ids) for eid, e in todo.items()}
         order = lexicographical_topological_sort(graph, key=lambda i: (todo[i].depth, i))
         # History: the oldest (first in graph order) gets the lowest position.
@@ -77,16 +86,36 @@ class DagWriter:
             event = todo[eid]
             position = negative[i] if negative else None
             outcomes[eid] = await self._one(turn, event, kind, state_before, done, states,
-                                            position)
+                                            position, eid in promote)
             done[eid] = event
         return [outcomes[e.event_id] for e in events]
+
+    async def _promotable(self, stored: dict[str, Event], kind: PersistKind
+                          ) -> dict[str, Event]:
+        """The stored events to promote into the graph: held as outliers only (no
+        state groups: not soft-failed nor purged history; not rejected), arriving now
+        as REMOTE or BACKFILLED events."""
+        if kind not in (PersistKind.REMOTE, PersistKind.BACKFILLED):
+            return {}
+        outliers = [eid for eid, e in stored.items()
+                    if e.internal.outlier and not e.internal.rejected_reason]
+        if not outliers:
+            return {}
+        with_state = await self._events.get_state_groups(outliers)
+        out = {}
+        for eid in outliers:
+            if eid not in with_state:
+                event = stored[eid]
+                event.internal.outlier = False
+                out[eid] = event
+        return out
 
     # ---- one event
 
     async def _one(self, turn: RoomQueue, event: Event, kind: PersistKind,
                    given_state: StateMap | None, done: dict[str, Event],
                    states: dict[str, tuple[int | None, StateMap]],
-                   position: int | None) -> Outcome:
+                   position: int | None, promote: bool = False) -> Outcome:
         from homeserver.handlers.event_persister import Outcome, RoomSnapshot
 
         is_create = event.type == "m.room.create" and not event.prev_event_ids
@@ -140,7 +169,7 @@ class DagWriter:
         request = PersistRequest(
             event=event, stream_ordering=0, group_before=group_before, state_before=before,
             now_ms=self._p._clock.time_msec(), redaction_target=redaction_target, mode=mode,
-            rejected_reason=reason, base=base, current_delta=delta)
+            rejected_reason=reason, base=base, current_delta=delta, promote=promote)
         if mode == TIMELINE:
             async with self._p.positions.write() as pos:
                 event.internal.stream_ordering = pos
@@ -204,6 +233,8 @@ class DagWriter:
                              what: str) -> str | None:
         from homeserver.handlers.event_persister import RoomSnapshot
 
+        if event.room_id in self._p.partial_state_rooms:
+            state = await self._with_auth_members(event, state, done)
         auth_state = await self._p._auth_state(event, RoomSnapshot(dict(state), [], None, 0),
                                                done)
         create = auth_state.get(_CREATE) or await self._create_of(event, done)
@@ -214,6 +245,17 @@ class DagWriter:
         except event_auth.AuthError as e:
             return f"{what}: {e.reason}"
         return None
+
+    async def _with_auth_members(self, event: Event, state: StateMap,
+                                 done: dict[str, Event]) -> StateMap:
+        """A room joined with partial state lacks most member events until its resync
+        (homeserver/handlers/partial_state.py): those the state lacks are taken from
+        the event's auth events, as Synapse does meanwhile."""
+        auth = await self._fetch(event.auth_event_ids, done)
+        extra = {a.state_pair: a.event_id for a in auth.values()
+                 if a.type == "m.room.member" and a.state_key is not None
+                 and a.state_pair not in state and not a.internal.rejected_reason}
+        return {**state, **extra} if extra else state
 
     async def _create_of(self, event: Event, done: dict[str, Event]) -> Event | None:
         """The room's create event where auth events do not cite it (v12: its id is

@@ -13,9 +13,11 @@ under the more visible of its old and new value.
 :meth:`VisibilityHandler.filter_events` reads the visibility and the user's membership
 in the state *before* each event from the room's state groups (with events of other
 servers, stream order is not graph order: a remote branch merged late, backfilled
-history). The range answers (:meth:`~VisibilityHandler.visible_ranges`,
-:meth:`~VisibilityHandler.can_see_room_state`) follow the room's stream of membership
-and history-visibility changes, which is the graph order of linear rooms.
+history). So do the range answers (:meth:`~VisibilityHandler.visible_ranges`: the
+runs of stream positions whose events share the state before them, each judged by
+that state) and :meth:`~VisibilityHandler.can_see_room_state` (the room's current
+state, not its latest change by stream order). Only events without state (outliers,
+stand-in probes) are judged by the room's stream of changes, as in a linear room.
 """
 
 from __future__ import annotations
@@ -82,6 +84,12 @@ def _visibility_value(content: dict[str, object] | None) -> str:
     """The history visibility a state event's content sets ("shared" if none or unknown)."""
     value = (content or {}).get("history_visibility", "shared")
     return value if isinstance(value, str) and value in VISIBLE_WHEN else "shared"
+
+
+def _membership_value(content: dict[str, object] | None) -> str:
+    """The membership a member event's content sets ("leave" if none)."""
+    value = (content or {}).get("membership", "leave")
+    return value if isinstance(value, str) else "leave"
 
 
 def _merge_ranges(ranges: list[tuple[int, int | None]]) -> list[tuple[int, int | None]]:
@@ -156,35 +164,30 @@ class VisibilityHandler:
         """The stream positions of ``room_id`` whose events ``user_id`` may see, as
         ``(after, upto)`` intervals (``after < position <= upto``; ``upto`` None: no end),
         by the same rule as :meth:`filter_events` (the user's own membership events
-        aside). Why: counts, orderings and pages computed in SQL over these ranges only
+        aside): each run of events sharing the state before them is judged by that
+        state. Why: counts, orderings and pages computed in SQL over these ranges only
         ever reflect visible events (search counts, thread summaries, /threads)."""
-        vis = await self._visibility_timeline(room_id)
-        mem = await self._membership_timeline(room_id, user_id)
+        segments, changes = await self._history.visibility_segments(room_id, user_id)
         current = await self._members.get_membership(user_id, room_id)
         joined_now = current is not None and current.membership == "join"
-        # Both timelines are constant between their change points: the value for the
-        # positions in (p_i, p_{i+1}] is the one at p_i + 1.
-        points = sorted(set(vis.positions()) | set(mem.positions()))
-        bounds: list[int | None] = [*points, None]
+        if not segments:  # no timeline yet: judged by the empty state
+            return [(MIN_POSITION, None)] if _allowed("shared", "leave", joined_now) else []
         out: list[tuple[int, int | None]] = []
-        after = MIN_POSITION
-        for upto in bounds:
-            probe = after + 1
-            if _allowed(vis.before(probe), mem.before(probe), joined_now):
+        for i, (position, vis, member) in enumerate(segments):
+            after = position - 1 if i else MIN_POSITION
+            upto = segments[i + 1][0] - 1 if i + 1 < len(segments) else None
+            if _allowed(_visibility_value(vis), _membership_value(member), joined_now):
                 if out and out[-1][1] == after:
                     out[-1] = (out[-1][0], upto)
                 else:
                     out.append((after, upto))
-            if upto is None:
-                break
-            after = upto
         # History-visibility changes are read under the more visible of the old and new
         # value (see filter_events): add those visible outside the ranges above.
-        for pos in vis.positions():
+        for pos, content, vis, member in changes:
             if any(a < pos and (u is None or pos <= u) for a, u in out):
                 continue
-            if _allowed(_more_visible(vis.before(pos), vis.before(pos + 1)), mem.before(pos),
-                        joined_now):
+            if _allowed(_more_visible(_visibility_value(vis), content.get("history_visibility")),
+                        _membership_value(member), joined_now):
                 out.append((pos - 1, pos))
         return _merge_ranges(out)
 
@@ -193,8 +196,10 @@ class VisibilityHandler:
         current = await self._members.get_membership(user_id, room_id)
         if current is not None and current.membership == "join":
             return True, None
-        vis = await self._visibility_timeline(room_id)
-        if vis.before(10**18) == "world_readable":
+        # The current state's visibility (with a fork, the latest change by stream
+        # order may be on a branch that lost, or hidden).
+        if _visibility_value(await self._history.current_history_visibility(room_id)) \
+                == "world_readable":
             return True, None
         if current is not None and current.membership in ("leave", "ban") and not current.forgotten:
             history = await self._members.membership_history(user_id, room_id)

@@ -18,6 +18,14 @@ and outlier events marked ``outlier`` (so no client read returns them), the firs
 with state groups, outliers without. Backfilled and hidden events get negative stream
 orderings (:meth:`EventStore.allocate_backfill_positions`). ``event_state_groups``
 records the state group before each event as well as after it.
+
+An event stored as an outlier (the row alone: send_join's state and auth chain, an
+auth event fetched for another) that later arrives in its place in the graph is
+*promoted* (``PersistRequest.promote``): its row gets the new stream position and
+flags, and its state groups, membership row and the rest are written as for a new
+event. Membership rows (``room_memberships``) also come from the room's state:
+whenever a member event enters the current state or a state group written from a
+given state (a join's, a gap's), a row is written for it if it has none.
 """
 
 from __future__ import annotations
@@ -70,6 +78,8 @@ class PersistRequest:
     # TIMELINE: the change of the room's current state (key -> event id, None: removed);
     # None means the event's own key (the event is the room's only forward extremity).
     current_delta: dict[StateKey, str | None] | None = None
+    # The event is stored already as an outlier (its row alone): update that row.
+    promote: bool = False
 
 
 def _delta_depth(txn: Txn, group: int) -> int:
@@ -123,7 +133,35 @@ def _write_state(txn: Txn, req: PersistRequest) -> int | None:
     return after
 
 
-def _set_current(txn: Txn, room_id: str, key: StateKey, event_id: str | None) -> None:
+def _ensure_memberships(txn: Txn, room_id: str, event_ids: Iterable[str],
+                        codec: FieldCodec) -> None:
+    """A ``room_memberships`` row for each of these member events of the room that has
+    none (an outlier's, e.g. of the state a join handed over), read from its stored
+    row: membership is known wherever the event is part of the room's state."""
+    for chunk in _chunks(sorted(set(event_ids))):
+        marks = ",".join("?" for _ in chunk)
+        have = {r[0] for r in txn.query(
+            f"SELECT event_id FROM room_memberships WHERE event_id IN ({marks})", tuple(chunk))}
+        missing = [e for e in chunk if e not in have]
+        if not missing:
+            continue
+        marks = ",".join("?" for _ in missing)
+        for eid, sk, sender, position, raw in txn.query(
+                "SELECT event_id, state_key, sender, stream_ordering, json FROM events"
+                f" WHERE event_id IN ({marks}) AND room_id = ? AND type = ?"
+                " AND state_key IS NOT NULL AND rejected_reason IS NULL",
+                (*missing, room_id, "m.room.member")):
+            content = json.loads(codec.open(raw, event_location(eid))).get("content")
+            membership = content.get("membership") if isinstance(content, dict) else None
+            if isinstance(membership, str) and membership:
+                txn.execute(
+                    "INSERT INTO room_memberships (event_id, room_id, user_id, sender,"
+                    " membership, stream_ordering) VALUES (?, ?, ?, ?, ?, ?)",
+                    (eid, room_id, sk, sender, membership, int(position)))
+
+
+def _set_current(txn: Txn, room_id: str, key: StateKey, event_id: str | None,
+                 codec: FieldCodec = PLAIN_CODEC) -> None:
     """One key of the room's current state, and for members their current membership."""
     txn.execute("DELETE FROM current_state WHERE room_id = ? AND type = ? AND state_key = ?",
                 (room_id, key[0], key[1]))
@@ -136,6 +174,7 @@ def _set_current(txn: Txn, room_id: str, key: StateKey, event_id: str | None) ->
         "INSERT INTO current_state (room_id, type, state_key, event_id) VALUES (?, ?, ?, ?)",
         (room_id, key[0], key[1], event_id))
     if key[0] == "m.room.member":
+        _ensure_memberships(txn, room_id, [event_id], codec)
         txn.execute(
             "INSERT INTO local_current_membership (user_id, room_id, membership, event_id,"
             " stream_ordering, forgotten) SELECT user_id, room_id, membership, event_id,"
@@ -147,21 +186,40 @@ def _persist(txn: Txn, req: PersistRequest, codec: FieldCodec = PLAIN_CODEC) -> 
     ev = req.event
     mode = req.mode
     # Sealed here, in the database thread: the reactor never runs the AES work.
-    stored = codec.seal(json.dumps(ev.pdu, ensure_ascii=False), event_location(ev.event_id))
-    txn.execute(
-        "INSERT INTO events (event_id, room_id, stream_ordering, depth, type, state_key,"
-        " sender, origin_server_ts, json, txn_id, device_id, outlier, rejected_reason,"
-        " soft_failed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (ev.event_id, ev.room_id, req.stream_ordering, ev.depth, ev.type, ev.state_key,
-         ev.sender, ev.origin_server_ts, stored,
-         req.txn_key[2] if req.txn_key else None, req.txn_key[1] if req.txn_key else None,
-         mode in _HIDDEN, req.rejected_reason, mode == SOFT_FAILED),
-    )
+    if req.promote:
+        # The row as first stored stays (its JSON included); only its place changes.
+        txn.execute(
+            "UPDATE events SET stream_ordering = ?, outlier = ?, rejected_reason = ?,"
+            " soft_failed = ? WHERE event_id = ? AND outlier = ? AND rejected_reason IS NULL"
+            " AND NOT EXISTS (SELECT 1 FROM event_state_groups g"
+            " WHERE g.event_id = events.event_id)",
+            (req.stream_ordering, mode in _HIDDEN, req.rejected_reason, mode == SOFT_FAILED,
+             ev.event_id, True))
+        if txn.rowcount != 1:
+            raise ValueError(f"{ev.event_id} is no outlier to promote")
+    else:
+        stored = codec.seal(json.dumps(ev.pdu, ensure_ascii=False),
+                            event_location(ev.event_id))
+        txn.execute(
+            "INSERT INTO events (event_id, room_id, stream_ordering, depth, type, state_key,"
+            " sender, origin_server_ts, json, txn_id, device_id, outlier, rejected_reason,"
+            " soft_failed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (ev.event_id, ev.room_id, req.stream_ordering, ev.depth, ev.type, ev.state_key,
+             ev.sender, ev.origin_server_ts, stored,
+             req.txn_key[2] if req.txn_key else None, req.txn_key[1] if req.txn_key else None,
+             mode in _HIDDEN, req.rejected_reason, mode == SOFT_FAILED),
+        )
     group = _write_state(txn, req)
+    if req.group_before is None and req.state_before and mode != OUTLIER:
+        # A state written from what was given (a join's, a gap's): its members' rows.
+        _ensure_memberships(txn, ev.room_id, (
+            eid for (t, _sk), eid in req.state_before.items() if t == "m.room.member"), codec)
     if mode in _HIDDEN:
         return group
 
     if ev.type == "m.room.member" and ev.state_key is not None and ev.membership:
+        if req.promote:  # an out-of-band membership had a row at its old position
+            txn.execute("DELETE FROM room_memberships WHERE event_id = ?", (ev.event_id,))
         txn.execute(
             "INSERT INTO room_memberships (event_id, room_id, user_id, sender, membership,"
             " stream_ordering) VALUES (?, ?, ?, ?, ?, ?)",
@@ -177,7 +235,7 @@ def _persist(txn: Txn, req: PersistRequest, codec: FieldCodec = PLAIN_CODEC) -> 
     if delta is None:
         delta = {ev.state_pair: ev.event_id} if ev.is_state() else {}
     for key, value in delta.items():
-        _set_current(txn, ev.room_id, key, value)
+        _set_current(txn, ev.room_id, key, value, codec)
     for prev in ev.prev_event_ids:
         txn.execute("DELETE FROM room_forward_extremities WHERE room_id = ? AND event_id = ?",
                     (ev.room_id, prev))
@@ -471,24 +529,19 @@ def _chunks(items: list[Any], size: int = 400) -> Iterable[list[Any]]:
         yield items[i:i + size]
 
 
-def _state_before_for_visibility(txn: Txn, event_ids: list[str], user_id: str
-                                 ) -> dict[str, tuple[str | None, str | None]]:
-    """event id -> (history visibility event id, the user's member event id) in the
-    state before the event; events without state (outliers, unknown) are left out."""
-    before: dict[str, int | None] = {}
-    for chunk in _chunks(event_ids):
-        for eid, group in txn.query(
-                "SELECT event_id, state_group_before FROM event_state_groups"
-                f" WHERE event_id IN ({','.join('?' for _ in chunk)})", tuple(chunk)):
-            before[eid] = int(group) if group is not None else None
+def _visibility_refs(txn: Txn, groups: Iterable[int], user_id: str
+                     ) -> dict[int, tuple[str | None, str | None]]:
+    """state group -> (history visibility event id, ``user_id``'s member event id) in
+    that group's state."""
     # The groups and their delta chains (bounded by SNAPSHOT_INTERVAL), then only the
     # two keys wanted from their entries: two queries per chunk of groups.
     chain = ("WITH RECURSIVE chain(id) AS (SELECT id FROM state_groups WHERE id IN ({marks})"
              " UNION SELECT g.prev_group FROM state_groups g JOIN chain c ON g.id = c.id"
              " WHERE g.prev_group IS NOT NULL) ")
+    wanted = sorted(set(groups))
     links: dict[int, int | None] = {}
     entries: dict[int, dict[StateKey, str]] = {}
-    for chunk in _chunks(sorted({g for g in before.values() if g is not None})):
+    for chunk in _chunks(wanted):
         with_chain = chain.format(marks=",".join("?" for _ in chunk))
         for gid, prev in txn.query(
                 with_chain + "SELECT s.id, s.prev_group FROM state_groups s"
@@ -516,13 +569,61 @@ def _state_before_for_visibility(txn: Txn, event_ids: list[str], user_id: str
         memo[group] = (vis, member)
         return memo[group]
 
-    return {eid: at(g) if g is not None else (None, None) for eid, g in before.items()}
+    return {g: at(g) for g in wanted}
+
+
+def _state_before_for_visibility(txn: Txn, event_ids: list[str], user_id: str
+                                 ) -> dict[str, tuple[str | None, str | None]]:
+    """event id -> (history visibility event id, the user's member event id) in the
+    state before the event; events without state (outliers, unknown) are left out."""
+    before: dict[str, int | None] = {}
+    for chunk in _chunks(event_ids):
+        for eid, group in txn.query(
+                "SELECT event_id, state_group_before FROM event_state_groups"
+                f" WHERE event_id IN ({','.join('?' for _ in chunk)})", tuple(chunk)):
+            before[eid] = int(group) if group is not None else None
+    refs = _visibility_refs(txn, (g for g in before.values() if g is not None), user_id)
+    return {eid: refs[g] if g is not None else (None, None) for eid, g in before.items()}
+
+
+# Where the state before the room's timeline events changes, in stream order: the first
+# event, and each whose state group before differs from the previous one's (an event
+# without one reads as group -1). The database scans, only change points come back.
+_SEGMENTS_SQL = (
+    "SELECT stream_ordering, grp FROM (SELECT e.stream_ordering,"
+    " COALESCE(g.state_group_before, -1) AS grp,"
+    " LAG(COALESCE(g.state_group_before, -1)) OVER (ORDER BY e.stream_ordering) AS prev"
+    " FROM events e LEFT JOIN event_state_groups g ON g.event_id = e.event_id"
+    " WHERE e.room_id = ? AND e.outlier = ?) t"
+    " WHERE prev IS NULL OR prev <> grp ORDER BY stream_ordering")
+
+
+def _visibility_segments(txn: Txn, room_id: str, user_id: str
+                         ) -> tuple[list[tuple[int, str | None, str | None]],
+                                    list[tuple[int, str, str | None, str | None]]]:
+    """([(first position, vis event id, member event id)] of the runs of timeline events
+    sharing the state before them, in stream order; [(position, event id, vis event id,
+    member event id before it)] of the room's history-visibility changes)."""
+    segments = [(int(pos), int(grp)) for pos, grp in
+                txn.query(_SEGMENTS_SQL, (room_id, False))]
+    changes = [(int(pos), str(eid), int(grp) if grp is not None else -1) for pos, eid, grp in
+               txn.query(
+                   "SELECT e.stream_ordering, e.event_id, g.state_group_before FROM events e"
+                   " LEFT JOIN event_state_groups g ON g.event_id = e.event_id"
+                   " WHERE e.room_id = ? AND e.type = ? AND e.state_key = ? AND e.outlier = ?"
+                   " ORDER BY e.stream_ordering", (room_id, *_VIS_KEY, False))]
+    refs = _visibility_refs(txn, {g for _p, g in segments if g >= 0}
+                            | {g for _p, _e, g in changes if g >= 0}, user_id)
+    none: tuple[str | None, str | None] = (None, None)
+    return ([(p, *refs.get(g, none)) for p, g in segments],
+            [(p, e, *refs.get(g, none)) for p, e, g in changes])
 
 
 class StateHistoryStore:
     """Cheap answers to "what was X at stream position S" (for linear rooms: stream
     order is graph order there), and to "what was X in the state before event E"
-    (any room, from the state groups)."""
+    (any room, from the state groups: per event, or per run of a room's timeline
+    for the visibility ranges)."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -562,7 +663,43 @@ class StateHistoryStore:
             return {}
         refs = await self._db.run("visibility_state_before", _state_before_for_visibility,
                                   ids, user_id)
-        wanted = sorted({e for pair in refs.values() for e in pair if e is not None})
+        contents = await self._contents(e for pair in refs.values() for e in pair)
+        return {eid: (contents.get(v) if v else None, contents.get(m) if m else None)
+                for eid, (v, m) in refs.items()}
+
+    async def visibility_segments(self, room_id: str, user_id: str) -> tuple[
+            list[tuple[int, JsonDict | None, JsonDict | None]],
+            list[tuple[int, JsonDict, JsonDict | None, JsonDict | None]]]:
+        """What :meth:`visibility_state_before` says, for the whole timeline of a room
+        at once, from the state groups (so right whatever the stream order of remote
+        and backfilled events): ([(first position, history visibility content, the
+        user's member content)] of each run of events sharing the state before them,
+        in stream order; [(position, own content, visibility content and member
+        content before it)] of each history-visibility change). None: not in the state."""
+        segments, changes = await self._db.run("visibility_segments", _visibility_segments,
+                                               room_id, user_id)
+        contents = await self._contents(
+            [*(e for s in segments for e in s[1:]), *(e for c in changes for e in c[1:])])
+
+        def get(eid: str | None) -> JsonDict | None:
+            return contents.get(eid) if eid else None
+
+        return ([(p, get(v), get(m)) for p, v, m in segments],
+                [(p, contents.get(e, {}), get(v), get(m)) for p, e, v, m in changes])
+
+    async def current_history_visibility(self, room_id: str) -> JsonDict | None:
+        """The content of the room's current m.room.history_visibility (None: none)."""
+        row = await self._db.query_one(
+            "current_history_visibility",
+            "SELECT event_id FROM current_state WHERE room_id = ? AND type = ?"
+            " AND state_key = ?", room_id, *_VIS_KEY)
+        if row is None:
+            return None
+        return (await self._contents([row[0]])).get(row[0])
+
+    async def _contents(self, event_ids: Iterable[str | None]) -> dict[str, JsonDict]:
+        """event id -> its content (opened where sealed at rest)."""
+        wanted = sorted({e for e in event_ids if e is not None})
         raw: dict[str, str] = {}
         for chunk in _chunks(wanted):
             for eid, js in await self._db.query(
@@ -579,6 +716,5 @@ class StateHistoryStore:
         except AtRestError as e:
             await codec.vault.refused(e)
             raise
-        return {eid: (contents.get(v) if v else None, contents.get(m) if m else None)
-                for eid, (v, m) in refs.items()}
+        return contents
 

@@ -4,7 +4,8 @@ in a room this server holds no state of (issue 16).
 Such an event cannot go through the persister's DAG (its auth events are not held);
 it is stored as an outlier with a live stream position, and the user's current
 membership row points at it, so /sync shows the invite (or the rejection) and the
-user may later join through the inviting server.
+user may later join through the inviting server. Should the event later arrive in
+the room's graph, the persister promotes this row (storage/stores/events.py).
 """
 
 from __future__ import annotations
@@ -40,21 +41,6 @@ def _store(txn: Txn, ev: Event, position: int, codec: FieldCodec) -> bool:
     return True
 
 
-def _record(txn: Txn, events: list[Event]) -> None:
-    for ev in events:
-        txn.execute("SELECT stream_ordering FROM events WHERE event_id = ?", (ev.event_id,))
-        row = txn.fetchone()
-        if row is None:
-            continue
-        txn.execute("SELECT 1 FROM room_memberships WHERE event_id = ?", (ev.event_id,))
-        if txn.fetchone() is not None:
-            continue
-        txn.execute(
-            "INSERT INTO room_memberships (event_id, room_id, user_id, sender, membership,"
-            " stream_ordering) VALUES (?, ?, ?, ?, ?, ?)",
-            (ev.event_id, ev.room_id, ev.state_key, ev.sender, ev.membership, int(row[0])))
-
-
 class OutOfBandStore:
     def __init__(self, db: Database, codec: FieldCodec = PLAIN_CODEC) -> None:
         self._db = db
@@ -66,12 +52,3 @@ class OutOfBandStore:
         assert event.state_key is not None and event.membership
         return await self._db.run("store_out_of_band_membership", _store, event, position,
                                   self.codec)
-
-    async def record_state_memberships(self, events: list[Event]) -> None:
-        """Membership rows for member events stored as outliers that a joined room's
-        state is made of (the state send_join hands over), so that once that state
-        is the room's current state, its members are known as for any other room."""
-        members = [e for e in events if e.type == "m.room.member" and e.state_key is not None
-                   and e.membership]
-        if members:
-            await self._db.run("record_state_memberships", _record, members)
