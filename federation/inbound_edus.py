@@ -14,6 +14,13 @@ is skipped without failing the transaction, as the spec asks (EDUs get no answer
   of that user, so local clients sharing a room re-query their keys (the remote server
   is asked again: no device cache here);
 - ``m.direct_to_device``: delivered to local users' devices, once per message id.
+
+Floods (issue 16): besides the per-EDU bounds, one transaction's EDUs share a budget
+per EDU type (:data:`TXN_BUDGET`: typing notices, receipts, presence entries, device
+list and signing key updates, to-device device messages); an EDU that would go past
+it is skipped whole (counted in ``over_budget``). With at most 100 EDUs a transaction,
+one transaction per origin at a time and the ``federation_origin`` rate limit on its
+requests, what one server's EDUs make this server do is bounded over time too.
 """
 
 from __future__ import annotations
@@ -31,6 +38,56 @@ logger = logging.getLogger(__name__)
 JsonDict = dict[str, Any]
 MAX_ITEMS = 1000
 MAX_ID_BYTES = 255
+# Per transaction and EDU type: items its EDUs may carry in all (far above what an
+# honest server batches: Synapse sends a typing change or a to-device request as one
+# EDU, and at most 100 EDUs a transaction).
+TXN_BUDGET: dict[str, int] = {
+    "m.typing": 50,                # typing notices
+    "m.receipt": 1000,             # (user, event) receipts
+    "m.presence": 1000,            # presence entries
+    "m.device_list_update": 100,
+    "m.signing_key_update": 100,
+    "m.direct_to_device": 10_000,  # messages, one per recipient device
+}
+
+
+class EduBudget:
+    """What the EDUs of one transaction may still cost, per EDU type."""
+
+    def __init__(self, limits: dict[str, int] | None = None) -> None:
+        self._left = dict(TXN_BUDGET if limits is None else limits)
+
+    def take(self, edu_type: str, cost: int) -> bool:
+        """Spend ``cost`` of ``edu_type``'s budget; False (nothing spent) past it."""
+        left = self._left.get(edu_type)
+        if left is None:
+            return True
+        if cost > left:
+            return False
+        self._left[edu_type] = left - cost
+        return True
+
+
+def edu_cost(edu_type: str, content: JsonDict) -> int:
+    """The items an EDU carries, as :data:`TXN_BUDGET` counts them (each walk stops
+    past ``MAX_ITEMS`` entries of its outer level: the handlers look at no more)."""
+    if edu_type == "m.presence":
+        push = content.get("push")
+        return min(len(push), MAX_ITEMS) if isinstance(push, list) else 0
+    if edu_type == "m.receipt":
+        cost = 0
+        for by_type in list(content.values())[:MAX_ITEMS]:
+            for by_user in (by_type.values() if isinstance(by_type, dict) else ()):
+                if isinstance(by_user, dict):
+                    cost += len(by_user)
+        return cost
+    if edu_type == "m.direct_to_device":
+        messages = content.get("messages")
+        if not isinstance(messages, dict):
+            return 0
+        return sum(len(d) if isinstance(d, dict) else 1
+                   for d in list(messages.values())[:MAX_ITEMS + 1])
+    return 1
 
 
 def _id(value: Any, sigil: str) -> str | None:
@@ -53,6 +110,7 @@ class InboundEdus:
         self._device_lists = device_lists
         self._to_device = to_device
         self.ignored = 0  # EDUs or parts refused (forged origin, malformed): tests, metrics
+        self.over_budget = 0  # EDUs skipped past their transaction's budget
         self._handlers = {
             "m.typing": self._on_typing,
             "m.receipt": self._on_receipt,
@@ -62,14 +120,22 @@ class InboundEdus:
             "m.direct_to_device": self._on_to_device,
         }
 
-    async def handle(self, origin: str, edu: Any) -> None:
-        """Apply one EDU of a transaction from ``origin``; never raises for bad input."""
+    async def handle(self, origin: str, edu: Any, budget: EduBudget | None = None) -> None:
+        """Apply one EDU of a transaction from ``origin`` (within the transaction's
+        ``budget``, if given); never raises for bad input."""
         if not isinstance(edu, dict) or not isinstance(edu.get("content"), dict):
             self.ignored += 1
             return
-        handler = self._handlers.get(edu.get("edu_type"))  # type: ignore[arg-type]
+        edu_type = edu.get("edu_type")
+        handler = self._handlers.get(edu_type)  # type: ignore[arg-type]
         if handler is None:
             return  # unknown EDU types are ignored, as the spec says
+        assert isinstance(edu_type, str)
+        if budget is not None and not budget.take(edu_type, edu_cost(edu_type, edu["content"])):
+            self.over_budget += 1
+            logger.info("skipping a %s EDU from %s: past the transaction's budget",
+                        edu_type, origin)
+            return
         try:
             await handler(origin, edu["content"])
         except MatrixError as e:

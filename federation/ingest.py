@@ -16,6 +16,16 @@ spec's "Checks performed on receipt of a PDU" in order:
 3. signatures (sender's server, v1/v2 event id domain, authorising server; origin if
    it signed): dropped when one is missing or bad;
 4. content hash: on a mismatch the redacted form is what is kept;
+4b. spam (issue 16): the plugins' ``check_event_for_spam`` (the built-in e2ee_only
+   policy included) on an event whose sender is another server's user, with the
+   room's current state as ``room``, after signatures and hash, before authorisation
+   (Synapse's order, federation_base). A refused event is *soft-failed* as Synapse
+   does: only its redacted form is kept, stored as an outlier (never served to
+   clients, in no state, no forward extremity; a later event citing it gets the state
+   before it from its sender's ``/state_ids``), and the sender is answered as for an
+   accepted event. Each refusal is a ``policy_rejection`` security event (sender,
+   room, event type, origin, policy; never content). A plugin that fails refuses
+   (fail closed, as for local events);
 5-6. authorisation, state and soft failure: :meth:`EventPersister.persist_remote`
    (homeserver/handlers/event_dag.py) stores it as ``REMOTE``.
 
@@ -27,7 +37,10 @@ by federation/history.py ``register_history``) could not fetch with ``/event_aut
 
 :meth:`receive_pdus` does the same for events handed over together (a join's state
 and auth chain as outliers, a backfilled batch), with the kind and ``state_before``
-of :meth:`EventPersister.persist_remote`.
+of :meth:`EventPersister.persist_remote`. A spam-refused event there is dropped,
+except from a join's state and auth chain (kind ``OUTLIER``), which must stay whole:
+there its redacted form is kept. Other callers of :meth:`check_pdu` (gap filling,
+backfill) see :class:`~federation.pdu_checks.SpamRefusal` as a dropped PDU.
 """
 
 from __future__ import annotations
@@ -38,11 +51,14 @@ from typing import Any
 
 from federation.pdu_checks import (
     PduError,
+    SpamRefusal,
     check_content_hash,
     check_signatures,
     parse_pdu,
+    redacted,
     server_allowed_by_acl,
 )
+from homeserver.detection.policy import POLICY_KEY
 from homeserver.events.model import Event
 from homeserver.events.power_levels import domain_of
 from homeserver.handlers.event_persister import (
@@ -50,6 +66,7 @@ from homeserver.handlers.event_persister import (
     MissingEventsError,
     Outcome,
     PersistKind,
+    RoomSnapshot,
 )
 from homeserver.http.errors import MatrixError
 from storage.stores.events import StateMap
@@ -58,6 +75,52 @@ logger = logging.getLogger(__name__)
 
 JsonDict = dict[str, Any]
 _ACL = ("m.room.server_acl", "")
+SPAM_HOOK = "check_event_for_spam"
+
+
+class SpamGate:
+    """The plugins' gates applied to other servers' users (issue 16), and the audit
+    entry of each refusal. ``check_event`` is the plugin host's event validator
+    (plugins/host.py ``check_event``: raises the refusal as a MatrixError)."""
+
+    def __init__(self, server_name: str, check_event: Callable[[Event, Any], Awaitable[None]],
+                 has_checks: Callable[[], bool], recorder: Any = None) -> None:
+        self._server_name = server_name
+        self._check_event = check_event
+        self._has_checks = has_checks
+        self._recorder = recorder  # homeserver.handlers.security_events recorder
+        self.refused = 0  # events soft-failed or dropped as spam (tests, debugging)
+
+    async def policy_refusing(self, origin: str, event: Event,
+                              state_ids: StateMap) -> str | None:
+        """The name of the policy refusing ``event`` (recorded), or None. Events of
+        this server's own users were checked when they were made."""
+        if domain_of(event.sender) == self._server_name or not self._has_checks():
+            return None
+        try:
+            await self._check_event(event, RoomSnapshot(dict(state_ids), [], None, 0))
+        except MatrixError as e:
+            marked = e.extra.get(POLICY_KEY)
+            policy = marked if isinstance(marked, str) else SPAM_HOOK
+            self.refused += 1
+            await self.record(origin, event.sender, event.room_id, policy, e.errcode,
+                              event_type=event.type)
+            return policy
+        return None
+
+    async def record(self, origin: str, user_id: str, room_id: str, policy: str,
+                     errcode: str, **details: str) -> None:
+        """One ``policy_rejection`` security event (the detectors count them per user):
+        identifiers only, never content or the plugin's message."""
+        if self._recorder is None:
+            return
+        try:
+            await self._recorder.record(
+                "policy_rejection", "failure", None, user_id=user_id, reason=policy,
+                target=room_id, details={"policy": policy, "room_id": room_id,
+                                         "origin": origin, "errcode": errcode, **details})
+        except Exception:  # noqa: BLE001 (the refusal stands even if the audit write fails)
+            logger.exception("could not record a federation policy rejection")
 
 
 class FederationIngest:
@@ -69,11 +132,17 @@ class FederationIngest:
         self._is_blocked = is_blocked
         # federation/missing_events.py HistoryFetcher: fills gaps under a PDU (or None).
         self.fetcher: Any = None
+        # Spam checks on other servers' events (None: no plugin host).
+        self.spam: SpamGate | None = None
 
     async def receive_pdu(self, origin: str, pdu: JsonDict) -> str | None:
         """Check and persist one PDU of ``origin``'s transaction (see the module)."""
         try:
-            event = await self.check_pdu(origin, pdu)
+            try:
+                event = await self.check_pdu(origin, pdu)
+            except SpamRefusal as spam:
+                await self._soft_fail(origin, spam)
+                return None
             if not (await self._persister.snapshot(event.room_id)).state_ids:
                 # A room known here only by an out-of-band invite or knock
                 # (federation/membership.py): we are not in it and take none of its events.
@@ -97,6 +166,19 @@ class FederationIngest:
             return f"rejected: {outcome.reason}"
         return None
 
+    async def _soft_fail(self, origin: str, spam: SpamRefusal) -> None:
+        """Keep a spam-refused event's redacted form as an outlier: hidden from
+        clients, in no state, never a prev event of ours (see the module)."""
+        event = spam.event
+        if not (await self._persister.snapshot(event.room_id)).state_ids:
+            raise PduError("this server is not in the room")
+        try:
+            await self._persister.persist_remote(event.room_id, [event], PersistKind.OUTLIER)
+        except MissingEventsError:
+            pass  # its auth events are unknown here: nothing is kept, it stays unseen
+        logger.info("Soft-failed event %s from %s: refused by %s", event.event_id, origin,
+                    spam.policy)
+
     async def receive_pdus(self, origin: str, room_id: str, pdus: Sequence[JsonDict],
                            kind: PersistKind, state_before: StateMap | None = None
                            ) -> tuple[list[Outcome], dict[int, str]]:
@@ -109,6 +191,11 @@ class FederationIngest:
         for i, pdu in enumerate(pdus):
             try:
                 event = await self.check_pdu(origin, pdu, room_id)
+            except SpamRefusal as spam:
+                if kind is not PersistKind.OUTLIER:
+                    dropped[i] = spam.reason
+                    continue
+                event = spam.event  # a join's state and auth chain stay whole
             except PduError as e:
                 dropped[i] = e.reason
                 continue
@@ -119,8 +206,8 @@ class FederationIngest:
         return outcomes, dropped
 
     async def check_pdu(self, origin: str, pdu: JsonDict, room_id: str | None = None) -> Event:
-        """Steps 1-4: the event to persist (redacted if its hash did not match), or
-        :class:`PduError`."""
+        """Steps 1-4b: the event to persist (redacted if its hash did not match), or
+        :class:`PduError` (:class:`SpamRefusal` when a spam check refused it)."""
         if not isinstance(pdu, dict):
             raise PduError("a PDU must be an object")
         if room_id is None:
@@ -144,7 +231,13 @@ class FederationIngest:
                 if not server_allowed_by_acl(server, acl.content):
                     raise PduError(f"server {server} is denied by the room's ACL")
         await check_signatures(self._keyring, event, origin)
-        return check_content_hash(event)
+        event = check_content_hash(event)
+        if self.spam is not None:
+            state = (await self._persister.snapshot(room_id)).state_ids
+            policy = await self.spam.policy_refusing(origin, event, state)
+            if policy is not None:
+                raise SpamRefusal(redacted(event), policy)
+        return event
 
 
 def build_ingest(config: Any, clock: Any, events: Any, keyring: Any,
@@ -156,4 +249,9 @@ def build_ingest(config: Any, clock: Any, events: Any, keyring: Any,
 
     blocks = ServerBlocks(config.server_name, clock, deps.stores.blocked_servers, events,
                           config.federation_blocked_servers)
-    return FederationIngest(deps.rooms.persister, keyring, blocks.is_blocked)
+    ingest = FederationIngest(deps.rooms.persister, keyring, blocks.is_blocked)
+    plugins = getattr(deps, "plugins", None)  # plugins/host.py PluginHost
+    if plugins is not None:
+        ingest.spam = SpamGate(config.server_name, plugins.check_event,
+                               lambda: bool(plugins.impls(SPAM_HOOK)), events)
+    return ingest

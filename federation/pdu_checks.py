@@ -9,6 +9,9 @@
   keys the :class:`~federation.keyring.KeyRing` holds or fetches; a signature present
   from the transaction's origin must verify too. A failure drops the PDU.
 * :func:`check_content_hash`: a mismatch replaces the event with its redacted form.
+* :class:`SpamRefusal`: a spam check (``check_event_for_spam``, run by the ingest after
+  the signatures and hash) refused the event; it carries the redacted form, the only
+  one this server keeps (as Synapse: no spam content is stored).
 * :func:`server_allowed_by_acl`: ``m.room.server_acl`` matching.
 
 Room versions 1-5 do not require strict canonical JSON (integers beyond 2**53 are
@@ -55,6 +58,17 @@ class PduError(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class SpamRefusal(PduError):
+    """A spam check refused the PDU. Callers that only know :class:`PduError` drop
+    it; the ingest soft-fails it (federation/ingest.py). ``event`` is its redacted
+    form, ``policy`` the refusing policy's name (never the plugin's message)."""
+
+    def __init__(self, event: Event, policy: str) -> None:
+        super().__init__(f"refused by the server's policy ({policy})")
+        self.event = event
+        self.policy = policy
 
 
 # --------------------------------------------------------------------------- encoding
@@ -209,12 +223,15 @@ def check_content_hash(event: Event) -> Event:
             decode_base64(claimed), content_hash(event.pdu, event.room_version))
     except ValueError:
         ok = False
-    if ok:
-        return event
-    redacted = Event(event.event_id, prune_event_dict(event.pdu, event.room_version),
-                     event.room_version)
-    redacted.internal.room_id = event.internal.room_id
-    return redacted
+    return event if ok else redacted(event)
+
+
+def redacted(event: Event) -> Event:
+    """The event pruned by its room version's redaction algorithm (a new object)."""
+    out = Event(event.event_id, prune_event_dict(event.pdu, event.room_version),
+                event.room_version)
+    out.internal.room_id = event.internal.room_id
+    return out
 
 
 # --------------------------------------------------------------------------- signatures

@@ -8,8 +8,11 @@ processed at a time (so a retry racing the original waits for its answer). More 
 PDUs go to the ingest (``receive_pdu(origin, pdu) -> error or None``, federation/
 ingest.py); each PDU's result is in the answer under its event id. Without an ingest
 every PDU is answered with an error (not accepted) and nothing is stored. EDUs go to
-:class:`federation.inbound_edus.InboundEdus`. A transaction from a server also tells
-the sender it is up (its queue is retried at once).
+:class:`federation.inbound_edus.InboundEdus`, within one budget per transaction.
+Every request of an origin counts against its ``federation_origin`` rate limit (the
+route table, homeserver/http/rate_classes.py): past it, 429 ``M_LIMIT_EXCEEDED``.
+A transaction from a server also tells the sender it is up (its queue is retried at
+once).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 
 from twisted.internet import defer
 
-from federation.inbound_edus import InboundEdus
+from federation.inbound_edus import EduBudget, InboundEdus
 from homeserver.clock import Clock
 from homeserver.events.hashing import compute_event_id
 from homeserver.http.errors import Codes, MatrixError
@@ -115,8 +118,9 @@ class SendServlet:
                 logger.exception("ingest failed on a PDU from %s", origin)
                 error = "internal error"
             results[event_id] = {} if error is None else {"error": str(error)}
+        budget = EduBudget()  # EDU floods: federation/inbound_edus.py TXN_BUDGET
         for edu in body.get("edus", []):
-            await self._edus.handle(origin, edu)
+            await self._edus.handle(origin, edu, budget)
         return {"pdus": results}
 
     async def _event_id(self, pdu: JsonDict) -> str | None:

@@ -47,8 +47,10 @@ class ParleySpec:
     @hookspec
     def check_event_for_spam(self, event: EventView, room: RoomView) -> Any:
         """Every event a local user makes (messages, state, membership, createRoom's
-        events), after the auth rules passed and before it is stored; federated events
-        later. ``room`` is the room's state before the event.
+        events), after the auth rules passed and before it is stored; and every event of
+        another server's user, after its signatures and hash, before authorisation
+        (federation/ingest.py: a refused one is soft-failed, kept redacted). ``room`` is
+        the room's state before the event (for a remote event, the current state).
 
         Return None or False to allow; True or a reason string to refuse with 403
         ``M_FORBIDDEN`` (the reason is shown to the sender); or return/raise a
@@ -64,7 +66,8 @@ class ParleySpec:
     @hookspec
     def user_may_invite(self, inviter: str, invitee: str, room_id: str) -> Any:
         """A local user invites ``invitee`` (``/invite``, ``createRoom``'s ``invite``
-        list, PUT of an invite member event). Return value and failure default as
+        list, PUT of an invite member event), or a remote one invites a local user
+        (federation ``/v2/invite``: refused with 403). Return value and failure default as
         :meth:`check_event_for_spam` (fail closed)."""
 
     @hookspec

@@ -111,6 +111,9 @@ DEFAULT_RATE_LIMITS: dict[str, dict[str, Any]] = {
     # 3 with MFA), so a few tokens at once, then one a minute (the spec suggests 1/min).
     "login_token": {"per_second": 1 / 30, "burst": 6},
     "api": {"per_second": 50, "burst": 300},  # every request, per client IP
+    # Every X-Matrix-authenticated federation request, per origin server (not IP): above
+    # what an honest server sends (Synapse's rc_federation starts delaying past 10/s).
+    "federation_origin": {"per_second": 50, "burst": 500},
 }
 
 
@@ -157,6 +160,8 @@ class RateLimitsConfig:
         default_factory=lambda: RateLimitConfig(**DEFAULT_RATE_LIMITS["login_token"]))
     api: RateLimitConfig = field(
         default_factory=lambda: RateLimitConfig(**DEFAULT_RATE_LIMITS["api"]))
+    federation_origin: RateLimitConfig = field(
+        default_factory=lambda: RateLimitConfig(**DEFAULT_RATE_LIMITS["federation_origin"]))
     backend: str = "memory"  # memory | redis (needs the ``redis`` section)
     exempt_admins: bool = True
     invite_penalty: InvitePenaltyConfig = field(default_factory=InvitePenaltyConfig)

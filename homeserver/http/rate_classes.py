@@ -11,9 +11,10 @@ any method. ``rules`` is
 - ``exempt``: no limit at all (health probes);
 - one or more ``class:key[:bytes]``: ``class`` names a ``rate_limits`` entry, ``key`` is
   ``ip`` (client IP), ``user`` (the authenticated user; the IP without a token),
-  ``account`` (the user named in a login body) or ``body.<field>`` (a string field of
-  the JSON body, e.g. the invitee); ``:bytes`` makes the cost the body size in bytes
-  (else one per request).
+  ``account`` (the user named in a login body), ``origin`` (the X-Matrix-verified
+  origin server of a federation request; nothing on routes without one) or
+  ``body.<field>`` (a string field of the JSON body, e.g. the invitee); ``:bytes``
+  makes the cost the body size in bytes (else one per request).
 
 Every route except ``exempt`` ones also counts against ``api:ip``. A route missing from
 the table gets only that (and ``tests/unit/test_ratelimit.py`` fails, so declare it).
@@ -89,7 +90,7 @@ GET    /_matrix/federation/v1/openid/userinfo              -
 *      /_synapse/admin/*                                   -
 *      /_parley/client/*                                   -
 *      /_parley/plugins/*                                  -
-*      /_matrix/federation/*                               -
+*      /_matrix/federation/*                               federation_origin:origin
 *      /_parley/admin/*                                    -
 *      client/account/3pid*                                -
 POST   client/account/deactivate                           -
@@ -134,7 +135,7 @@ GET    client/voip/turnServer                              -
 
 _CLIENT = re.compile(r"^/_matrix/client/(?:r0|v1|v3|unstable(?:/[a-z][a-z0-9._-]*\.[a-z0-9._]+)?)/")
 _MEDIA = re.compile(r"^/_matrix/media/(?:r0|v1|v3)/")
-_KEY = re.compile(r"^(ip|user|account|body\.[A-Za-z_][A-Za-z0-9_]*)$")
+_KEY = re.compile(r"^(ip|user|account|origin|body\.[A-Za-z_][A-Za-z0-9_]*)$")
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ class Rule:
     """One class applied to a route: which limit, keyed by what, costing what."""
 
     limit: str
-    key: str  # "ip" | "user" | "account" | "body.<field>"
+    key: str  # "ip" | "user" | "account" | "origin" | "body.<field>"
     cost: str = "one"  # "one" | "bytes"
 
 

@@ -56,6 +56,8 @@ class RouteLimits:
     def _key(api: ApiRequest, rule: Rule) -> str | None:
         if rule.key == "user":
             return api.requester.user_id if api.requester is not None else api.client.ip
+        if rule.key == "origin":  # X-Matrix verified; None on routes without auth
+            return api.origin
         body = api.body if isinstance(api.body, dict) else {}
         if rule.key == "account":
             return login_account(body)
