@@ -1,6 +1,7 @@
 """Media administration beyond one media at a time (issue 15): a user's and a room's
 media (metadata only), bulk quarantine of a user's or a room's media, protection from
-bulk quarantine, and deletion (a user's media, local media older than a date).
+bulk quarantine, deletion (a user's media, local media older than a date) and the purge
+of the remote media cache.
 
 Quarantine and deletion reuse :class:`~homeserver.media.handler.MediaHandler` (which also
 quarantines by content hash and drops cached thumbnails). Every change is audited here,
@@ -194,3 +195,12 @@ class AdminMediaBulkHandler:
                            before_ts=before_ts, size_gt=size_gt, keep_profiles=keep_profiles,
                            total=len(deleted))
         return deleted
+
+    async def purge_media_cache(self, actor: Actor, before_ts: int) -> int:
+        """Drop cached remote media and thumbnails not served since ``before_ts``
+        (Synapse's purge_media_cache); 0 when this server caches none (federation off)."""
+        remote = self._media.remote
+        deleted = await remote.purge(before_ts) if remote is not None else 0
+        await audit_action(self._audit, actor, "purge_media_cache", None,
+                           before_ts=before_ts, deleted=deleted)
+        return int(deleted)

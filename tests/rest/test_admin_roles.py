@@ -39,6 +39,7 @@ BODIES: list[tuple[str, str, Any]] = [
 # A query string for each route that needs one.
 QUERIES: list[tuple[str, str, str]] = [
     ("POST", r"/v1/media/delete$", "?before_ts=1"),
+    ("POST", r"/v1/purge_media_cache$", "?before_ts=30000000000"),
 ]
 # Allowed answers other than 2xx, where the walk cannot cheaply make the thing exist.
 ALLOWED_NOT_FOUND = {("GET", "/_synapse/admin/v1/purge_history_status/{purgeId}"),

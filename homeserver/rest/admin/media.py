@@ -1,6 +1,7 @@
 """Media admin API beyond one media (Synapse's paths, so synapse-admin works): a user's
 media (list, delete), a room's media (list, quarantine), a user's media quarantine,
-protect/unprotect, and deleting local media older than a date. Metadata only.
+protect/unprotect, deleting local media older than a date, and purging the remote
+media cache. Metadata only.
 
 Single-media quarantine and delete stay in homeserver/rest/media.py. Permissions:
 homeserver/rest/admin/permissions.py.
@@ -22,6 +23,8 @@ from storage.stores.media import ADMIN_ORDER_COLUMNS
 MAX_LIST_LIMIT = 1000
 MAX_OFFSET = 10**9
 MAX_SIZE = 2**53 - 1
+# Below this a before_ts is surely in seconds (Synapse's check: Dec 1970 in ms).
+MIN_PURGE_TS = 30_000_000_000
 
 
 class AdminMediaServlets:
@@ -42,6 +45,8 @@ class AdminMediaServlets:
         add("POST", admin_paths("/media/unprotect/{mediaId}"), self.on_unprotect,
             json_body=False)
         add("POST", admin_paths("/media/delete"), self.on_delete_before, json_body=False)
+        add("POST", admin_paths("/purge_media_cache"), self.on_purge_media_cache,
+            json_body=False)
 
     async def _actor(self, req: ApiRequest) -> Actor:
         requester, role = await self._admin.require_role(req)
@@ -109,3 +114,15 @@ class AdminMediaServlets:
         assert size_gt is not None
         deleted = await self._h.delete_before(actor, before_ts, size_gt, keep_profiles)
         return 200, {"deleted_media": deleted, "total": len(deleted)}
+
+    async def on_purge_media_cache(self, req: ApiRequest) -> tuple[int, Any]:
+        actor = await self._actor(req)
+        before_ts = req.query_int("before_ts", None, maximum=MAX_SIZE)
+        if before_ts is None:
+            raise MatrixError(400, "Missing integer query parameter 'before_ts'",
+                              Codes.MISSING_PARAM)
+        if before_ts < MIN_PURGE_TS:
+            raise MatrixError(400, "Query parameter before_ts you provided is from the year"
+                              " 1970. Double check that you are providing a timestamp in"
+                              " milliseconds.", Codes.INVALID_PARAM)
+        return 200, {"deleted": await self._h.purge_media_cache(actor, before_ts)}

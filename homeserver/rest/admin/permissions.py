@@ -72,6 +72,7 @@ POST   {SA}/v1/user/{{userId}}/media/quarantine             media.quarantine
 POST   {SA}/v1/media/protect/{{mediaId}}                    media.quarantine
 POST   {SA}/v1/media/unprotect/{{mediaId}}                  media.quarantine
 POST   {SA}/v1/media/delete                                 media.delete
+POST   {SA}/v1/purge_media_cache                            media.delete
 # -- event reports (metadata; content only if configured, for unencrypted rooms) --
 GET    {SA}/v1/event_reports                                reports.read
 GET    {SA}/v1/event_reports/{{reportId}}                   reports.read
