@@ -12,7 +12,9 @@ of the server-server API (issue 16), every route X-Matrix authenticated.
   through the ingest (signatures, hash, auth against its state and the current
   state) and must be accepted; a join is answered with the state before it and the
   auth chain (and the event itself, co-signed by us when we vouched for it); a knock
-  with the stripped state a knocker may see.
+  with the stripped state a knocker may see. ``send_join?omit_members=true`` (spec
+  v1.6, faster joins): :func:`partial_join_state` only, the auth chain without what
+  ``state`` holds, ``members_omitted`` and ``servers_in_room``.
 * ``PUT /v2/invite/{roomId}/{eventId}``: another server invites one of our users to
   a room we may not hold: we check and co-sign the event, and store it out of band
   (storage/stores/out_of_band.py) so the user sees the invite in /sync.
@@ -47,6 +49,7 @@ INCOMPATIBLE = "M_INCOMPATIBLE_ROOM_VERSION"
 MAX_VERSIONS = 50
 MAX_INVITE_STATE = 50
 MAX_AUTH_CHAIN = 100_000
+MAX_HEROES = 5  # as /sync's room summary (homeserver/handlers/sync.py)
 _ACL: StateKey = ("m.room.server_acl", "")
 # What a knocker or invitee may see of a room (the spec's stripped state).
 STRIPPED_STATE_TYPES = ("m.room.create", "m.room.name", "m.room.avatar", "m.room.topic",
@@ -77,6 +80,46 @@ def cosign(pdu: JsonDict, server_name: str, signing_key: Any, version: RoomVersi
 def stripped(events: Iterable[Event]) -> list[JsonDict]:
     return [{"type": e.type, "state_key": e.state_key, "content": e.content,
              "sender": e.sender} for e in events]
+
+
+def partial_join_state(state: dict[str, Event], join: Event) -> dict[str, Event]:
+    """The state a send_join with ``omit_members`` answers (event id -> event): every
+    non-member event, the joining user's own member event, the member events the join
+    cites as auth events, and, in a room with neither a name nor a canonical alias,
+    those of its heroes (as /sync computes them: up to 5 other joined or invited users
+    in user id order, else those who left or were banned)."""
+    members: dict[str, Event] = {}
+    kept: dict[str, Event] = {}
+    named = False
+    for eid, ev in state.items():
+        if ev.type == "m.room.member" and ev.state_key is not None:
+            members[ev.state_key] = ev
+            continue
+        kept[eid] = ev
+        if ev.state_key == "" and ((ev.type == "m.room.name" and ev.content.get("name"))
+                                   or (ev.type == "m.room.canonical_alias"
+                                       and ev.content.get("alias"))):
+            named = True
+    wanted = {join.state_key} | {ev.state_key for ev in members.values()
+                                 if ev.event_id in set(join.auth_event_ids)}
+    if not named:
+        others = sorted(u for u in members if u != join.state_key)
+        heroes = [u for u in others if members[u].membership in ("join", "invite")] \
+            or [u for u in others if members[u].membership in ("leave", "ban")]
+        wanted.update(heroes[:MAX_HEROES])
+    for user in wanted:
+        ev = members.get(user or "")
+        if ev is not None:
+            kept[ev.event_id] = ev
+    return kept
+
+
+def servers_in_room(state: Iterable[Event]) -> list[str]:
+    """The servers with a user joined in ``state`` (the send_join answer's
+    ``servers_in_room``: those active in the room before the join)."""
+    return sorted({domain_of(ev.state_key) for ev in state
+                   if ev.type == "m.room.member" and ev.state_key
+                   and ev.membership == "join"} - {""})
 
 
 class MembershipServlets:
@@ -256,18 +299,28 @@ class MembershipServlets:
 
     async def on_send_join(self, req: ApiRequest, roomId: str,  # noqa: N803
                            eventId: str) -> tuple[int, Any]:  # noqa: N803
+        omit_members = req.query_bool("omit_members")
         event = await self._receive_member(req, "join", roomId, eventId)
         groups = await self._events.get_state_groups([event.event_id])
         before = groups.get(event.event_id, (None, None))[1]
         state_ids = await self._events.get_state_for_group(before) if before is not None else {}
         state = await self._events.get_events(state_ids.values())
-        chain = await self._auth_chain([*state.values(), event])
-        answer: JsonDict = {
-            "origin": self._server_name,
-            "state": [e.pdu for e in state.values()],
-            "auth_chain": [e.pdu for e in chain],
-            "members_omitted": False,
-        }
+        answer: JsonDict = {"origin": self._server_name}
+        if omit_members:
+            # Faster joins (spec v1.6, MSC3706): members left out but those a client
+            # needs at once (the room's heroes when it has no name) and those the join
+            # is authorised with; the auth chain leaves out what ``state`` holds.
+            kept = partial_join_state(state, event)
+            chain = [e for e in await self._auth_chain([*kept.values(), event])
+                     if e.event_id not in kept]
+            answer["members_omitted"] = len(kept) < len(state)
+            answer["servers_in_room"] = servers_in_room(state.values())
+            state = kept
+        else:
+            chain = await self._auth_chain([*state.values(), event])
+            answer["members_omitted"] = False
+        answer["state"] = [e.pdu for e in state.values()]
+        answer["auth_chain"] = [e.pdu for e in chain]
         if event.content.get(event_auth.AUTHORISING_USER) is not None:
             answer["event"] = event.pdu
         return 200, answer
@@ -341,7 +394,14 @@ class MembershipServlets:
         if self._membership.check_room_blocked is not None:
             await self._membership.check_room_blocked(roomId)
         if self._membership.may_invite is not None:
-            await self._membership.may_invite(event.sender, invitee, roomId)
+            try:  # user_may_invite applies to remote inviters too (403 to their server)
+                await self._membership.may_invite(event.sender, invitee, roomId)
+            except MatrixError as e:
+                spam = getattr(self._ingest, "spam", None)  # federation/ingest.py SpamGate
+                if spam is not None:
+                    await spam.record(origin, event.sender, roomId, "user_may_invite",
+                                      e.errcode, invitee=invitee)
+                raise
         signed = cosign(event.pdu, self._server_name, self._key, version)
         stored = dict(signed)
         invite_state = [s for s in body.get("invite_room_state") or [] if isinstance(s, dict)]

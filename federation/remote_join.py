@@ -9,7 +9,10 @@ Set as the membership handler's hooks (handlers never import federation/):
   template is filled in and signed, sent with ``send_join``; the returned auth chain
   and state are checked and stored as outliers, then the join is persisted on that
   state (``FederationIngest.receive_pdus``), so the room and its state appear in
-  the user's /sync and the server takes part in the room from then on.
+  the user's /sync and the server takes part in the room from then on. With
+  ``federation.partial_state_joins`` send_join asks with ``omit_members``; an answer
+  with ``members_omitted`` marks the room partial-state first and its full state is
+  resynced in the background (homeserver/handlers/partial_state.py).
 * ``remote_knock``: the same with ``make_knock``/``send_knock``; the knock is held
   out of band with the stripped state the resident gave.
 * ``remote_leave``: rejecting an invite (or withdrawing a knock) in a room we hold
@@ -26,6 +29,8 @@ import secrets
 from typing import Any
 from urllib.parse import quote
 
+from twisted.internet import defer
+
 from federation.client import FederationError, FederationHttpError
 from federation.membership import STRIPPED_STATE_TYPES, MembershipServlets, stripped
 from federation.pdu_checks import PduError, check_signatures, parse_pdu
@@ -40,14 +45,17 @@ from homeserver.events.room_versions import (
 )
 from homeserver.events.signing import sign_event
 from homeserver.handlers.event_persister import MissingEventsError, PersistKind, RoomSnapshot
+from homeserver.handlers.partial_state import PartialStateHandler
 from homeserver.http.errors import Codes, MatrixError
 from storage.stores.out_of_band import OutOfBandStore
+from storage.stores.partial_state import PartialStateRoom, PartialStateStore
 
 logger = logging.getLogger(__name__)
 
 JsonDict = dict[str, Any]
 FED = "/_matrix/federation"
 MAX_STATE_EVENTS = 200_000
+MAX_SERVERS_IN_ROOM = 10_000  # of a send_join answer's servers_in_room
 # Template keys a joining server keeps; the rest (hashes, signatures, unsigned) it makes.
 _TEMPLATE_KEYS = ("room_id", "type", "state_key", "sender", "prev_events", "auth_events",
                   "depth", "redacts")
@@ -81,7 +89,10 @@ class RemoteMembership:
         self._rooms = stores.rooms
         self._members = stores.room_members
         self._servlets = servlets
-        self._oob = servlets.out_of_band
+        # homeserver/handlers/partial_state.py (set by register_membership) and
+        # federation.partial_state_joins: send_join asks with omit_members.
+        self.partial_state: PartialStateHandler | None = None
+        self.partial_state_joins = False
         self._is_blocked = is_blocked
 
     # ---- candidates and the make_* round
@@ -183,9 +194,12 @@ class RemoteMembership:
         candidates = await self._candidates(user_id, room_id, servers)
         resident, version, template = await self._make("join", user_id, room_id, candidates)
         event = self._sign(version, template, content)
+        # Faster joins: the resident may leave members out; they come in the background.
+        omit = self.partial_state is not None and self.partial_state_joins
         try:
             answer = await self._client.put_json(
-                resident, f"{FED}/v2/send_join/{q(room_id)}/{q(event.event_id)}", event.pdu)
+                resident, f"{FED}/v2/send_join/{q(room_id)}/{q(event.event_id)}", event.pdu,
+                {"omit_members": "true"} if omit else None)
         except FederationHttpError as e:
             if 400 <= e.code < 500:
                 raise _error_of(e) from None
@@ -206,10 +220,38 @@ class RemoteMembership:
                     join_pdu = returned
             except PduError:
                 pass
-        await self._persist_joined_state(resident, room_id, version, answer, join_pdu)
+        partial: list[str] | None = None
+        if omit and answer.get("members_omitted") is True:
+            given = answer.get("servers_in_room")
+            partial = [s for s in given[:MAX_SERVERS_IN_ROOM] if isinstance(s, str)
+                       and 0 < len(s) <= 255] if isinstance(given, list) else []
+        await self._persist_joined_state(resident, room_id, version, answer, join_pdu,
+                                         partial)
 
     async def _persist_joined_state(self, resident: str, room_id: str, version: RoomVersion,
-                                    answer: JsonDict, join_pdu: JsonDict) -> None:
+                                    answer: JsonDict, join_pdu: JsonDict,
+                                    partial: list[str] | None = None) -> None:
+        """Store the answer's state and auth chain, then the join on that state.
+        ``partial``: the answer left members out (these are its servers_in_room): the
+        room is marked partial-state before the join lands and resynced after."""
+        join_id = parse_pdu(join_pdu, version, room_id).event_id
+        if partial is not None:
+            assert self.partial_state is not None
+            await self.partial_state.mark(room_id, join_id, resident, partial)
+        try:
+            await self._persist_answer(resident, room_id, version, answer, join_pdu)
+        except BaseException:
+            if partial is not None:
+                assert self.partial_state is not None
+                await self.partial_state.unmark(room_id)
+            raise
+        if partial is not None:
+            assert self.partial_state is not None
+            self.partial_state.resync_soon(PartialStateRoom(room_id, join_id, resident,
+                                                            tuple(partial)))
+
+    async def _persist_answer(self, resident: str, room_id: str, version: RoomVersion,
+                              answer: JsonDict, join_pdu: JsonDict) -> None:
         state_pdus = [p for p in answer["state"] if isinstance(p, dict)]
         chain_pdus = [p for p in answer["auth_chain"] if isinstance(p, dict)]
         creator = ""
@@ -239,8 +281,6 @@ class RemoteMembership:
                      if ev.event_id in good}
             if dropped:
                 logger.info("join of %s: %d state/auth events dropped", room_id, len(dropped))
-            await self._oob.record_state_memberships(
-                [ev for ev in state_events if state.get(ev.state_pair) == ev.event_id])
             outcomes, dropped = await self._ingest.receive_pdus(
                 resident, room_id, [join_pdu], PersistKind.REMOTE, state_before=state)
         except MissingEventsError as e:
@@ -361,4 +401,28 @@ def register_membership(config: Any, clock: Any, db: Any, events: Any, router: A
     membership.remote_knock = remote.knock
     membership.remote_leave = remote.leave
     deps.rooms.event_creation.event_validators.append(remote.invite_validator)
+    remote.partial_state = _partial_state(config, clock, db, stores, ingest, blocks, deps)
+    remote.partial_state_joins = config.federation.partial_state_joins
     return remote
+
+
+def _partial_state(config: Any, clock: Any, db: Any, stores: Any, ingest: Any, blocks: Any,
+                   deps: Any) -> PartialStateHandler:
+    """The resync of rooms joined with partial state, wired to the history fetcher (the
+    ingest's, set by federation/history.py) and resumed for rooms a restart left."""
+    handler = PartialStateHandler(config.server_name, clock,
+                                  PartialStateStore(db, stores.events.codec), stores.events,
+                                  ingest.persister, deps.notifier)
+
+    async def fetch_state(server: str, room_id: str, event_id: str) -> Any:
+        fetcher = ingest.fetcher
+        return await fetcher.state_before(server, room_id, event_id) if fetcher else None
+
+    handler.fetch_state = fetch_state
+    handler.is_blocked = blocks.is_blocked
+    deps.rooms.pagination.await_full_state = handler.wait_for_full_state
+
+    def failed(f: Any) -> None:
+        logger.error("resuming partial-state resyncs failed: %s", f.getErrorMessage())
+    defer.ensureDeferred(handler.start()).addErrback(failed)
+    return handler

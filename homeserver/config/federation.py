@@ -12,6 +12,7 @@ federation:
   ip_range_allowlist: [10.1.0.0/16]  # private ranges federation may reach (none by default)
   request_timeout: 60s         # one outbound request, connect to last byte
   max_response_size: 104857600 # bytes of an answer read at most
+  partial_state_joins: true    # send_join with omit_members, members resynced in the background
 ```
 """
 
@@ -41,6 +42,7 @@ class FederationConfig:
     ip_range_allowlist: tuple[str, ...] = ()
     request_timeout: float = 60.0
     max_response_size: int = 100 * 1024 * 1024
+    partial_state_joins: bool = True
     # Not in the schema: tests talking to in-process servers over plain HTTP.
     plain_http_for_tests: bool = False
 
@@ -82,4 +84,5 @@ def parse_federation(raw: dict[str, Any] | None, rel: Any = None) -> FederationC
         ip_range_allowlist=tuple(raw.get("ip_range_allowlist", [])),
         request_timeout=parse_duration(raw.get("request_timeout", "60s")),
         max_response_size=int(raw.get("max_response_size", 100 * 1024 * 1024)),
+        partial_state_joins=bool(raw.get("partial_state_joins", True)),
     )

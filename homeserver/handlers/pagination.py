@@ -139,6 +139,9 @@ class PaginationHandler:
         self._serializer = serializer
         self.backfill: Backfiller | None = None  # federation/missing_events.py, when federating
         self.remote_timestamp: RemoteTimestamp | None = None  # likewise
+        # homeserver/handlers/partial_state.py: a room joined with partial state is
+        # answered once its members are known (bounded wait), as Synapse does.
+        self.await_full_state: Callable[[str], Awaitable[None]] | None = None
 
     # -- access -------------------------------------------------------------------------
 
@@ -410,6 +413,8 @@ class PaginationHandler:
         allowed, departed_at = await self._visibility.can_see_room_state(user_id, room_id)
         if not allowed:
             raise MatrixError(403, "You aren't a member of the room", Codes.FORBIDDEN)
+        if self.await_full_state is not None:
+            await self.await_full_state(room_id)
         if at is not None and (departed_at is None or at < departed_at):
             before = await self._events.paginate_room_events(room_id, at + 1, "b", 1)
             if before:
@@ -453,6 +458,8 @@ class PaginationHandler:
         if (m is None or m.membership != "join") and not await self._world_readable(room_id):
             raise MatrixError(403, "Getting joined members while not being a current member"
                               " of the room is forbidden.", Codes.FORBIDDEN)
+        if self.await_full_state is not None:
+            await self.await_full_state(room_id)
         state = (await self._creation.snapshot(room_id)).state_ids
         ids = [eid for (etype, _), eid in state.items() if etype == "m.room.member"]
         events = list((await self._events.get_events(ids)).values())

@@ -104,8 +104,14 @@ class SlidingSyncHandler:
         lists_out: JsonDict = {}
         list_rooms: dict[str, list[str]] = {}
         facts = _Facts(self, req.user_id, candidates)
+        # Rooms joined with partial state: only where no more members are asked for than
+        # it has ($LAZY, $ME), as Synapse; they come as new rooms once resynced.
+        partial = await self._sync.partial_rooms(
+            [r for r, m in candidates.items() if m.membership == "join"])
         for name, lc in req.lists.items():
-            matching = [r for r in ordered if await facts.matches(lc.filters, r)]
+            matching = [r for r in ordered if not (
+                r in partial and _wants_all_members(lc.room, req.user_id))
+                and await facts.matches(lc.filters, r)]
             ops = []
             in_window: list[str] = []
             for start, end in lc.ranges:
@@ -118,7 +124,8 @@ class SlidingSyncHandler:
             lists_out[name] = {"count": len(matching), "ops": ops}
             list_rooms[name] = in_window
         subscriptions = req.subscriptions_after(prev)
-        subscribed = [r for r in subscriptions if r in candidates]
+        subscribed = [r for r in subscriptions if r in candidates and not (
+            r in partial and _wants_all_members(subscriptions[r], req.user_id))]
         for room_id in subscribed:
             cfg = subscriptions[room_id]
             configs[room_id] = configs[room_id].merge(cfg) if room_id in configs else cfg
@@ -426,6 +433,7 @@ class _Facts:
         self._candidates = candidates
         self._dms: set[str] | None = None
         self._encrypted: set[str] | None = None
+        self._stripped: dict[str, list[JsonDict]] | None = None
         self._types: dict[str, str | None] | None = None
         self._space_children: dict[tuple[str, ...], set[str]] = {}
 
@@ -452,17 +460,28 @@ class _Facts:
             return False
         if f.is_dm is not None and (room_id in await self.dm_rooms()) != f.is_dm:
             return False
+        stripped: list[JsonDict] | None = None
+        if f.is_encrypted is not None or f.room_types is not None or f.not_room_types:
+            stripped = (await self.out_of_band()).get(room_id)
         if f.is_encrypted is not None:
             if self._encrypted is None:
                 found = await self._h._store.current_state_of_type(
                     list(self._candidates), "m.room.encryption")
                 self._encrypted = {r for r, keys in found.items() if "" in keys}
-            if (room_id in self._encrypted) != f.is_encrypted:
+            encrypted = room_id in self._encrypted if stripped is None else \
+                _stripped_encrypted(stripped)
+            # Unknown (a remote invite that came with no state): in no filtered list.
+            if encrypted is None or encrypted != f.is_encrypted:
                 return False
         if f.room_types is not None or f.not_room_types:
             if self._types is None:
                 self._types = await self._h.room_types(list(self._candidates))
-            rtype = self._types.get(room_id)
+            if stripped is None:
+                rtype = self._types.get(room_id)
+            else:
+                known, rtype = _stripped_type(stripped)
+                if not known:
+                    return False
             if f.room_types is not None and rtype not in f.room_types:
                 return False
             if rtype in f.not_room_types:
@@ -473,6 +492,22 @@ class _Facts:
             if room_id not in self._space_children[f.spaces]:
                 return False
         return True
+
+    async def out_of_band(self) -> dict[str, list[JsonDict]]:
+        """The stripped state of invites and knocks to rooms whose state this server
+        does not hold (over federation, the remote server's stripped state): the only
+        source of their type and encryption."""
+        if self._stripped is None:
+            pending = [r for r, m in self._candidates.items()
+                       if m.membership in ("invite", "knock")]
+            creates = await self._h._store.current_state_of_type(pending, "m.room.create") \
+                if pending else {}
+            self._stripped = {}
+            for room_id in pending:
+                if "" not in creates.get(room_id, {}):
+                    self._stripped[room_id] = await self._h._sync.stripped_state(
+                        self._candidates[room_id], self._user_id)
+        return self._stripped
 
     async def _children(self, spaces: tuple[str, ...]) -> set[str]:
         """Children (``m.space.child`` with a ``via``) of the listed spaces the user is
@@ -485,3 +520,29 @@ class _Facts:
         return {ev.state_key for ev in events.values()
                 if ev.state_key and isinstance(ev.content.get("via"), list)
                 and ev.content["via"]}
+
+
+def _stripped_encrypted(stripped: list[JsonDict]) -> bool | None:
+    """Whether stripped state says the room is encrypted; None if the other server
+    sent no state at all (only the membership event is there)."""
+    if not any(e.get("type") != "m.room.member" for e in stripped):
+        return None
+    return any(e.get("type") == "m.room.encryption" and e.get("state_key") == ""
+               for e in stripped)
+
+
+def _stripped_type(stripped: list[JsonDict]) -> tuple[bool, str | None]:
+    """(known, room type) from the stripped create event (unknown without one)."""
+    for e in stripped:
+        if e.get("type") == "m.room.create" and e.get("state_key") == "":
+            rtype = e["content"].get("type") if isinstance(e.get("content"), dict) else None
+            return True, rtype if isinstance(rtype, str) else None
+    return False, None
+
+
+def _wants_all_members(cfg: RoomConfig, user_id: str) -> bool:
+    """Whether ``required_state`` asks for members beyond the timeline's senders and the
+    user (what a room joined with partial state cannot answer yet)."""
+    return any(etype in ("m.room.member", "*") and skey not in ("$LAZY", "$ME", user_id)
+               and not (etype == "*" and skey == "")
+               for etype, skey in cfg.required_state)

@@ -147,6 +147,9 @@ class SyncHandler:
         self.unread_counts = unread_counts
         self._ll_sent: OrderedDict[tuple[str, str | None], OrderedDict[str, str]] = \
             OrderedDict()
+        # Rooms joined with partial state (storage/stores/partial_state.py
+        # PartialStateStore; None without federation): see ``_partial_state_view``.
+        self.partial_state: Any = None
 
     async def load_positions(self) -> None:
         self._ad_position = await self._ad_store.max_stream_id()
@@ -205,9 +208,41 @@ class SyncHandler:
             return False
         memberships = await self._members.rooms_for_user(
             req.user_id, ("join", "invite", "leave", "ban", "knock"), include_forgotten=True)
+        partial, resynced = await self._partial_state_view(req, memberships, token)
+        if resynced:
+            return True
+        left_out = set() if req.filter.state.lazy_load_members else partial
         changed = await self._events.rooms_with_events_between(
-            [m.room_id for m in memberships], req.since.events, token.events)
+            [m.room_id for m in memberships if m.room_id not in left_out],
+            req.since.events, token.events)
         return bool(changed)
+
+    async def _partial_state_view(self, req: SyncRequest, memberships: list[MembershipRecord],
+                                  token: SyncToken) -> tuple[set[str], set[str]]:
+        """(joined rooms with partial state, joined rooms sent as newly joined) for rooms
+        joined with partial state (homeserver/handlers/partial_state.py), as Synapse:
+        unless the filter lazy-loads members, such a room is left out (its members are
+        not known yet) until the resync, and a client whose token is before the
+        resync's position then gets it with its full state. A lazy-loading client gets
+        it at once, with the members its timeline needs (``_members_from_auth``)."""
+        if self.partial_state is None:
+            return set(), set()
+        joined = [m.room_id for m in memberships if m.membership == "join"]
+        if not joined:
+            return set(), set()
+        partial: set[str] = await self.partial_state.partial_rooms(joined)
+        resynced: set[str] = set()
+        if req.since is not None and not req.filter.state.lazy_load_members:
+            resynced = await self.partial_state.resynced_between(
+                joined, req.since.events, token.events)
+        return partial, resynced - partial
+
+    async def partial_rooms(self, room_ids: Sequence[str]) -> set[str]:
+        """Which of these rooms have partial state (sliding sync leaves them out of
+        lists and subscriptions that want members they would lack)."""
+        if self.partial_state is None or not room_ids:
+            return set()
+        return await self.partial_state.partial_rooms(room_ids)  # type: ignore[no-any-return]
 
     async def _build(self, req: SyncRequest, token: SyncToken) -> JsonDict:
         since = req.since
@@ -215,13 +250,19 @@ class SyncHandler:
         memberships = await self._members.rooms_for_user(
             req.user_id, ("join", "invite", "leave", "ban", "knock"), include_forgotten=False)
         ignored = await self._ignored_users(req.user_id)
+        partial, resynced = await self._partial_state_view(req, memberships, token)
+        left_out = set() if req.filter.state.lazy_load_members else partial
         for m in memberships:
             if not req.filter.allows_room(m.room_id) or m.stream_ordering > token.events:
                 continue
             changed_membership = since is None or m.stream_ordering > since.events
             if m.membership == "join":
-                newly_joined = changed_membership and await self._newly_joined(req, m)
-                room = await self._joined_room(req, m, token, newly_joined, ignored)
+                if m.room_id in left_out:
+                    continue
+                newly_joined = (changed_membership and await self._newly_joined(req, m)) \
+                    or m.room_id in resynced
+                room = await self._joined_room(req, m, token, newly_joined, ignored,
+                                               partial=m.room_id in partial)
                 if room is not None:
                     rooms["join"][m.room_id] = room
             elif m.membership == "invite" and changed_membership:
@@ -239,7 +280,7 @@ class SyncHandler:
                     if room is not None:
                         rooms["leave"][m.room_id] = room
         joined_ids = [m.room_id for m in memberships if m.membership == "join"
-                      and req.filter.allows_room(m.room_id)]
+                      and req.filter.allows_room(m.room_id) and m.room_id not in left_out]
         extra_sections: dict[str, Any] = {}
         for src in self.sources:
             src_since = since.position(src.name) if since else 0
@@ -412,8 +453,8 @@ class SyncHandler:
         return {k: v for k, v in after.items() if before.get(k) != v}
 
     async def _joined_room(self, req: SyncRequest, m: MembershipRecord, token: SyncToken,
-                           newly_joined: bool, ignored: frozenset[str] = frozenset()
-                           ) -> JsonDict | None:
+                           newly_joined: bool, ignored: frozenset[str] = frozenset(),
+                           partial: bool = False) -> JsonDict | None:
         since = req.since.events if req.since and not newly_joined else 0
         events, limited = await self._timeline(req, m.room_id, since, token.events, ignored,
                                                joined=True)
@@ -441,6 +482,8 @@ class SyncHandler:
                         key = ("m.room.member", user)
                         if key in at_start:
                             state.setdefault(key, at_start[key])
+        if lazy and partial:
+            state = await self._members_from_auth(state, events)
         if lazy:
             state = self._dedupe_lazy_members(req, state, events)
         state_events = await self._state_events(req, state, events)
@@ -456,6 +499,28 @@ class SyncHandler:
             "unread_notifications": {"notification_count": 0, "highlight_count": 0},
             "summary": await self._summary(m.room_id, req.user_id, token.events),
         }
+
+    async def _members_from_auth(self, state: StateMap, events: list[Event]) -> StateMap:
+        """A room with partial state lacks most members: a timeline sender's membership
+        missing from ``state`` is taken from the auth events of its first event (they
+        cite it; Synapse does the same)."""
+        senders = self._timeline_senders(events)
+        first: dict[str, Event] = {}
+        for e in events:
+            if e.sender in senders and ("m.room.member", e.sender) not in state:
+                first.setdefault(e.sender, e)
+        if not first:
+            return state
+        found = await self._events.get_events(
+            {a for e in first.values() for a in e.auth_event_ids})
+        out = dict(state)
+        for sender, e in first.items():
+            for auth_id in e.auth_event_ids:
+                ev = found.get(auth_id)
+                if ev is not None and ev.type == "m.room.member" and ev.state_key == sender:
+                    out[("m.room.member", sender)] = auth_id
+                    break
+        return out
 
     @staticmethod
     def _timeline_senders(events: list[Event]) -> set[str]:
@@ -574,9 +639,13 @@ class SyncHandler:
             return []
         unsigned = event.pdu.get("unsigned")
         given = unsigned.get(f"{m.membership}_room_state") if isinstance(unsigned, dict) else None
-        out = [{k: s[k] for k in ("type", "state_key", "content", "sender") if k in s}
+        # Only well-formed stripped events (another server's input): /sync and sliding
+        # sync read names, avatars and flags out of them.
+        out = [{k: s[k] for k in ("type", "state_key", "content", "sender")}
                for s in (given if isinstance(given, list) else []) if isinstance(s, dict)
-               and (s.get("type"), s.get("state_key")) != ("m.room.member", event.state_key)]
+               and isinstance(s.get("type"), str) and isinstance(s.get("state_key"), str)
+               and isinstance(s.get("content"), dict) and isinstance(s.get("sender"), str)
+               and (s["type"], s["state_key"]) != ("m.room.member", event.state_key)]
         out.append({"type": event.type, "state_key": event.state_key,
                     "content": event.content, "sender": event.sender})
         return out

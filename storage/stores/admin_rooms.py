@@ -166,7 +166,8 @@ _BY_EVENT = ("event_relations", "event_search", "event_push_actions", "event_sta
 # Tables keyed by room id (deleted once the room's events are gone).
 _BY_ROOM = ("current_state", "room_forward_extremities", "event_txn_ids",
             "local_current_membership", "room_aliases", "room_stats_state", "receipts",
-            "appservice_room_list", "server_notice_rooms")
+            "appservice_room_list", "server_notice_rooms",
+            "partial_state_rooms", "partial_state_room_servers", "partial_state_resynced")
 
 
 def _purge_room_batch(txn: Txn, room_id: str, limit: int) -> int:

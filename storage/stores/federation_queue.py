@@ -105,11 +105,15 @@ class FederationQueueStore:
     # -- who is where --------------------------------------------------------------------
 
     async def joined_servers(self, room_id: str) -> set[str]:
-        """Servers with a user joined to ``room_id`` (current state)."""
+        """Servers with a user joined to ``room_id`` (current state), and while the
+        room has partial state (schema 0050) the servers its resident named."""
         rows = await self._db.query(
             "fed_joined_servers", "SELECT user_id FROM local_current_membership"
             " WHERE room_id = ? AND membership = 'join'", room_id)
-        return {server_of(str(r[0])) for r in rows}
+        partial = await self._db.query(
+            "fed_partial_servers", "SELECT server_name FROM partial_state_room_servers"
+            " WHERE room_id = ?", room_id)
+        return {server_of(str(r[0])) for r in rows} | {str(r[0]) for r in partial}
 
     async def servers_sharing_rooms(self, user_id: str) -> set[str]:
         """Servers with a user joined to a room ``user_id`` is joined to."""

@@ -2,7 +2,10 @@
 remote.test): a local user joins a remote room by id (with ``via``) and by alias,
 messages flow both ways through /sync, refused joins give the joining client the
 resident's error, invites both ways (accepted, rejected), leaves, a knock, and a
-restricted join vouched for by the resident server."""
+restricted join vouched for by the resident server. The module runs twice: with
+``federation.partial_state_joins`` (the default: a join on partial state, which /sync
+shows once the members are resynced) and, in the ``...FullJoins`` classes at the end,
+without it (the whole state in the send_join answer)."""
 
 from __future__ import annotations
 
@@ -21,18 +24,34 @@ REMOTE = "remote.test"
 
 
 class MembershipTestCase(QueriesTestCase):
+    # federation.partial_state_joins of every server of the test (None: the default).
+    partial_state_joins: bool | None = None
+
+    def config_overrides(self) -> dict[str, Any]:
+        out = super().config_overrides()
+        if self.partial_state_joins is None:
+            return out
+        return {**out, "federation": {**out.get("federation", {}),
+                                      "partial_state_joins": self.partial_state_joins}}
+
+    async def start_remote(self, name: str, federation: dict[str, Any]) -> Homeserver:
+        if self.partial_state_joins is not None:
+            federation = {**federation, "partial_state_joins": self.partial_state_joins}
+        return await super().start_remote(name, federation)
+
     async def remote_room(self, owner: OlmDevice, **body: Any) -> str:
         room = await self.ok(self.remote, "POST", f"{CS}/createRoom", body, owner.token)
         return str(room["room_id"])
 
     async def sync_until(self, hs: Homeserver, user: OlmDevice,
                          condition: Callable[[dict[str, Any]], bool],
-                         seconds: float = 10.0) -> dict[str, Any]:
+                         seconds: float = 10.0, query: str = "") -> dict[str, Any]:
         """Full /sync of ``user`` on ``hs`` until ``condition`` holds (federation
-        traffic runs in the background, on the real reactor)."""
+        traffic runs in the background, on the real reactor). ``query``: e.g.
+        ``?filter=...``."""
         body: dict[str, Any] = {}
         for _ in range(int(seconds / 0.05)):
-            body = await self.ok(hs, "GET", f"{CS}/sync", token=user.token)
+            body = await self.ok(hs, "GET", f"{CS}/sync{query}", token=user.token)
             if condition(body):
                 return body
             await task.deferLater(reactor, 0.05, lambda: None)
@@ -462,3 +481,38 @@ class ThreeServersTest(MembershipTestCase):
         await self.sync_until(third, carol, lambda b: "from bob" in self.bodies(b, room_id))
         await self.sync_until(self.hs, alice, lambda b: "from bob" in self.bodies(b, room_id)
                               and "from carol" in self.bodies(b, room_id))
+
+
+# The same tests with full joins (federation.partial_state_joins off on every server).
+
+
+class JoinTestFullJoins(JoinTest):
+    partial_state_joins = False
+
+
+class GuestTestFullJoins(GuestTest):
+    partial_state_joins = False
+
+
+class InviteTestFullJoins(InviteTest):
+    partial_state_joins = False
+
+
+class KnockTestFullJoins(KnockTest):
+    partial_state_joins = False
+
+
+class RestrictedJoinTestFullJoins(RestrictedJoinTest):
+    partial_state_joins = False
+
+
+class RoomVersionsTestFullJoins(RoomVersionsTest):
+    partial_state_joins = False
+
+
+class BlockedServerTestFullJoins(BlockedServerTest):
+    partial_state_joins = False
+
+
+class ThreeServersTestFullJoins(ThreeServersTest):
+    partial_state_joins = False
