@@ -52,6 +52,8 @@ class FederationDeps:
     sync: Any = None          # homeserver.areas.sync.SyncArea
     media: Any = None         # homeserver.media.setup area
     notifier: Any = None      # homeserver.notifier.Notifier
+    roles: Any = None         # homeserver.replication.roles.RoleWiring (workers)
+    plugins: Any = None       # plugins.host.PluginHost (spam checks on remote events)
 
 
 class _LazyResolver:

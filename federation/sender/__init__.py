@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections import OrderedDict
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from twisted.internet import defer
@@ -77,16 +77,30 @@ class FederationSender:
         self._checkpoint_due = 0  # what the next checkpoint writes (seen one tick ago)
         self._written = 0
         self._timer: Any = None
+        # Workers (homeserver/replication/roles.py): whether this process queues local
+        # events (the main process does), which destinations it sends to itself, and the
+        # stand-in queue of any other destination (it hands kicks to the worker owning it).
+        self.queues_events = True
+        self.sends_to: Callable[[str], bool] = lambda _destination: True
+        self.remote_queue: Callable[[str], Any] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
         """Resume: queue local events the last run may not have looked at, then send
         what was queued or in flight when the server last stopped."""
-        await self._replay()
+        if self.queues_events:
+            await self._replay()
+        await self.kick_pending()
+        if self.queues_events:
+            self._timer = self._clock.call_later(CHECKPOINT_INTERVAL_S, self._tick)
+
+    async def kick_pending(self) -> None:
+        """Send what is queued for the destinations this process sends to (start-up, and
+        a federation_sender worker's periodic catch-up)."""
         for destination in await self._store.pending_destinations():
-            self.queue(destination).kick()
-        self._timer = self._clock.call_later(CHECKPOINT_INTERVAL_S, self._tick)
+            if self.sends_to(destination) and not self._stopped:
+                self.queue(destination).kick()
 
     async def _replay(self) -> None:
         position = await self._store.get_stream_position()
@@ -127,6 +141,8 @@ class FederationSender:
 
     def queue(self, destination: str) -> DestinationQueue:
         q = self.queues.get(destination)
+        if q is None and self.remote_queue is not None and not self.sends_to(destination):
+            q = self.queues[destination] = self.remote_queue(destination)
         if q is None:
             q = self.queues[destination] = DestinationQueue(
                 destination, self._server_name, self._store, self._events, self._client,

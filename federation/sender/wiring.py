@@ -79,5 +79,7 @@ async def register_sender(config: Config, clock: Clock, events: SecurityEventRec
     servlet = SendServlet(clock, stores.federation_queue, stores.rooms, edus, blocks.is_blocked,
                           on_heard_from=sender.heard_from)
     servlet.register(router)
+    if getattr(deps, "roles", None) is not None:  # workers: homeserver/replication/roles.py
+        deps.roles.configure_federation_sender(sender)
     await sender.start()
     return SenderArea(sender, servlet, edus)

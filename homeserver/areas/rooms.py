@@ -28,6 +28,7 @@ from homeserver.handlers.search import SearchHandler, SearchIndexer
 from homeserver.handlers.user_directory import UserDirectoryHandler
 from homeserver.handlers.visibility import VisibilityHandler
 from homeserver.notifier import NotifierInterface
+from homeserver.replication.multi_writer import events_positions
 from plugins.e2ee_only import E2eeOnlyPolicy
 from storage.stores.all_stores import Stores
 
@@ -58,7 +59,9 @@ async def build_rooms(config: Config, clock: Clock, stores: Stores, notifier: No
     # One event path: local events are built by event_creation and stored by the
     # persister, which publishes each stored event to the fan-out's subscribers.
     fanout = EventFanout()
-    persister = EventPersister(clock, stores.events, stores.rooms, fanout, notifier)
+    persister = EventPersister(clock, stores.events, stores.rooms, fanout, notifier,
+                               events_positions(config.workers,  # several writers?
+                                                stores.events.allocate_stream_ordering))
     await persister.load_position()
     signing_key = load_signing_key(config)  # encrypted at rest with secrets.at_rest_key
     creation = EventCreationHandler(config.server_name, signing_key, clock, stores.events,

@@ -40,6 +40,7 @@ from homeserver.config.model import (
     WellKnownConfig,
 )
 from homeserver.config.schema import CONFIG_SCHEMA
+from homeserver.config.stream_writers import parse_stream_writers
 from homeserver.config.workers import parse_workers
 from homeserver.crypto.config import parse_at_rest
 from homeserver.detection.config import parse_detection, parse_server_notices
@@ -401,7 +402,9 @@ def parse_config(raw: Any, base_dir: Path | None = None) -> Config:
         federation_blocked_servers=tuple(
             n.lower() for n in raw.get("federation", {}).get("blocked_servers", [])),
         admin_reports_show_content=raw.get("admin", {}).get("reports_show_content", False),
-        workers=parse_workers(raw.get("workers"), rel, database.engine, "redis" in raw),
+        workers=parse_stream_writers(
+            parse_workers(raw.get("workers"), rel, database.engine, "redis" in raw),
+            raw.get("stream_writers"), bool(raw.get("federation", {}).get("enabled", False))),
     )
 
 

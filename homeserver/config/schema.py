@@ -13,6 +13,7 @@ from homeserver.audit.config import AUDIT_SCHEMA
 from homeserver.auth.mfa_config import MFA_SCHEMA
 from homeserver.auth.roles import ADMIN_ROLES_SCHEMA
 from homeserver.config.model import DEFAULT_RATE_LIMITS
+from homeserver.config.stream_writers import STREAM_WRITERS_SCHEMA
 from homeserver.config.workers import workers_schema
 from homeserver.crypto.config import SECRETS_SCHEMA
 from homeserver.detection.config import DETECTION_SCHEMA, SERVER_NOTICES_SCHEMA
@@ -43,7 +44,8 @@ LISTENER = _obj(
     {
         "port": {"type": "integer", "minimum": 0, "maximum": 65535},
         "bind_addresses": {"type": "array", "items": {"type": "string"}, "minItems": 1},
-        "resources": {"type": "array", "items": {"enum": ["client", "federation", "metrics"]}},
+        "resources": {"type": "array", "items": {
+            "enum": ["client", "federation", "metrics", "replication"]}},
         "x_forwarded": {"type": "boolean"},
         "tls": _obj(
             {
@@ -255,6 +257,9 @@ CONFIG_SCHEMA: dict[str, Any] = _obj(
             "request_timeout": DURATION,
             "max_response_size": {"type": "integer", "minimum": 65536,
                                   "maximum": 1024 * 1024 * 1024},
+            # Ask resident servers to leave members out of send_join (spec v1.6
+            # omit_members) and resync them in the background (faster joins).
+            "partial_state_joins": {"type": "boolean"},
             # Blocked remote servers, merged with those blocked through the admin API
             # (homeserver/handlers/server_blocks.py).
             "blocked_servers": {"type": "array", "maxItems": 10000, "items": {
@@ -301,6 +306,7 @@ CONFIG_SCHEMA: dict[str, Any] = _obj(
         "app_service_config_files": {"type": "array", "items": {"type": "string", "minLength": 1}},
         # Worker processes (homeserver/config/workers.py).
         "workers": workers_schema(LISTENER),
+        "stream_writers": STREAM_WRITERS_SCHEMA,  # homeserver/config/stream_writers.py
         "identity_servers": _obj({
             # host[:port]: a DNS name, an IPv4 address or a bracketed IPv6 address.
             "trusted": {"type": "array", "items": {"type": "string", "pattern": (

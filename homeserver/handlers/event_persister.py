@@ -118,20 +118,30 @@ class RoomQueue:
 
 class EventPersister:
     def __init__(self, clock: Clock, events: EventStore, rooms: RoomStore,
-                 fanout: EventFanout, notifier: NotifierInterface) -> None:
+                 fanout: EventFanout, notifier: NotifierInterface,
+                 positions: StreamPositions | None = None) -> None:
         self._clock = clock
         self._events = events
         self._rooms = rooms
         self._fanout = fanout
         self._notifier = notifier
-        self.positions = StreamPositions(events.allocate_stream_ordering)
+        # Several events writers (homeserver/replication/multi_writer.py): positions
+        # shared with them, and ``owns_room`` says which rooms this process may write.
+        self.positions = positions or StreamPositions(events.allocate_stream_ordering)
+        self.owns_room: Callable[[str], bool] | None = None
         self._locks: dict[str, defer.DeferredLock] = {}
         self._snapshots: LruCache[str, RoomSnapshot] = LruCache(_SNAPSHOT_CACHE)
         self._versions: LruCache[str, RoomVersion] = LruCache(_SNAPSHOT_CACHE)
         self._dag = DagWriter(self)
+        # Rooms joined with partial state (homeserver/handlers/partial_state.py keeps it):
+        # the DAG writer fills the members they lack from each event's auth events.
+        self.partial_state_rooms: set[str] = set()
 
     async def load_position(self) -> None:
-        self.positions.start_at(await self._events.max_stream_ordering())
+        if getattr(self.positions, "is_writer", True):
+            self.positions.start_at(await self._events.max_stream_ordering())
+        # else a reader of several writers: the database's maximum may lie past another
+        # writer's write in flight; replication's catch-up gives the writers' positions.
 
     def current_position(self) -> int:
         """The highest stream position below which every event is persisted."""
@@ -199,6 +209,10 @@ class EventPersister:
         """One turn in the room's queue. What is persisted during the turn is published
         to the fan-out after the queue is released, so a slow or failing consumer never
         holds up the room's next writer."""
+        if self.owns_room is not None and not self.owns_room(room_id):
+            # Two processes never write one room (the queue is per process).
+            raise MatrixError(503, "This room's events are written by another process; "
+                              "try again", Codes.UNKNOWN)
         lock = self._lock(room_id)
         await lock.acquire()
         turn: RoomQueue | None = None

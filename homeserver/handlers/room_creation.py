@@ -74,6 +74,8 @@ class RoomCreationHandler:
         # may_create_room(user_id, request), may_create_alias(user_id, alias, room_id),
         # may_publish(user_id, room_id), may_invite(inviter, invitee, room_id).
         self.may_create_room: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None
+        # Several events writers (issue 18): a new room's id is one this process writes.
+        self.owns_room: Callable[[str], bool] | None = None
         self.may_create_alias: Callable[[str, str, str], Awaitable[None]] | None = None
         self.may_publish: Callable[[str, str], Awaitable[None]] | None = None
         self.may_invite: Callable[[str, str, str], Awaitable[None]] | None = None
@@ -130,14 +132,19 @@ class RoomCreationHandler:
             creation_content["creator"] = user_id
         else:
             creation_content.pop("creator", None)
+        owned = self.owns_room or (lambda _room_id: True)
         room_id = None if version.room_id_is_create_hash else (
             f"!{generate_room_localpart()}:{self._server_name}")
+        while room_id is not None and not owned(room_id):  # another writer's: draw again
+            room_id = f"!{generate_room_localpart()}:{self._server_name}"
         create = self._creator.build_create_event(version, user_id, creation_content, room_id)
         # A v12 room id is the create event's hash: the same creator and content in the
-        # same millisecond would name an existing room, so move the timestamp on.
+        # same millisecond would name an existing room (or one another writer writes), so
+        # move the timestamp on.
         ts = create.origin_server_ts
-        while version.room_id_is_create_hash and \
-                await self._rooms.get_room_version(create.room_id) is not None:
+        while version.room_id_is_create_hash and (
+                not owned(create.room_id)
+                or await self._rooms.get_room_version(create.room_id) is not None):
             ts += 1
             create = self._creator.build_create_event(version, user_id, creation_content,
                                                       None, ts)

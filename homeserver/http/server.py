@@ -349,7 +349,10 @@ class MatrixResource(resource.Resource):
 
     def _client_info(self, request: server.Request) -> ClientInfo:
         ip = request.getClientAddress().host if request.getClientAddress() else "-"
-        if self._trusted_proxies:
+        forwarded = getattr(request, "parley_client_ip", None)  # replication/forwarding.py
+        if forwarded is not None:
+            ip = forwarded
+        elif self._trusted_proxies:
             fwd = request.getHeader("x-forwarded-for")
             if fwd:
                 ip = fwd.split(",")[0].strip()
@@ -422,7 +425,8 @@ class MatrixResource(resource.Resource):
         _reject_nul_in_query(request)
         api = ApiRequest(request, route, params, self._client_info(request))
         audit_context.bind(api)  # audit entries recorded below know their request
-        limits = self._rate_limits
+        # A route forwarded to another process is limited there, once (replication).
+        limits = None if route.extra.get("forwarded") else self._rate_limits
         if limits is not None:  # per-IP classes: before any token verification
             await limits.before_auth(api)
 
@@ -558,14 +562,22 @@ class RootResource(resource.Resource):
         super().__init__()
         self._default = default
         self._mounts: dict[bytes, resource.Resource] = {}
+        self._prefixes: list[tuple[bytes, resource.Resource]] = []
 
     def mount(self, path: str, child: resource.Resource) -> None:
         self._mounts[path.encode("ascii")] = child
+
+    def mount_prefix(self, prefix: str, child: resource.Resource) -> None:
+        """Every path under ``prefix`` (ending in "/") goes to ``child``."""
+        self._prefixes.append((prefix.encode("ascii"), child))
 
     def mounted(self, path: str) -> resource.Resource | None:
         return self._mounts.get(path.encode("ascii"))
 
     def getChildWithDefault(self, path: bytes, request: IRequest) -> resource.Resource:  # noqa: N802
+        for prefix, child in self._prefixes:
+            if request.path.startswith(prefix):
+                return child
         return self._mounts.get(request.path, self._default)
 
     def render(self, request: server.Request) -> Any:  # type: ignore[override]
@@ -585,6 +597,9 @@ RESOURCE_PATHS: dict[str, tuple[str, ...]] = {
                "/_matrix/consent"),  # the consent pages (homeserver/rest/consent.py)
     "federation": ("/_matrix/federation/", "/_matrix/key/", "/.well-known/matrix/server"),
     "metrics": ("/metrics",),  # homeserver/metrics/registry.py MetricsResource
+    # Requests forwarded by the other processes of a deployment (homeserver/replication/
+    # forwarding.py): a listener for them only, on an internal address.
+    "replication": ("/_parley/replication/",),
 }
 # Served on every listener (load balancers probe each port): liveness and readiness.
 EVERY_LISTENER_PATHS = ("/health", "/ready")

@@ -28,6 +28,12 @@ federation)                                        main process
 =================================================  ===============
 
 Every ``GET`` under ``/_matrix/client/`` except media and SSO redirects is a read.
+
+When the deployment forwards writes (the main process's ``replication`` endpoint and
+secret are configured, homeserver/replication/forwarding.py), a client worker forwards
+every other route to the main process instead of refusing it, except media (bodies and
+files too big to relay through a worker: route them to the main process or a media
+worker), so the table above is only an optimisation for the reverse proxy.
 """
 
 from __future__ import annotations
@@ -72,15 +78,29 @@ async def _refuse(_api: Any, **_params: Any) -> tuple[int, Any]:
     raise MatrixError(404, REFUSAL, Codes.UNRECOGNIZED)
 
 
-def restrict_to_reads(router: Router) -> int:
+_MEDIA_PREFIXES = ("/_matrix/media/", "/_matrix/client/v1/media/")
+
+
+def forwardable(template: str) -> bool:
+    """Whether a client worker may forward a route it does not serve (not media)."""
+    return not template.startswith(_MEDIA_PREFIXES)
+
+
+def restrict_to_reads(router: Router, forward: Any = None) -> int:
     """Turn every route a client worker does not serve into the refusal (before any
-    authentication or body parsing, so the answer is the same for everyone). Returns
-    how many routes were turned."""
+    authentication or body parsing, so the answer is the same for everyone), or, with
+    ``forward`` (a route handler, forwarding.Forwarder.handle), into a forward to the
+    main process where :func:`forwardable`. Returns how many routes were turned."""
+    from homeserver.replication.forwarding import mark_forwarded
+
     turned = 0
     for route in router.routes:
         if served_by_client_worker(route.method, route.template):
             continue
-        _refuse_route(route)
+        if forward is not None and forwardable(route.template):
+            mark_forwarded(route, forward)
+        else:
+            _refuse_route(route)
         turned += 1
     return turned
 

@@ -16,9 +16,13 @@ REPLICATED = ("events", "account_data", "receipts", "presence", "to_device", "de
 
 
 class StreamSet:
-    def __init__(self, sync: SyncHandler, persister: EventPersister) -> None:
+    def __init__(self, sync: SyncHandler, persister: EventPersister,
+                 multi_events: bool = False) -> None:
         self._sync = sync
         self._persister = persister
+        # With several events writers the events stream is replicated per writer
+        # (homeserver/replication/multi_writer.py), not as one of the main process's.
+        self._multi_events = multi_events
         # The database-backed ephemeral streams' positions, by stream name. The handlers
         # keep them private; reading them here (once, at start-up) fails loudly if a
         # handler changes shape, rather than silently never advancing.
@@ -36,6 +40,8 @@ class StreamSet:
         out = {"events": token.events, "account_data": token.account_data}
         out.update({n: p for n, p in zip(EXTRA_STREAMS, token.extra, strict=True)
                     if n in REPLICATED and n in self._positions})
+        if self._multi_events:
+            del out["events"]
         return out
 
     def advance(self, positions: dict[str, Any]) -> bool:
@@ -49,6 +55,8 @@ class StreamSet:
                 if value > before["account_data"]:
                     # The public way in (it notifies; the user "" waits for nothing).
                     self._sync.note_account_data(value, "")
+            elif name == "events" and self._multi_events:
+                continue
             elif name in self._positions:
                 self._positions[name].start_at(value)
         return self.snapshot() != before

@@ -28,3 +28,11 @@ class ReplicationStore:
             "get_replication_positions",
             "SELECT stream, position FROM replication_positions WHERE instance = ?", instance)
         return {str(r[0]): int(r[1]) for r in rows}
+
+    async def get_stream_positions(self, stream: str) -> dict[str, int]:
+        """Every instance's recorded position of ``stream`` (a multi-writer stream's
+        writers: homeserver/replication/multi_writer.py)."""
+        rows = await self._db.query(
+            "get_stream_replication_positions",
+            "SELECT instance, position FROM replication_positions WHERE stream = ?", stream)
+        return {str(r[0]): int(r[1]) for r in rows}
