@@ -16,6 +16,7 @@ import yaml
 from homeserver.auth.access_tokens import generate_signing_key_pem
 from homeserver.cli_audit import add_audit_parser
 from homeserver.cli_keys import add_at_rest_section, add_keys_parser, write_encrypted_signing_key
+from homeserver.cli_port_db import add_port_db_parser
 from homeserver.cli_roles import add_roles_parser
 from homeserver.config import ConfigError, load_config
 from homeserver.config.model import Config
@@ -283,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_audit_parser(sub)
     add_roles_parser(sub)
     add_keys_parser(sub)
+    add_port_db_parser(sub)
     return p
 
 

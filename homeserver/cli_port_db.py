@@ -1,0 +1,141 @@
+"""``parley port-db``: move a SQLite deployment's database into PostgreSQL.
+
+    parley port-db --sqlite PATH -c CONFIG [--resume] [--batch N]
+    parley port-db --from OLD_CONFIG --to CONFIG [--resume] [--batch N]
+
+CONFIG's ``database`` names the PostgreSQL target; the source is the SQLite file (given
+directly, or as the old config whose ``database.path`` names it). Stop the server first.
+The copy itself is :func:`storage.port.port_database`; :func:`run_port_db` is the async
+entry tests call. Registered in homeserver/cli.py by :func:`add_port_db_parser`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Any, TextIO
+
+from homeserver.cli_support import react_exit_code
+from homeserver.config import ConfigError, load_config
+from homeserver.config.model import Config, DatabaseConfig
+
+
+def _describe(db: DatabaseConfig) -> str:
+    """The target for messages: never the password."""
+    where = f"{db.user}@{db.host}:{db.port}/{db.database}"
+    return where + (f" (schema {db.schema})" if db.schema else "")
+
+
+def _source_path(sqlite: str | None, old_config: str | None) -> str:
+    if sqlite:
+        return sqlite
+    assert old_config is not None
+    old = load_config(old_config)
+    if old.database.engine != "sqlite":
+        raise ConfigError(f"{old_config}: database.engine is {old.database.engine!r}, not "
+                          "'sqlite'")
+    return old.database.path
+
+
+async def run_port_db(sqlite: str | None, config: str | Config, *, old_config: str | None = None,
+                      resume: bool = False, batch: int | None = None,
+                      out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    """Port on the running reactor; returns the exit code (1 on any problem)."""
+    from storage.database import Database
+    from storage.engines import create_engine
+    from storage.port import DEFAULT_BATCH, PortError, port_database
+
+    try:
+        cfg = load_config(config) if isinstance(config, str) else config
+        path = _source_path(sqlite, old_config)
+    except ConfigError as e:
+        print(f"error: {e}", file=err)
+        return 1
+    if cfg.database.engine != "postgres":
+        print("error: the config's database must be PostgreSQL (engine: postgres); it names "
+              f"{cfg.database.engine!r}", file=err)
+        return 1
+    if not os.path.isfile(path):
+        print(f"error: no SQLite database at {path}", file=err)
+        return 1
+    source = Database(create_engine(DatabaseConfig(engine="sqlite", path=path)))
+    target = Database(create_engine(cfg.database), 1, 2)
+    try:
+        print(f"porting {path} into PostgreSQL {_describe(cfg.database)}", file=err)
+        try:
+            report = await port_database(source, target, resume=resume,
+                                         batch=batch or DEFAULT_BATCH)
+        except PortError as e:
+            print(f"error: {e}", file=err)
+            return 1
+    finally:
+        source.close()
+        target.close()
+    width = max((len(t) for t in report.counts), default=5)
+    print(f"{'table':<{width}}  {'sqlite':>10}  {'postgres':>10}", file=out)
+    empty = 0
+    for table, (src, dst) in report.counts.items():
+        if src == dst == 0:
+            empty += 1
+            continue
+        mark = "" if src == dst else "  MISMATCH"
+        print(f"{table:<{width}}  {src:>10}  {dst:>10}{mark}", file=out)
+    if empty:
+        print(f"(and {empty} empty tables, empty on both sides)", file=out)
+    for seq, value in report.sequences.items():
+        print(f"sequence {seq}: {value}", file=out)
+    rows = sum(src for src, _ in report.counts.values())
+    if not report.ok:
+        for problem in report.problems:
+            print(f"error: {problem}", file=err)
+        print(f"port FAILED verification ({len(report.problems)} problem(s)); the progress "
+              "is kept: fix the cause and run again with --resume", file=err)
+        return 1
+    print(f"ported {len(report.counts)} tables, {rows} rows in {report.elapsed_s:.1f}s: "
+          "verified. Point the config at PostgreSQL and start Parley.", file=out)
+    return 0
+
+
+def cmd_port_db(args: argparse.Namespace) -> int:
+    from homeserver.logging_setup import setup_logging
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    # Progress (rows, rate, ETA per table) is logged at INFO, whatever the server's level.
+    setup_logging("INFO", cfg.log_format)
+    logging.getLogger("twisted").setLevel(logging.WARNING)
+    return react_exit_code(lambda: run_port_db(args.sqlite, cfg, old_config=args.old_config,
+                                               resume=args.resume, batch=args.batch))
+
+
+def _batch(text: str) -> int:
+    from storage.port import MAX_BATCH
+
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not a number") from None
+    if not 1 <= n <= MAX_BATCH:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_BATCH}")
+    return n
+
+
+def add_port_db_parser(sub: Any) -> None:
+    """Add ``port-db`` to the ``parley`` sub-parsers."""
+    p = sub.add_parser("port-db", help="copy a SQLite database into PostgreSQL")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--sqlite", metavar="PATH", help="the SQLite database file to copy")
+    src.add_argument("--from", dest="old_config", metavar="CONFIG",
+                     help="the old (SQLite) config; its database.path is copied")
+    p.add_argument("-c", "--config", "--to", dest="config", required=True,
+                   help="the config whose database (PostgreSQL) receives the copy")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted port into the same database")
+    p.add_argument("--batch", type=_batch, default=None, metavar="N",
+                   help="rows per transaction (default 5000)")
+    p.set_defaults(func=cmd_port_db)
