@@ -58,6 +58,14 @@ from homeserver.ratelimit import RateLimiter, build_rate_limiter
 from homeserver.ratelimit.dispatch import RouteLimits
 from homeserver.ratelimit.limiter import InviteRejections
 from homeserver.replication import build_replication, make_notifier
+from homeserver.replication.forwarding import (
+    FORWARD_PREFIX,
+    ForwardResource,
+    build_forwarder,
+    check_replication_listener,
+)
+from homeserver.replication.roles import OWN_ROUTING, RoleWiring
+from homeserver.replication.room_routing import wire_room_routing
 from homeserver.replication.routing import ReadOnlyPresence, restrict_to_reads
 from homeserver.rest import routes
 from homeserver.rest.admin.moderation import register_server_notices
@@ -70,6 +78,7 @@ from storage.database import Database
 from storage.engines import create_engine
 from storage.migrations import migrate
 from storage.stores.all_stores import Stores, open_stores
+from storage.stores.partial_state import PartialStateStore
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +119,7 @@ class Homeserver:
     # Rooms admin: room shutdown jobs and the background jobs registry.
     rooms_admin: RoomsAdminArea | None = None
     replication: Any = None  # homeserver/replication/ (None: one process, no workers)
+    roles: Any = None  # homeserver/replication/roles.py RoleWiring (worker roles)
 
     def listen(self, reactor: Any = default_reactor) -> list[IListeningPort]:
         self._reactor = reactor
@@ -228,6 +238,8 @@ async def build_homeserver(
     rooms = await build_rooms(config, clock, stores, notifier, accounts.push_rules)
     e2ee = await build_e2ee(config, clock, stores, notifier, accounts.devices, rooms.fanout)
     sync = await build_sync(config, clock, stores, notifier, accounts, rooms, e2ee)
+    if config.federation.enabled:  # rooms joined with partial state: /sync leaves them out
+        sync.sync.partial_state = PartialStateStore(db, stores.events.codec)
     accounts.account.on_deactivated.append(rooms.membership.leave_all_rooms)
     accounts.account.on_erased.append(rooms.client_events.forget_erased)
     accounts.profile.on_member_profile_changed.append(rooms.membership.refresh_profile)
@@ -307,16 +319,26 @@ async def build_homeserver(
                               trusted_proxies=any(li.x_forwarded for li in config.listeners),
                               metrics=http_metrics,
                               rate_limits=RouteLimits(rate_limiter))
+    # Event persisters: event-creating requests go to the room's writer (before any
+    # worker restriction below turns the routes; homeserver/replication/room_routing.py).
+    room_forwarder = wire_room_routing(resource, router, config.workers, default_reactor)
     # Federation (keys, X-Matrix auth, outbound client): only when federation.enabled.
     # A client worker federates with nobody (the main process does).
-    federation = None if not config.workers.is_main else await build_federation(
+    # Worker roles (homeserver/replication/roles.py): what this process runs and routes.
+    roles = RoleWiring(config, default_reactor)
+    federation = None if not roles.builds_federation else await build_federation(
         config, clock, db, accounts.security_events, router, default_reactor,
         deps=FederationDeps(stores=stores, accounts=accounts, rooms=rooms, e2ee=e2ee,
-                            sync=sync, media=media, notifier=notifier))
+                            sync=sync, media=media, notifier=notifier, roles=roles,
+                            plugins=plugins))
     if federation is not None:
         resource.federation_auth = federation.authenticator
-    if not config.workers.is_main:  # a client worker: reads only (replication/routing.py)
-        restrict_to_reads(router)
+    # A client worker serves reads; writes are forwarded to main when configured, else
+    # refused (homeserver/replication/routing.py, forwarding.py).
+    forwarder = build_forwarder(config, default_reactor)
+    if not config.workers.is_main and config.workers.role not in OWN_ROUTING:
+        restrict_to_reads(router, forwarder.handle if forwarder is not None else None)
+    roles.restrict_routes(router)  # media, sender and background workers; main's media
     # The WebSocket endpoint needs its own resource (it takes over the connection);
     # the root sends that one path there and every other path to MatrixResource.
     websockets = SyncWebSocketFactory(clock, authenticator, sync.sync, accounts.filters,
@@ -325,6 +347,10 @@ async def build_homeserver(
                                       rate_limiter=rate_limiter,
                                       on_rate_limited=http_metrics.rejected)
     root = RootResource(resource)
+    # Requests forwarded by the other processes ("replication" listeners only).
+    root.mount_prefix(FORWARD_PREFIX + "/",
+                      ForwardResource(resource, config.workers.replication_secret))
+    check_replication_listener(config)
     root.mount(WS_PATH, websockets.make_resource())
     # Only reachable on listeners naming the "metrics" resource (ListenerResource).
     root.mount("/metrics", MetricsResource(registry))
@@ -345,8 +371,16 @@ async def build_homeserver(
     if federation is not None:
         if federation.sender is not None:  # the outbound queue stops before its client
             hs._on_stop.append(lambda: defer.ensureDeferred(federation.sender.stop()))
+        if federation.membership is not None and federation.membership.partial_state:
+            # Partial-state resyncs (homeserver/handlers/partial_state.py) before the client.
+            hs._on_stop.append(lambda: defer.ensureDeferred(
+                federation.membership.partial_state.stop()))
         hs._on_stop.append(lambda: defer.ensureDeferred(federation.client.close()))
     hs._on_stop.append(lambda: defer.ensureDeferred(rate_limiter.close()))
+    if forwarder is not None:
+        hs._on_stop.append(lambda: defer.ensureDeferred(forwarder.close()))
+    if room_forwarder is not None:
+        hs._on_stop.append(lambda: defer.ensureDeferred(room_forwarder.close()))
     # Login and MFA lockouts shared through Redis when configured (homeserver/detection).
     close_lockouts = wire_shared_lockouts(config, detection, accounts.mfa, rate_limiter,
                                           default_reactor)
@@ -363,28 +397,31 @@ async def build_homeserver(
     activity.watch_audit_head(accounts.security_events.chain_head)
     audit_retention = AuditRetention(accounts.security_events, clock,
                                      config.audit.retention_days)
-    if config.workers.is_main:  # background jobs: the main process only
+    if roles.runs("background"):  # background jobs: main, or the background worker
         audit_retention.start()
     hs._on_stop.append(audit_retention.stop)
     if config.workers.is_main:
         sync.presence.start()
     hs._on_stop.append(sync.presence.stop)
     # Push delivery to HTTP pushers' gateways (homeserver/push/sender/).
-    if config.workers.is_main:
-        pushers = await build_pusher_pool(config, clock, stores, default_reactor,
+    if roles.runs("pusher"):  # main, or a pusher worker (its shard of the users)
+        pushers = await build_pusher_pool(config, clock, roles.pusher_stores(stores),
+                                          default_reactor,
                                           rooms.event_creation, rooms.push_actions,
                                           sync.receipts, registry)
         hs.pushers = pushers
         hs._on_stop.append(pushers.stop)
+    roles.wire_pushers(hs.pushers, rooms.push_actions, sync.receipts)
     # GDPR exports: resume the jobs a stopped process left, delete expired archives.
     hs.gdpr_export = gdpr_export
     hs._on_stop.append(lambda: defer.ensureDeferred(gdpr_export.stop()))
-    if config.workers.is_main:
+    roles.wire_background(erasure, gdpr_export)  # before either starts a job
+    if roles.runs("background"):
         hs._loops.append(start_cleanup(gdpr_export, clock))
         await gdpr_export.resume_pending()
     # GDPR erasure: purge jobs past their grace window, now and hourly.
     hs.erasure = erasure
-    if config.workers.is_main:
+    if roles.runs("background"):
         erasure.purge.start()
     hs._on_stop.append(erasure.purge.stop)
     # Message retention: m.room.retention checked on send; purge jobs when enabled.
@@ -392,7 +429,7 @@ async def build_homeserver(
     retention, hs.retention_jobs = build_retention(config, clock, db, stores, rooms)
     hs.retention = retention
     rooms_admin.jobs.add_source(hs.retention_jobs)  # its runs: background jobs
-    if config.retention.enabled and config.workers.is_main:
+    if config.retention.enabled and roles.runs("background"):
         retention.start()
         hs._on_stop.append(lambda: defer.ensureDeferred(retention.stop()))
         await retention.resume_pending()
@@ -401,15 +438,18 @@ async def build_homeserver(
     hs._on_stop.append(lambda: defer.ensureDeferred(rooms_admin.shutdown.stop()))
     if config.workers.is_main:
         await rooms_admin.shutdown.resume_pending()
-    # Application services: sender users, then resume their queued transactions.
-    if config.workers.is_main:
-        await appservices.start()
+    # Application services: sender users, then resume their queued transactions (sent
+    # by the appservice workers when there are some).
+    if await roles.start_appservices(appservices):
         hs._on_stop.append(lambda: defer.ensureDeferred(appservices.stop()))
     # Replication with the other processes when workers are configured (homeserver/replication).
     hs.replication = await build_replication(config, clock, db, notifier, accounts, rooms,
                                              sync, default_reactor, registry)
     if hs.replication is not None:
         hs._on_stop.append(lambda: defer.ensureDeferred(hs.replication.stop()))
+    roles.attach(hs.replication)
+    hs.roles = roles
+    hs._on_stop.insert(0, lambda: defer.ensureDeferred(roles.stop()))
     return hs
 
 
