@@ -17,7 +17,7 @@ alternating per repetition. Measured per joiner (seconds from the start of the j
 
 and the RSS of S and P (before the join, after it was usable, and the peak).
 
-    .venv/bin/python bench/large_room_join.py --members 20          # smoke, ~2 min
+    .venv/bin/python bench/large_room_join.py --members 20          # smoke, ~30 s
     .venv/bin/python bench/large_room_join.py                       # N=1000
     .venv/bin/python bench/large_room_join.py --host-dir /tmp/bigH  # keep H populated
     .venv/bin/python bench/large_room_join.py --host-dir /tmp/bigH --reuse --reps 3

@@ -46,7 +46,7 @@ backfill) see :class:`~federation.pdu_checks.SpamRefusal` as a dropped PDU.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from federation.pdu_checks import (
@@ -59,6 +59,7 @@ from federation.pdu_checks import (
     server_allowed_by_acl,
 )
 from homeserver.detection.policy import POLICY_KEY
+from homeserver.events.auth import required_signature_servers
 from homeserver.events.model import Event
 from homeserver.events.power_levels import domain_of
 from homeserver.handlers.event_persister import (
@@ -186,11 +187,53 @@ class FederationIngest:
         (outcomes of the persisted ones, index of each dropped PDU -> why).
         :class:`MissingEventsError` propagates (nothing after it in graph order is
         stored)."""
+        try:
+            version = await self._persister.room_version(room_id)
+        except MatrixError:
+            return [], {i: "this server is not in the room" for i in range(len(pdus))}
+        parsed: list[Event | PduError] = []
+        for pdu in pdus:
+            try:
+                parsed.append(parse_pdu(pdu, version, room_id))
+            except PduError as e:
+                parsed.append(e)
+        return await self.receive_events(origin, room_id, parsed, kind, state_before)
+
+    async def receive_events(self, origin: str, room_id: str,
+                             parsed: Sequence[Event | PduError], kind: PersistKind,
+                             state_before: StateMap | None = None
+                             ) -> tuple[list[Outcome], dict[int, str]]:
+        """:meth:`receive_pdus` for PDUs the caller parsed already (``parse_pdu`` with
+        this room's version and id; a :class:`PduError` stands for one that failed),
+        so a join's thousands of state events are parsed once (issue 16 "Speed"). The
+        signing keys of the whole batch are fetched together first."""
+        events, dropped = await self.check_events(origin, room_id, parsed, kind)
+        if not events:
+            return [], dropped
+        outcomes = await self._persister.persist_remote(room_id, events, kind, state_before)
+        return outcomes, dropped
+
+    async def prefetch_keys(self, origin: str, parsed: Iterable[Event | PduError]) -> None:
+        """Fetch the signing keys these events' signature checks need, all together."""
+        prefetch = getattr(self._keyring, "prefetch", None)
+        if prefetch is not None:
+            await prefetch(_signers(origin, (e for e in parsed if isinstance(e, Event))))
+
+    async def check_events(self, origin: str, room_id: str,
+                           parsed: Sequence[Event | PduError], kind: PersistKind
+                           ) -> tuple[list[Event], dict[int, str]]:
+        """Steps 2-4b for a batch: (the events to persist, index of each dropped
+        PDU -> why)."""
         events: list[Event] = []
         dropped: dict[int, str] = {}
-        for i, pdu in enumerate(pdus):
+        await self.prefetch_keys(origin, parsed)
+        acl = (await self._persister.current_state(room_id, [_ACL])).get(_ACL)
+        for i, item in enumerate(parsed):
+            if isinstance(item, PduError):
+                dropped[i] = item.reason
+                continue
             try:
-                event = await self.check_pdu(origin, pdu, room_id)
+                event = await self.check_event(origin, item, acl)
             except SpamRefusal as spam:
                 if kind is not PersistKind.OUTLIER:
                     dropped[i] = spam.reason
@@ -200,10 +243,7 @@ class FederationIngest:
                 dropped[i] = e.reason
                 continue
             events.append(event)
-        if not events:
-            return [], dropped
-        outcomes = await self._persister.persist_remote(room_id, events, kind, state_before)
-        return outcomes, dropped
+        return events, dropped
 
     async def check_pdu(self, origin: str, pdu: JsonDict, room_id: str | None = None) -> Event:
         """Steps 1-4b: the event to persist (redacted if its hash did not match), or
@@ -220,12 +260,18 @@ class FederationIngest:
         except MatrixError:
             raise PduError("this server is not in the room") from None
         event = parse_pdu(pdu, version, room_id)
+        acl = (await self._persister.current_state(room_id, [_ACL])).get(_ACL)
+        return await self.check_event(origin, event, acl)
+
+    async def check_event(self, origin: str, event: Event, acl: Event | None) -> Event:
+        """Steps 2-4b of :meth:`check_pdu` for a parsed event; ``acl``: the room's
+        current ``m.room.server_acl`` (None: none)."""
+        room_id = event.room_id
         sender_server = domain_of(event.sender)
         if self._is_blocked is not None:
             for server in {origin, sender_server}:
                 if await self._is_blocked(server):
                     raise PduError("federation with this server is blocked")
-        acl = (await self._persister.current_state(room_id, [_ACL])).get(_ACL)
         if acl is not None:
             for server in {origin, sender_server}:
                 if not server_allowed_by_acl(server, acl.content):
@@ -238,6 +284,28 @@ class FederationIngest:
             if policy is not None:
                 raise SpamRefusal(redacted(event), policy)
         return event
+
+
+def _signers(origin: str, events: Iterable[Event]) -> dict[str, set[str]]:
+    """server -> the key ids whose signatures :func:`check_signatures` will check on
+    ``events`` (every signature by a server that must sign, and the origin's)."""
+    out: dict[str, set[str]] = {}
+    for event in events:
+        sigs = event.pdu.get("signatures")
+        if not isinstance(sigs, dict):
+            continue
+        try:
+            servers = set(required_signature_servers(event))
+        except Exception:  # noqa: BLE001 (the check proper reports the malformed event)
+            continue
+        if isinstance(sigs.get(origin), dict):
+            servers.add(origin)
+        for server in servers:
+            per_server = sigs.get(server)
+            if isinstance(per_server, dict):
+                out.setdefault(server, set()).update(
+                    k for k in per_server if isinstance(k, str))
+    return out
 
 
 def build_ingest(config: Any, clock: Any, events: Any, keyring: Any,

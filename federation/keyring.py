@@ -10,6 +10,15 @@ the future"); keys listed in ``old_verify_keys`` verify only what was signed bef
 their ``expired_ts``. A server is asked again at most once a minute (a flood of
 requests naming unknown key ids cannot turn us into an amplifier); concurrent lookups
 for one server share one fetch.
+
+Speed (issue 16): with notaries configured they are asked first, as Synapse does, and
+a server they cannot vouch for is then asked directly. :meth:`KeyRing.prefetch` gets
+the keys a batch of PDUs (a join's state) needs before it is checked: one batched
+``POST /_matrix/key/v2/query`` to the notary for every server lacking keys, then the
+rest directly, ``DIRECT_FETCH_CONCURRENCY`` at a time, rather than one server after
+another (a room full of servers that are gone cost ~0.3 s per refused connection).
+Keys read from the store are kept in memory for a minute (a join checks thousands of
+signatures by the same few keys).
 """
 
 from __future__ import annotations
@@ -43,6 +52,10 @@ KEY_RESPONSE_MAX_SIZE = 512 * 1024
 NOTARY_RESPONSE_MAX_SIZE = 4 * 1024 * 1024
 KEY_FETCH_TIMEOUT_S = 30.0
 MAX_KEYS_PER_RESPONSE = 100
+MAX_SERVERS_PER_QUERY = 500  # servers named in one batched notary query
+MAX_PREFETCH_SERVERS = 2_000  # servers fetched for one batch of PDUs
+DIRECT_FETCH_CONCURRENCY = 10
+KEY_MEMORY_MS = 60 * 1000  # a store read is reused this long
 
 
 class KeyLookupError(SignatureError):
@@ -123,6 +136,9 @@ class KeyRing:
         self._notaries = tuple(notaries)
         self._inflight: dict[str, defer.Deferred[None]] = {}
         self._last_fetch: LruCache[str, int] = LruCache(10_000)
+        # server -> key id -> (record, when read from the store)
+        self._memory: LruCache[str, dict[str, tuple[RemoteKeyRecord, int]]] = \
+            LruCache(10_000)
 
     async def verify_json_for_server(self, server_name: str, obj: JsonDict, ts: int,
                                      *, enforce_validity: bool = True) -> None:
@@ -147,14 +163,90 @@ class KeyRing:
         it if the cache has no usable copy; None if it cannot be found."""
         if server_name == self._local.server_name:
             return await self._own_key(key_id, ts)
-        rec = await self._store.remote_key(server_name, key_id)
+        rec = await self._stored(server_name, key_id)
         if rec is not None and (ts is None or usable(rec, ts)):
             return _verify_key(key_id, rec.verify_key)
         await self.refresh(server_name)
-        rec = await self._store.remote_key(server_name, key_id)
+        rec = await self._stored(server_name, key_id, fresh=True)
         if rec is not None and (ts is None or usable(rec, ts)):
             return _verify_key(key_id, rec.verify_key)
         return None
+
+    async def _stored(self, server_name: str, key_id: str,
+                      fresh: bool = False) -> RemoteKeyRecord | None:
+        """The cached record (from memory when read less than a minute ago)."""
+        now = self._clock.time_msec()
+        per_server = self._memory.get(server_name)
+        remembered = None if fresh or per_server is None else per_server.get(key_id)
+        if remembered is not None and now - remembered[1] < KEY_MEMORY_MS:
+            return remembered[0]
+        rec = await self._store.remote_key(server_name, key_id)
+        if per_server is None:
+            per_server = {}
+            self._memory.set(server_name, per_server)
+        if rec is None:
+            per_server.pop(key_id, None)
+        elif len(per_server) < MAX_KEYS_PER_RESPONSE or key_id in per_server:
+            per_server[key_id] = (rec, now)
+        return rec
+
+    async def prefetch(self, wanted: dict[str, set[str]]) -> None:
+        """Fetch, together, the keys of every server in ``wanted`` (server -> key ids)
+        holding none of those ids in the cache: one batched notary query, then the
+        servers it could not vouch for directly, several at a time. Failures are
+        logged; the signature checks that follow find no key then."""
+        missing: list[str] = []
+        for server, kids in list(wanted.items())[:MAX_PREFETCH_SERVERS]:
+            if server == self._local.server_name or not kids:
+                continue
+            found = False
+            for kid in sorted(kids)[:MAX_KEYS_PER_RESPONSE]:
+                if await self._stored(server, kid) is not None:
+                    found = True
+                    break
+            if not found:
+                missing.append(server)
+        if missing:
+            await self.refresh_many(missing)
+
+    async def refresh_many(self, servers: list[str]) -> None:
+        """:meth:`refresh` for several servers in one go (shared with, and limited as,
+        single refreshes)."""
+        waits: list[defer.Deferred[None]] = []
+        todo: list[str] = []
+        now = self._clock.time_msec()
+        for server in dict.fromkeys(servers):
+            pending = self._inflight.get(server)
+            if pending is not None:
+                waits.append(pending)
+                continue
+            last = self._last_fetch.get(server)
+            if last is not None and now - last < REFETCH_INTERVAL_MS:
+                continue
+            self._last_fetch.set(server, now)
+            todo.append(server)
+        if todo:
+            d: defer.Deferred[None] = defer.ensureDeferred(self._fetch_servers(todo))
+            d.addErrback(lambda f: logger.error("key fetch for %d servers failed: %s",
+                                                len(todo), f.getErrorMessage()))
+            for server in todo:
+                self._inflight[server] = d
+            waits.append(d)
+            d.addBoth(self._done_inflight, todo, d)
+        for pending in waits:
+            await _wait(pending)
+
+    def _done_inflight(self, result: Any, servers: list[str],
+                       d: defer.Deferred[None]) -> Any:
+        for server in servers:
+            if self._inflight.get(server) is d:
+                del self._inflight[server]
+            self._forget(server)
+        return result
+
+    def _forget(self, server_name: str) -> None:
+        """Drop the remembered records of a server just (re)fetched."""
+        self._memory.pop(server_name)
 
     async def _own_key(self, key_id: str, ts: int | None) -> VerifyKey | None:
         if key_id == self._local.key_id:
@@ -180,7 +272,7 @@ class KeyRing:
         if last is not None and now - last < REFETCH_INTERVAL_MS:
             return
         self._last_fetch.set(server_name, now)
-        d: defer.Deferred[None] = defer.ensureDeferred(self._fetch(server_name))
+        d: defer.Deferred[None] = defer.ensureDeferred(self._fetch_servers([server_name]))
         d.addErrback(lambda f: logger.error("key fetch for %s failed: %s", server_name,
                                             f.getErrorMessage()))
         self._inflight[server_name] = d
@@ -188,10 +280,35 @@ class KeyRing:
             await _wait(d)
         finally:
             self._inflight.pop(server_name, None)
+            self._forget(server_name)
 
-    async def _fetch(self, server_name: str) -> None:
+    async def _fetch_servers(self, servers: list[str]) -> None:
+        """Notaries first (one batched query each for the servers still lacking keys),
+        then each server left directly, ``DIRECT_FETCH_CONCURRENCY`` at a time."""
         if self._client is None:
             return
+        left = list(servers)
+        for notary in self._notaries:
+            if not left:
+                return
+            got: set[str] = set()
+            for i in range(0, len(left), MAX_SERVERS_PER_QUERY):
+                chunk = left[i:i + MAX_SERVERS_PER_QUERY]
+                try:
+                    got |= await self._fetch_from_notary(notary, chunk)
+                except (FederationError, ValueError, SignatureError) as e:
+                    logger.info("fetching keys of %d servers from %s failed: %s",
+                                len(chunk), notary.server_name, e)
+            left = [s for s in left if s not in got]
+        if not left:
+            return
+        limit = defer.DeferredSemaphore(DIRECT_FETCH_CONCURRENCY)
+        await defer.gatherResults(
+            [limit.run(lambda s=s: defer.ensureDeferred(self._fetch_direct(s)))
+             for s in left], consumeErrors=True)
+
+    async def _fetch_direct(self, server_name: str) -> None:
+        assert self._client is not None
         try:
             answer = await self._client.get_json(
                 server_name, "/_matrix/key/v2/server", signed=False,
@@ -199,36 +316,42 @@ class KeyRing:
             records = parse_key_response(server_name, answer, self._clock.time_msec(),
                                          server_name)
             await self._store.store_remote_keys(records)
-            return
         except (FederationError, ValueError, SignatureError) as e:
             logger.info("fetching keys of %s directly failed: %s", server_name, e)
-        for notary in self._notaries:
-            try:
-                await self._fetch_from_notary(notary, server_name)
-                return
-            except (FederationError, ValueError, SignatureError) as e:
-                logger.info("fetching keys of %s from %s failed: %s", server_name,
-                            notary.server_name, e)
 
-    async def _fetch_from_notary(self, notary: TrustedKeyServer, server_name: str) -> None:
+    async def _fetch_from_notary(self, notary: TrustedKeyServer,
+                                 servers: list[str]) -> set[str]:
+        """Ask ``notary`` for ``servers``' keys in one query; the servers it gave good
+        keys of (stored). A bad signature by the notary fails the whole answer."""
         assert self._client is not None
         answer = await self._client.post_json(
-            notary.server_name, "/_matrix/key/v2/query", {"server_keys": {server_name: {}}},
+            notary.server_name, "/_matrix/key/v2/query",
+            {"server_keys": {s: {} for s in servers}},
             timeout=KEY_FETCH_TIMEOUT_S, max_size=NOTARY_RESPONSE_MAX_SIZE)
         entries = answer.get("server_keys") if isinstance(answer, dict) else None
         if not isinstance(entries, list):
             raise ValueError("malformed notary answer")
+        wanted = set(servers)
         now = self._clock.time_msec()
         records: list[RemoteKeyRecord] = []
-        for entry in entries[:MAX_KEYS_PER_RESPONSE]:
-            if not isinstance(entry, dict) or entry.get("server_name") != server_name:
+        got: set[str] = set()
+        for entry in entries[:MAX_KEYS_PER_RESPONSE * max(1, len(servers))]:
+            name = entry.get("server_name") if isinstance(entry, dict) else None
+            if not isinstance(name, str) or name not in wanted:
                 continue
             if not self._signed_by_notary(notary, entry):
                 raise SignatureError("notary answer not signed by its configured key")
-            records += parse_key_response(server_name, entry, now, notary.server_name)
-        if not records:
-            raise ValueError("notary had no keys")
-        await self._store.store_remote_keys(records)
+            try:
+                found = parse_key_response(name, entry, now, notary.server_name)
+            except (ValueError, SignatureError) as e:
+                logger.info("notary %s gave bad keys of %s: %s", notary.server_name, name, e)
+                continue
+            if found:
+                records += found
+                got.add(name)
+        if records:
+            await self._store.store_remote_keys(records)
+        return got
 
     @staticmethod
     def _signed_by_notary(notary: TrustedKeyServer, entry: JsonDict) -> bool:

@@ -22,7 +22,8 @@ timestamp_to_event`, the pagination handler's other hook): servers in the room a
 asked, and the event one names is fetched and placed as history the same way.
 
 Backfill for clients (:meth:`HistoryFetcher.backfill`, the pagination handler's hook):
-the prev events of the oldest events held (by stream order) that are not held are
+the prev events of the oldest events held (by stream order) that are not held (or held
+only as outliers, as the state a join brought: promoted into the timeline then) are
 asked of a server in the room with ``/backfill``; the answer is checked and persisted
 as ``BACKFILLED`` (negative stream positions), the oldest event of it with the state
 before it from ``/state_ids``. Every request is bounded (ids, events, sizes, and the
@@ -38,10 +39,11 @@ from typing import Any
 from urllib.parse import quote
 
 from federation.client import FederationError
-from federation.pdu_checks import PduError
+from federation.pdu_checks import PduError, parse_pdu
 from homeserver.events.model import Event
 from homeserver.events.power_levels import domain_of
 from homeserver.handlers.event_persister import MissingEventsError, Outcome, PersistKind
+from homeserver.http.errors import MatrixError
 from storage.stores.events import EventStore, StateMap
 
 logger = logging.getLogger(__name__)
@@ -161,12 +163,21 @@ class HistoryFetcher:
                        pdus: Iterable[JsonDict]) -> list[Event]:
         """The PDUs that pass the checks before authorisation (format, signatures,
         hashes, ACLs, blocked servers); the others are dropped."""
-        out: list[Event] = []
+        try:
+            version = await self._persister.room_version(room_id)
+        except MatrixError:
+            return []
+        parsed: list[Event | PduError] = []
         for pdu in pdus:
             try:
-                out.append(await self._ingest.check_pdu(origin, pdu, room_id))
+                parsed.append(parse_pdu(pdu, version, room_id))
             except PduError as e:
-                logger.info("Dropped a fetched PDU from %s: %s", origin, e.reason)
+                parsed.append(e)
+        # As a batch: their keys fetched together, the room's ACL read once.
+        out, dropped = await self._ingest.check_events(origin, room_id, parsed,
+                                                       PersistKind.REMOTE)
+        for reason in dropped.values():
+            logger.info("Dropped a fetched PDU from %s: %s", origin, reason)
         return out
 
     async def _store_outliers(self, origin: str, room_id: str, events: Sequence[Event]) -> bool:
@@ -252,8 +263,7 @@ class HistoryFetcher:
         held, from a server in the room; returns how many were stored."""
         oldest = await self._events.paginate_room_events(room_id, LOWEST, "f", BACKFILL_FROM)
         prevs = list(dict.fromkeys(p for e in oldest for p in e.prev_event_ids))
-        held = await self._events.get_events(prevs)
-        gaps = [p for p in prevs if p not in held][:20]
+        gaps = (await self._not_in_timeline(prevs))[:20]
         if not gaps:
             return 0  # the room's start is held (or nothing is)
         limit = max(10, min(limit, MAX_BACKFILL))
@@ -269,6 +279,17 @@ class HistoryFetcher:
             if events:
                 return await self._persist_backfilled(server, room_id, events)
         return 0
+
+    async def _not_in_timeline(self, event_ids: list[str]) -> list[str]:
+        """``event_ids`` not held as timeline events: unknown, or held only as outliers
+        (no state, not rejected; e.g. a leave that came in a join's state, the newest
+        event before the join). Those are gaps too: backfill fetches and promotes them."""
+        held = await self._events.get_events(event_ids)
+        outliers = [eid for eid, e in held.items()
+                    if e.internal.outlier and not e.internal.rejected_reason]
+        with_state = await self._events.get_state_groups(outliers) if outliers else {}
+        return [eid for eid in event_ids if eid not in held
+                or (eid in outliers and eid not in with_state)]
 
     async def timestamp_to_event(self, room_id: str, ts: int, direction: str) -> str | None:
         """Ask servers in the room for the event closest to ``ts``; the one named is

@@ -108,16 +108,34 @@ def content_hash(pdu: JsonDict, version: RoomVersion) -> bytes:
 
 def event_id_of(pdu: JsonDict, version: RoomVersion) -> str:
     """The id of a PDU as its room version derives it."""
+    return _event_id_and_signed(pdu, version)[0]
+
+
+def _event_id_and_signed(pdu: JsonDict, version: RoomVersion) -> tuple[str, bytes | None]:
+    """(the PDU's id, the canonical redacted form its signatures cover, when computing
+    the id needed it: room versions 3+)."""
     if version.event_format == EventFormat.V1:
         event_id = pdu.get("event_id")
         if not isinstance(event_id, str):
             raise PduError("event_id missing")
-        return event_id
+        return event_id, None
     redacted = prune_event_dict(pdu, version)
     for key in ("signatures", "age_ts", "unsigned"):
         redacted.pop(key, None)
-    digest = hashlib.sha256(encoder_for(version)(redacted)).digest()
-    return "$" + encode_base64(digest, urlsafe=version.event_format != EventFormat.V3)
+    signed = encoder_for(version)(redacted)
+    digest = hashlib.sha256(signed).digest()
+    return "$" + encode_base64(digest, urlsafe=version.event_format != EventFormat.V3), signed
+
+
+_SIGNED_ATTR = "_parley_signed_bytes"
+
+
+def signed_bytes_of(event: Event) -> bytes | None:
+    """The canonical redacted form :func:`parse_pdu` computed for the event's id (the
+    bytes its signatures cover), so signature checks do not prune and encode it again;
+    None for events not made by parse_pdu (or of room versions 1-2)."""
+    found = getattr(event, _SIGNED_ATTR, None)
+    return found if isinstance(found, bytes) else None
 
 
 # --------------------------------------------------------------------------- format
@@ -199,10 +217,14 @@ def parse_pdu(pdu: Any, version: RoomVersion, room_id: str | None = None) -> Eve
         if not event_id.startswith("$") or not domain_of(event_id):
             raise PduError("'event_id' must be $opaque:server")
     try:
-        event_id = event_id_of(pdu, version)
+        event_id, signed = _event_id_and_signed(pdu, version)
     except ValueError as exc:
         raise PduError(f"not canonical JSON ({exc})") from None
     event = Event(event_id, pdu, version)
+    if signed is not None:
+        # Parse once (issue 16 "Speed"): the signature check reuses these bytes. Set
+        # on this object only: a copy or a redacted form computes its own.
+        setattr(event, _SIGNED_ATTR, signed)
     if is_v12_create:
         event.internal.room_id = "!" + event_id[1:]
         if room_id is not None and event.internal.room_id != room_id:
@@ -245,9 +267,11 @@ def verify_with_key(event: Event, server: str, key_id: str, key: VerifyKey) -> b
         return False
     try:
         signature = decode_base64(sig_b64)
-        redacted = prune_event_dict(event.pdu, event.room_version)
-        body = {k: v for k, v in redacted.items() if k not in ("signatures", "unsigned")}
-        message = encoder_for(event.room_version)(body)
+        message = signed_bytes_of(event)
+        if message is None:
+            redacted = prune_event_dict(event.pdu, event.room_version)
+            body = {k: v for k, v in redacted.items() if k not in ("signatures", "unsigned")}
+            message = encoder_for(event.room_version)(body)
         if len(signature) != 64:
             return False
         key.verify(message, signature)

@@ -12,7 +12,10 @@ Set as the membership handler's hooks (handlers never import federation/):
   the user's /sync and the server takes part in the room from then on. With
   ``federation.partial_state_joins`` send_join asks with ``omit_members``; an answer
   with ``members_omitted`` marks the room partial-state first and its full state is
-  resynced in the background (homeserver/handlers/partial_state.py).
+  resynced in the background (homeserver/handlers/partial_state.py). Each PDU of the
+  answer is parsed once; each phase (make_join, send_join, parse, keys, signatures,
+  persist_state, persist_join) is timed: logged at DEBUG and observed in
+  ``parley_federation_join_phase_seconds{phase}`` (issue 16 "Speed").
 * ``remote_knock``: the same with ``make_knock``/``send_knock``; the knock is held
   out of band with the stripped state the resident gave.
 * ``remote_leave``: rejecting an invite (or withdrawing a knock) in a room we hold
@@ -26,9 +29,13 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import quote
 
+from prometheus_client import CollectorRegistry, Histogram
 from twisted.internet import defer
 
 from federation.client import FederationError, FederationHttpError
@@ -67,6 +74,44 @@ def q(value: str) -> str:
     return quote(value, safe="")
 
 
+JOIN_PHASES = ("make_join", "send_join", "parse", "keys", "signatures", "persist_state",
+               "persist_join")
+_PHASE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                  300.0)
+
+
+class JoinPhaseMetrics:
+    """``parley_federation_join_phase_seconds{phase}``: where a remote join's time goes."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.seconds = Histogram(
+            "parley_federation_join_phase_seconds",
+            "Time of each phase of joining a room over federation.", ["phase"],
+            buckets=_PHASE_BUCKETS, registry=registry)
+
+
+class JoinTimer:
+    """Wall-clock time per phase of one join (never the test clock: what it costs)."""
+
+    def __init__(self, metrics: JoinPhaseMetrics | None) -> None:
+        self._metrics = metrics
+        self.phases: dict[str, float] = {}
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            took = time.monotonic() - start
+            self.phases[name] = self.phases.get(name, 0.0) + took
+            if self._metrics is not None:
+                self._metrics.seconds.labels(name).observe(took)
+
+    def summary(self) -> str:
+        return " ".join(f"{k}={v:.3f}s" for k, v in self.phases.items())
+
+
 def _error_of(e: FederationHttpError) -> MatrixError:
     """A resident server's 4xx answer, relayed to our client."""
     body = e.body if isinstance(e.body, dict) else {}
@@ -94,6 +139,7 @@ class RemoteMembership:
         self.partial_state: PartialStateHandler | None = None
         self.partial_state_joins = False
         self._is_blocked = is_blocked
+        self.metrics: JoinPhaseMetrics | None = None  # set by register_membership
 
     # ---- candidates and the make_* round
 
@@ -191,15 +237,26 @@ class RemoteMembership:
 
     async def join(self, user_id: str, room_id: str, servers: list[str],
                    content: JsonDict) -> None:
+        timer = JoinTimer(self.metrics)
+        try:
+            await self._join(timer, user_id, room_id, servers, content)
+        finally:
+            logger.debug("join of %s: %s", room_id, timer.summary())
+
+    async def _join(self, timer: JoinTimer, user_id: str, room_id: str, servers: list[str],
+                    content: JsonDict) -> None:
         candidates = await self._candidates(user_id, room_id, servers)
-        resident, version, template = await self._make("join", user_id, room_id, candidates)
+        with timer.phase("make_join"):
+            resident, version, template = await self._make("join", user_id, room_id,
+                                                            candidates)
         event = self._sign(version, template, content)
         # Faster joins: the resident may leave members out; they come in the background.
         omit = self.partial_state is not None and self.partial_state_joins
         try:
-            answer = await self._client.put_json(
-                resident, f"{FED}/v2/send_join/{q(room_id)}/{q(event.event_id)}", event.pdu,
-                {"omit_members": "true"} if omit else None)
+            with timer.phase("send_join"):
+                answer = await self._client.put_json(
+                    resident, f"{FED}/v2/send_join/{q(room_id)}/{q(event.event_id)}",
+                    event.pdu, {"omit_members": "true"} if omit else None)
         except FederationHttpError as e:
             if 400 <= e.code < 500:
                 raise _error_of(e) from None
@@ -211,13 +268,14 @@ class RemoteMembership:
                 or not isinstance(answer.get("auth_chain"), list) \
                 or len(answer["state"]) + len(answer["auth_chain"]) > MAX_STATE_EVENTS:
             raise MatrixError(502, "Bad send_join answer", Codes.UNKNOWN)
-        join_pdu = event.pdu
+        join = event
         returned = answer.get("event")
         if isinstance(returned, dict):
             # Co-signed by the authorising server (restricted rooms): the same event.
             try:
-                if parse_pdu(returned, version, room_id).event_id == event.event_id:
-                    join_pdu = returned
+                cosigned = parse_pdu(returned, version, room_id)
+                if cosigned.event_id == event.event_id:
+                    join = cosigned
             except PduError:
                 pass
         partial: list[str] | None = None
@@ -225,21 +283,23 @@ class RemoteMembership:
             given = answer.get("servers_in_room")
             partial = [s for s in given[:MAX_SERVERS_IN_ROOM] if isinstance(s, str)
                        and 0 < len(s) <= 255] if isinstance(given, list) else []
-        await self._persist_joined_state(resident, room_id, version, answer, join_pdu,
-                                         partial)
+        await self._persist_joined_state(resident, room_id, version, answer, join,
+                                         partial, timer)
 
     async def _persist_joined_state(self, resident: str, room_id: str, version: RoomVersion,
-                                    answer: JsonDict, join_pdu: JsonDict,
-                                    partial: list[str] | None = None) -> None:
+                                    answer: JsonDict, join: Event,
+                                    partial: list[str] | None = None,
+                                    timer: JoinTimer | None = None) -> None:
         """Store the answer's state and auth chain, then the join on that state.
         ``partial``: the answer left members out (these are its servers_in_room): the
         room is marked partial-state before the join lands and resynced after."""
-        join_id = parse_pdu(join_pdu, version, room_id).event_id
+        join_id = join.event_id
         if partial is not None:
             assert self.partial_state is not None
             await self.partial_state.mark(room_id, join_id, resident, partial)
         try:
-            await self._persist_answer(resident, room_id, version, answer, join_pdu)
+            await self._persist_answer(resident, room_id, version, answer, join,
+                                       timer or JoinTimer(None))
         except BaseException:
             if partial is not None:
                 assert self.partial_state is not None
@@ -251,38 +311,50 @@ class RemoteMembership:
                                                             tuple(partial)))
 
     async def _persist_answer(self, resident: str, room_id: str, version: RoomVersion,
-                              answer: JsonDict, join_pdu: JsonDict) -> None:
-        state_pdus = [p for p in answer["state"] if isinstance(p, dict)]
-        chain_pdus = [p for p in answer["auth_chain"] if isinstance(p, dict)]
-        creator = ""
-        state_events: list[Event] = []
-        for pdu in state_pdus:
-            try:
-                ev = parse_pdu(pdu, version, room_id)
-            except PduError:
-                continue
-            state_events.append(ev)
-            if ev.type == "m.room.create" and ev.state_key == "":
-                creator = ev.sender
+                              answer: JsonDict, join: Event, timer: JoinTimer) -> None:
+        ingest = self._ingest
+        with timer.phase("parse"):
+            # Each PDU parsed (ids, canonical JSON) once; the auth chain first, as the
+            # state's events that are in both are the same event.
+            state_ids: set[str] = set()
+            by_id: dict[str, Event] = {}
+            failed = 0
+            creator = ""
+            for i, pdu in enumerate([*answer["auth_chain"], *answer["state"]]):
+                if not isinstance(pdu, dict):
+                    continue
+                try:
+                    ev = parse_pdu(pdu, version, room_id)
+                except PduError:
+                    failed += 1
+                    continue
+                by_id.setdefault(ev.event_id, ev)
+                if i >= len(answer["auth_chain"]):
+                    state_ids.add(ev.event_id)
+                    if ev.type == "m.room.create" and ev.state_key == "":
+                        creator = ev.sender
         if not creator:
             raise MatrixError(502, "The room's state has no create event", Codes.UNKNOWN)
         await self._ensure_room(room_id, version, creator)
-        by_id: dict[str, JsonDict] = {}
-        for pdu in [*chain_pdus, *state_pdus]:
-            try:
-                by_id.setdefault(parse_pdu(pdu, version, room_id).event_id, pdu)
-            except PduError:
-                continue
+        parsed = list(by_id.values())
         try:
-            outcomes, dropped = await self._ingest.receive_pdus(
-                resident, room_id, list(by_id.values()), PersistKind.OUTLIER)
+            with timer.phase("keys"):
+                await ingest.prefetch_keys(resident, [*parsed, join])
+            with timer.phase("signatures"):
+                checked, dropped = await ingest.check_events(resident, room_id, parsed,
+                                                             PersistKind.OUTLIER)
+            with timer.phase("persist_state"):
+                outcomes = await ingest.persister.persist_remote(
+                    room_id, checked, PersistKind.OUTLIER) if checked else []
             good = {o.event_id for o in outcomes if o.status in ("outlier", "known")}
-            state = {ev.state_pair: ev.event_id for ev in state_events
-                     if ev.event_id in good}
-            if dropped:
-                logger.info("join of %s: %d state/auth events dropped", room_id, len(dropped))
-            outcomes, dropped = await self._ingest.receive_pdus(
-                resident, room_id, [join_pdu], PersistKind.REMOTE, state_before=state)
+            state = {ev.state_pair: ev.event_id for ev in parsed
+                     if ev.event_id in state_ids and ev.event_id in good and ev.is_state()}
+            if dropped or failed:
+                logger.info("join of %s: %d state/auth events dropped", room_id,
+                            len(dropped) + failed)
+            with timer.phase("persist_join"):
+                outcomes, dropped = await ingest.receive_events(
+                    resident, room_id, [join], PersistKind.REMOTE, state_before=state)
         except MissingEventsError as e:
             raise MatrixError(502, f"The room's auth chain is incomplete ({e.what})",
                               Codes.UNKNOWN) from None
@@ -403,6 +475,9 @@ def register_membership(config: Any, clock: Any, db: Any, events: Any, router: A
     deps.rooms.event_creation.event_validators.append(remote.invite_validator)
     remote.partial_state = _partial_state(config, clock, db, stores, ingest, blocks, deps)
     remote.partial_state_joins = config.federation.partial_state_joins
+    registry = getattr(deps, "metrics_registry", None)
+    if registry is not None:
+        remote.metrics = JoinPhaseMetrics(registry)
     return remote
 
 

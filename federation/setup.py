@@ -54,6 +54,7 @@ class FederationDeps:
     notifier: Any = None      # homeserver.notifier.Notifier
     roles: Any = None         # homeserver.replication.roles.RoleWiring (workers)
     plugins: Any = None       # plugins.host.PluginHost (spam checks on remote events)
+    metrics_registry: Any = None  # prometheus CollectorRegistry (join phase timings)
 
 
 class _LazyResolver:

@@ -330,7 +330,7 @@ async def build_homeserver(
         config, clock, db, accounts.security_events, router, default_reactor,
         deps=FederationDeps(stores=stores, accounts=accounts, rooms=rooms, e2ee=e2ee,
                             sync=sync, media=media, notifier=notifier, roles=roles,
-                            plugins=plugins))
+                            plugins=plugins, metrics_registry=registry))
     if federation is not None:
         resource.federation_auth = federation.authenticator
     # A client worker serves reads; writes are forwarded to main when configured, else
