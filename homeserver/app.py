@@ -64,6 +64,7 @@ from homeserver.replication.forwarding import (
     build_forwarder,
     check_replication_listener,
 )
+from homeserver.replication.remote_create import wire_internal_calls
 from homeserver.replication.roles import OWN_ROUTING, RoleWiring
 from homeserver.replication.room_routing import wire_room_routing
 from homeserver.replication.routing import ReadOnlyPresence, restrict_to_reads
@@ -120,6 +121,7 @@ class Homeserver:
     rooms_admin: RoomsAdminArea | None = None
     replication: Any = None  # homeserver/replication/ (None: one process, no workers)
     roles: Any = None  # homeserver/replication/roles.py RoleWiring (worker roles)
+    internal_calls: Any = None  # homeserver/replication/remote_create.py (event persisters)
 
     def listen(self, reactor: Any = default_reactor) -> list[IListeningPort]:
         self._reactor = reactor
@@ -350,6 +352,14 @@ async def build_homeserver(
     # Requests forwarded by the other processes ("replication" listeners only).
     root.mount_prefix(FORWARD_PREFIX + "/",
                       ForwardResource(resource, config.workers.replication_secret))
+    # Events made in-process for another writer's room, and writers' side effects that
+    # main records (homeserver/replication/remote_create.py).
+    internal_calls = wire_internal_calls(
+        config, root, rooms, stores,
+        [sync.presence.after_persist, sync.typing.after_persist,
+         e2ee.device_lists.after_persist], default_reactor)
+    if room_forwarder is not None:
+        room_forwarder.resolve_alias = stores.room_aliases.get_alias
     check_replication_listener(config)
     root.mount(WS_PATH, websockets.make_resource())
     # Only reachable on listeners naming the "metrics" resource (ListenerResource).
@@ -381,6 +391,9 @@ async def build_homeserver(
         hs._on_stop.append(lambda: defer.ensureDeferred(forwarder.close()))
     if room_forwarder is not None:
         hs._on_stop.append(lambda: defer.ensureDeferred(room_forwarder.close()))
+    if internal_calls is not None:
+        hs._on_stop.append(lambda: defer.ensureDeferred(internal_calls.close()))
+    hs.internal_calls = internal_calls
     # Login and MFA lockouts shared through Redis when configured (homeserver/detection).
     close_lockouts = wire_shared_lockouts(config, detection, accounts.mfa, rate_limiter,
                                           default_reactor)

@@ -90,6 +90,9 @@ class EventCreationHandler:
         # Shadow-bans (homeserver/handlers/shadow_ban.py): async fn(user_id) -> banned.
         # A banned sender's events (and invites) are built but never persisted.
         self.shadow_banned: Callable[[str], Awaitable[bool]] | None = None
+        # Several events writers (homeserver/replication/remote_create.py): a draft for a
+        # room another process writes is built, validated and persisted there.
+        self.remote: Any = None
 
     # ---- reads, answered by the persister
 
@@ -178,6 +181,8 @@ class EventCreationHandler:
         txn_id) for idempotent sends: a retry returns the first event and stores
         nothing. ``check`` runs on the snapshot first (in the room's queue)."""
         draft = EventDraft(event_type, content, state_key, redacts)
+        if self.remote is not None and not self.remote.writes(room_id):
+            return await self._send_remote(room_id, sender, draft, txn, check)
         if self.consent_check is not None:
             await self.consent_check(sender, room_id, event_type, state_key, content)
         version = await self.room_version(room_id)
@@ -208,6 +213,37 @@ class EventCreationHandler:
             except _Duplicate as dup:
                 return dup.event
         return event
+
+    async def _send_remote(self, room_id: str, sender: str, draft: EventDraft,
+                           txn: tuple[str, str] | None,
+                           check: Callable[[RoomSnapshot], Awaitable[None]] | None) -> Event:
+        """Another process writes the room: it builds and persists the draft (one event
+        path). ``check`` runs here on the state read fresh from the database; the writer
+        refuses the draft if the state moved since (then the check runs again)."""
+        from homeserver.replication.remote_create import (
+            CHECK_ATTEMPTS,
+            StateChanged,
+            state_digest,
+        )
+
+        version = await self.room_version(room_id)  # 404 for unknown rooms
+        for attempt in range(CHECK_ATTEMPTS):
+            expect = None
+            if check is not None:
+                snap = await self._persister.read_snapshot(room_id)
+                await check(snap)
+                expect = state_digest(snap.state_ids)
+            try:
+                answer = await self.remote.create_event(room_id, sender, draft, txn, expect)
+            except StateChanged:
+                if attempt + 1 == CHECK_ATTEMPTS:
+                    raise
+                continue
+            event = Event(answer["event_id"], answer["pdu"], version)
+            if txn is not None:
+                event.internal.device_id = txn[0]
+            return event
+        raise AssertionError("unreachable")
 
     async def _same_as_current(self, event: Event, snap: RoomSnapshot) -> Event | None:
         """The current state event ``event`` would only repeat (same sender, same

@@ -165,6 +165,14 @@ class EventPersister:
         snap = self._snapshots.get(room_id)
         if snap is not None:
             return snap
+        snap = await self.read_snapshot(room_id)
+        if snap is not EMPTY_SNAPSHOT:  # an unknown room (or not yet created): not cached
+            self._snapshots.set(room_id, snap)
+        return snap
+
+    async def read_snapshot(self, room_id: str) -> RoomSnapshot:
+        """The room's snapshot as the database holds it now, bypassing the cache (a room
+        another process writes: homeserver/replication/remote_create.py)."""
         state = await self._events.get_current_state_ids(room_id)
         if not state:
             return EMPTY_SNAPSHOT  # unknown room (or not yet created): not cached
@@ -177,9 +185,7 @@ class EventPersister:
             prev = await self._events.get_events(extremities)
             depth = max((e.depth for e in prev.values()), default=0)
             extremities.sort(key=lambda e: (-prev[e].depth if e in prev else 0, e))
-        snap = RoomSnapshot(state, extremities, group, depth)
-        self._snapshots.set(room_id, snap)
-        return snap
+        return RoomSnapshot(state, extremities, group, depth)
 
     async def current_state(self, room_id: str,
                             keys: Iterable[StateKey] | None = None) -> dict[StateKey, Event]:

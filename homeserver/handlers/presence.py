@@ -57,6 +57,15 @@ class _Device:
     state: str
     last_active_ts: int = 0
     alive_until: int = 0  # ms; a sync in progress keeps the device until then
+    # Syncs held by other processes (client workers), by process: when the one reported
+    # last ends (ms). Dropped when that process stops reporting (``process_gone``).
+    remote: dict[str, int] = field(default_factory=dict)
+
+    def alive(self) -> int:
+        """Until when the device stays (ms), whatever process its syncs are held by."""
+        remote = max(self.remote.values(), default=0)
+        return max(self.alive_until, remote + SYNC_ONLINE_TIMEOUT_MS,
+                   self.last_active_ts + SYNC_ONLINE_TIMEOUT_MS)
 
 
 @dataclass
@@ -117,6 +126,16 @@ class PresenceHandler:
         self._checking: defer.Deferred[None] | None = None
         # Told each broadcast m.presence EDU with the user's rooms (application services).
         self.on_edu: list[Callable[[JsonDict, list[str]], None]] = []
+        # In a process that does not write presence (a client worker): its syncs'
+        # ``set_presence`` go here (homeserver/replication/presence.py reports them to
+        # the main process); None in the writer.
+        self.report_sync: Callable[[str, str | None, str, int], None] | None = None
+
+    def read_only(self) -> None:
+        """This process does not write presence: forget what ``load`` put in memory so
+        reads come from the database (the writer's broadcasts), never from a stale copy."""
+        self._live.clear()
+        self._broadcast.clear()
 
     async def load(self) -> None:
         """Start-up: the stream position, and everyone not offline (to time them out)."""
@@ -192,6 +211,36 @@ class PresenceHandler:
         except Exception:  # noqa: BLE001 (a presence hiccup must not fail the sync)
             logger.exception("failed to update presence for a sync")
 
+    async def remote_syncing(self, process: str, user_id: str, device_id: str | None,
+                             state: str, remaining_ms: int, active_ago_ms: int) -> None:
+        """A sync held by another process (a client worker's report, bounded by the
+        caller): as :meth:`user_syncing`, with the device kept until that process's
+        sync ends (``remaining_ms`` from now) plus ``SYNC_ONLINE_TIMEOUT_MS``, or until
+        that process stops reporting. ``active_ago_ms``: since that sync started."""
+        if not self.enabled or state not in (ONLINE, UNAVAILABLE) or not self._is_mine(user_id):
+            return
+        now = self._clock.time_msec()
+        started = now - active_ago_ms
+        live = await self._live_for(user_id)
+        device = live.devices.setdefault(device_id, _Device(OFFLINE))
+        device.state = state
+        device.last_active_ts = max(device.last_active_ts, started)
+        device.remote[process] = now + remaining_ms
+        live.last_sync_ts = max(live.last_sync_ts, started)
+        if state == ONLINE:
+            live.last_active_ts = max(live.last_active_ts, started)
+        await self._refresh(user_id)
+
+    async def process_gone(self, process: str) -> None:
+        """``process`` stopped (or stopped reporting): its syncs no longer keep devices;
+        they time out as if those syncs had just ended."""
+        for user_id, live in list(self._live.items()):
+            touched = False
+            for device in live.devices.values():
+                touched = device.remote.pop(process, None) is not None or touched
+            if touched:
+                await self._refresh(user_id)
+
     async def bump_active(self, user_id: str, device_id: str | None) -> None:
         """The user did something (sent an event, a receipt, typed). Never raises: a
         presence hiccup must not fail the action that caused it."""
@@ -228,7 +277,7 @@ class PresenceHandler:
         for device_id, device in list(live.devices.items()):
             if device.state == ONLINE and now - device.last_active_ts > IDLE_TIMER_MS:
                 device.state = UNAVAILABLE
-            if now > max(device.alive_until, device.last_active_ts + SYNC_ONLINE_TIMEOUT_MS):
+            if now > device.alive():
                 del live.devices[device_id]
         state = max((d.state for d in live.devices.values()), key=_PRIORITY.__getitem__,
                     default=OFFLINE)
@@ -326,6 +375,11 @@ class PresenceHandler:
         return user_id.endswith(":" + self._server_name)
 
     # EphemeralSource
+
+    @property
+    def positions(self) -> StreamPositions:
+        """The stream's positions (replication advances a reader's from the writer's)."""
+        return self._positions
 
     def current_position(self) -> int:
         return self._positions.current()

@@ -110,6 +110,11 @@ class ReceiptsHandler:
     async def load_position(self) -> None:
         self._positions.start_at(await self._store.max_stream_id())
 
+    @property
+    def positions(self) -> StreamPositions:
+        """The stream's positions (replication advances a reader's from the writer's)."""
+        return self._positions
+
     def current_position(self) -> int:
         return self._positions.current()
 

@@ -76,6 +76,9 @@ class RoomCreationHandler:
         self.may_create_room: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None
         # Several events writers (issue 18): a new room's id is one this process writes.
         self.owns_room: Callable[[str], bool] | None = None
+        # ... and a process writing no room asks a writer to make it (homeserver/
+        # replication/remote_create.py): async fn(user_id, body) -> (room_id, alias).
+        self.remote_create_room: Callable[..., Awaitable[tuple[str, str | None]]] | None = None
         self.may_create_alias: Callable[[str, str, str], Awaitable[None]] | None = None
         self.may_publish: Callable[[str, str], Awaitable[None]] | None = None
         self.may_invite: Callable[[str, str, str], Awaitable[None]] | None = None
@@ -100,6 +103,8 @@ class RoomCreationHandler:
 
     async def create_room(self, user_id: str, body: dict[str, Any]) -> tuple[str, str | None]:
         """Returns (room_id, room_alias or None)."""
+        if self.remote_create_room is not None:
+            return await self.remote_create_room(user_id, body)
         version_id = body.get("room_version", self._config.default_room_version)
         version = get_room_version(version_id)
         if version is None:

@@ -28,8 +28,29 @@ class StreamPositions:
         self._held: list[tuple[int, Callable[[], None]]] = []
 
     def start_at(self, position: int) -> None:
-        """The highest position already persisted (read once at start-up)."""
+        """The highest position already persisted (read once at start-up by the
+        writer; readers use :meth:`reset_to` and :meth:`advance_to`)."""
         self._max = max(self._max, position)
+
+    def advance_to(self, position: int) -> bool:
+        """A reader of a stream another process writes: the writer published that
+        everything up to ``position`` is persisted. Only ever moves forward, and releases
+        the wake-ups held for it; True if it moved."""
+        if position <= self._max:
+            return False
+        self._max = position
+        self._release_held()
+        return True
+
+    def reset_to(self, position: int) -> None:
+        """A reader starting: begin at the writer's recorded ``position``, even below the
+        database's maximum (a row there may have committed past a write still in flight
+        in the writer, so reading up to it could skip that write for good). Only before
+        this process writes: a position of its own in flight would be hidden."""
+        if self._in_flight:
+            raise RuntimeError("reset_to with writes in flight")
+        self._max = max(0, position)
+        self._release_held()
 
     def current(self) -> int:
         """The highest position below which every write has finished."""

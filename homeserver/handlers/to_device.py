@@ -72,6 +72,11 @@ class ToDeviceHandler:
         # position from the stream itself is always at or past any token handed out.
         self._positions.start_at(await self._store.allocate_stream_id())
 
+    @property
+    def positions(self) -> StreamPositions:
+        """The stream's positions (replication advances a reader's from the writer's)."""
+        return self._positions
+
     def current_position(self) -> int:
         return self._positions.current()
 

@@ -7,7 +7,9 @@ cached state of those rooms and wakes its own long-polls, so a /sync held on a w
 answers as soon as the main process has persisted an event, and never past it.
 
 Session revocations (logout, password change, admin), push-rule changes and typing are
-published by whichever process makes them, and applied everywhere else at once.
+published by whichever process makes them, and applied everywhere else at once. The
+presence asked for by syncs held on workers is reported to the main process, which
+writes it (homeserver/replication/presence.py).
 
 Redis is not trusted to deliver everything: the main process also records its readable
 positions in ``replication_positions`` (a moment after they move), and a worker reads
@@ -41,6 +43,7 @@ from homeserver.notifier import Notifier
 from homeserver.replication.link import JsonDict, RedisLink
 from homeserver.replication.multi_writer import MultiWriterPositions, writer_for
 from homeserver.replication.notifier import ReplicatingNotifier
+from homeserver.replication.presence import RemoteSyncs, SyncReporter
 from homeserver.replication.streams import StreamSet
 from homeserver.replication.typing import TypingMirror
 from storage.database import Database
@@ -53,6 +56,8 @@ FLUSH_DELAY_S = 0.05  # the main process records its positions this long after a
 MAX_IDS = 10_000  # user / room / session ids applied from one message at most
 # Fan-out subscribers writing the main process's streams: not run by event persisters.
 MAIN_ONLY_SUBSCRIBERS = ("presence", "device_lists")
+# Worker roles serving /sync (their syncs' presence is reported to main).
+SYNCING_ROLES = ("client", "event_persister")
 
 
 def make_notifier(config: Config, clock: Clock) -> Notifier:
@@ -89,9 +94,13 @@ class Replication:
     _stopped: bool = False
     # Messages of other kinds, by kind: the worker roles' (homeserver/replication/roles.py).
     handlers: dict[str, Any] = field(default_factory=dict)
+    # Presence from workers' syncs: a worker's SyncReporter, main's RemoteSyncs.
+    presence_syncs: Any = None
     # The events stream when it has several writers (None: main writes it).
     events: MultiWriterPositions | None = None
     _claim_call: Any = None
+    # Run first when stopping, while messages can still be sent (may return a Deferred).
+    on_stop: list[Any] = field(default_factory=list)
 
     @property
     def writes_events(self) -> bool:
@@ -257,11 +266,15 @@ class Replication:
         """Every process but a main process writing every stream reads others' positions."""
         return not self.is_writer or self.events is not None
 
-    async def catch_up(self) -> None:
-        """Advance to the writers' recorded positions; wake every long-poll to re-check."""
+    async def catch_up(self, starting: bool = False) -> None:
+        """Advance to the writers' recorded positions; wake every long-poll to re-check.
+        ``starting``: a reader begins exactly at them (see ``StreamSet.reset``)."""
         moved = False
         if not self.is_writer:
-            moved = self.streams.advance(await self.store.get_positions(self.writer))
+            mains = await self.store.get_positions(self.writer)
+            if starting and mains:
+                self.streams.reset(mains)
+            moved = self.streams.advance(mains)
         if self.events is not None:
             recorded = await self.store.get_stream_positions("events")
             before = self.events.current()
@@ -287,7 +300,7 @@ class Replication:
             await self.flush_positions()  # a floor for workers starting before any write
             self.publish_claim()
         if self._catches_up:
-            await self.catch_up()
+            await self.catch_up(starting=True)
             self._loop = LoopingCall(lambda: None if self._stopped else self._track(self.catch_up()))
             self._loop.clock = self.reactor
             self._loop.start(CATCH_UP_INTERVAL_S, now=False)
@@ -296,6 +309,10 @@ class Replication:
         """Before the database closes: record the last positions, close Redis."""
         if self._stopped:
             return
+        for fn in self.on_stop:
+            result = fn()
+            if isinstance(result, defer.Deferred):
+                self._pending.add(result)
         self._stopped = True
         if self._loop is not None and self._loop.running:
             self._loop.stop()
@@ -339,12 +356,36 @@ async def build_replication(config: Config, clock: Clock, db: Database, notifier
         rep.typing_mirror = TypingMirror(clock, 0)
         sync.sync.sources[:] = [rep.typing_mirror if src.name == "typing" else src
                                 for src in sync.sync.sources]
+    _wire_presence(rep, config, clock, sync.presence, reactor)
     accounts.session_cache.add_revocation_listener(rep.sessions_revoked)
     accounts.push_rules.on_change.append(rep.push_rules_changed)
     link = RedisLink(config.redis, reactor, rep.on_message, rep.on_connected)
     _metrics(rep, link, registry)
     await rep.start(link)
     return rep
+
+
+def _wire_presence(rep: Replication, config: Config, clock: Clock, presence: Any,
+                   reactor: Any) -> None:
+    """Presence is written by the main process: a worker reports its syncs to it
+    (homeserver/replication/presence.py) and reads what main broadcast."""
+    wc = config.workers
+    if not wc.is_main:
+        presence.read_only()
+    if not config.presence_enabled:
+        return
+    if wc.is_main:
+        remote = RemoteSyncs(clock, presence, set(wc.workers) - {wc.instance})
+        rep.handlers.update(remote.handlers())
+        remote.start()
+        rep.presence_syncs = remote
+        rep.on_stop.append(lambda: defer.ensureDeferred(remote.stop()))
+    elif wc.role in SYNCING_ROLES:
+        reporter = SyncReporter(clock, reactor, rep.send)
+        presence.report_sync = reporter.user_syncing
+        reporter.start()
+        rep.presence_syncs = reporter
+        rep.on_stop.append(reporter.stop)
 
 
 def _wire_event_writers(rep: Replication, events: MultiWriterPositions, wc: Any,

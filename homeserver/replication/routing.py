@@ -114,8 +114,10 @@ def _refuse_route(route: Route) -> None:
 
 class ReadOnlyPresence:
     """The presence handler as the REST layer of a client worker sees it: reads pass
-    through; a sync's ``set_presence`` is not recorded (presence is written by the main
-    process only; a worker writing it would make its stream multi-writer)."""
+    through; a sync's ``set_presence`` is not written here (presence is written by the
+    main process only; a worker writing it would make its stream multi-writer) but
+    reported to the main process (homeserver/replication/presence.py), which applies it
+    as if the sync were its own."""
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
@@ -125,7 +127,9 @@ class ReadOnlyPresence:
 
     async def user_syncing(self, user_id: str, device_id: str | None, set_presence: str,
                            timeout_ms: int) -> None:
-        return None
+        report = self._inner.report_sync
+        if report is not None:
+            report(user_id, device_id, set_presence, timeout_ms)
 
     async def bump_active(self, user_id: str, device_id: str | None) -> None:
         return None

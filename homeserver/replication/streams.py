@@ -23,16 +23,17 @@ class StreamSet:
         # With several events writers the events stream is replicated per writer
         # (homeserver/replication/multi_writer.py), not as one of the main process's.
         self._multi_events = multi_events
-        # The database-backed ephemeral streams' positions, by stream name. The handlers
-        # keep them private; reading them here (once, at start-up) fails loudly if a
-        # handler changes shape, rather than silently never advancing.
+        # The database-backed ephemeral streams' positions, by stream name (each source's
+        # public ``positions``). Checked once, at start-up: a replicated stream without
+        # them fails loudly rather than silently never advancing.
         self._positions: dict[str, StreamPositions] = {"events": persister.positions}
         for src in sync.sources:
-            positions = getattr(src, "_positions", None)
-            if src.name in REPLICATED:
-                if not isinstance(positions, StreamPositions):
-                    raise TypeError(f"replication: stream {src.name!r} has no positions")
-                self._positions[src.name] = positions
+            if src.name not in REPLICATED:
+                continue
+            positions = getattr(src, "positions", None)
+            if not isinstance(positions, StreamPositions):
+                raise TypeError(f"replication: stream {src.name!r} has no positions")
+            self._positions[src.name] = positions
 
     def snapshot(self) -> dict[str, int]:
         """This process's readable position of every replicated stream."""
@@ -44,12 +45,16 @@ class StreamSet:
             del out["events"]
         return out
 
+    @staticmethod
+    def _valid(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) \
+            and 0 <= value <= MAX_POSITION
+
     def advance(self, positions: dict[str, Any]) -> bool:
         """Move each stream forward to the given position; True if any moved."""
         before = self.snapshot()
         for name, value in positions.items():
-            if not isinstance(value, int) or isinstance(value, bool) \
-                    or not 0 <= value <= MAX_POSITION:
+            if not self._valid(value):
                 continue
             if name == "account_data":
                 if value > before["account_data"]:
@@ -58,5 +63,17 @@ class StreamSet:
             elif name == "events" and self._multi_events:
                 continue
             elif name in self._positions:
-                self._positions[name].start_at(value)
+                self._positions[name].advance_to(value)
         return self.snapshot() != before
+
+    def reset(self, positions: dict[str, Any]) -> None:
+        """A reader starting: begin each stream at the writer's recorded position, even
+        below what this process loaded from the database's maxima (see
+        ``StreamPositions.reset_to``). Before this process serves anything. Account data
+        has no lowering API in the sync handler: it is advanced only."""
+        for name, value in positions.items():
+            if not self._valid(value) or (name == "events" and self._multi_events):
+                continue
+            if name in self._positions:
+                self._positions[name].reset_to(value)
+        self.advance({k: v for k, v in positions.items() if k == "account_data"})

@@ -105,15 +105,18 @@ class MultiWriterTest(DatabaseTestCase):
         d = self.d
         await self._write(d.p1)
         release: defer.Deferred[None] = defer.Deferred()
+        allocated: defer.Deferred[None] = defer.Deferred()
         real = d.p2._allocate  # noqa: SLF001
 
         async def slow_allocate() -> int:
             position = await real()
+            allocated.callback(None)
             await release
             return position
 
         d.p2._allocate = slow_allocate  # noqa: SLF001
         writing = defer.ensureDeferred(self._write(d.p2))
+        await allocated  # p2's position is drawn before p1's (no race on the pool)
         claim = d.p2.own_position()
         later = await self._write(d.p1)  # allocated after p2's, persisted first
         self.assertEqual(d.p2.own_position(), claim)
@@ -230,9 +233,9 @@ class StreamWritersConfigTest(unittest.TestCase):
                 self._config(**overrides)
 
 
-class EventPersistersTest(HomeserverTestCase):
+class PersisterDeploymentCase(HomeserverTestCase):
     """main (self.hs), event persisters p1 and p2, a client worker (reader); one
-    PostgreSQL schema and the machine's Redis."""
+    PostgreSQL schema and the machine's Redis. No tests of its own."""
 
     timeout = 90
 
@@ -289,17 +292,21 @@ class EventPersistersTest(HomeserverTestCase):
             self.base_url = main
         return await d
 
-    async def _rooms_per_writer(self, token: str) -> dict[str, str]:
+    async def _rooms_per_writer(self, token: str, body: dict[str, Any] | None = None
+                                ) -> dict[str, str]:
         """A room written by each persister (createRoom through main goes to either)."""
         out: dict[str, str] = {}
         for _ in range(30):
-            created = await self.request("POST", f"{V3}/createRoom", {}, token)
+            created = await self.request("POST", f"{V3}/createRoom", body or {}, token)
             self.assertEqual(created.code, 200, created)
             room_id = created.json["room_id"]
             out.setdefault(writer_for_room(room_id, WRITERS), room_id)
             if len(out) == len(WRITERS):
                 return out
         self.fail("createRoom never reached both writers")
+
+
+class EventPersistersTest(PersisterDeploymentCase):
 
     async def test_sync_on_reader_across_both_writers(self) -> None:
         import secrets
