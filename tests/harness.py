@@ -83,12 +83,22 @@ def drop_pg_schema(schema: str) -> None:
         # A test's last background transaction can still hold a lock on one of its
         # tables for a moment; PostgreSQL then breaks the deadlock with DROP as the
         # victim. The drop is idempotent, so try again.
+        # A straggling transaction of the finished test is ended first, and the drop
+        # waits for locks at most 10 s at a time (never a hung tear-down).
         for attempt in range(5):
             try:
                 with conn.cursor() as cur:
+                    cur.execute("SET lock_timeout = '10s'")
+                    cur.execute(
+                        "SELECT DISTINCT l.pid FROM pg_locks l"
+                        " JOIN pg_class c ON c.oid = l.relation"
+                        " JOIN pg_namespace n ON n.oid = c.relnamespace"
+                        " WHERE n.nspname = %s AND l.pid <> pg_backend_pid()", (schema,))
+                    for (pid,) in cur.fetchall():
+                        cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
                     cur.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
                 return
-            except psycopg2.errors.DeadlockDetected:
+            except (psycopg2.errors.DeadlockDetected, psycopg2.errors.LockNotAvailable):
                 if attempt == 4:
                     raise
                 time.sleep(0.2 * (attempt + 1))

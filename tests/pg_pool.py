@@ -142,6 +142,7 @@ def _reset(cur: Any, schema: str, base: _Baseline) -> str | None:
     for (pid,) in cur.fetchall():
         cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
     cur.execute("SET LOCAL lock_timeout = '2s'")
+    cur.execute("SET LOCAL statement_timeout = '20s'")
     for table in base.delete_order:
         if table not in _KEEP:
             cur.execute(f"DELETE FROM {_q(schema)}.{_q(table)}")
