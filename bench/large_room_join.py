@@ -113,6 +113,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--profile-window", choices=("join", "usable"), default="join",
                    help="profile POST /join only, or until the room is usable")
     p.add_argument("--py-spy", default=shutil.which("py-spy") or "/tmp/joinbench-tools/bin/py-spy")
+    p.add_argument("--parley-log-level", choices=("DEBUG", "INFO"), default=None,
+                   help="P's logging.level (DEBUG logs each join's phase timings)")
     p.add_argument("--keep-logs", type=Path, default=None,
                    help="copy the servers' logs (and the profile) into this directory")
     args = p.parse_args(argv)
@@ -243,7 +245,8 @@ async def one_rep(rep: int, args: argparse.Namespace, ca: TestCa, state: dict[st
             t0 = time.monotonic()
             servers[kind] = (BenchSynapse(ca, f"s{rep}", notary) if kind == "synapse"
                              else BenchParley(ca, f"p{rep}", args.parley_db, notary,
-                                              partial_state_setting(args.parley_join)))
+                                              partial_state_setting(args.parley_join),
+                                              args.parley_log_level))
             servers[kind].start()
             say(f"rep {rep + 1}: {kind} up as {servers[kind].server_name} "
                 f"in {time.monotonic() - t0:.1f}s")

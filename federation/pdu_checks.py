@@ -128,6 +128,27 @@ def _event_id_and_signed(pdu: JsonDict, version: RoomVersion) -> tuple[str, byte
 
 
 _SIGNED_ATTR = "_parley_signed_bytes"
+_HASH_ATTR = "_parley_content_hash"
+# The unhashed top-level keys a received PDU still has once ``unsigned`` is dropped,
+# with their canonical key prefix ('"hashes":').
+_UNHASHED = tuple((k, len(k) + 3) for k in ("hashes", "signatures"))
+
+
+def _encoded_size_and_hash(pdu: JsonDict, version: RoomVersion) -> tuple[int, bytes]:
+    """(the size of the PDU's canonical JSON, its content hash) from one encoding of
+    the hashed body: the whole PDU's size is the body's plus each unhashed member
+    (``,"key":value``), so the PDU is not encoded a second time only to be measured.
+    Every value is still encoded, so a non-canonical one anywhere raises ValueError."""
+    encode = encoder_for(version)
+    body = {k: v for k, v in pdu.items() if k not in ("unsigned", "signatures", "hashes")}
+    encoded = encode(body)
+    size = len(encoded)
+    members = 1 if body else 0
+    for key, prefix in _UNHASHED:
+        if key in pdu:
+            size += prefix + len(encode(pdu[key])) + (1 if members else 0)
+            members += 1
+    return size, hashlib.sha256(encoded).digest()
 
 
 def signed_bytes_of(event: Event) -> bytes | None:
@@ -174,17 +195,21 @@ def _references(pdu: JsonDict, key: str, version: RoomVersion, limit: int) -> No
             raise PduError(f"malformed entry in '{key}'")
 
 
-def parse_pdu(pdu: Any, version: RoomVersion, room_id: str | None = None) -> Event:
+def parse_pdu(pdu: Any, version: RoomVersion, room_id: str | None = None, *,
+              copy_values: bool = True) -> Event:
     """The event of a received PDU in room version ``version`` (of ``room_id``, when
-    the caller knows the room), or :class:`PduError`. The PDU is copied; ``unsigned``
-    from another server is dropped (it is not covered by any signature)."""
+    the caller knows the room), or :class:`PduError`. The PDU is copied (its values
+    too unless ``copy_values`` is False: for a caller whose JSON is used for nothing
+    else, e.g. a send_join answer); ``unsigned`` from another server is dropped (it is
+    not covered by any signature)."""
     if not isinstance(pdu, dict):
         raise PduError("a PDU must be an object")
-    pdu = {k: copy.deepcopy(v) for k, v in pdu.items() if k != "unsigned"}
+    pdu = {k: copy.deepcopy(v) if copy_values else v for k, v in pdu.items()
+           if k != "unsigned"}
     if version.event_format != EventFormat.V1:
         pdu.pop("event_id", None)  # not part of the format from v3: never hashed
     try:
-        size = len(encoder_for(version)(pdu))
+        size, hashed = _encoded_size_and_hash(pdu, version)
     except ValueError as exc:
         raise PduError(f"not canonical JSON ({exc})") from None
     if size > MAX_PDU_BYTES:
@@ -225,6 +250,7 @@ def parse_pdu(pdu: Any, version: RoomVersion, room_id: str | None = None) -> Eve
         # Parse once (issue 16 "Speed"): the signature check reuses these bytes. Set
         # on this object only: a copy or a redacted form computes its own.
         setattr(event, _SIGNED_ATTR, signed)
+    setattr(event, _HASH_ATTR, hashed)  # and the content hash check this digest
     if is_v12_create:
         event.internal.room_id = "!" + event_id[1:]
         if room_id is not None and event.internal.room_id != room_id:
@@ -240,9 +266,11 @@ def check_content_hash(event: Event) -> Event:
     good)."""
     hashes = event.pdu.get("hashes")
     claimed = hashes.get("sha256") if isinstance(hashes, dict) else None
+    known = getattr(event, _HASH_ATTR, None)  # computed by parse_pdu
     try:
         ok = isinstance(claimed, str) and hmac.compare_digest(
-            decode_base64(claimed), content_hash(event.pdu, event.room_version))
+            decode_base64(claimed), known if isinstance(known, bytes)
+            else content_hash(event.pdu, event.room_version))
     except ValueError:
         ok = False
     return event if ok else redacted(event)

@@ -96,6 +96,7 @@ class JoinTimer:
     def __init__(self, metrics: JoinPhaseMetrics | None) -> None:
         self._metrics = metrics
         self.phases: dict[str, float] = {}
+        self.events: int | None = None  # distinct state and auth chain events answered
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -109,7 +110,8 @@ class JoinTimer:
                 self._metrics.seconds.labels(name).observe(took)
 
     def summary(self) -> str:
-        return " ".join(f"{k}={v:.3f}s" for k, v in self.phases.items())
+        out = " ".join(f"{k}={v:.3f}s" for k, v in self.phases.items())
+        return f"{out} events={self.events}" if self.events is not None else out
 
 
 def _error_of(e: FederationHttpError) -> MatrixError:
@@ -324,7 +326,8 @@ class RemoteMembership:
                 if not isinstance(pdu, dict):
                     continue
                 try:
-                    ev = parse_pdu(pdu, version, room_id)
+                    # The answer's JSON is used for nothing else: not copied again.
+                    ev = parse_pdu(pdu, version, room_id, copy_values=False)
                 except PduError:
                     failed += 1
                     continue
@@ -337,6 +340,7 @@ class RemoteMembership:
             raise MatrixError(502, "The room's state has no create event", Codes.UNKNOWN)
         await self._ensure_room(room_id, version, creator)
         parsed = list(by_id.values())
+        timer.events = len(parsed)
         try:
             with timer.phase("keys"):
                 await ingest.prefetch_keys(resident, [*parsed, join])

@@ -157,7 +157,7 @@ class HostSynapse(BenchSynapse):
 class BenchParley(FederatedParley):
     def __init__(self, ca: TestCa, label: str, engine: str,
                  notary: dict[str, Any] | None = None,
-                 partial_state: bool | None = None) -> None:
+                 partial_state: bool | None = None, log_level: str | None = None) -> None:
         federation: dict[str, Any] = {"request_timeout": PARLEY_REQUEST_TIMEOUT}
         if notary is not None:
             federation["trusted_key_servers"] = [dict(notary)]
@@ -167,6 +167,8 @@ class BenchParley(FederatedParley):
         lifted = {"per_second": 1_000_000_000, "burst": 1_000_000_000}
         self.config_overrides = {"rate_limits": {name: dict(lifted)
                                                  for name in DEFAULT_RATE_LIMITS}}
+        if log_level is not None:  # DEBUG: the join's phase timings (federation.remote_join)
+            self.config_overrides["logging"] = {"level": log_level}
 
     @property
     def pid(self) -> int | None:

@@ -50,6 +50,9 @@ if TYPE_CHECKING:
     from homeserver.handlers.event_persister import EventPersister, Outcome, RoomQueue
 
 _CREATE: StateKey = ("m.room.create", "")
+# Outliers written per transaction (bounded: a full join's thousands of events do not
+# hold the database's write lock in one long transaction).
+OUTLIER_BATCH = 500
 _STATUS = {TIMELINE: "accepted", SOFT_FAILED: "soft_failed", REJECTED: "rejected",
            OUTLIER: "outlier", BACKFILLED: "backfilled"}
 
@@ -82,12 +85,23 @@ class DagWriter:
             negative = sorted(await self._events.allocate_backfill_positions(len(order)))
         done: dict[str, Event] = {}
         states: dict[str, tuple[int | None, StateMap]] = {}
-        for i, eid in enumerate(order):
-            event = todo[eid]
-            position = negative[i] if negative else None
-            outcomes[eid] = await self._one(turn, event, kind, state_before, done, states,
-                                            position, eid in promote)
-            done[eid] = event
+        # Outliers touch only their own rows and are decided on their auth events (held
+        # in ``done`` or already stored): written OUTLIER_BATCH per transaction (a join's
+        # state: issue 16 "Speed"), including those decided before an error.
+        pending: list[PersistRequest] | None = [] if kind is PersistKind.OUTLIER else None
+        try:
+            for i, eid in enumerate(order):
+                event = todo[eid]
+                position = negative[i] if negative else None
+                outcomes[eid] = await self._one(turn, event, kind, state_before, done,
+                                                states, position, eid in promote, pending)
+                done[eid] = event
+                if pending is not None and len(pending) >= OUTLIER_BATCH:
+                    batch_reqs, pending[:] = list(pending), []
+                    await self._events.persist_events(batch_reqs)
+        finally:
+            if pending:
+                await self._events.persist_events(pending)
         return [outcomes[e.event_id] for e in events]
 
     async def _promotable(self, stored: dict[str, Event], kind: PersistKind
@@ -115,7 +129,8 @@ class DagWriter:
     async def _one(self, turn: RoomQueue, event: Event, kind: PersistKind,
                    given_state: StateMap | None, done: dict[str, Event],
                    states: dict[str, tuple[int | None, StateMap]],
-                   position: int | None, promote: bool = False) -> Outcome:
+                   position: int | None, promote: bool = False,
+                   pending: list[PersistRequest] | None = None) -> Outcome:
         from homeserver.handlers.event_persister import Outcome, RoomSnapshot
 
         is_create = event.type == "m.room.create" and not event.prev_event_ids
@@ -178,7 +193,11 @@ class DagWriter:
             if position is None:
                 position = (await self._events.allocate_backfill_positions(1))[0]
             event.internal.stream_ordering = position
-            group = await self._events.persist_event(_at(request, position))
+            if pending is not None and mode == OUTLIER:
+                pending.append(_at(request, position))  # written by persist() (no group)
+                group = None
+            else:
+                group = await self._events.persist_event(_at(request, position))
         if mode != OUTLIER:
             states[event.event_id] = (group, after if mode != REJECTED else before)
 

@@ -291,6 +291,14 @@ class EventStore:
         (None for an outlier)."""
         return await self._db.run("persist_event", _persist, req, self.codec)
 
+    async def persist_events(self, reqs: list[PersistRequest]) -> list[int | None]:
+        """:meth:`persist_event` for several events in one transaction (a join's state
+        and auth chain as outliers: one commit, not one per event; issue 16 "Speed")."""
+        def _all(txn: Txn) -> list[int | None]:
+            return [_persist(txn, req, self.codec) for req in reqs]
+
+        return await self._db.run("persist_events", _all) if reqs else []
+
     async def allocate_stream_ordering(self) -> int:
         return await self._db.run("next_event_stream", lambda txn: txn.next_stream_id("events"))
 

@@ -222,3 +222,68 @@ class JoinPhaseTimingTest(MembershipTestCase):
         self.assertTrue(any("send_join=" in line and "persist_join=" in line
                             for line in lines), lines)
         self.assertFalse(any(alice.user_id in line for line in lines))  # no user ids
+
+
+class JoinWritesTogetherTest(MembershipTestCase):
+    """A join's state and auth chain are written as outliers in one transaction, and
+    each server's block status is read once for the whole answer, not per event."""
+
+    async def test_one_outlier_transaction_and_block_reads_per_server(self) -> None:
+        batches = await self.join_counting_batches()
+        self.assertEqual(len(batches), 1, batches)
+        self.assertGreaterEqual(batches[0], 6)  # create, member, PLs, rules, topic, name...
+
+    async def test_outlier_transactions_bounded(self) -> None:
+        from homeserver.handlers import event_dag
+
+        self.patch(event_dag, "OUTLIER_BATCH", 3)
+        batches = await self.join_counting_batches()
+        self.assertGreater(len(batches), 1, batches)
+        self.assertLessEqual(max(batches), 3, batches)
+
+    async def join_counting_batches(self) -> list[int]:
+        """Join a room with a few state events; the sizes of the outlier writes."""
+        bob = await self.account(self.remote, "bob")
+        alice = await self.account(self.hs, "alice")
+        room_id = await self.remote_room(bob, preset="public_chat")
+        for name in ("topic", "name"):
+            await self.ok(self.remote, "PUT",
+                          f"{CS}/rooms/{q(room_id)}/state/m.room.{name}/",
+                          {name: "x"}, bob.token)
+        store = self.hs.stores.events
+        batches: list[int] = []
+        real_batch, real_one = store.persist_events, store.persist_event
+        outliers_alone: list[str] = []
+
+        async def persist_events(reqs: Any) -> Any:
+            batches.append(len(reqs))
+            return await real_batch(reqs)
+
+        async def persist_event(req: Any) -> Any:
+            if req.mode == "outlier":
+                outliers_alone.append(req.event.event_id)
+            return await real_one(req)
+
+        store.persist_events = persist_events  # type: ignore[method-assign]
+        store.persist_event = persist_event  # type: ignore[method-assign]
+        assert self.hs.federation is not None and self.hs.federation.ingest is not None
+        ingest = self.hs.federation.ingest
+        asked: list[str] = []
+        real_blocked = ingest._is_blocked  # noqa: SLF001
+        assert real_blocked is not None
+
+        async def is_blocked(server: str) -> bool:
+            asked.append(server)
+            return await real_blocked(server)
+
+        ingest._is_blocked = is_blocked  # noqa: SLF001
+        await self.ok(self.hs, "POST", f"{CS}/join/{q(room_id)}?via={REMOTE}", {},
+                      alice.token)
+        self.assertEqual(outliers_alone, [])
+        # Once per server per batch (the state and auth chain, then the join itself),
+        # not once per event.
+        self.assertLessEqual(asked.count(REMOTE), 2, asked)
+        state = await self.ok(self.hs, "GET", f"{CS}/rooms/{q(room_id)}/state/m.room.topic/",
+                              None, alice.token)
+        self.assertEqual(state, {"topic": "x"})
+        return batches
