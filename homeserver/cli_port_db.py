@@ -1,7 +1,7 @@
 """``parley port-db``: move a SQLite deployment's database into PostgreSQL.
 
-    parley port-db --sqlite PATH -c CONFIG [--resume] [--batch N]
-    parley port-db --from OLD_CONFIG --to CONFIG [--resume] [--batch N]
+    parley port-db --sqlite PATH -c CONFIG [--resume | --force] [--batch N]
+    parley port-db --from OLD_CONFIG --to CONFIG [--resume | --force] [--batch N]
 
 CONFIG's ``database`` names the PostgreSQL target; the source is the SQLite file (given
 directly, or as the old config whose ``database.path`` names it). Stop the server first.
@@ -40,7 +40,7 @@ def _source_path(sqlite: str | None, old_config: str | None) -> str:
 
 
 async def run_port_db(sqlite: str | None, config: str | Config, *, old_config: str | None = None,
-                      resume: bool = False, batch: int | None = None,
+                      resume: bool = False, force: bool = False, batch: int | None = None,
                       out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     """Port on the running reactor; returns the exit code (1 on any problem)."""
     from storage.database import Database
@@ -65,7 +65,7 @@ async def run_port_db(sqlite: str | None, config: str | Config, *, old_config: s
     try:
         print(f"porting {path} into PostgreSQL {_describe(cfg.database)}", file=err)
         try:
-            report = await port_database(source, target, resume=resume,
+            report = await port_database(source, target, resume=resume, force=force,
                                          batch=batch or DEFAULT_BATCH)
         except PortError as e:
             print(f"error: {e}", file=err)
@@ -73,6 +73,9 @@ async def run_port_db(sqlite: str | None, config: str | Config, *, old_config: s
     finally:
         source.close()
         target.close()
+    if report.emptied:
+        print(f"--force: emptied {len(report.emptied)} tables of the target before the port",
+              file=err)
     width = max((len(t) for t in report.counts), default=5)
     print(f"{'table':<{width}}  {'sqlite':>10}  {'postgres':>10}", file=out)
     empty = 0
@@ -84,8 +87,7 @@ async def run_port_db(sqlite: str | None, config: str | Config, *, old_config: s
         print(f"{table:<{width}}  {src:>10}  {dst:>10}{mark}", file=out)
     if empty:
         print(f"(and {empty} empty tables, empty on both sides)", file=out)
-    for seq, value in report.sequences.items():
-        print(f"sequence {seq}: {value}", file=out)
+    _print_sequences(report.checks, out)
     rows = sum(src for src, _ in report.counts.values())
     if not report.ok:
         for problem in report.problems:
@@ -96,6 +98,22 @@ async def run_port_db(sqlite: str | None, config: str | Config, *, old_config: s
     print(f"ported {len(report.counts)} tables, {rows} rows in {report.elapsed_s:.1f}s: "
           "verified. Point the config at PostgreSQL and start Parley.", file=out)
     return 0
+
+
+def _print_sequences(checks: list[Any], out: TextIO) -> None:
+    """Each sequence: SQLite's position (streams), the largest copied position and the
+    next value PostgreSQL hands out."""
+    if not checks:
+        return
+    width = max([len(c.stream or c.sequence) for c in checks] + [15])
+    print(f"{'stream/sequence':<{width}}  {'sqlite':>10}  {'max copied':>10}  "
+          f"{'pg next':>10}", file=out)
+    for c in checks:
+        sqlite = "-" if c.sqlite_pos is None else str(c.sqlite_pos)
+        top = "-" if c.max_copied is None else str(c.max_copied)
+        mark = "" if c.ok else "  MISMATCH"
+        print(f"{c.stream or c.sequence:<{width}}  {sqlite:>10}  {top:>10}  {c.pg_next:>10}"
+              f"{mark}", file=out)
 
 
 def cmd_port_db(args: argparse.Namespace) -> int:
@@ -110,7 +128,8 @@ def cmd_port_db(args: argparse.Namespace) -> int:
     setup_logging("INFO", cfg.log_format)
     logging.getLogger("twisted").setLevel(logging.WARNING)
     return react_exit_code(lambda: run_port_db(args.sqlite, cfg, old_config=args.old_config,
-                                               resume=args.resume, batch=args.batch))
+                                               resume=args.resume, force=args.force,
+                                               batch=args.batch))
 
 
 def _batch(text: str) -> int:
@@ -134,8 +153,12 @@ def add_port_db_parser(sub: Any) -> None:
                      help="the old (SQLite) config; its database.path is copied")
     p.add_argument("-c", "--config", "--to", dest="config", required=True,
                    help="the config whose database (PostgreSQL) receives the copy")
-    p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted port into the same database")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue an interrupted port into the same database")
+    again.add_argument("--force", action="store_true",
+                       help="empty a non-empty target (every Parley table, all its rows "
+                            "DELETED) and port into it")
     p.add_argument("--batch", type=_batch, default=None, metavar="N",
                    help="rows per transaction (default 5000)")
     p.set_defaults(func=cmd_port_db)

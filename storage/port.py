@@ -4,10 +4,13 @@ The source must be at the code's schema version; the target is migrated by the n
 migrations, then every table is copied in primary-key order, in batches, each batch
 committed together with the table's progress in ``port_db_progress`` (created in the
 target by the port itself, not by a migration, and dropped once the port has verified).
-So an interrupted port resumes exactly after the last committed batch. Afterwards every
-PostgreSQL sequence is advanced past what was copied: the stream sequences
-(``<stream>_stream_seq``) to SQLite's ``stream_positions``, the SERIAL ones to their
-column's maximum, so new writes never reuse a position.
+So an interrupted port resumes exactly after the last committed batch. A non-empty target
+is refused unless ``force``: then every Parley table in it is emptied (one transaction)
+and the port runs as a fresh one. Afterwards every PostgreSQL sequence is advanced past
+what was copied: the stream sequences (``<stream>_stream_seq``) to SQLite's
+``stream_positions``, the SERIAL ones to their column's maximum, so new writes never
+reuse a position; then they are verified (next value above every copied position and,
+for a stream, equal to SQLite's next one) together with the row counts.
 
 All SQL of the port is here; ``homeserver/cli_port_db.py`` is the command around it.
 """
@@ -23,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from storage.database import Database, Txn
-from storage.migrations import load_migrations, migrate
+from storage.migrations import current_version, load_migrations, migrate
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +43,23 @@ MAX_BATCH = 100_000
 INSERT_CHUNK = 500
 #: Progress is logged at most this often per table (seconds), and when a table is done.
 LOG_INTERVAL_S = 5.0
+
+#: Where each stream's positions are written when issued: (table, column, sign); sign -1
+#: is a stream stored negated (backfilled events take ``-next_stream_id``). The copied
+#: maximum must be below the PostgreSQL sequence's next value.
+STREAM_COLUMNS: dict[str, list[tuple[str, str, int]]] = {
+    "events": [("events", "stream_ordering", 1)],
+    "events_backfill": [("events", "stream_ordering", -1)],
+    "state_groups": [("state_groups", "id", 1)],
+    "account_data": [("account_data", "stream_id", 1), ("push_rules_changes", "stream_id", 1)],
+    "receipts": [("receipts", "stream_id", 1)],
+    "presence": [("presence", "stream_id", 1)],
+    "content_reports": [("content_reports", "id", 1)],
+    "device_lists": [("device_lists_stream", "stream_id", 1)],
+    "to_device": [("device_inbox", "stream_id", 1)],
+}
+#: How long emptying the target (``force``) waits for a table lock before giving up.
+FORCE_LOCK_TIMEOUT_MS = 10_000
 
 _STREAM_SEQ = re.compile(r"^([a-z_]+)_stream_seq$")
 _INSERT = re.compile(r"^\s*INSERT\s+INTO\s+([A-Za-z_][A-Za-z0-9_]*)", re.IGNORECASE)
@@ -61,11 +81,28 @@ class TablePlan:
 
 
 @dataclass
+class SequenceCheck:
+    """One PostgreSQL sequence after the port: SQLite's position for a stream (None for a
+    SERIAL column's sequence), the largest copied position, and the next value PostgreSQL
+    will hand out."""
+
+    sequence: str
+    stream: str | None
+    sqlite_pos: int | None
+    max_copied: int | None
+    pg_next: int
+    ok: bool
+
+
+@dataclass
 class PortReport:
-    """What the port did: per-table counts (source, target), sequences set, problems."""
+    """What the port did: per-table counts (source, target), sequences set and checked,
+    problems."""
 
     counts: dict[str, tuple[int, int]] = field(default_factory=dict)
     sequences: dict[str, int] = field(default_factory=dict)
+    checks: list[SequenceCheck] = field(default_factory=list)
+    emptied: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     nul_stripped: dict[str, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
@@ -253,6 +290,33 @@ def _drop_progress(txn: Txn) -> None:
     txn.execute(f"DROP TABLE IF EXISTS {PROGRESS_TABLE}")
 
 
+def _empty_target(txn: Txn, tables: list[str], stream_seqs: list[str]) -> None:
+    """``force``: every Parley table emptied, the SERIAL and stream sequences back at
+    their start, an interrupted port's progress gone; all or nothing (one transaction).
+    A lock wait is bounded: a server still running on the database fails it quickly."""
+    txn.execute(f"SET LOCAL lock_timeout = {int(FORCE_LOCK_TIMEOUT_MS)}")
+    if tables:
+        txn.execute(f"TRUNCATE {', '.join(_q(t) for t in tables)} RESTART IDENTITY")
+    for seq in stream_seqs:
+        txn.execute(f"ALTER SEQUENCE {_q(seq)} RESTART")
+    txn.execute(f"DROP TABLE IF EXISTS {PROGRESS_TABLE}")
+
+
+def _stream_max(txn: Txn, table: str, column: str, sign: int) -> int:
+    """The largest position of a stream held in ``table.column`` (0 if none)."""
+    if sign < 0:
+        sql = f"SELECT -MIN({_q(column)}) FROM {_q(table)} WHERE {_q(column)} < 0"
+    else:
+        sql = f"SELECT MAX({_q(column)}) FROM {_q(table)} WHERE {_q(column)} > 0"
+    row = txn.query_one(sql)
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def _next_value(last: int, called: bool) -> int:
+    """What ``nextval`` returns next for a sequence in this state (increment 1)."""
+    return last + 1 if called else last
+
+
 # ---------------------------------------------------------------------------------------
 # Conversions (SQLite's dynamic types to the PostgreSQL column's type)
 # ---------------------------------------------------------------------------------------
@@ -361,28 +425,55 @@ def _copy_order(tables: list[str], fks: list[tuple[str, str]]) -> list[str]:
     return order
 
 
-async def _prepare_target(target: Database, resume: bool, now_ms: int) -> bool:
-    """Migrate the target if it is empty, or check it holds an interrupted port; returns
-    True when resuming."""
+async def _prepare_target(target: Database, parley_tables: set[str], resume: bool,
+                          force: bool, now_ms: int) -> tuple[bool, list[str]]:
+    """Migrate the target if it is empty (or emptied: ``force``), or check it holds an
+    interrupted port; returns (resuming, the tables emptied)."""
+    if resume and force:
+        raise PortError("--force starts the port again from an emptied database; --resume "
+                        "continues an interrupted one: pass one of them")
     tables = set(await target.run("port_target_tables", _target_tables))
     has_progress = PROGRESS_TABLE in tables
     tables.discard(PROGRESS_TABLE)
-    if has_progress:
-        if not resume:
-            raise PortError("the PostgreSQL database holds an interrupted port (table "
-                            f"{PROGRESS_TABLE}): pass --resume to continue it, or empty the "
-                            "database to start again")
-    elif tables:
+    busy: list[str] = []
+    if tables and not (has_progress and resume):
         seeded = _seeded_tables() | SKIPPED
         busy = [t for t in sorted(tables - seeded)
                 if await target.run("port_has_rows", _has_rows, t)]
-        if busy:
-            shown = ", ".join(busy[:5]) + (" ..." if len(busy) > 5 else "")
-            raise PortError(f"the PostgreSQL database is not empty (rows in {shown}): port "
-                            "into an empty database (or schema); --resume only continues an "
-                            "interrupted port")
+    if has_progress and not resume and not force:
+        raise PortError("the PostgreSQL database holds an interrupted port (table "
+                        f"{PROGRESS_TABLE}): pass --resume to continue it, or --force to "
+                        "empty the database and start again")
+    if busy and not force:
+        shown = ", ".join(busy[:5]) + (" ..." if len(busy) > 5 else "")
+        raise PortError(f"the PostgreSQL database is not empty (rows in {shown}): port "
+                        "into an empty database (or schema), or pass --force to empty it "
+                        "first; --resume only continues an interrupted port")
+    if force and (busy or has_progress):
+        code = max((m.version for m in load_migrations("postgres")), default=0)
+        if await current_version(target) > code:
+            raise PortError("the PostgreSQL database is at a newer schema version than this "
+                            "Parley: it is not emptied")
+        empty = sorted(tables & parley_tables)
+        seqs = [s for s, t, _ in await target.run("port_sequences", _sequences)
+                if t is None and _STREAM_SEQ.match(s)]
+        shown = ", ".join(busy[:5]) + (" ..." if len(busy) > 5 else "")
+        logger.warning("--force: EMPTYING the PostgreSQL database before the port: every row "
+                       "of its %d Parley tables is DELETED (rows were in %s%s), its sequences "
+                       "restarted", len(empty), shown or "-",
+                       "; an interrupted port is discarded" if has_progress else "")
+        import psycopg2
+
+        try:
+            await target.run("port_empty_target", _empty_target, empty, seqs)
+        except psycopg2.Error as e:  # a lock timeout, a foreign key from a non-Parley table
+            raise PortError("emptying the PostgreSQL database failed, nothing was deleted ("
+                            f"{str(e).strip().splitlines()[0]}): is a server still running "
+                            "on it?") from e
+        await migrate(target, now_ms)
+        return False, empty
     await migrate(target, now_ms)  # brings an empty target to the code's schema
-    return has_progress
+    return has_progress, []
 
 
 async def _plan(source: Database, target: Database) -> list[TablePlan]:
@@ -462,9 +553,21 @@ async def _copy_table(source: Database, target: Database, plan: TablePlan,
                         100.0 * overall.copied / max(overall.total, 1), overall.eta())
 
 
-async def _advance_sequences(source: Database, target: Database,
-                             report: PortReport) -> None:
-    positions = await source.run("port_stream_positions", _stream_positions)
+async def _stream_maxima(target: Database, streams: set[str]) -> dict[str, int]:
+    """The largest copied position of each known stream (read from the target)."""
+    out = {}
+    for stream in sorted(streams):
+        if stream in STREAM_COLUMNS:
+            out[stream] = max([await target.run("port_stream_max", _stream_max, t, c, sign)
+                               for t, c, sign in STREAM_COLUMNS[stream]], default=0)
+    return out
+
+
+async def _advance_sequences(source: Database, target: Database, report: PortReport,
+                             positions: dict[str, int], maxima: dict[str, int]) -> None:
+    """Every sequence past what was copied: a stream's to SQLite's position (or to its
+    largest copied position if SQLite's record is behind it), a SERIAL one to its
+    column's maximum (or SQLite's AUTOINCREMENT mark)."""
     autoinc = await source.run("port_sqlite_sequence", _sqlite_sequences)
     seen_streams = set()
     for seq, table, column in await target.run("port_sequences", _sequences):
@@ -473,8 +576,14 @@ async def _advance_sequences(source: Database, target: Database,
             value = max(await target.run("port_max", _column_max, table, column),
                         autoinc.get(table, 0))
         elif m and m.group(1) in positions:
-            value = positions[m.group(1)]
-            seen_streams.add(m.group(1))
+            stream = m.group(1)
+            value = positions[stream]
+            seen_streams.add(stream)
+            if maxima.get(stream, 0) > value:
+                logger.warning("stream %s: SQLite recorded position %d but holds rows up to "
+                               "%d; PostgreSQL continues after %d", stream, value,
+                               maxima[stream], maxima[stream])
+                value = maxima[stream]
         else:
             report.problems.append(f"sequence {seq}: no SQLite stream or column to take its "
                                    "position from")
@@ -488,11 +597,44 @@ async def _advance_sequences(source: Database, target: Database,
         report.problems.append(f"stream {stream}: no PostgreSQL sequence {stream}_stream_seq")
 
 
+async def _verify_sequences(source: Database, target: Database, report: PortReport,
+                            positions: dict[str, int], maxima: dict[str, int]) -> None:
+    """Read back every sequence: its next value must be above every copied position
+    and, for a stream, be SQLite's next one (position + 1) unless SQLite's record was
+    behind its own rows."""
+    autoinc = await source.run("port_sqlite_sequence", _sqlite_sequences)
+    for seq, table, column in await target.run("port_sequences", _sequences):
+        last, called = await target.run("port_seq_state", _sequence_state, seq)
+        nxt = _next_value(last, called)
+        m = _STREAM_SEQ.match(seq)
+        if table and column:
+            top = max(await target.run("port_max", _column_max, table, column),
+                      autoinc.get(table, 0))
+            check = SequenceCheck(seq, None, None, top, nxt, nxt > top)
+            if not check.ok:
+                report.problems.append(f"sequence {seq}: next value {nxt} is not above "
+                                       f"{table}.{column}'s maximum {top}")
+        elif m and m.group(1) in positions:
+            stream = m.group(1)
+            pos, top = positions[stream], maxima.get(stream)
+            want = max(pos, top or 0) + 1
+            check = SequenceCheck(seq, stream, pos, top, nxt, nxt == want)
+            if not check.ok:
+                report.problems.append(
+                    f"stream {stream}: PostgreSQL's next position is {nxt}, expected {want} "
+                    f"(SQLite's position {pos}, largest copied "
+                    f"{'-' if top is None else top})")
+        else:
+            continue  # reported by _advance_sequences
+        report.checks.append(check)
+
+
 async def port_database(source: Database, target: Database, *, resume: bool = False,
-                        batch: int = DEFAULT_BATCH,
+                        force: bool = False, batch: int = DEFAULT_BATCH,
                         clock_ms: Callable[[], int] | None = None) -> PortReport:
     """Copy ``source`` (SQLite) into ``target`` (PostgreSQL); raises :class:`PortError`
-    when it cannot start, returns a report (``ok`` False on a count or sequence problem)."""
+    when it cannot start, returns a report (``ok`` False on a count or sequence problem).
+    ``force`` empties a non-empty target first (every Parley table); never with ``resume``."""
     if source.engine.name != "sqlite" or target.engine.name != "postgres":
         raise PortError("port-db copies a SQLite database into PostgreSQL")
     if not 1 <= batch <= MAX_BATCH:
@@ -500,7 +642,9 @@ async def port_database(source: Database, target: Database, *, resume: bool = Fa
     ms = clock_ms or (lambda: int(time.time() * 1000))
     began = time.monotonic()
     _check_source_version(await source.run("port_source_versions", _source_versions))
-    resuming = await _prepare_target(target, resume, ms())
+    parley_tables = {t for t in await source.run("port_source_tables", _source_tables)
+                     if t not in SKIPPED and t not in SQLITE_ONLY}
+    resuming, emptied = await _prepare_target(target, parley_tables, resume, force, ms())
     plans = await _plan(source, target)
     await target.run("port_create_progress", _create_progress)
     progress = await target.run("port_read_progress", _read_progress) if resuming else {}
@@ -525,7 +669,11 @@ async def port_database(source: Database, target: Database, *, resume: bool = Fa
             report.nul_stripped[plan.name] = stripped
             logger.warning("%s: removed NUL characters from %d values (PostgreSQL text "
                            "cannot hold them)", plan.name, stripped)
-    await _advance_sequences(source, target, report)
+    report.emptied = emptied
+    positions = await source.run("port_stream_positions", _stream_positions)
+    maxima = await _stream_maxima(target, set(positions))
+    await _advance_sequences(source, target, report, positions, maxima)
+    await _verify_sequences(source, target, report, positions, maxima)
     for plan in plans:  # verify
         src_n = await source.run("port_count", _count, plan.name)
         dst_n = await target.run("port_count", _count, plan.name)

@@ -1,7 +1,8 @@
 """``parley port-db``: a SQLite homeserver with real traffic is ported into a fresh
 PostgreSQL schema, and a server started on it serves the same users, events, keys and
-media, with stream positions past every ported one. Also: a non-empty target refused,
-``--resume`` after an interruption, a source at another schema version.
+media, with stream positions past every ported one. Also: a non-empty target refused
+(and emptied with ``--force``), ``--resume`` after an interruption, a source at another
+schema version, stream positions verified (a mismatch fails the port).
 
 Needs PostgreSQL (the target): skipped unless PARLEY_TEST_DB=postgres.
 """
@@ -21,7 +22,8 @@ from homeserver.app import build_homeserver
 from homeserver.cli import build_parser
 from homeserver.cli_port_db import run_port_db
 from storage import port as port_module
-from storage.port import _converter, _copy_order
+from storage.migrations import load_migrations
+from storage.port import STREAM_COLUMNS, _converter, _copy_order, _next_value
 from tests.harness import drop_pg_schema, make_config, pg_settings, require_postgres, test_engine
 from tests.rest.e2e_helpers import KEYS, OlmDevice
 from tests.rest.room_helpers import CS, RoomTestCase, q
@@ -66,10 +68,10 @@ class PortDbTest(RoomTestCase):
     # -- helpers ---------------------------------------------------------------------
 
     async def port(self, *, resume: bool = False, batch: int | None = None,
-                   sqlite: str | None = None) -> tuple[int, str, str]:
+                   sqlite: str | None = None, force: bool = False) -> tuple[int, str, str]:
         out, err = io.StringIO(), io.StringIO()
         code = await run_port_db(sqlite or self.sqlite_path, self.pg_config, resume=resume,
-                                 batch=batch, out=out, err=err)
+                                 force=force, batch=batch, out=out, err=err)
         return code, out.getvalue(), err.getvalue()
 
     def pg(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
@@ -207,9 +209,146 @@ class PortDbTest(RoomTestCase):
         code, _, err = await self.port()
         self.assertEqual(code, 1)
         self.assertIn("not empty", err)
+        self.assertIn("--force", err)
         code, _, err = await self.port(resume=True)  # not an interrupted port either
         self.assertEqual(code, 1)
         self.assertIn("not empty", err)
+        code, _, err = await self.port(resume=True, force=True)
+        self.assertEqual(code, 1)
+        self.assertIn("pass one of them", err)
+
+    async def test_force_empties_target_then_ports(self) -> None:
+        before = await self.fill()
+        await self.hs.stop()
+        code, _, err = await self.port()
+        self.assertEqual(code, 0, err)
+        # The target drifts from the source: a stray row, a sequence far ahead, a row
+        # the source does not have (all must be gone after --force).
+        self.pg("INSERT INTO account_data (user_id, room_id, data_type, content, stream_id) "
+                "VALUES ('@stray:test.local', '', 'org.example.stray', '{}', 999)")
+        self.pg("SELECT setval('events_stream_seq', 5000, TRUE)")
+        code, _, err = await self.port()
+        self.assertEqual(code, 1)
+        self.assertIn("--force", err)
+        # A lock held on the target (a server still running on it): --force gives up
+        # after its lock timeout, deleting nothing.
+        s = pg_settings()
+        holder = psycopg2.connect(host=s["host"], port=s["port"], user=s["user"],
+                                  dbname=s["database"], password=s.get("password"))
+        try:
+            with holder.cursor() as cur:
+                cur.execute(f'SET search_path TO "{self.target_schema}"')
+                cur.execute("LOCK TABLE events IN ACCESS SHARE MODE")
+            with mock.patch.object(port_module, "FORCE_LOCK_TIMEOUT_MS", 200):
+                code, _, err = await self.port(force=True)
+        finally:
+            holder.rollback()
+            holder.close()
+        self.assertEqual(code, 1)
+        self.assertIn("nothing was deleted", err)
+        self.assertEqual(self.pg("SELECT COUNT(*) FROM account_data "
+                                 "WHERE user_id = '@stray:test.local'"), [(1,)])
+        with self.assertLogs("storage.port", "WARNING") as logs:
+            code, out, err = await self.port(force=True)
+        self.assertEqual(code, 0, err)
+        self.assertIn("EMPTYING", "\n".join(logs.output))
+        self.assertIn("--force: emptied", err)
+        self.assertIn("verified", out)
+        self.assertNotIn("MISMATCH", out)
+        self.assertEqual(self.pg("SELECT COUNT(*) FROM account_data "
+                                 "WHERE user_id = '@stray:test.local'"), [(0,)])
+        with sqlite3.connect(self.sqlite_path) as conn:
+            pos = conn.execute("SELECT pos FROM stream_positions "
+                               "WHERE stream = 'events'").fetchone()[0]
+        conn.close()
+        self.assertEqual(self.pg("SELECT last_value, is_called FROM events_stream_seq"),
+                         [(pos, True)])
+        # --force over an interrupted port: discarded, a fresh port runs.
+        real = port_module._write_batch  # noqa: SLF001
+
+        def failing(txn: Any, plan: Any, rows: Any, *args: Any) -> None:
+            real(txn, plan, rows, *args)
+            if plan.name == "events":
+                raise RuntimeError("simulated crash")
+
+        with mock.patch.object(port_module, "_write_batch", failing):
+            with self.assertRaisesRegex(RuntimeError, "simulated crash"):
+                await self.port(force=True, batch=2)
+        self.assertEqual(self.pg("SELECT done FROM port_db_progress "
+                                 "WHERE table_name = 'events'"), [(False,)])
+        code, _, err = await self.port()
+        self.assertEqual(code, 1)
+        self.assertIn("interrupted port", err)
+        self.assertIn("--force", err)
+        code, out, err = await self.port(force=True)
+        self.assertEqual(code, 0, err)
+        self.assertNotIn("MISMATCH", out)
+        await self.start_pg()
+        login = await self.login("alice")
+        self.assertEqual(login.code, 200, login)
+        self.assertEqual(await self.messages(login.json["access_token"], before["room"]),
+                         before["messages"])
+
+    async def test_stream_positions_verified(self) -> None:
+        before = await self.fill()
+        alice, bob = before["alice"], before["bob"]
+        sent = await self.request(
+            "PUT", f"{CS}/sendToDevice/org.example.ping/txn1",
+            {"messages": {bob["user_id"]: {bob["device_id"]: {"n": 1}}}},
+            token=alice["access_token"])
+        self.assertEqual(sent.code, 200, sent)
+        receipt = await self.request(
+            "POST", f"{CS}/rooms/{q(before['room'])}/receipt/m.read/"
+            f"{q(before['messages'][0])}", {}, token=bob["access_token"])
+        self.assertEqual(receipt.code, 200, receipt)
+        await self.settle()
+        await self.hs.stop()
+        with sqlite3.connect(self.sqlite_path) as conn:
+            positions = dict(conn.execute("SELECT stream, pos FROM stream_positions"))
+        conn.close()
+        for stream in ("events", "account_data", "device_lists", "to_device", "receipts"):
+            self.assertGreater(positions[stream], 0, stream)
+        code, out, err = await self.port()
+        self.assertEqual(code, 0, err)
+        self.assertIn("max copied", out)
+        for stream, pos in positions.items():
+            (last, called), = self.pg(f"SELECT last_value, is_called FROM {stream}_stream_seq")
+            self.assertEqual(_next_value(last, called), pos + 1, stream)
+            lines = out.splitlines()
+            table = lines[next(i for i, x in enumerate(lines) if "max copied" in x):]
+            line = next(x for x in table if x.split()[:1] == [stream])
+            self.assertEqual((line.split()[1], line.split()[-1]), (str(pos), str(pos + 1)))
+
+    async def test_stream_position_mismatch_fails(self) -> None:
+        await self.fill()
+        await self.hs.stop()
+        real = port_module._set_sequence  # noqa: SLF001
+
+        def short(txn: Any, seq: str, value: int) -> None:  # a sequence left behind
+            if seq != "account_data_stream_seq":
+                real(txn, seq, value)
+
+        with mock.patch.object(port_module, "_set_sequence", short):
+            code, out, err = await self.port()
+        self.assertEqual(code, 1)
+        self.assertIn("MISMATCH", out)
+        self.assertIn("stream account_data: PostgreSQL's next position", err)
+        self.assertIn("FAILED verification", err)
+
+    async def test_sqlite_position_behind_its_rows(self) -> None:
+        """A SQLite stream record behind its own rows: PostgreSQL continues after the
+        rows (never reusing a position), with a warning."""
+        await self.fill()
+        await self.hs.stop()
+        with sqlite3.connect(self.sqlite_path) as conn:
+            top = conn.execute("SELECT MAX(stream_ordering) FROM events").fetchone()[0]
+            conn.execute("UPDATE stream_positions SET pos = 1 WHERE stream = 'events'")
+        conn.close()
+        with self.assertLogs("storage.port", "WARNING") as logs:
+            code, out, err = await self.port()
+        self.assertEqual(code, 0, err)
+        self.assertIn("stream events: SQLite recorded position 1", "\n".join(logs.output))
+        self.assertEqual(self.pg("SELECT last_value FROM events_stream_seq"), [(top,)])
 
     async def test_resume_after_interruption(self) -> None:
         before = await self.fill()
@@ -300,16 +439,40 @@ class PortUnitTest(unittest.TestCase):
         self.assertEqual(text("a\x00b"), "ab")
         self.assertEqual(text.stripped, 1)  # type: ignore[attr-defined]
 
+    def test_every_stream_has_its_columns(self) -> None:
+        """A stream added by a migration must say where its positions are stored, or
+        the port could not check PostgreSQL continues after them."""
+        streams, columns = set(), {}
+        for mig in load_migrations("sqlite"):
+            for stmt in mig.statements:
+                if "INSERT INTO stream_positions" in stmt:
+                    streams.add(stmt.split("VALUES ('")[1].split("'")[0])
+        conn = sqlite3.connect(":memory:")
+        for mig in load_migrations("sqlite"):
+            for stmt in mig.statements:
+                conn.execute(stmt)
+        for (table,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"):
+            columns[table] = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+        conn.close()
+        self.assertEqual(streams, set(STREAM_COLUMNS))
+        for stream, places in STREAM_COLUMNS.items():
+            for table, column, _ in places:
+                self.assertIn(column, columns.get(table, set()), f"{stream}: {table}.{column}")
+        self.assertEqual((_next_value(5, True), _next_value(1, False)), (6, 1))
+
     def test_parser(self) -> None:
         args = build_parser().parse_args(["port-db", "--sqlite", "x.db", "-c", "pg.yaml",
                                           "--resume", "--batch", "100"])
         self.assertEqual((args.sqlite, args.config, args.resume, args.batch),
                          ("x.db", "pg.yaml", True, 100))
-        args = build_parser().parse_args(["port-db", "--from", "old.yaml", "--to", "new.yaml"])
-        self.assertEqual((args.old_config, args.config), ("old.yaml", "new.yaml"))
+        args = build_parser().parse_args(["port-db", "--from", "old.yaml", "--to", "new.yaml",
+                                          "--force"])
+        self.assertEqual((args.old_config, args.config, args.force, args.resume),
+                         ("old.yaml", "new.yaml", True, False))
         with mock.patch("sys.stderr", io.StringIO()):
             for bad in (["port-db", "-c", "x"], ["port-db", "--sqlite", "a", "-c", "x",
-                                                  "--batch", "0"]):
+                                                  "--batch", "0"],
+                        ["port-db", "--sqlite", "a", "-c", "x", "--force", "--resume"]):
                 with self.assertRaises(SystemExit):
                     build_parser().parse_args(bad)
 
