@@ -41,7 +41,7 @@ from homeserver.config.model import (
 )
 from homeserver.config.schema import CONFIG_SCHEMA
 from homeserver.config.stream_writers import parse_stream_writers
-from homeserver.config.workers import parse_workers
+from homeserver.config.workers import REVOCATION_BOUND_DEFAULT, parse_workers
 from homeserver.crypto.config import parse_at_rest
 from homeserver.detection.config import parse_detection, parse_server_notices
 from homeserver.gdpr.config import parse_gdpr
@@ -298,7 +298,10 @@ def parse_config(raw: Any, base_dir: Path | None = None) -> Config:
             au.get("access_token_lifetime_without_refresh", "365d")),
         refresh_token_lifetime=parse_duration(au.get("refresh_token_lifetime", "30d")),
         clock_skew=parse_duration(au.get("clock_skew", "60s")),
-        session_cache_ttl=parse_duration(au.get("session_cache_ttl", "30s")),
+        # With workers it bounds how late a revocation whose Redis message was lost
+        # reaches another process (homeserver/replication/__init__.py): 1 s by default.
+        session_cache_ttl=parse_duration(au.get(
+            "session_cache_ttl", REVOCATION_BOUND_DEFAULT if raw.get("workers") else "30s")),
         signing_keys=keys,
         active_kid=active,
     )

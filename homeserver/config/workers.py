@@ -62,6 +62,9 @@ NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}\Z"
 
 
 MIN_SECRET_LENGTH = 16
+# ``auth.session_cache_ttl`` with workers: a revocation whose Redis message is lost still
+# reaches every process within it (homeserver/replication/__init__.py).
+REVOCATION_BOUND_DEFAULT = "1s"
 _SECRET = {"anyOf": [  # as homeserver/config/schema.py's SECRET (which imports this module)
     {"type": "string", "minLength": 1},
     {"type": "object", "additionalProperties": False, "required": ["env"],

@@ -14,8 +14,10 @@ writes it (homeserver/replication/presence.py).
 Redis is not trusted to deliver everything: the main process also records its readable
 positions in ``replication_positions`` (a moment after they move), and a worker reads
 them when it (re)subscribes and every ``CATCH_UP_INTERVAL_S``. A worker that lost Redis
-therefore catches up from PostgreSQL and never skips an event; a revocation missed
-during a Redis outage still applies within ``auth.session_cache_ttl``.
+therefore catches up from PostgreSQL and never skips an event. A revocation whose
+message is lost still reaches every process within ``auth.session_cache_ttl`` (1 s by
+default with workers: the bound), since a session cached as active is re-read from the
+database once older than that.
 
 With event persisters (``stream_writers.events``) the events stream has several writers
 (homeserver/replication/multi_writer.py): every writer publishes its own "persisted up

@@ -172,11 +172,14 @@ class WorkersTest(unittest.TestCase):
 
             reader = s.client(s.worker_url, alice.user_id)
             reader.restore_login(alice.user_id, alice.device_id, alice.access_token)
-            first = await reader.sync(timeout=0)
+            # set_presence=offline: a sync marking alice online is reported to main,
+            # whose presence update would (rightly) wake the long-poll below first.
+            first = await reader.sync(timeout=0, set_presence="offline")
             self.assertIsInstance(first, SyncResponse, first)
             self.assertIn(room_id, first.rooms.join)
 
-            poll = asyncio.ensure_future(reader.sync(timeout=LONGPOLL_MS, since=first.next_batch))
+            poll = asyncio.ensure_future(reader.sync(timeout=LONGPOLL_MS, since=first.next_batch,
+                                                     set_presence="offline"))
             await asyncio.sleep(0.5)  # the long-poll is held on the worker
             self.assertFalse(poll.done())
             started = time.monotonic()

@@ -184,3 +184,216 @@ class ReverseProxyTest(unittest.TestCase):
         assert matcher is not None
         prefixes = [p.rstrip("*") for p in matcher.group(1).split()]
         self.assertTrue(any(WS_PATH.startswith(p) for p in prefixes), prefixes)
+
+
+# ---- the `workers` stack (docker/compose.workers.yml) and the nginx routing sample
+
+WORKERS_CONFIG = DOCKER / "parley.workers.yaml"
+NGINX_WORKERS = ROOT / "contrib" / "reverse-proxy" / "nginx-workers.conf"
+NGINX_COMPOSE = DOCKER / "nginx.workers.conf"
+
+
+def load_with_env(path: Path, worker: str | None = None) -> Any:
+    """``path`` through Parley's loader (as ``parley run -c path --worker worker``),
+    every ``{env: ...}`` set to a dummy secret."""
+    from homeserver.config.workers import select_worker
+
+    values = {name: DUMMY_SECRET for name in env_refs(yaml.safe_load(path.read_text()))}
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        return select_worker(load_config(path), worker)
+    finally:
+        for name, old in saved.items():
+            if old is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = old
+
+
+def nginx_block(conf: str, header: str) -> str:
+    """The body of the first ``header { ... }`` block (no nested braces), dedented."""
+    m = re.search(re.escape(header) + r" \{\n(.*?)\n\s*\}", conf, re.DOTALL)
+    assert m is not None, f"no {header!r} block"
+    return "\n".join(line.strip() for line in m.group(1).splitlines())
+
+
+def route(conf: str, method: str, path: str) -> str:
+    """Where the routing map of ``conf`` sends ``method path``, as nginx would: the first
+    matching regex in order, else the default."""
+    body = nginx_block(conf, 'map "$request_method $uri" $parley_upstream')
+    default = ""
+    for line in body.splitlines():
+        m = re.fullmatch(r'"~(.*)" (\w+);', line)
+        if m is not None:
+            if re.search(m.group(1), f"{method} {path}"):
+                return m.group(2)
+        elif line.startswith("default "):
+            default = line.split()[1].rstrip(";")
+    return default
+
+
+#: (method, path, upstream): the README's route table, checked against both confs.
+ROUTES = [
+    ("GET", "/_matrix/client/v3/sync", "parley_sync"),
+    ("GET", "/_matrix/client/v3/events", "parley_sync"),
+    ("GET", WS_PATH, "parley_sync"),
+    ("GET", "/_matrix/client/v3/rooms/!r:x/messages", "parley_client_readers"),
+    ("GET", "/_matrix/client/v3/profile/@a:x", "parley_client_readers"),
+    ("GET", "/_matrix/client/versions", "parley_client_readers"),
+    ("POST", "/_matrix/client/v3/keys/query", "parley_client_readers"),
+    ("POST", "/_matrix/client/v3/search", "parley_client_readers"),
+    ("POST", "/_matrix/client/v3/user_directory/search", "parley_client_readers"),
+    ("PUT", "/_matrix/client/v3/rooms/!r:x/send/m.room.message/t1", "parley_main"),
+    ("PUT", "/_matrix/client/v3/rooms/!r:x/state/m.room.name/", "parley_main"),
+    ("POST", "/_matrix/client/v3/rooms/!r:x/join", "parley_main"),
+    ("POST", "/_matrix/client/v3/createRoom", "parley_main"),
+    ("POST", "/_matrix/client/v3/login", "parley_main"),
+    ("POST", "/_matrix/client/v3/keys/upload", "parley_main"),
+    ("POST", "/_matrix/client/v3/sync", "parley_main"),
+    ("GET", "/_matrix/client/v3/login/sso/redirect", "parley_main"),
+    ("GET", "/_synapse/admin/v2/users/@a:x", "parley_main"),
+    ("GET", "/_matrix/client/v3/admin/whois/@a:x", "parley_main"),
+    ("GET", "/_matrix/federation/v1/version", "parley_main"),
+    ("PUT", "/_matrix/federation/v1/send/1", "parley_main"),
+    ("GET", "/_matrix/client/v1/media/download/x/y", "parley_media"),
+    ("POST", "/_matrix/media/v3/upload", "parley_media"),
+    ("GET", "/_matrix/federation/v1/media/download/y", "parley_media"),
+]
+
+
+class NginxWorkersTest(unittest.TestCase):
+    def test_routes(self) -> None:
+        for conf_path in (NGINX_WORKERS, NGINX_COMPOSE):
+            conf = conf_path.read_text()
+            for method, path, upstream in ROUTES:
+                self.assertEqual(route(conf, method, path), upstream,
+                                 f"{conf_path.name}: {method} {path}")
+
+    def test_read_routes_are_reads_for_parley(self) -> None:
+        """Whatever nginx sends to a reader, a client worker serves (no extra hop)."""
+        from homeserver.replication.routing import served_by_client_worker
+
+        for method, path, upstream in ROUTES:
+            if path != WS_PATH:
+                reader = upstream in ("parley_sync", "parley_client_readers")
+                self.assertEqual(served_by_client_worker(method, path), reader,
+                                 f"{method} {path}")
+
+    def test_compose_conf_has_the_samples_maps(self) -> None:
+        sample, compose = NGINX_WORKERS.read_text(), NGINX_COMPOSE.read_text()
+        for header in ('map "$request_method $uri" $parley_upstream',
+                       "map $http_authorization $parley_sync_key",
+                       "map $http_upgrade $parley_connection_upgrade"):
+            self.assertEqual(nginx_block(sample, header), nginx_block(compose, header))
+
+    def test_every_upstream_defined_and_sync_sticky(self) -> None:
+        for conf_path in (NGINX_WORKERS, NGINX_COMPOSE):
+            conf = conf_path.read_text()
+            used = set(re.findall(r" (parley_\w+);$", nginx_block(
+                conf, 'map "$request_method $uri" $parley_upstream'), re.MULTILINE))
+            defined = set(re.findall(r"upstream (parley_\w+) \{", conf))
+            self.assertEqual(used - defined, set(), conf_path.name)
+            sync = nginx_block(conf, "upstream parley_sync")
+            self.assertIn("hash $parley_sync_key consistent;", sync)
+            self.assertEqual(len(re.findall(r"^server ", sync, re.MULTILINE)), 2)
+
+
+class ComposeWorkersTest(unittest.TestCase):
+    """docker/compose.workers.yml: every process's config loads, every service the
+    config names exists, compose passes what the config reads."""
+
+    def setUp(self) -> None:
+        self.compose = yaml.safe_load((DOCKER / "compose.workers.yml").read_text())
+        self.services = self.compose["services"]
+        self.parleys = {name: s for name, s in self.services.items()
+                        if name.startswith("parley-")}
+
+    def _worker_of(self, service: dict[str, Any]) -> str | None:
+        command = service.get("command") or []
+        return command[command.index("--worker") + 1] if "--worker" in command else None
+
+    def test_every_process_loads(self) -> None:
+        config = load_with_env(WORKERS_CONFIG)
+        wc = config.workers
+        self.assertEqual(config.database.engine, "postgres")
+        self.assertEqual(config.auth.session_cache_ttl, 1.0)  # the revocation bound
+        self.assertEqual(sorted(wc.instances_of("client")), ["client1", "client2"])
+        self.assertEqual(wc.event_writers, ("persister1", "persister2"))
+        self.assertTrue(wc.forwards_writes)
+        started = set()
+        for name, service in self.parleys.items():
+            worker = self._worker_of(service)
+            try:
+                one = load_with_env(WORKERS_CONFIG, worker)
+            except ConfigError as e:
+                self.fail(f"{name}: refused: {e}")
+            self.assertEqual(one.workers.instance, worker or "main", name)
+            self.assertEqual(f"parley-{worker or 'main'}", name)
+            started.add(worker or "main")
+        self.assertEqual(started, set(wc.workers), "a worker without a service, or the reverse")
+
+    def test_config_names_the_stack_services(self) -> None:
+        config = load_with_env(WORKERS_CONFIG)
+        assert config.redis is not None
+        self.assertIn(config.redis.host, self.services)
+        self.assertIn(config.database.host, self.services)
+        for name in config.workers.workers:
+            endpoint = config.workers.endpoint(name)
+            if endpoint is not None:
+                self.assertIn(endpoint.host, self.parleys, name)
+                worker = load_with_env(WORKERS_CONFIG, None if name == "main" else name)
+                self.assertIn(endpoint.port, [li.port for li in worker.listeners
+                                              if "replication" in li.resources], name)
+
+    def test_nginx_upstreams_are_the_stack_services(self) -> None:
+        conf = NGINX_COMPOSE.read_text()
+        hosts = set(re.findall(r"server ([a-z0-9-]+):8008;", conf))
+        self.assertEqual(hosts, {"parley-main", "parley-client1", "parley-client2"})
+        self.assertLessEqual(hosts, set(self.parleys))
+        nginx = self.services["nginx"]
+        self.assertIn("./nginx.workers.conf:/etc/nginx/nginx.conf:ro", nginx["volumes"])
+        published = [str(p) for s in self.services.values() for p in s.get("ports", [])]
+        self.assertTrue(all(p.startswith("127.0.0.1:") for p in published), published)
+        self.assertFalse(any(":9093" in p or ":9009" in p for p in published))
+
+    def test_compose_passes_exactly_what_is_read(self) -> None:
+        read = env_refs(yaml.safe_load(WORKERS_CONFIG.read_text()))
+        for name, service in self.parleys.items():
+            passed = set(service["environment"])
+            self.assertEqual(read - passed, set(), f"{name}: read by the config, not passed")
+            self.assertEqual(passed - read - IMAGE_VARIABLES, set(), f"{name}: read by nothing")
+            self.assertIn("./parley.workers.yaml:/config/parley.yaml:ro", service["volumes"])
+
+    def test_env_example_lists_every_required_variable(self) -> None:
+        text = (DOCKER / "compose.workers.yml").read_text()
+        required = set(re.findall(r"\$\{([A-Z0-9_]+):\?", text))
+        listed = set(re.findall(r"^([A-Z0-9_]+)=", (DOCKER / ".env.example").read_text(),
+                                re.MULTILINE))
+        self.assertEqual(required - listed, set())
+
+    def test_docker_compose_config(self) -> None:
+        """``docker compose config`` validates the file, where a compose CLI exists."""
+        import shutil
+
+        for cli in (["docker", "compose"], ["docker-compose"]):
+            if shutil.which(cli[0]) is None:
+                continue
+            probe = subprocess.run([*cli, "version"], capture_output=True, timeout=30)
+            if probe.returncode == 0:
+                break
+        else:
+            raise unittest.SkipTest("no docker compose CLI")
+        text = (DOCKER / "compose.workers.yml").read_text()
+        if cli == ["docker-compose"]:  # Compose v1 predates the top-level `name`
+            text = re.sub(r"(?m)^name: .*\n", "", text)
+        env = {**os.environ, **dict.fromkeys(
+            re.findall(r"\$\{([A-Z0-9_]+):\?", text), "0123456789abcdef0123")}
+        tmp = DOCKER / f".compose-check-{os.getpid()}.yml"
+        tmp.write_text(text)
+        try:
+            done = subprocess.run([*cli, "-f", str(tmp), "config", "-q"], capture_output=True,
+                                  text=True, timeout=60, env=env, cwd=DOCKER)
+        finally:
+            tmp.unlink()
+        self.assertEqual(done.returncode, 0, done.stderr)
