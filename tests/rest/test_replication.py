@@ -49,6 +49,41 @@ def workers_overrides(prefix: str) -> dict[str, Any]:
     }
 
 
+class MainAndReaderMixin:
+    """For a HomeserverTestCase: A = the main process (``self.hs``) and B = a client
+    worker named "reader" (``self.b``), sharing the test's PostgreSQL schema and Redis.
+    Call :meth:`start_reader` after ``super().setUp()``."""
+
+    async def start_reader(self) -> None:
+        self.b: Homeserver = await build_homeserver(
+            select_worker(self.config, "reader"), clock=self.clock)  # type: ignore[attr-defined]
+        port = self.b.listen(reactor)[0]
+        self.b_url = f"http://127.0.0.1:{port.getHost().port}"
+        self.a_url = self.base_url  # type: ignore[attr-defined]
+        # Cleanups run before tearDown: both servers stop before the schema is released.
+        self.addCleanup(lambda: defer.ensureDeferred(self._stop_both()))  # type: ignore[attr-defined]
+        ok = await wait_until(lambda: self.hs.replication.link.is_connected  # type: ignore[attr-defined]
+                              and self.b.replication.link.is_connected)
+        self.assertTrue(ok, "replication did not subscribe")  # type: ignore[attr-defined]
+
+    async def _stop_both(self) -> None:
+        await self.b.stop()
+        await self.hs.stop()  # type: ignore[attr-defined]
+
+    async def tearDown(self) -> None:
+        await self._stop_both()
+        await super().tearDown()  # type: ignore[misc]
+
+
+def require_workers(engine: str | None) -> None:
+    """Skip (with the reason) unless PostgreSQL is the engine and Redis answers."""
+    if (engine or test_engine()) != "postgres":
+        raise unittest.SkipTest("workers need PostgreSQL (run with PARLEY_TEST_DB=postgres)")
+    why = redis_reachable()
+    if why is not None:
+        raise unittest.SkipTest(why)
+
+
 async def wait_until(check: Any, timeout: float = 5.0) -> bool:
     """Poll ``check()`` (real time) until true or the timeout."""
     deadline = time.monotonic() + timeout
@@ -164,7 +199,7 @@ class SingleProcessTest(HomeserverTestCase):
         self.assertEqual(send.code, 401)  # routes are all there (no refusal)
 
 
-class ReplicationTest(HomeserverTestCase):
+class ReplicationTest(MainAndReaderMixin, HomeserverTestCase):
     """A = the main process (self.hs), B = the client worker (self.b)."""
 
     timeout = 60
@@ -177,31 +212,9 @@ class ReplicationTest(HomeserverTestCase):
                 "presence": {"enabled": False}}
 
     async def setUp(self) -> None:  # type: ignore[override]
-        if (self.engine or test_engine()) != "postgres":
-            raise unittest.SkipTest("workers need PostgreSQL (run with PARLEY_TEST_DB=postgres)")
-        why = redis_reachable()
-        if why is not None:
-            raise unittest.SkipTest(why)
+        require_workers(self.engine)
         await super().setUp()
-        self.b: Homeserver = await build_homeserver(select_worker(self.config, "reader"),
-                                                    clock=self.clock)
-        port = self.b.listen(reactor)[0]
-        self.b_url = f"http://127.0.0.1:{port.getHost().port}"
-        self.a_url = self.base_url
-        # Cleanups run last-in first-out: both servers stop before the schema is dropped.
-        self.addCleanup(lambda: defer.ensureDeferred(self._stop_both()))
-        # Both subscribed before anything happens.
-        ok = await wait_until(lambda: self.hs.replication.link.is_connected
-                              and self.b.replication.link.is_connected)
-        self.assertTrue(ok, "replication did not subscribe")
-
-    async def _stop_both(self) -> None:
-        await self.b.stop()
-        await self.hs.stop()
-
-    async def tearDown(self) -> None:  # type: ignore[override]
-        await self._stop_both()
-        await super().tearDown()
+        await self.start_reader()  # both subscribed before anything happens
 
     async def on_b(self, method: str, path: str, body: Any = None,
                    token: str | None = None) -> Response:

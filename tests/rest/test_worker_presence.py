@@ -13,14 +13,17 @@ from typing import Any
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
-from homeserver.app import Homeserver, build_homeserver
 from homeserver.clock import Clock
-from homeserver.config.workers import select_worker
 from homeserver.handlers.presence import SYNC_ONLINE_TIMEOUT_MS
 from homeserver.replication import presence as rp
-from tests.harness import Response, test_engine
+from tests.harness import Response
 from tests.rest.room_helpers import CS, RoomTestCase, q
-from tests.rest.test_replication import redis_reachable, wait_until, workers_overrides
+from tests.rest.test_replication import (
+    MainAndReaderMixin,
+    require_workers,
+    wait_until,
+    workers_overrides,
+)
 
 ALICE = "@alice:test.local"
 
@@ -93,7 +96,7 @@ class SyncReporterTest(unittest.TestCase):
             self.assertIsNone(rp._entry(bad), bad)  # noqa: SLF001
 
 
-class WorkerPresenceTestCase(RoomTestCase):
+class WorkerPresenceTestCase(MainAndReaderMixin, RoomTestCase):
     """A = the main process (self.hs), B = the client worker (self.b)."""
 
     timeout = 60
@@ -105,29 +108,9 @@ class WorkerPresenceTestCase(RoomTestCase):
         return out
 
     async def setUp(self) -> None:  # type: ignore[override]
-        if (self.engine or test_engine()) != "postgres":
-            raise unittest.SkipTest("workers need PostgreSQL (run with PARLEY_TEST_DB=postgres)")
-        why = redis_reachable()
-        if why is not None:
-            raise unittest.SkipTest(why)
+        require_workers(self.engine)
         await super().setUp()
-        self.b: Homeserver = await build_homeserver(select_worker(self.config, "reader"),
-                                                    clock=self.clock)
-        port = self.b.listen(reactor)[0]
-        self.b_url = f"http://127.0.0.1:{port.getHost().port}"
-        self.a_url = self.base_url
-        self.addCleanup(lambda: defer.ensureDeferred(self._stop_both()))
-        ok = await wait_until(lambda: self.hs.replication.link.is_connected
-                              and self.b.replication.link.is_connected)
-        self.assertTrue(ok, "replication did not subscribe")
-
-    async def _stop_both(self) -> None:
-        await self.b.stop()
-        await self.hs.stop()
-
-    async def tearDown(self) -> None:  # type: ignore[override]
-        await self._stop_both()
-        await super().tearDown()
+        await self.start_reader()
 
     async def on_b(self, method: str, path: str, token: str) -> Response:
         self.base_url = self.b_url

@@ -13,7 +13,6 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
-from homeserver.app import Homeserver, build_homeserver
 from homeserver.config.loader import ConfigError
 from homeserver.config.workers import ReplicationEndpoint, select_worker
 from homeserver.replication.forwarding import (
@@ -22,8 +21,8 @@ from homeserver.replication.forwarding import (
     SECRET_HEADER,
     Forwarder,
 )
-from tests.harness import HomeserverTestCase, Response, make_config, test_engine
-from tests.rest.test_replication import REDIS, redis_reachable, wait_until
+from tests.harness import HomeserverTestCase, Response, make_config
+from tests.rest.test_replication import REDIS, MainAndReaderMixin, require_workers
 
 V3 = "/_matrix/client/v3"
 SECRET = "s3cret-" + "x" * 24
@@ -105,7 +104,7 @@ class ForwardingConfigTest(unittest.TestCase):
         self.assertEqual(config.listeners[0].resources, ["client", "replication"])
 
 
-class WriteForwardingTest(HomeserverTestCase):
+class WriteForwardingTest(MainAndReaderMixin, HomeserverTestCase):
     """A = main (self.hs), B = a client worker forwarding writes to A."""
 
     timeout = 60
@@ -119,30 +118,10 @@ class WriteForwardingTest(HomeserverTestCase):
                                     self.rate_limits())
 
     async def setUp(self) -> None:  # type: ignore[override]
-        if (self.engine or test_engine()) != "postgres":
-            raise unittest.SkipTest("workers need PostgreSQL (run with PARLEY_TEST_DB=postgres)")
-        why = redis_reachable()
-        if why is not None:
-            raise unittest.SkipTest(why)
+        require_workers(self.engine)
         await super().setUp()
-        self.b: Homeserver = await build_homeserver(select_worker(self.config, "reader"),
-                                                    clock=self.clock)
-        port = self.b.listen(reactor)[0]
-        self.b_url = f"http://127.0.0.1:{port.getHost().port}"
-        self.a_url = self.base_url
         self.rep_url = f"http://127.0.0.1:{self.replication_port}"
-        self.addCleanup(lambda: defer.ensureDeferred(self._stop_both()))
-        ok = await wait_until(lambda: self.hs.replication.link.is_connected
-                              and self.b.replication.link.is_connected)
-        self.assertTrue(ok, "replication did not subscribe")
-
-    async def _stop_both(self) -> None:
-        await self.b.stop()
-        await self.hs.stop()
-
-    async def tearDown(self) -> None:  # type: ignore[override]
-        await self._stop_both()
-        await super().tearDown()
+        await self.start_reader()
 
     async def at(self, url: str, method: str, path: str, body: Any = None,
                  token: str | None = None, headers: dict[str, str] | None = None) -> Response:
