@@ -4,6 +4,7 @@
 #   bench/setup_synapse.sh            # install/verify the pinned version
 #   SYNAPSE_VERSION=1.160.0 bench/setup_synapse.sh
 #
+# The `postgres` extra (psycopg2) is included, for `run.py --db postgres`.
 # Re-running is cheap: if the venv already holds the pinned version, nothing is done.
 set -euo pipefail
 
@@ -19,7 +20,11 @@ print(version("matrix-synapse"))
 PY
 }
 
-if [[ -x "${VENV}/bin/python" && "$(installed_version)" == "${SYNAPSE_VERSION}" ]]; then
+has_psycopg2() {
+    "${VENV}/bin/python" -c "import psycopg2" 2>/dev/null
+}
+
+if [[ -x "${VENV}/bin/python" && "$(installed_version)" == "${SYNAPSE_VERSION}" ]] && has_psycopg2; then
     echo "synapse ${SYNAPSE_VERSION} already installed in ${VENV}"
     exit 0
 fi
@@ -30,5 +35,5 @@ if [[ ! -x "${VENV}/bin/python" ]]; then
 fi
 "${VENV}/bin/python" -m pip install --quiet --upgrade pip
 echo "installing matrix-synapse==${SYNAPSE_VERSION} into ${VENV}"
-"${VENV}/bin/python" -m pip install --quiet "matrix-synapse==${SYNAPSE_VERSION}"
+"${VENV}/bin/python" -m pip install --quiet "matrix-synapse[postgres]==${SYNAPSE_VERSION}"
 echo "synapse $(installed_version) installed in ${VENV}"

@@ -12,6 +12,7 @@ import yaml
 
 from harness import REPO_DIR
 from harness.hashcost import argon2_cost, describe_cost
+from harness.pgdb import PgTarget
 from harness.servers import ManagedServer, clean_env
 
 # Parley's production default (homeserver/config/model.py: PasswordHashingConfig).
@@ -40,8 +41,10 @@ class ParleyServer(ManagedServer):
     name = "parley"
 
     def __init__(self, workdir: Path, port: int, cli: list[str], repo: Path = REPO_DIR,
-                 hashing: dict[str, int] | None = None) -> None:
+                 hashing: dict[str, int] | None = None,
+                 pg: tuple[PgTarget, str] | None = None) -> None:
         super().__init__(workdir, port)
+        self.pg = pg  # (server, database name) for PostgreSQL, else the generated SQLite
         self.hashing = hashing or PRODUCTION_HASHING
         self.cli = cli
         self.repo = repo
@@ -81,6 +84,12 @@ class ParleyServer(ManagedServer):
         """Only the hashing cost and the rate limits are changed; everything else is
         checked, not altered (except narrowing a non-loopback bind address to 127.0.0.1)."""
         config["password_hashing"] = dict(self.hashing)
+        if self.pg is not None:
+            target, name = self.pg
+            # pool_max: the default of a generated PostgreSQL config (README).
+            config["database"] = {"engine": "postgres", "host": target.host,
+                                  "port": target.port, "user": target.user,
+                                  "database": name, "pool_min": 1, "pool_max": 10}
         # As for Synapse (its rc_* limits), the auth rate limits and the cap on queued
         # password hashes are lifted, so the bench measures work rather than 429s.
         config["password_hashing"]["max_pending"] = 100_000

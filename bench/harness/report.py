@@ -99,7 +99,8 @@ def render(results: dict[str, Any]) -> str:
     p = results["params"]
     shown = [k for s in results["scenarios"] for k in SCENARIO_PARAMS.get(s, ()) if k in p]
     head = ("Parameters: " + " ".join(f"{k}={p[k]}" for k in shown)
-            + f" concurrency={p['concurrency']} (one server at a time, {p['cpus']} CPUs, SQLite)")
+            + f" concurrency={p['concurrency']} (one server at a time, {p['cpus']} CPUs, "
+            + f"{'PostgreSQL' if p.get('db') == 'postgres' else 'SQLite'})")
     warnings = [f"WARNING: {w}" for w in results.get("warnings", [])]
     return "\n\n".join([head, markdown_table(results), hashing_line(results), *warnings])
 

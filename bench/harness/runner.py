@@ -20,6 +20,7 @@ import aiohttp
 from harness import BENCH_DIR, REPO_DIR
 from harness.machine import cpu_busy_fraction
 from harness.parley import ParleyServer, resolve_parley_cmd
+from harness.pgdb import PgTarget, create_database, drop_database
 from harness.report import render, write_json
 from harness.scenarios import SCENARIOS, BenchContext
 from harness.servers import ManagedServer, free_port
@@ -47,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repo", type=Path, default=REPO_DIR, help="Parley checkout (..)")
     p.add_argument("--synapse-bcrypt-rounds", type=int, default=DEFAULT_BCRYPT_ROUNDS,
                    help=f"Synapse bcrypt_rounds (default {DEFAULT_BCRYPT_ROUNDS}, its own)")
+    p.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite",
+                   help="database of both servers (sqlite); postgres: a fresh database per "
+                        "server on --pg-host:--pg-port as --pg-user, dropped afterwards")
+    p.add_argument("--pg-host", default="127.0.0.1")
+    p.add_argument("--pg-port", type=int, default=5432)
+    p.add_argument("--pg-user", default="postgres")
     p.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results")
     p.add_argument("--keep-tmp", action="store_true", help="keep configs, DBs and logs")
     p.add_argument("--cheap-hashing", action="store_true",
@@ -75,13 +82,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 CHEAP_HASHING: dict[str, int] = {"time_cost": 1, "memory_cost_kib": 8, "parallelism": 1}
 
 
-def make_server(key: str, workdir: Path, args: argparse.Namespace) -> ManagedServer:
+def pg_for(key: str, args: argparse.Namespace,
+           run_id: str) -> tuple[PgTarget, str] | None:
+    """(server, database) for ``--db postgres``: a database per server and run."""
+    if args.db != "postgres":
+        return None
+    return PgTarget(args.pg_host, args.pg_port, args.pg_user), f"bench_{key}_{run_id}"
+
+
+def make_server(key: str, workdir: Path, args: argparse.Namespace,
+                pg: tuple[PgTarget, str] | None = None) -> ManagedServer:
     if key == "synapse":
         ensure_synapse_installed()
         rounds = 4 if args.cheap_hashing else args.synapse_bcrypt_rounds
-        return SynapseServer(workdir, free_port(), rounds)
+        return SynapseServer(workdir, free_port(), rounds, pg=pg)
     return ParleyServer(workdir, free_port(), resolve_parley_cmd(args.repo, args.parley_cmd),
-                        args.repo, hashing=CHEAP_HASHING if args.cheap_hashing else None)
+                        args.repo, hashing=CHEAP_HASHING if args.cheap_hashing else None,
+                        pg=pg)
 
 
 async def run_scenarios(server: ManagedServer, args: argparse.Namespace,
@@ -106,7 +123,8 @@ async def run_scenarios(server: ManagedServer, args: argparse.Namespace,
 
 def bench_server(key: str, root: Path, args: argparse.Namespace, run_id: str,
                  results: dict[str, Any]) -> None:
-    server = make_server(key, root / key, args)
+    pg = pg_for(key, args, run_id)
+    server = make_server(key, root / key, args, pg)
     busy = cpu_busy_fraction()
     results["cpu_busy_before"][key] = busy
     log(f"{key}: CPUs {busy:.0%} busy before start" if busy is not None else f"{key}: start")
@@ -116,6 +134,9 @@ def bench_server(key: str, root: Path, args: argparse.Namespace, run_id: str,
             "its figures are likely skewed (re-run when the machine is idle)")
     try:
         log(f"{key}: preparing config in {server.workdir}")
+        if pg is not None:
+            create_database(*pg)
+            log(f"{key}: PostgreSQL database {pg[1]} created")
         server.prepare()
         server.start()
         t0 = time.monotonic()
@@ -125,6 +146,11 @@ def bench_server(key: str, root: Path, args: argparse.Namespace, run_id: str,
     finally:
         code = server.stop()
         log(f"{key}: stopped (exit code {code})")
+        if pg is not None and not args.keep_tmp:
+            try:
+                drop_database(*pg)
+            except Exception as exc:  # never mask the real failure
+                log(f"{key}: could not drop database {pg[1]}: {exc}")
         try:
             results["servers"][key] = server.describe()
         except Exception as exc:  # never mask the real failure
@@ -153,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         "run_id": run_id,
         "params": {"users": args.users, "logins": args.logins, "concurrency": args.concurrency,
                    "time_limit_s": args.time_limit, "request_timeout_s": args.request_timeout,
-                   "cpus": os.cpu_count(), "python": platform.python_version(),
+                   "db": args.db, "cpus": os.cpu_count(), "python": platform.python_version(),
                    **{k: v for k, v in vars(args).items() if k.startswith(SCENARIO_ARG_PREFIXES)},
                    "platform": platform.platform()},
         "scenarios": args.scenarios, "servers": {}, "results": {}, "failures": {},

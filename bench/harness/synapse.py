@@ -1,4 +1,5 @@
-"""Synapse under test: pinned PyPI release in bench/.venv-synapse, SQLite, loopback only."""
+"""Synapse under test: pinned PyPI release in bench/.venv-synapse, SQLite or PostgreSQL,
+loopback only."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import yaml
 
 from harness import BENCH_DIR
 from harness.hashcost import bcrypt_cost, describe_cost
+from harness.pgdb import PgTarget
 from harness.servers import ManagedServer, clean_env
 
 SYNAPSE_VENV = BENCH_DIR / ".venv-synapse"
@@ -48,9 +50,11 @@ def ensure_synapse_installed() -> None:
 class SynapseServer(ManagedServer):
     name = "synapse"
 
-    def __init__(self, workdir: Path, port: int, bcrypt_rounds: int = DEFAULT_BCRYPT_ROUNDS):
+    def __init__(self, workdir: Path, port: int, bcrypt_rounds: int = DEFAULT_BCRYPT_ROUNDS,
+                 pg: tuple[PgTarget, str] | None = None):
         super().__init__(workdir, port)
         self.bcrypt_rounds = bcrypt_rounds
+        self.pg = pg  # (server, database name) for PostgreSQL, else SQLite
         self.config_path = workdir / "hs.yaml"
         self.python = SYNAPSE_VENV / "bin" / "python"
 
@@ -74,8 +78,7 @@ class SynapseServer(ManagedServer):
                 "tls": False, "x_forwarded": False,
                 "resources": [{"names": ["client"], "compress": False}],
             }],
-            "database": {"name": "sqlite3",
-                         "args": {"database": str(self.workdir / "homeserver.db")}},
+            "database": self.database(),
             "enable_registration": True,
             "enable_registration_without_verification": True,
             "bcrypt_rounds": self.bcrypt_rounds,
@@ -84,6 +87,15 @@ class SynapseServer(ManagedServer):
             "report_stats": False,
             **RATE_LIMITS,
         }
+
+    def database(self) -> dict[str, Any]:
+        if self.pg is None:
+            return {"name": "sqlite3", "args": {"database": str(self.workdir / "homeserver.db")}}
+        target, name = self.pg
+        # Synapse's own defaults for the pool (cp_min 5, cp_max 10).
+        return {"name": "psycopg2", "args": {
+            "user": target.user, "host": target.host, "port": target.port,
+            "database": name, "cp_min": 5, "cp_max": 10}}
 
     def command(self) -> list[str]:
         return [str(self.python), "-m", "synapse.app.homeserver", "-c", str(self.config_path)]
@@ -101,7 +113,7 @@ class SynapseServer(ManagedServer):
         return {
             "name": "Synapse",
             "version": self.version(),
-            "database": "sqlite",
+            "database": "sqlite" if self.pg is None else "postgres",
             "password_hashing": {"algorithm": "bcrypt", "rounds": self.bcrypt_rounds,
                                  "single_hash": cost},
             "password_hashing_text": f"bcrypt rounds={self.bcrypt_rounds} "

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from signedjson.key import SigningKey
+from twisted.internet import defer
 
 from homeserver.clock import Clock
 from homeserver.events import auth as event_auth
@@ -93,6 +94,9 @@ class EventCreationHandler:
         # Several events writers (homeserver/replication/remote_create.py): a draft for a
         # room another process writes is built, validated and persisted there.
         self.remote: Any = None
+        # Client transactions being sent: (room, user, device, txn) -> waiters, so a
+        # retry arriving meanwhile waits for the first and then finds its event.
+        self._txns_in_flight: dict[tuple[str, str, str, str], list[defer.Deferred[None]]] = {}
 
     # ---- reads, answered by the persister
 
@@ -187,11 +191,33 @@ class EventCreationHandler:
             await self.consent_check(sender, room_id, event_type, state_key, content)
         version = await self.room_version(room_id)
         banned = self.shadow_banned is not None and await self.shadow_banned(sender)
-        async with self._persister.room_queue(room_id) as turn:
-            if txn is not None:
-                found = await self._event_for_txn(room_id, sender, txn)
-                if found is not None:
-                    return found
+        if txn is None:
+            return await self._send_in_queue(version, room_id, sender, draft, None, check,
+                                             banned)
+        key = (room_id, sender, *txn)
+        while key in self._txns_in_flight:  # the same transaction, still being sent
+            waiter: defer.Deferred[None] = defer.Deferred()
+            self._txns_in_flight[key].append(waiter)
+            await waiter
+        self._txns_in_flight[key] = []
+        try:
+            # Read outside the room's queue: a transaction stored after this read was
+            # sent by this process (it writes the room) and is in flight until stored.
+            found = await self._event_for_txn(room_id, sender, txn)
+            if found is not None:
+                return found
+            return await self._send_in_queue(version, room_id, sender, draft, txn, check,
+                                             banned)
+        finally:
+            for waiter in self._txns_in_flight.pop(key):
+                waiter.callback(None)
+
+    async def _send_in_queue(self, version: RoomVersion, room_id: str, sender: str,
+                             draft: EventDraft, txn: tuple[str, str] | None,
+                             check: Callable[[RoomSnapshot], Awaitable[None]] | None,
+                             banned: bool) -> Event:
+        """The turn of one send: built, checked and (group-)committed."""
+        async with self._persister.room_queue(room_id, pipelined=True) as turn:
             if check is not None:
                 await check(turn.snapshot)
             event = await self._build(version, room_id, sender, draft, turn.snapshot, {})

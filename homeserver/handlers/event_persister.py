@@ -22,16 +22,29 @@ event cites yet; local events cite all of them (up to ``MAX_PREV_EVENTS``), and 
 current state is the resolution of their states. ``OUTLIER`` events are checked
 against their auth events only and stored without state; backfilled and hidden
 events take negative stream orderings, so they sort before all history.
+
+Group commit (issue 18 "single-process lead"): a turn opened with ``pipelined=True``
+(a client's /send) that authorises one message event on a snapshot whose state group
+is stored does not write it while holding the room's queue. The event goes to the
+room's write queue and the turn's snapshot moves past it at once, so the next sender
+builds on it while the write is in flight; the queue writes whatever gathered in one
+transaction (as Synapse's persistence queue batches per room), and each sender is
+answered, and the fan-out told, once its event is committed, in stream order. State
+events, remote events and every other turn first wait until the room's queued writes
+are committed, so they see the database as the snapshot says. A failed batch fails
+every event queued after it (they cite it) and drops the room's cached snapshot.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from homeserver.clock import Clock
 from homeserver.events import auth as event_auth
@@ -52,6 +65,13 @@ __all__ = ["EventPersister", "MissingEventsError", "Outcome", "PersistKind", "Pe
 
 _REDACT_AUTH = (("m.room.create", ""), ("m.room.power_levels", ""))
 _SNAPSHOT_CACHE = 10_000
+# Auth events (create, power levels, join rules, members) re-read on every send: they
+# never change once stored (erasure keeps what the auth rules read), so they are kept.
+_AUTH_EVENT_CACHE = 20_000
+# The most events one group-commit transaction writes (the rest wait for the next).
+MAX_WRITE_BATCH = 100
+
+logger = logging.getLogger(__name__)
 
 Validator = Callable[[Event, "RoomSnapshot"], Awaitable[None]]
 
@@ -114,6 +134,34 @@ class RoomQueue:
     room_id: str
     snapshot: RoomSnapshot
     persisted: list[PersistedEvent] = field(default_factory=list)
+    # Group commit: the turn may queue one message event (see the module docstring);
+    # ``pipe`` is the room's write queue its snapshot came from, ``queued`` the write.
+    pipelined: bool = False
+    pipe: _WriteQueue | None = None
+    queued: defer.Deferred[None] | None = None
+
+
+@dataclass
+class _QueuedWrite:
+    turn: RoomQueue
+    event: Event
+    before: RoomSnapshot
+    after: RoomSnapshot
+    txn_key: tuple[str, str, str] | None
+    redaction_target: str | None
+    done: defer.Deferred[None] = field(default_factory=defer.Deferred)
+
+
+@dataclass
+class _WriteQueue:
+    """One room's events authorised but not yet committed, and the snapshot after the
+    last of them (what the next turn builds on)."""
+
+    snapshot: RoomSnapshot
+    pending: list[_QueuedWrite] = field(default_factory=list)
+    flushing: bool = False
+    failed: bool = False
+    drained: list[defer.Deferred[None]] = field(default_factory=list)
 
 
 class EventPersister:
@@ -132,6 +180,8 @@ class EventPersister:
         self._locks: dict[str, defer.DeferredLock] = {}
         self._snapshots: LruCache[str, RoomSnapshot] = LruCache(_SNAPSHOT_CACHE)
         self._versions: LruCache[str, RoomVersion] = LruCache(_SNAPSHOT_CACHE)
+        self._auth_events: LruCache[str, Event] = LruCache(_AUTH_EVENT_CACHE)
+        self._pipes: dict[str, _WriteQueue] = {}
         self._dag = DagWriter(self)
         # Rooms joined with partial state (homeserver/handlers/partial_state.py keeps it):
         # the DAG writer fills the members they lack from each event's auth events.
@@ -211,10 +261,13 @@ class EventPersister:
         return lock
 
     @asynccontextmanager
-    async def room_queue(self, room_id: str, new_room: bool = False) -> AsyncIterator[RoomQueue]:
+    async def room_queue(self, room_id: str, new_room: bool = False,
+                         pipelined: bool = False) -> AsyncIterator[RoomQueue]:
         """One turn in the room's queue. What is persisted during the turn is published
         to the fan-out after the queue is released, so a slow or failing consumer never
-        holds up the room's next writer."""
+        holds up the room's next writer. ``pipelined``: the turn may hand one message
+        event to the room's write queue (group commit); it ends once that is committed.
+        Any other turn starts once the room's queued writes are committed."""
         if self.owns_room is not None and not self.owns_room(room_id):
             # Two processes never write one room (the queue is per process).
             raise MatrixError(503, "This room's events are written by another process; "
@@ -223,16 +276,30 @@ class EventPersister:
         await lock.acquire()
         turn: RoomQueue | None = None
         try:
-            snap = EMPTY_SNAPSHOT if new_room else await self.snapshot(room_id)
-            turn = RoomQueue(room_id, snap)
+            pipe = self._pipes.get(room_id)
+            if pipe is not None and not pipelined:
+                await self._drain(room_id)
+                pipe = None
+            if new_room:
+                snap = EMPTY_SNAPSHOT
+            elif pipe is not None:
+                snap = pipe.snapshot
+            else:
+                snap = await self.snapshot(room_id)
+            turn = RoomQueue(room_id, snap, pipelined=pipelined, pipe=pipe)
             yield turn
         finally:
             lock.release()
             if not lock.locked and not lock.waiting:
                 self._locks.pop(room_id, None)
-            # Published even when the turn failed part-way: what was stored is delivered.
-            if turn is not None and turn.persisted:
-                await self._publish(turn.persisted)
+            try:
+                if turn is not None and turn.queued is not None:
+                    await turn.queued  # committed (or raises: the batch failed)
+            finally:
+                # Published even when the turn failed part-way: what was stored is
+                # delivered.
+                if turn is not None and turn.persisted:
+                    await self._publish(turn.persisted)
 
     async def persist(self, room_id: str, events: Sequence[Event], kind: PersistKind) -> None:
         """Persist events that need no caller-held snapshot: takes the room's queue
@@ -284,6 +351,16 @@ class EventPersister:
             snap = after
         if before_write is not None:
             await before_write()
+        if (turn.pipelined and len(plans) == 1 and not plans[0][0].is_state()
+                and turn.snapshot.state_group is not None and turn.queued is None):
+            event, before, after, redaction_target = plans[0]
+            self._enqueue(turn, event, before, after, txn_key, redaction_target)
+            return
+        if turn.pipelined:
+            # A direct write after queued ones: they are committed first (it cites them).
+            await self._drain(turn.room_id)
+            if turn.pipe is not None and turn.pipe.failed:
+                raise _pipe_failed()
         for i, (event, before, after, redaction_target) in enumerate(plans):
             key = txn_key if i == len(plans) - 1 else None
             await self._write(turn, event, before, after, key, redaction_target, kind)
@@ -293,9 +370,20 @@ class EventPersister:
         keys = event_auth.auth_types_for_event(event) | {("m.room.create", "")}
         keys |= set(_REDACT_AUTH) if event.type == "m.room.redaction" else set()
         ids = {k: snap.state_ids[k] for k in keys if k in snap.state_ids}
-        missing = [i for i in ids.values() if i not in batch]
-        found = await self._events.get_events(missing) if missing else {}
-        found.update({i: batch[i] for i in ids.values() if i in batch})
+        found: dict[str, Event] = {}
+        missing = []
+        for i in ids.values():
+            known = batch.get(i) or self._auth_events.get(i)
+            if known is not None:
+                found[i] = known
+            else:
+                missing.append(i)
+        if missing:
+            fetched = await self._events.get_events(missing)
+            for i, ev in fetched.items():
+                if ev.internal.rejected_reason is None:
+                    self._auth_events.set(i, ev)
+            found.update(fetched)
         return {k: found[v] for k, v in ids.items() if v in found}
 
     @staticmethod
@@ -353,10 +441,97 @@ class EventPersister:
             ))
         turn.snapshot = dataclasses.replace(after, state_group=group)
         self._snapshots.set(turn.room_id, turn.snapshot)
+        if event.is_state():
+            self._auth_events.set(event.event_id, event)
         delta = {event.state_pair: event.event_id} if event.is_state() else {}
         members = (frozenset(_members(turn.snapshot.state_ids))
                    if event.type == "m.room.member" else frozenset())
         turn.persisted.append(PersistedEvent(event, position, delta, kind, members))
+
+    # ---- group commit
+
+    def _enqueue(self, turn: RoomQueue, event: Event, before: RoomSnapshot,
+                 after: RoomSnapshot, txn_key: tuple[str, str, str] | None,
+                 redaction_target: str | None) -> None:
+        """Queue a message event for the room's next group commit; the turn's snapshot
+        (and the room's next turn) moves past it now."""
+        if turn.pipe is not None and turn.pipe.failed:
+            raise _pipe_failed()  # built on events whose write failed
+        # Any queue of the room is the turn's own (queues are made holding the turn).
+        pipe = self._pipes.get(turn.room_id)
+        if txn_key is not None:
+            event.internal.device_id = txn_key[1]
+            event.internal.txn_id = txn_key[2]
+        # A message event leaves the state (and its group) as it was.
+        after = dataclasses.replace(after, state_group=before.state_group)
+        if pipe is None:
+            pipe = self._pipes[turn.room_id] = _WriteQueue(after)
+        write = _QueuedWrite(turn, event, before, after, txn_key, redaction_target)
+        pipe.pending.append(write)
+        pipe.snapshot = turn.snapshot = after
+        turn.pipe = pipe
+        turn.queued = write.done
+        if not pipe.flushing:
+            pipe.flushing = True
+            defer.ensureDeferred(self._flush(turn.room_id, pipe))
+
+    async def _drain(self, room_id: str) -> None:
+        """Wait until the room's queued writes are committed (or failed)."""
+        pipe = self._pipes.get(room_id)
+        if pipe is None or not (pipe.flushing or pipe.pending):
+            return
+        waiter: defer.Deferred[None] = defer.Deferred()
+        pipe.drained.append(waiter)
+        await waiter
+
+    async def _flush(self, room_id: str, pipe: _WriteQueue) -> None:
+        """Write the room's queued events, a batch per transaction, until none is left."""
+        try:
+            while pipe.pending:
+                batch = pipe.pending[:MAX_WRITE_BATCH]
+                del pipe.pending[:MAX_WRITE_BATCH]
+                try:
+                    await self._write_batch(room_id, batch)
+                except Exception:  # handed to every sender whose event is lost
+                    failed = batch + pipe.pending
+                    pipe.pending = []
+                    pipe.failed = True
+                    self._snapshots.pop(room_id)  # it cites what was never stored
+                    logger.exception("group commit of %d events in a room failed",
+                                     len(failed))
+                    failure = Failure()
+                    for write in failed:
+                        write.done.errback(failure)
+                    return
+                for write in batch:
+                    write.done.callback(None)
+        finally:
+            pipe.flushing = False
+            if self._pipes.get(room_id) is pipe:
+                del self._pipes[room_id]
+            waiters, pipe.drained = pipe.drained, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    async def _write_batch(self, room_id: str, batch: list[_QueuedWrite]) -> None:
+        """One transaction for several message events of one room, in queue order."""
+        async with AsyncExitStack() as stack:
+            positions = [await stack.enter_async_context(self.positions.write())
+                         for _ in batch]
+            now = self._clock.time_msec()
+            requests = []
+            for write, position in zip(batch, positions, strict=True):
+                write.event.internal.stream_ordering = position
+                requests.append(PersistRequest(
+                    event=write.event, stream_ordering=position,
+                    group_before=write.before.state_group, state_before=write.before.state_ids,
+                    txn_key=write.txn_key, now_ms=now,
+                    redaction_target=write.redaction_target))
+            await self._events.persist_messages(requests)
+        self._snapshots.set(room_id, batch[-1].after)
+        for write, position in zip(batch, positions, strict=True):
+            write.turn.persisted.append(
+                PersistedEvent(write.event, position, {}, PersistKind.LOCAL, frozenset()))
 
     async def _publish(self, records: list[PersistedEvent]) -> None:
         await self._fanout.publish(records)
@@ -382,6 +557,11 @@ def live_events(handler: Callable[[Event], Awaitable[None] | None]
         return handler(record.event)
 
     return subscriber
+
+
+def _pipe_failed() -> MatrixError:
+    return MatrixError(503, "An earlier event of this room could not be stored; try again",
+                       Codes.UNKNOWN)
 
 
 def _members(state_ids: StateMap) -> list[str]:

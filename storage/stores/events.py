@@ -252,6 +252,64 @@ def _persist(txn: Txn, req: PersistRequest, codec: FieldCodec = PLAIN_CODEC) -> 
     return group
 
 
+def _is_plain_message(req: PersistRequest) -> bool:
+    """A new local-style message event on a stored state group: all that
+    :func:`_persist_messages` writes for it."""
+    return (req.mode == TIMELINE and not req.promote and not req.event.is_state()
+            and req.group_before is not None and req.current_delta is None)
+
+
+_MESSAGE_ROWS = 50  # rows per multi-row INSERT (14 columns: far below SQLite's limit)
+
+
+def _insert_rows(txn: Txn, head: str, rows: list[tuple[Any, ...]]) -> None:
+    """``head`` + ``VALUES (...), (...)``: one statement (one round trip on PostgreSQL)
+    per chunk of rows, where ``executemany`` would send one per row."""
+    for chunk in _chunks(rows, _MESSAGE_ROWS):
+        marks = "(" + ", ".join("?" for _ in chunk[0]) + ")"
+        txn.execute(f"{head} VALUES " + ", ".join(marks for _ in chunk),
+                    [v for row in chunk for v in row])
+
+
+def _persist_messages(txn: Txn, reqs: list[PersistRequest], codec: FieldCodec) -> None:
+    """What :func:`_persist` writes for each of these message events of one room (all
+    :func:`_is_plain_message`, in graph order), with a statement per table instead of
+    per event: group commit of sends (issue 18). The room's forward extremities end as
+    the sequential writes would leave them: an event cited by a later one of the batch
+    is never one."""
+    room_id = reqs[0].event.room_id
+    _insert_rows(txn, "INSERT INTO events (event_id, room_id, stream_ordering, depth, type,"
+                 " state_key, sender, origin_server_ts, json, txn_id, device_id, outlier,"
+                 " rejected_reason, soft_failed)", [
+                     (r.event.event_id, r.event.room_id, r.stream_ordering, r.event.depth,
+                      r.event.type, None, r.event.sender, r.event.origin_server_ts,
+                      codec.seal(json.dumps(r.event.pdu, ensure_ascii=False),
+                                 event_location(r.event.event_id)),
+                      r.txn_key[2] if r.txn_key else None,
+                      r.txn_key[1] if r.txn_key else None, False, None, False)
+                     for r in reqs])
+    _insert_rows(txn, "INSERT INTO event_state_groups (event_id, state_group,"
+                 " state_group_before)",
+                 [(r.event.event_id, r.group_before, r.group_before) for r in reqs])
+    redactions = [(r.event.event_id, r.redaction_target, r.stream_ordering)
+                  for r in reqs if r.redaction_target is not None]
+    if redactions:
+        _insert_rows(txn, "INSERT INTO redactions (event_id, redacts, stream_ordering)",
+                     redactions)
+    cited = {p for r in reqs for p in r.event.prev_event_ids}
+    for chunk in _chunks(sorted(cited)):
+        marks = ",".join("?" for _ in chunk)
+        txn.execute("DELETE FROM room_forward_extremities WHERE room_id = ?"
+                    f" AND event_id IN ({marks})", (room_id, *chunk))
+    _insert_rows(txn, "INSERT INTO room_forward_extremities (room_id, event_id)",
+                 [(room_id, r.event.event_id) for r in reqs if r.event.event_id not in cited])
+    txns = [(room_id, *r.txn_key, r.event.event_id, r.now_ms) for r in reqs
+            if r.txn_key is not None]
+    if txns:
+        _insert_rows(txn, "INSERT INTO event_txn_ids (room_id, user_id, device_id, txn_id,"
+                     " event_id, inserted_ts)", txns)
+
+
 def _row_to_event(row: tuple[Any, ...], codec: FieldCodec = PLAIN_CODEC) -> Event:
     """An event from an ``_EVENT_COLS`` row; ``codec`` opens JSON sealed at rest
     (AtRestError if it was tampered with or moved from another row)."""
@@ -298,6 +356,30 @@ class EventStore:
             return [_persist(txn, req, self.codec) for req in reqs]
 
         return await self._db.run("persist_events", _all) if reqs else []
+
+    async def persist_messages(self, reqs: list[PersistRequest]) -> None:
+        """Several message events of one room in one transaction (the persister's group
+        commit): the plain ones with a statement per table, any other as
+        :meth:`persist_event` would write it, all in the given order."""
+        def _all(txn: Txn) -> None:
+            run: list[PersistRequest] = []
+            for req in reqs:
+                if _is_plain_message(req) and (not run or
+                                               run[0].event.room_id == req.event.room_id):
+                    run.append(req)
+                    continue
+                if run:
+                    _persist_messages(txn, run, self.codec)
+                    run = []
+                if _is_plain_message(req):
+                    run.append(req)
+                else:
+                    _persist(txn, req, self.codec)
+            if run:
+                _persist_messages(txn, run, self.codec)
+
+        if reqs:
+            await self._db.run("persist_messages", _all)
 
     async def allocate_stream_ordering(self) -> int:
         return await self._db.run("next_event_stream", lambda txn: txn.next_stream_id("events"))
