@@ -329,6 +329,11 @@ class RetryTest(PushGatewayTestCase):
         self.assertEqual(len(self.gateway.bodies), 1)
         self.advance(1)  # first retry after 1 s: fails again
         await self.pushed(2)
+        # The gateway has answered; wait until the worker scheduled its next try (2 s
+        # from then) before moving the clock, or the clock would move before it.
+        worker = self.hs.pushers.worker((ALICE, "sytest", "a_push_key"))  # type: ignore[union-attr]
+        assert worker is not None
+        await self.wait_for(lambda: worker.backing_off, "the second backoff")
         self.advance(1.5)  # the next waits 2 s
         await self.settle()
         self.assertEqual(len(self.gateway.bodies), 2)
