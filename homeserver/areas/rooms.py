@@ -61,7 +61,8 @@ async def build_rooms(config: Config, clock: Clock, stores: Stores, notifier: No
     fanout = EventFanout()
     persister = EventPersister(clock, stores.events, stores.rooms, fanout, notifier,
                                events_positions(config.workers,  # several writers?
-                                                stores.events.allocate_stream_ordering))
+                                                stores.events.allocate_stream_ordering,
+                                                stores.events.allocate_stream_orderings))
     await persister.load_position()
     signing_key = load_signing_key(config)  # encrypted at rest with secrets.at_rest_key
     creation = EventCreationHandler(config.server_name, signing_key, clock, stores.events,

@@ -4,6 +4,12 @@ Several keys may be configured, each with a ``kid``: one signs, the others still
 verify, so a key can be rotated without logging anybody out. Verification pins
 the algorithm to the key named by ``kid`` (no algorithm confusion) and checks
 expiry against our :class:`~homeserver.clock.Clock` with the configured skew.
+
+The signature check costs as much as signing an event, on every request, so its result
+(the parsed claims of a genuine token) is remembered per token string for a short while.
+Only that is cached: the expiry and issued-at checks run on every call, and revocation
+(the session check in :mod:`homeserver.auth.authenticator`) is not done here at all, so
+a revoked or expired token is refused exactly as before. Rejections are never cached.
 """
 
 from __future__ import annotations
@@ -17,6 +23,11 @@ from cryptography.hazmat.primitives import serialization
 
 from homeserver.clock import Clock
 from homeserver.config.model import AuthConfig, SigningKeyConfig
+from homeserver.lru import LruCache
+
+# Genuine tokens whose signature was checked recently (see the module docstring).
+VERIFIED_CACHE_SIZE = 10_000
+VERIFIED_CACHE_TTL_S = 60.0
 
 
 class TokenError(Exception):
@@ -96,6 +107,8 @@ class AccessTokenCodec:
         self._active = self._keys[config.active_kid]
         if not self._active.can_sign:
             raise ValueError(f"active signing key {config.active_kid} cannot sign")
+        # token -> (claims, when its signature was checked)
+        self._verified: LruCache[str, tuple[AccessClaims, float]] = LruCache(VERIFIED_CACHE_SIZE)
 
     def issue(
         self, user_id: str, device_id: str, session_id: str, lifetime: float,
@@ -123,6 +136,23 @@ class AccessTokenCodec:
         return token, exp
 
     def verify(self, token: str) -> AccessClaims:
+        now = self._clock.time()
+        hit = self._verified.get(token)
+        if hit is not None and 0 <= now - hit[1] < VERIFIED_CACHE_TTL_S:
+            claims = hit[0]
+        else:
+            claims = self._verify_signature(token)
+            self._verified.set(token, (claims, now))
+        skew = self._config.clock_skew
+        if claims.issued_at > now + skew:
+            raise TokenError("issued in the future")
+        if now > claims.expires_at + skew:
+            raise TokenError("expired", expired=True)
+        return claims
+
+    def _verify_signature(self, token: str) -> AccessClaims:
+        """The token's claims if its signature, audience and issuer are right (no time
+        checks: :meth:`verify` does them on every call)."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as e:
@@ -158,11 +188,5 @@ class AccessTokenCodec:
             device_id = str(claims.get("device_id") or "")
         except (TypeError, ValueError) as e:
             raise TokenError("invalid claims") from e
-        now = self._clock.time()
-        skew = self._config.clock_skew
-        if iat > now + skew:
-            raise TokenError("issued in the future")
-        if now > exp + skew:
-            raise TokenError("expired", expired=True)
         return AccessClaims(user_id, device_id, session_id, str(claims["jti"]), iat, exp,
                             claims.get("guest") is True)

@@ -40,7 +40,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from twisted.internet import defer
@@ -175,7 +175,8 @@ class EventPersister:
         self._notifier = notifier
         # Several events writers (homeserver/replication/multi_writer.py): positions
         # shared with them, and ``owns_room`` says which rooms this process may write.
-        self.positions = positions or StreamPositions(events.allocate_stream_ordering)
+        self.positions = positions or StreamPositions(events.allocate_stream_ordering,
+                                                      events.allocate_stream_orderings)
         self.owns_room: Callable[[str], bool] | None = None
         self._locks: dict[str, defer.DeferredLock] = {}
         self._snapshots: LruCache[str, RoomSnapshot] = LruCache(_SNAPSHOT_CACHE)
@@ -515,9 +516,8 @@ class EventPersister:
 
     async def _write_batch(self, room_id: str, batch: list[_QueuedWrite]) -> None:
         """One transaction for several message events of one room, in queue order."""
-        async with AsyncExitStack() as stack:
-            positions = [await stack.enter_async_context(self.positions.write())
-                         for _ in batch]
+        # All the batch's positions in one round trip, in flight until it commits.
+        async with self.positions.write_many(len(batch)) as positions:
             now = self._clock.time_msec()
             requests = []
             for write, position in zip(batch, positions, strict=True):

@@ -11,15 +11,19 @@ through the write.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 
 from twisted.internet import defer
 
 
 class StreamPositions:
-    def __init__(self, allocate: Callable[[], Awaitable[int]]) -> None:
+    def __init__(self, allocate: Callable[[], Awaitable[int]],
+                 allocate_many: Callable[[int], Awaitable[Sequence[int]]] | None = None
+                 ) -> None:
         self._allocate = allocate
+        # Several positions in one round trip (a group commit); else one call each.
+        self._allocate_many = allocate_many
         self._in_flight: set[int] = set()
         self._max = 0
         # Allocation is serialised so that every allocated position is registered as in
@@ -73,6 +77,31 @@ class StreamPositions:
         finally:
             self._in_flight.discard(position)
             self._max = max(self._max, position)
+            self._release_held()
+
+    @asynccontextmanager
+    async def write_many(self, n: int) -> AsyncIterator[list[int]]:
+        """``n`` fresh positions, ascending, allocated together and all held in flight
+        until the block ends (a batch committed in one transaction: readers see all of
+        it or none of it)."""
+        if n < 1:
+            raise ValueError("write_many needs at least one position")
+        await self._allocating.acquire()
+        try:
+            if self._allocate_many is not None:
+                positions = sorted(await self._allocate_many(n))
+                if len(positions) != n:
+                    raise RuntimeError(f"asked for {n} positions, got {len(positions)}")
+            else:
+                positions = [await self._allocate() for _ in range(n)]
+            self._in_flight.update(positions)
+        finally:
+            self._allocating.release()
+        try:
+            yield positions
+        finally:
+            self._in_flight.difference_update(positions)
+            self._max = max(self._max, positions[-1])
             self._release_held()
 
     def notify_when_readable(self, position: int, wake: Callable[[], None]) -> None:

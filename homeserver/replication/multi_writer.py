@@ -51,8 +51,10 @@ class MultiWriterPositions(StreamPositions):
     learns the writers' positions)."""
 
     def __init__(self, allocate: Callable[[], Awaitable[int]], writers: Iterable[str],
-                 instance: str | None) -> None:
-        super().__init__(allocate)
+                 instance: str | None,
+                 allocate_many: Callable[[int], Awaitable[Sequence[int]]] | None = None
+                 ) -> None:
+        super().__init__(allocate, allocate_many)
         self.writers = tuple(dict.fromkeys(writers))
         if not self.writers:
             raise ValueError("a multi-writer stream needs at least one writer")
@@ -71,6 +73,15 @@ class MultiWriterPositions(StreamPositions):
             raise ValueError("this process does not write this stream")
         async with super().write() as position:
             yield position
+        if self.on_written is not None:
+            self.on_written()
+
+    @asynccontextmanager
+    async def write_many(self, n: int) -> AsyncIterator[list[int]]:
+        if self.instance is None:
+            raise ValueError("this process does not write this stream")
+        async with super().write_many(n) as positions:
+            yield positions
         if self.on_written is not None:
             self.on_written()
 
@@ -136,10 +147,11 @@ def writer_for(wc: WorkersConfig, room_id: str) -> str:
     return writer_for_room(room_id, wc.event_writers) if wc.event_writers else wc.main_name
 
 
-def events_positions(wc: WorkersConfig, allocate: Callable[[], Awaitable[int]]
+def events_positions(wc: WorkersConfig, allocate: Callable[[], Awaitable[int]],
+                     allocate_many: Callable[[int], Awaitable[Sequence[int]]] | None = None
                      ) -> StreamPositions:
     """The events stream's positions in this process: multi-writer when
     ``stream_writers.events`` names writers besides main, else the single writer's."""
     if not wc.event_writers:
-        return StreamPositions(allocate)
-    return MultiWriterPositions(allocate, wc.event_writers, wc.instance)
+        return StreamPositions(allocate, allocate_many)
+    return MultiWriterPositions(allocate, wc.event_writers, wc.instance, allocate_many)

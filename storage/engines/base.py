@@ -30,6 +30,12 @@ class Engine(ABC):
     def next_stream_sql(self, stream: str) -> str:
         """A statement returning the next position of ``stream`` as a single row."""
 
+    def next_streams_sql(self, stream: str, n: int) -> str | None:
+        """A statement returning ``n`` new positions of ``stream`` in one round trip:
+        one row each, or one row with the highest of ``n`` consecutive positions (see
+        :meth:`storage.database.Txn.next_stream_ids`). None: one statement per position."""
+        return None
+
     def migration_lock_sql(self) -> str | None:
         """A statement that serialises migrations across processes, if needed."""
         return None

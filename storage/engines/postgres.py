@@ -52,6 +52,10 @@ class PostgresEngine(Engine):
             raise ValueError(f"bad stream name {stream!r}")
         return f"SELECT nextval('{stream}_stream_seq')"
 
+    def next_streams_sql(self, stream: str, n: int) -> str | None:
+        # One row per position; another process may take values in between.
+        return f"{self.next_stream_sql(stream)} FROM generate_series(1, {int(n)})"
+
     def migration_lock_sql(self) -> str | None:
         # Held until the migration's transaction ends; several workers may start at once.
         # Keyed by the schema too: deployments (and test schemas) sharing one database

@@ -43,6 +43,10 @@ class SqliteEngine(Engine):
             raise ValueError(f"bad stream name {stream!r}")
         return f"UPDATE stream_positions SET pos = pos + 1 WHERE stream = '{stream}' RETURNING pos"
 
+    def next_streams_sql(self, stream: str, n: int) -> str | None:
+        # One row: the highest of n consecutive positions (one writer at a time).
+        return self.next_stream_sql(stream).replace("pos + 1", f"pos + {int(n)}")
+
     def migration_lock_sql(self) -> str | None:
         # Python's sqlite3 does not open a transaction before DDL; this does, and takes
         # the write lock at once so a second process waits instead of racing.

@@ -126,6 +126,49 @@ class MultiWriterTest(DatabaseTestCase):
         self.assertLess(p2_position, later)
         self.assertEqual(d.reader.current(), later)
 
+    async def test_batch_of_one_writer_holds_readers_back(self) -> None:
+        """A group commit's positions come from the shared sequence in one round trip
+        and stay in flight together: nobody reads past the batch until it ends."""
+        d = Deployment(self.events.allocate_stream_ordering)
+        d.p1 = MultiWriterPositions(self.events.allocate_stream_ordering, WRITERS, "p1",
+                                    self.events.allocate_stream_orderings)
+        base = await self._write_in(d, d.p2)
+        written: list[int] = []
+        d.p1.on_written = lambda: written.append(1)
+        batch = d.p1.write_many(3)
+        positions = await batch.__aenter__()
+        self.assertEqual(positions, sorted(positions))
+        self.assertEqual(len(set(positions)), 3)
+        self.assertGreater(positions[0], base)
+        d.publish(d.p1)
+        later = await self._write_in(d, d.p2)
+        self.assertGreater(later, positions[-1])
+        for process in d.everyone():
+            self.assertEqual(process.current(), positions[0] - 1)
+        await batch.__aexit__(None, None, None)
+        self.assertEqual(written, [1])
+        d.publish(d.p1)
+        for process in d.everyone():
+            self.assertEqual(process.current(), later)
+        with self.assertRaises(ValueError):
+            async with d.reader.write_many(1):
+                pass
+
+    async def test_store_allocates_ascending_unique_positions(self) -> None:
+        one = await self.events.allocate_stream_ordering()
+        many = await self.events.allocate_stream_orderings(5)
+        self.assertEqual(many, sorted(many))
+        self.assertEqual(len(set(many)), 5)
+        self.assertGreater(many[0], one)
+        self.assertGreater(await self.events.allocate_stream_ordering(), many[-1])
+        self.assertEqual(await self.events.allocate_stream_orderings(0), [])
+
+    async def _write_in(self, d: Deployment, writer: MultiWriterPositions) -> int:
+        async with writer.write() as position:
+            pass
+        d.publish(writer)
+        return position
+
     async def test_reader_floor_and_roles(self) -> None:
         d = self.d
         d.reader.start_at(41)

@@ -52,6 +52,9 @@ class SendBatchingTest(RoomTestCase):
         self.assertEqual(len(set(ids)), n)
         # Fewer event-writing transactions than events: they were committed in groups.
         self.assertLess(seen["persist_messages"] + seen["persist_event"], n)
+        # A group's stream positions are drawn in one round trip, not one per event.
+        self.assertEqual(seen["next_event_streams"], seen["persist_messages"])
+        self.assertLess(seen["next_event_streams"] + seen["next_event_stream"], n)
         # One linear graph: each message cites exactly the one before it.
         timeline = [e for e in await self._timeline(tokens[0], room)
                     if e["type"] == "m.room.message"]
@@ -138,5 +141,5 @@ class SendBatchingTest(RoomTestCase):
         await self.send_ok(tokens[0], room, "one")
         # The txn id lookup, the stream position and the write itself: nothing re-read
         # (room version, snapshot, auth events are kept in memory).
-        self.assertEqual(dict(seen), {"get_event_by_txn": 1, "next_event_stream": 1,
+        self.assertEqual(dict(seen), {"get_event_by_txn": 1, "next_event_streams": 1,
                                       "persist_messages": 1})

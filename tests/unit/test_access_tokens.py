@@ -92,3 +92,53 @@ class CodecTest(unittest.TestCase):
                             "exp": 1_800_000_900}, KEY_A, algorithm="EdDSA", headers={"kid": "a"})
         with self.assertRaises(TokenError):
             codec.verify(token)
+
+
+class VerifiedCacheTest(unittest.TestCase):
+    """The signature check is remembered per token; expiry is still checked every time
+    and rejections are never remembered."""
+
+    def setUp(self) -> None:
+        self.time = task.Clock()
+        self.time.advance(1_800_000_000)
+        self.codec = AccessTokenCodec(auth_config([SigningKeyConfig("a", "EdDSA", KEY_A)], "a"),
+                                      Clock(self.time))
+        self.decodes = 0
+        real = jwt.decode
+
+        def counting(*a: object, **kw: object) -> object:
+            self.decodes += 1
+            return real(*a, **kw)  # type: ignore[arg-type]
+
+        self.patch(jwt, "decode", counting)
+
+    def test_signature_checked_once_within_ttl(self) -> None:
+        token, _ = self.codec.issue("@u:hs", "DEV", "sid1", 900)
+        for _ in range(3):
+            self.assertEqual(self.codec.verify(token).session_id, "sid1")
+        self.assertEqual(self.decodes, 1)
+        self.time.advance(61)  # past the cache's TTL: checked again
+        self.codec.verify(token)
+        self.assertEqual(self.decodes, 2)
+
+    def test_cached_token_still_expires(self) -> None:
+        codec = AccessTokenCodec(auth_config([SigningKeyConfig("a", "EdDSA", KEY_A)], "a",
+                                             clock_skew=0), Clock(self.time))
+        token, _ = codec.issue("@u:hs", "DEV", "sid1", 10)
+        codec.verify(token)
+        self.time.advance(10)
+        codec.verify(token)  # the last valid second, from the cache
+        self.time.advance(1)  # expired while the cache entry is still fresh
+        with self.assertRaises(TokenError) as cm:
+            codec.verify(token)
+        self.assertTrue(cm.exception.expired)
+        self.assertEqual(self.decodes, 1)
+
+    def test_forged_token_never_cached(self) -> None:
+        token, _ = self.codec.issue("@u:hs", "DEV", "sid1", 900)
+        head, body, sig = token.split(".")
+        forged = f"{head}.{body}.{sig[:-4]}AAAA"
+        for _ in range(2):
+            with self.assertRaises(TokenError):
+                self.codec.verify(forged)
+        self.assertEqual(self.decodes, 2)

@@ -54,6 +54,84 @@ class StreamPositionsTest(unittest.TestCase):
         self.assertEqual((self.positions.current(), woken), (12, [12]))
 
 
+class WriteManyTest(unittest.TestCase):
+    """A group commit's positions: allocated in one call, all in flight until the batch
+    ends, so no position of the batch is readable before every one of them is."""
+
+    def setUp(self) -> None:
+        self.next = 10
+        self.calls: list[int] = []
+
+        async def allocate() -> int:
+            self.next += 1
+            return self.next
+
+        async def allocate_many(n: int) -> list[int]:
+            self.calls.append(n)
+            out = list(range(self.next + 1, self.next + n + 1))
+            self.next += n
+            return out
+
+        self.positions = StreamPositions(allocate, allocate_many)
+        self.positions.start_at(10)
+
+    async def _batch(self, n: int, release: defer.Deferred[None], woken: list[int]) -> list[int]:
+        async with self.positions.write_many(n) as positions:
+            await release
+        for p in positions:
+            self.positions.notify_when_readable(p, lambda p=p: woken.append(p))
+        return positions
+
+    async def _single(self, release: defer.Deferred[None], woken: list[int]) -> int:
+        async with self.positions.write() as position:
+            await release
+        self.positions.notify_when_readable(position, lambda: woken.append(position))
+        return position
+
+    async def test_batch_held_in_flight_until_it_ends(self) -> None:
+        woken: list[int] = []
+        slow: defer.Deferred[None] = defer.Deferred()
+        fast: defer.Deferred[None] = defer.Deferred()
+        batch = defer.ensureDeferred(self._batch(3, slow, woken))  # 11, 12, 13
+        single = defer.ensureDeferred(self._single(fast, woken))  # 14
+        self.assertEqual(self.calls, [3])
+        fast.callback(None)
+        self.assertEqual(await single, 14)
+        self.assertEqual((self.positions.current(), woken), (10, []))
+        slow.callback(None)
+        self.assertEqual(await batch, [11, 12, 13])
+        self.assertEqual(self.positions.current(), 14)
+        self.assertEqual(sorted(woken), [11, 12, 13, 14])
+
+    async def test_failed_batch_leaves_holes_and_releases_later_writes(self) -> None:
+        woken: list[int] = []
+        failing: defer.Deferred[None] = defer.Deferred()
+        fine: defer.Deferred[None] = defer.Deferred()
+        batch = defer.ensureDeferred(self._batch(2, failing, woken))
+        single = defer.ensureDeferred(self._single(fine, woken))
+        fine.callback(None)
+        await single
+        failing.errback(RuntimeError("disk full"))
+        with self.assertRaises(RuntimeError):
+            await batch
+        self.assertEqual((self.positions.current(), woken), (13, [13]))
+
+    async def test_without_allocate_many_one_call_each(self) -> None:
+        async def allocate() -> int:
+            self.next += 1
+            return self.next
+
+        positions = StreamPositions(allocate)
+        positions.start_at(10)
+        async with positions.write_many(3) as got:
+            self.assertEqual(got, [11, 12, 13])
+            self.assertEqual(positions.current(), 10)
+        self.assertEqual(positions.current(), 13)
+        with self.assertRaises(ValueError):
+            async with positions.write_many(0):
+                pass
+
+
 class ReaderPositionsTest(unittest.TestCase):
     """The public reader API: ``advance_to`` (a writer's published position) and
     ``reset_to`` (a starting reader begins at the writer's recorded position)."""
