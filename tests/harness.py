@@ -71,6 +71,30 @@ def require_postgres() -> None:
         raise unittest.SkipTest(_pg_checked)
 
 
+# Ports handed to servers that bind them later are drawn below the kernel's ephemeral
+# range (Linux: 32768-60999), which listen(0) and outgoing connections of the parallel
+# trial workers draw from: a port found free there could be taken before it is bound.
+_PORT_RANGE = (20000, 32000)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now and outside the ephemeral range."""
+    import random
+    import socket
+
+    for _ in range(200):
+        port = random.randrange(*_PORT_RANGE)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # everything taken: fall back to the kernel's choice
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def drop_pg_schema(schema: str) -> None:
     import psycopg2
     import psycopg2.errors

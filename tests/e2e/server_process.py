@@ -15,7 +15,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from typing import Any
 import yaml
 
 from tests.harness import drop_pg_schema, pg_settings, require_postgres, test_engine
+from tests.harness import free_port as harness_free_port
 
 #: The checkout the tests run from; the child imports Parley from here (see ``_child_env``).
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -38,15 +38,7 @@ START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 
 
-def free_port() -> int:
-    """A TCP port that was free a moment ago (bind to port 0, read it, release it).
-
-    There is a small race until the server binds it; acceptable for tests, and a
-    lost race shows up as a clear start-up failure with the server's log.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+free_port = harness_free_port  # tests/harness.py: outside the ephemeral port range
 
 
 def _child_env() -> dict[str, str]:

@@ -285,7 +285,7 @@ class PersisterDeploymentCase(HomeserverTestCase):
     def config_overrides(self) -> dict[str, Any]:
         import secrets
 
-        from tests.rest.test_write_forwarding import free_port
+        from tests.harness import free_port
 
         self.ports = {name: free_port() for name in ("main", "p1", "p2")}
         return _persister_overrides(f"t{secrets.token_hex(6)}:", self.ports)
@@ -306,12 +306,13 @@ class PersisterDeploymentCase(HomeserverTestCase):
         await super().setUp()
         self.others: dict[str, Any] = {}
         self.urls = {"main": self.base_url}
+        # Registered first: a server built before a failure later in setUp still stops.
+        self.addCleanup(lambda: defer.ensureDeferred(self._stop_all()))
         for name in ("p1", "p2", "reader"):
             hs = await build_homeserver(select_worker(self.config, name), clock=self.clock)
             self.others[name] = hs
             port = hs.listen(reactor)[0]
             self.urls[name] = f"http://127.0.0.1:{port.getHost().port}"
-        self.addCleanup(lambda: defer.ensureDeferred(self._stop_all()))
         everyone = [self.hs, *self.others.values()]
         ok = await wait_until(lambda: all(h.replication.link.is_connected for h in everyone))
         self.assertTrue(ok, "replication did not subscribe")

@@ -25,7 +25,13 @@ from twisted.trial import unittest
 from homeserver.app import build_homeserver
 from homeserver.config.model import RateLimitConfig
 from homeserver.http.rate_classes import rules_for
-from tests.harness import HomeserverTestCase, Response, drop_pg_schema, make_config
+from tests.harness import (
+    HomeserverTestCase,
+    Response,
+    drop_pg_schema,
+    free_port,
+    make_config,
+)
 from tests.rest.room_helpers import CS, RoomTestCase
 
 REDIS_HOST = os.environ.get("PARLEY_TEST_REDIS_HOST", "127.0.0.1")
@@ -62,14 +68,6 @@ async def delete_prefix(prefix: str) -> None:
             await conn.delete(*keys)
     finally:
         await conn.disconnect()
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return int(port)
 
 
 class LimitedMixin(RoomTestCase):

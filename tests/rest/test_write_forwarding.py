@@ -6,7 +6,6 @@ PostgreSQL schema and the real Redis. Config rules are tested without a database
 from __future__ import annotations
 
 import secrets
-import socket
 from typing import Any
 
 from twisted.internet import defer, reactor
@@ -21,17 +20,11 @@ from homeserver.replication.forwarding import (
     SECRET_HEADER,
     Forwarder,
 )
-from tests.harness import HomeserverTestCase, Response, make_config
+from tests.harness import HomeserverTestCase, Response, free_port, make_config
 from tests.rest.test_replication import REDIS, MainAndReaderMixin, require_workers
 
 V3 = "/_matrix/client/v3"
 SECRET = "s3cret-" + "x" * 24
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def forwarding_overrides(prefix: str, replication_port: int,
