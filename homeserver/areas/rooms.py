@@ -95,10 +95,11 @@ async def build_rooms(config: Config, clock: Clock, stores: Stores, notifier: No
     fanout.subscribe("relations", lambda rec: relations_indexer.on_event(rec.event))
     await relations_indexer.catch_up(creation.current_position())
     # Push actions: rules evaluated once per persisted event (rulesets cached until they
-    # change); unread counts in /sync and GET /notifications read the recorded rows.
+    # change), a published turn's rows written in one transaction; unread counts in
+    # /sync and GET /notifications read the recorded rows.
     push_actions = PushActionsHandler(config.server_name, clock, stores.push_actions, push_rules,
                                       creation, stores.events, visibility, client_events)
-    fanout.subscribe("push_actions", live_events(push_actions.on_event))
+    fanout.subscribe_batch("push_actions", push_actions.on_records)
     push_rules.on_change.append(push_actions.on_rules_changed)
     # Search indexes only when enabled (caught up at start-up).
     search_indexer = SearchIndexer(config.search_enabled, stores.search, stores.relations,

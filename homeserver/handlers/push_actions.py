@@ -1,17 +1,18 @@
 """Push actions: which local users each new event notifies, and the unread counts
 and notification list built from them.
 
-After every persisted event (a subscriber of the event fan-out) the push rules of
-each local joined member other than the sender (plus a local invitee, for their
-invite) are evaluated once, and the notifying outcomes are written in one batch to
-``event_push_actions``. Unread counts are then a count of rows after the user's
-latest ``m.read`` / ``m.read.private`` receipt, so /sync never re-evaluates rules.
+After every persisted event (a batch subscriber of the event fan-out) the push rules
+of each local joined member other than the sender (plus a local invitee, for their
+invite) are evaluated once, and the notifying outcomes of a published turn (a group
+commit: up to 100 events) are written in one transaction to ``event_push_actions``.
+Unread counts are then a count of rows after the user's latest ``m.read`` /
+``m.read.private`` receipt, so /sync never re-evaluates rules.
 
 Caches, both bounded LRU: each user's merged ruleset (dropped on any push rule change,
 through ``PushRulesHandler.on_change``), and per room the joined members' display
 names and the power levels, dropped when a member, power levels or create event is
-persisted in the room. Events of one room are persisted one at a time, so the hook
-sees the room's state changes in order.
+persisted in the room. A room's events reach the hook in stream order, so it sees the
+room's state changes in order.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ from homeserver.events.model import Event, StateKey
 from homeserver.events.power_levels import get_user_power_level, parse_level
 from homeserver.handlers.client_events import ClientEventSerializer
 from homeserver.handlers.event_creation import EventCreationHandler
+from homeserver.handlers.event_fanout import PersistedEvent, PersistKind
 from homeserver.handlers.push_rules import PushRulesHandler
 from homeserver.handlers.visibility import VisibilityHandler
 from homeserver.lru import LruCache
@@ -75,7 +77,8 @@ class PushActionsHandler:
         self._events = events
         self._rules: LruCache[str, dict[str, list[JsonDict]]] = LruCache(MAX_CACHED_RULESETS)
         self._rooms: LruCache[str, RoomPushInfo] = LruCache(MAX_CACHED_ROOMS)
-        # Called with one event's rows once written (the pusher pool, push/sender/).
+        # Called with a batch's rows (stream order) once written (the pusher pool,
+        # push/sender/; replication to a pusher worker).
         self.on_added: list[Callable[[list[PushActionRow]], None]] = []
 
     # -- caches -------------------------------------------------------------------------
@@ -114,21 +117,51 @@ class PushActionsHandler:
     # -- the persist hook ---------------------------------------------------------------
 
     async def on_event(self, event: Event) -> None:
-        """Fan-out subscriber: evaluate and record; a failure is logged, never raised
-        (the event is already persisted and the send must not fail)."""
-        try:
-            await self._on_event(event)
-        except Exception:
-            logger.exception("push actions failed for %s", event.event_id)
+        """Evaluate and record one event; a failure is logged, never raised (the event
+        is already persisted and the send must not fail)."""
+        await self.on_events([event])
 
-    async def _on_event(self, event: Event) -> None:
+    async def on_records(self, records: Sequence[PersistedEvent]) -> None:
+        """Batch fan-out subscriber: the live events (LOCAL and REMOTE) of one turn."""
+        await self.on_events([r.event for r in records
+                              if r.kind in (PersistKind.LOCAL, PersistKind.REMOTE)])
+
+    async def on_events(self, events: Sequence[Event]) -> None:
+        """Evaluate each event in order (a room's state changes reach the caches in
+        order), then write every notifying row of the batch in one transaction and tell
+        ``on_added`` once. A redaction first writes the rows gathered so far, so the
+        rows of an event it redacts in the same batch are removed as before. A failure
+        is logged per event, never raised."""
+        rows: list[PushActionRow] = []
+        for event in events:
+            try:
+                if event.type == "m.room.redaction" and event.redacts:
+                    await self._write(rows)
+                    rows = []
+                    await self._store.remove_event(event.room_id, event.redacts)
+                rows.extend(await self._rows_for(event))
+            except Exception:
+                logger.exception("push actions failed for %s", event.event_id)
+        try:
+            await self._write(rows)
+        except Exception:
+            logger.exception("push actions failed for %d events from %s", len(events),
+                             events[0].event_id)
+
+    async def _write(self, rows: list[PushActionRow]) -> None:
+        if not rows:
+            return
+        await self._store.add(rows)
+        for listener in self.on_added:
+            listener(rows)
+
+    async def _rows_for(self, event: Event) -> list[PushActionRow]:
+        """The notifying rows of one event (none written here)."""
         room_id = event.room_id
         if event.is_state() and event.type in _ROOM_CACHE_TYPES:
             self._rooms.pop(room_id)
-        if event.type == "m.room.redaction" and event.redacts:
-            await self._store.remove_event(room_id, event.redacts)
         if event.internal.outlier:
-            return
+            return []
         info = await self._room_info(room_id)
         users = [u for u in info.joined if u.endswith(self._suffix) and u != event.sender]
         if event.type == "m.room.member" and event.membership == "invite" \
@@ -136,7 +169,7 @@ class PushActionsHandler:
                 and event.state_key not in info.joined:
             users.append(event.state_key or "")
         if not users:
-            return
+            return []
         ctx_base = await self._sender_context(event, info)
         event_json: JsonDict = {k: v for k, v in event.pdu.items()
                                 if k in ("type", "content", "sender", "state_key")}
@@ -157,10 +190,7 @@ class PushActionsHandler:
                 user_id, room_id, event.event_id, event.internal.stream_ordering or 0,
                 True, result.highlight, thread_id,
                 json.dumps(result.actions, separators=(",", ":")), now))
-        await self._store.add(rows)
-        if rows:
-            for listener in self.on_added:
-                listener(rows)
+        return rows
 
     async def _sender_context(self, event: Event, info: RoomPushInfo) -> dict[str, Any]:
         if info.create is None:

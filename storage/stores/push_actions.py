@@ -1,5 +1,5 @@
 """The ``event_push_actions`` table: which events notify (or highlight) which local
-users, written once per persisted event, read by /sync unread counts and
+users, written once per published batch of events, read by /sync unread counts and
 GET /notifications."""
 
 from __future__ import annotations
@@ -55,7 +55,8 @@ class PushActionsStore:
         self._db = db
 
     async def add(self, rows: Sequence[PushActionRow]) -> None:
-        """Insert one event's rows in one statement (idempotent on (user, event))."""
+        """Insert a batch's rows (any number of events) in one transaction (idempotent
+        on (user, event))."""
         if not rows:
             return
 

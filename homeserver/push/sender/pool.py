@@ -73,7 +73,7 @@ class PusherPool:
     # -- hooks ----------------------------------------------------------------------------
 
     def on_push_actions(self, rows: Sequence[PushActionRow]) -> None:
-        """``PushActionsHandler.on_added``: one event's notifying rows were written."""
+        """``PushActionsHandler.on_added``: a batch's notifying rows were written."""
         rows = [r for r in rows if r.notify]
         if rows and not self._stopped:
             self._background(self._on_push_actions(rows))
