@@ -9,11 +9,12 @@ events persisted elsewhere arrive over Redis pub/sub and are fed to
 
 from __future__ import annotations
 
-from collections import defaultdict
+import heapq
 from collections.abc import Iterable
 from typing import Protocol
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall
 
 from homeserver.clock import Clock
 
@@ -27,11 +28,71 @@ class NotifierInterface(Protocol):
     def wait(self, user_id: str, room_ids: Iterable[str], timeout_s: float) -> defer.Deferred[bool]: ...
 
 
+class _Waiter:
+    """One parked long-poll. Slots and no closures: tens of thousands may be parked, so
+    each costs a few hundred bytes (issue 18), and they share one timer (see ``Notifier``)."""
+
+    __slots__ = ("notifier", "deferred", "user_id", "rooms")
+
+    def __init__(self, notifier: Notifier, user_id: str, rooms: tuple[str, ...]) -> None:
+        self.notifier = notifier
+        self.deferred: defer.Deferred[bool] = defer.Deferred(canceller=self._cancelled)
+        self.user_id = user_id
+        self.rooms = rooms
+
+    def _cancelled(self, _d: defer.Deferred[bool]) -> None:
+        """The awaiting request went away (client disconnected): stop indexing it."""
+        self.notifier._unindex(self)
+
+
+# A key's waiters: the lone waiter itself (the usual case: one long-poll per user), or a set.
+_Slot = _Waiter | set[_Waiter]
+
+
+def _add(index: dict[str, _Slot], key: str, w: _Waiter) -> None:
+    cur = index.get(key)
+    if cur is None:
+        index[key] = w
+    elif isinstance(cur, set):
+        cur.add(w)
+    else:
+        index[key] = {cur, w}
+
+
+def _discard(index: dict[str, _Slot], key: str, w: _Waiter) -> bool:
+    """Remove ``w`` under ``key``; whether it was there."""
+    cur = index.get(key)
+    if cur is w:
+        del index[key]
+        return True
+    if isinstance(cur, set) and w in cur:
+        cur.discard(w)
+        if not cur:
+            del index[key]
+        return True
+    return False
+
+
+def _members(slot: _Slot | None) -> Iterable[_Waiter]:
+    if slot is None:
+        return ()
+    return slot if isinstance(slot, set) else (slot,)
+
+
 class Notifier:
+    """Waiters are indexed by user and by room. Timeouts share one reactor timer over a
+    heap of (deadline, seq, waiter) instead of a DelayedCall each; entries of waiters
+    already woken stay in the heap until their deadline (or a compaction)."""
+
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
-        self._by_user: dict[str, set[defer.Deferred[bool]]] = defaultdict(set)
-        self._by_room: dict[str, set[defer.Deferred[bool]]] = defaultdict(set)
+        self._by_user: dict[str, _Slot] = {}
+        self._by_room: dict[str, _Slot] = {}
+        self._heap: list[tuple[float, int, _Waiter]] = []
+        self._seq = 0
+        self._live = 0  # waiters not yet fired
+        self._timer: IDelayedCall | None = None
+        self._timer_at = 0.0
         self.closing = False
         # Read by the metrics (homeserver/metrics/activity.py) at scrape time.
         self.notifications = 0
@@ -40,15 +101,15 @@ class Notifier:
     def notify(self, user_ids: Iterable[str] = (), room_ids: Iterable[str] = ()) -> None:
         """Something changed for these users / in these rooms: wake their waiters."""
         self.notifications += 1
-        waiters: set[defer.Deferred[bool]] = set()
+        waiters: set[_Waiter] = set()
         for uid in user_ids:
-            waiters |= self._by_user.pop(uid, set())
+            waiters.update(_members(self._by_user.get(uid)))
         for rid in room_ids:
-            waiters |= self._by_room.pop(rid, set())
-        for d in waiters:
-            if not d.called:
+            waiters.update(_members(self._by_room.get(rid)))
+        for w in waiters:
+            if not w.deferred.called:
                 self.woken += 1
-                d.callback(True)
+                self._fire(w, True)
 
     def close(self) -> None:
         """Graceful shutdown: wake every waiter now; from here on nobody waits, so held
@@ -60,32 +121,56 @@ class Notifier:
         """A Deferred firing True when woken, False on timeout (at once when closing)."""
         if self.closing:
             return defer.succeed(False)
-        d: defer.Deferred[bool] = defer.Deferred()
-        rooms = list(room_ids)
-        self._by_user[user_id].add(d)
-        for rid in rooms:
-            self._by_room[rid].add(d)
-
-        def timeout() -> None:
-            if not d.called:
-                d.callback(False)
-
-        call = self._clock.call_later(max(0.0, timeout_s), timeout)
-
-        def cleanup(result: bool) -> bool:
-            if call.active():
-                call.cancel()
-            self._by_user.get(user_id, set()).discard(d)
-            if not self._by_user.get(user_id):
-                self._by_user.pop(user_id, None)
-            for rid in rooms:
-                self._by_room.get(rid, set()).discard(d)
-                if not self._by_room.get(rid):
-                    self._by_room.pop(rid, None)
-            return result
-
-        d.addBoth(cleanup)
-        return d
+        w = _Waiter(self, user_id, tuple(room_ids))
+        _add(self._by_user, user_id, w)
+        for rid in w.rooms:
+            _add(self._by_room, rid, w)
+        self._live += 1
+        deadline = self._clock.time() + max(0.0, timeout_s)
+        self._seq += 1
+        heapq.heappush(self._heap, (deadline, self._seq, w))
+        if len(self._heap) > 2 * self._live + 64:
+            self._compact()
+        if self._timer is None or deadline < self._timer_at:
+            self._schedule(deadline)
+        return w.deferred
 
     def waiting_count(self) -> int:
-        return len({d for s in self._by_user.values() for d in s})
+        return self._live
+
+    def _fire(self, w: _Waiter, result: bool) -> None:
+        """Unindex the waiter, then fire it (its awaiter may wait again at once)."""
+        self._unindex(w)
+        w.deferred.callback(result)
+
+    def _unindex(self, w: _Waiter) -> None:
+        if _discard(self._by_user, w.user_id, w):
+            self._live -= 1
+        for rid in w.rooms:
+            _discard(self._by_room, rid, w)
+
+    def _schedule(self, deadline: float) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = self._clock.call_later(max(0.0, deadline - self._clock.time()),
+                                             self._on_timer)
+
+    def _on_timer(self) -> None:
+        """Time out every waiter whose deadline passed; re-arm for the next one."""
+        self._timer = None
+        limit = max(self._clock.time(), self._timer_at)
+        last = self._seq  # waiters added while firing wait for the next round
+        # self._heap, not a local: a fired waiter may wait again, which may compact it.
+        while self._heap and self._heap[0][0] <= limit and self._heap[0][1] <= last:
+            w = heapq.heappop(self._heap)[2]
+            if not w.deferred.called:
+                self._fire(w, False)
+        # A fired waiter may have waited again and armed the timer already.
+        if self._heap and (self._timer is None or self._heap[0][0] < self._timer_at):
+            self._schedule(self._heap[0][0])
+
+    def _compact(self) -> None:
+        """Drop the heap entries of waiters already woken (bounds the heap under churn)."""
+        self._heap = [e for e in self._heap if not e[2].deferred.called]
+        heapq.heapify(self._heap)

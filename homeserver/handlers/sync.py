@@ -94,7 +94,7 @@ class EphemeralSource(Protocol):
         ...
 
 
-@dataclass
+@dataclass(slots=True)  # one per parked long-poll (issue 18): no per-instance __dict__
 class SyncRequest:
     user_id: str
     device_id: str | None
@@ -185,8 +185,9 @@ class SyncHandler:
             remaining = deadline - self._clock.time()
             if remaining <= 0 or self._notifier.closing:  # shutting down: answer now
                 break
-            rooms = [m.room_id for m in await self._members.rooms_for_user(
-                user_id, ("join", "invite", "knock"))] + list(extra_rooms)
+            # A tuple: the notifier keeps this very object (no second copy per parked poll).
+            rooms = tuple([m.room_id for m in await self._members.rooms_for_user(
+                user_id, ("join", "invite", "knock"))] + list(extra_rooms))
             # Anything that arrived during the awaits above has already notified;
             # only wait if the position is still the one just checked.
             if self.now_token() == token:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import fnmatch
+import json
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,12 +15,18 @@ JsonDict = dict[str, Any]
 DEFAULT_TIMELINE_LIMIT = 10
 MAX_TIMELINE_LIMIT = 100
 
+# Parsed filters are shared between requests (every parked long-poll holds one, and most
+# clients send the same few): a bounded LRU keyed by the filter's canonical JSON. The
+# filters are frozen so sharing is safe. Keys longer than this are parsed, not cached.
+_CACHE_SIZE = 1024
+_CACHE_MAX_KEY = 8192
+
 
 def _matches(value: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(value, p) for p in patterns)
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class EventFilter:
     """The spec's EventFilter / RoomEventFilter (the parts that apply to events)."""
 
@@ -70,7 +78,7 @@ class EventFilter:
         return [e for e in events if self.allows(e)]
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class SyncFilter:
     timeline: EventFilter
     state: EventFilter
@@ -85,7 +93,26 @@ class SyncFilter:
 
     @classmethod
     def parse(cls, raw: Any) -> SyncFilter:
+        """The parsed filter, shared with earlier requests that sent the same JSON."""
         raw = raw if isinstance(raw, dict) else {}
+        try:
+            key = json.dumps(raw, sort_keys=True, separators=(",", ":"))
+        except (TypeError, ValueError, RecursionError):
+            return cls._parse(raw)
+        if len(key) > _CACHE_MAX_KEY:
+            return cls._parse(raw)
+        found = _PARSED.get(key)
+        if found is not None:
+            _PARSED.move_to_end(key)
+            return found
+        parsed = cls._parse(raw)
+        _PARSED[key] = parsed
+        if len(_PARSED) > _CACHE_SIZE:
+            _PARSED.popitem(last=False)
+        return parsed
+
+    @classmethod
+    def _parse(cls, raw: JsonDict) -> SyncFilter:
         room = raw.get("room") if isinstance(raw.get("room"), dict) else {}
         return cls(
             timeline=EventFilter.parse(room.get("timeline")),
@@ -111,3 +138,6 @@ class SyncFilter:
         if limit is None:
             return DEFAULT_TIMELINE_LIMIT
         return min(limit, MAX_TIMELINE_LIMIT)
+
+
+_PARSED: OrderedDict[str, SyncFilter] = OrderedDict()

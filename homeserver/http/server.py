@@ -157,6 +157,10 @@ def parse_json_object(raw: bytes, not_json: str, not_object: str) -> dict[str, A
 class ApiRequest:
     """What a servlet sees of a request: parsed, authenticated, validated."""
 
+    # One lives as long as its request, i.e. through a parked long-poll (issue 18).
+    __slots__ = ("raw", "route", "path_params", "client", "requester", "origin", "body",
+                 "access_token")
+
     def __init__(
         self,
         raw: server.Request,
@@ -226,6 +230,12 @@ class ParleyRequest(server.Request):
     Bodies go where Twisted puts them: memory below 100 KB, else an anonymous temp file,
     so a 50 MB upload is never held in memory.
     """
+
+    # Our per-request attributes live in slots, not in Twisted's already large instance
+    # __dict__: setting one more key there re-allocated it, ~1.4 KB per parked long-poll
+    # (issue 18). Unset slots read as missing, so ``getattr(r, name, default)`` still works.
+    __slots__ = ("body_too_large", "json_limit_pending", "body_limit", "_received",
+                 "route_template", "parley_client_ip")
 
     max_body_size: int = 10 * 1024 * 1024
     media_max_body_size: int | None = None
