@@ -28,6 +28,28 @@ def _describe(db: DatabaseConfig) -> str:
     return where + (f" (schema {db.schema})" if db.schema else "")
 
 
+def _sqlite_in_use(path: str) -> str | None:
+    """Why the SQLite file is open elsewhere (a Parley still running on it), else None.
+
+    Parley keeps SQLite in WAL mode, where every open connection holds a shared lock
+    until it closes: an exclusive lock is refused while any other process has the file
+    open, even an idle one. Copying a live database would give PostgreSQL a mix of
+    moments (the port reads table by table), so the port refuses instead.
+    """
+    import sqlite3
+
+    conn = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+        conn.execute("BEGIN EXCLUSIVE")
+        conn.execute("ROLLBACK")
+    except sqlite3.OperationalError as e:
+        return str(e)
+    finally:
+        conn.close()
+    return None
+
+
 def _source_path(sqlite: str | None, old_config: str | None) -> str:
     if sqlite:
         return sqlite
@@ -59,6 +81,11 @@ async def run_port_db(sqlite: str | None, config: str | Config, *, old_config: s
         return 1
     if not os.path.isfile(path):
         print(f"error: no SQLite database at {path}", file=err)
+        return 1
+    busy = _sqlite_in_use(path)
+    if busy is not None:
+        print(f"error: {path} is open in another process ({busy}): stop Parley (every "
+              "process using this file) before porting it", file=err)
         return 1
     source = Database(create_engine(DatabaseConfig(engine="sqlite", path=path)))
     target = Database(create_engine(cfg.database), 1, 2)

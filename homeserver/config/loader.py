@@ -218,13 +218,36 @@ def parse_redis(raw: dict[str, Any] | None) -> RedisConfig | None:
     )
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping. PyYAML keeps the last
+    one silently: a second ``rate_limits:`` appended to a generated config would drop
+    the first one's settings without a word."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the schema refuses it anyway
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"found duplicate key {key!r}", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
 def load_config(path: str | os.PathLike[str]) -> Config:
     try:
         text = Path(path).read_text()
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
     return parse_config(raw or {}, base_dir=Path(path).resolve().parent)

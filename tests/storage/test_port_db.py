@@ -217,6 +217,19 @@ class PortDbTest(RoomTestCase):
         self.assertEqual(code, 1)
         self.assertIn("pass one of them", err)
 
+    async def test_refuses_a_database_still_open(self) -> None:
+        """The server still running on the file (an operator forgot step 1): refused,
+        nothing written to PostgreSQL; once it stops, the same command ports."""
+        await self.register("alice")
+        code, _, err = await self.port()
+        self.assertEqual(code, 1)
+        self.assertIn("stop Parley", err)
+        self.assertEqual(self.pg("SELECT COUNT(*) FROM information_schema.tables "
+                                 "WHERE table_schema = current_schema()"), [(0,)])
+        await self.hs.stop()
+        code, _, err = await self.port()
+        self.assertEqual(code, 0, err)
+
     async def test_force_empties_target_then_ports(self) -> None:
         before = await self.fill()
         await self.hs.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 
 from twisted.trial import unittest
@@ -109,3 +110,21 @@ class ConfigTest(unittest.TestCase):
         self.addCleanup(os.unlink, f.name)
         with self.assertRaisesRegex(ConfigError, "not valid YAML"):
             load_config(f.name)
+
+    def test_duplicate_key_refused(self) -> None:
+        """A section given twice (e.g. `rate_limits: {backend: redis}` appended to a
+        generated config that already has `rate_limits:`) is an error naming the key,
+        not the last one silently winning."""
+        d = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, d, True)
+        path = os.path.join(d, "c.yaml")
+        text = generate_config_text("localhost", "data", 8008, dev=True)
+        self.assertIn("\nrate_limits:", text)
+        with open(path, "w") as f:
+            f.write(text + "rate_limits: {backend: redis}\n")
+        with self.assertRaisesRegex(ConfigError, "duplicate key 'rate_limits'"):
+            load_config(path)
+        with open(path, "w") as f:  # nested mappings too
+            f.write(text + "redis: {host: a, port: 6379, host: b}\n")
+        with self.assertRaisesRegex(ConfigError, "duplicate key 'host'"):
+            load_config(path)
