@@ -142,6 +142,10 @@ class MembershipServlets:
         # The outbound sender's forward_event(event, origin): a member event we took
         # as the resident goes on to the room's other servers.
         self.forward: Callable[[Event, str], Awaitable[None]] | None = None
+        self._oob = OutOfBandWriter(clock, stores.rooms, self._persister, out_of_band, notifier)
+        # With event persisters (homeserver/replication/remote_persist.py): an event held
+        # out of band in a room another process writes is stored by that process.
+        self.remote_out_of_band: Callable[[Event, RoomVersion], Awaitable[None]] | None = None
 
     def register(self, router: Router) -> None:
         for kind in ("join", "leave", "knock"):
@@ -410,9 +414,32 @@ class MembershipServlets:
         return 200, {"event": signed}
 
     async def store_out_of_band(self, event: Event, version: RoomVersion) -> None:
-        """An invite (or its rejection) in a room whose state we do not hold: held as
-        the user's current membership when the room has no state here; a room we are
-        in takes it through the ingest as usual (the inviting server sends it)."""
+        """An invite (or its rejection) in a room whose state we do not hold
+        (:class:`OutOfBandWriter`), by the process writing the room."""
+        owns = self._persister.owns_room
+        if self.remote_out_of_band is not None and owns is not None \
+                and not owns(event.room_id):
+            await self.remote_out_of_band(event, version)
+            return
+        await self._oob.store(event, version)
+
+
+class OutOfBandWriter:
+    """Member events of rooms without state here, at a position of the events stream
+    (drawn by the room's writer: the process running this)."""
+
+    def __init__(self, clock: Any, rooms: Any, persister: Any, out_of_band: Any,
+                 notifier: Any) -> None:
+        self._clock = clock
+        self._rooms = rooms
+        self._persister = persister
+        self.out_of_band = out_of_band
+        self._notifier = notifier
+
+    async def store(self, event: Event, version: RoomVersion) -> None:
+        """Held as the user's current membership when the room has no state here; a
+        room we are in takes it through the ingest as usual (the inviting server sends
+        it)."""
         room_id = event.room_id
         if await self._rooms.get_room_version(room_id) is None:
             await self._rooms.store_room(room_id, version.identifier, event.sender, False,

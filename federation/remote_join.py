@@ -136,6 +136,7 @@ class RemoteMembership:
         self._rooms = stores.rooms
         self._members = stores.room_members
         self._servlets = servlets
+        self.servlets = servlets  # homeserver/replication/remote_persist.py sets its hooks
         # homeserver/handlers/partial_state.py (set by register_membership) and
         # federation.partial_state_joins: send_join asks with omit_members.
         self.partial_state: PartialStateHandler | None = None
@@ -253,7 +254,11 @@ class RemoteMembership:
                                                             candidates)
         event = self._sign(version, template, content)
         # Faster joins: the resident may leave members out; they come in the background.
-        omit = self.partial_state is not None and self.partial_state_joins
+        # Not for a room another process writes (event persisters): the resync holds
+        # the room's queue, which only its writer has.
+        owns = self._ingest.persister.owns_room
+        omit = self.partial_state is not None and self.partial_state_joins \
+            and (owns is None or owns(room_id))
         try:
             with timer.phase("send_join"):
                 answer = await self._client.put_json(

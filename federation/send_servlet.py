@@ -6,7 +6,10 @@ processed at a time (so a retry racing the original waits for its answer). More 
 50 PDUs or 100 EDUs is 400, as the spec says; a blocked origin is 403.
 
 PDUs go to the ingest (``receive_pdu(origin, pdu) -> error or None``, federation/
-ingest.py); each PDU's result is in the answer under its event id. Without an ingest
+ingest.py); each PDU's result is in the answer under its event id. With event
+persisters the ingest hands each PDU to its room's writer: when that process cannot be
+reached (or answers 503) the transaction is answered 503 and not remembered, so the
+sending server retries it instead of taking its PDUs as refused. Without an ingest
 every PDU is answered with an error (not accepted) and nothing is stored. EDUs go to
 :class:`federation.inbound_edus.InboundEdus`, within one budget per transaction.
 Every request of an origin counts against its ``federation_origin`` rate limit (the
@@ -114,6 +117,17 @@ class SendServlet:
                 continue
             try:
                 error = await self.ingest.receive_pdu(origin, pdu)
+            except MatrixError as e:
+                if e.code in (502, 503):
+                    # The room's writer (an event persister) is unreachable or busy: the
+                    # whole transaction is answered 503 and not remembered, so the
+                    # sender retries it (the PDUs stored meanwhile are then "known").
+                    logger.warning("a PDU from %s could not be persisted now: %s",
+                                   origin, e.code)
+                    raise MatrixError(503, "This server cannot take the transaction "
+                                      "now; try again", Codes.UNKNOWN) from e
+                logger.exception("ingest failed on a PDU from %s", origin)
+                error = "internal error"
             except Exception:  # one PDU never fails the others
                 logger.exception("ingest failed on a PDU from %s", origin)
                 error = "internal error"

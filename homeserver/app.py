@@ -16,6 +16,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.web import server
 
+from federation.sender.wiring import forget_room_servers, start_writer_queue
 from federation.setup import FederationArea, FederationDeps, build_federation
 from homeserver.appservice import build_appservices, check_registrations
 from homeserver.areas.accounts import build_accounts
@@ -65,6 +66,7 @@ from homeserver.replication.forwarding import (
     check_replication_listener,
 )
 from homeserver.replication.remote_create import wire_internal_calls
+from homeserver.replication.remote_persist import wire_federation_calls
 from homeserver.replication.roles import OWN_ROUTING, RoleWiring
 from homeserver.replication.room_routing import wire_room_routing
 from homeserver.replication.routing import ReadOnlyPresence, restrict_to_reads
@@ -354,10 +356,21 @@ async def build_homeserver(
                       ForwardResource(resource, config.workers.replication_secret))
     # Events made in-process for another writer's room, and writers' side effects that
     # main records (homeserver/replication/remote_create.py).
-    internal_calls = wire_internal_calls(
-        config, root, rooms, stores,
-        [sync.presence.after_persist, sync.typing.after_persist,
-         e2ee.device_lists.after_persist], default_reactor)
+    side_effects = [sync.presence.after_persist, sync.typing.after_persist,
+                    e2ee.device_lists.after_persist]
+    internal_calls = wire_internal_calls(config, root, rooms, stores, side_effects,
+                                         default_reactor)
+    # Federation with event persisters: remote events and memberships go to the room's
+    # writer, a writer's invites and remote joins to main (replication/remote_persist.py),
+    # and each writer queues its own events' PDUs (federation/sender/wiring.py).
+    remote_writes = wire_federation_calls(config, internal_calls, rooms, stores, db,
+                                          notifier, clock, federation)
+    if remote_writes is not None and federation is not None and federation.sender is not None:
+        sender = federation.sender.sender  # main: a member event persisted elsewhere
+        side_effects.append(lambda ev: forget_room_servers(sender, ev.room_id)
+                            if ev.type == "m.room.member" else None)
+    writer_queue = await start_writer_queue(config, clock, accounts.security_events, stores,
+                                            rooms, roles)
     if room_forwarder is not None:
         room_forwarder.resolve_alias = stores.room_aliases.get_alias
     check_replication_listener(config)
@@ -391,6 +404,8 @@ async def build_homeserver(
         hs._on_stop.append(lambda: defer.ensureDeferred(forwarder.close()))
     if room_forwarder is not None:
         hs._on_stop.append(lambda: defer.ensureDeferred(room_forwarder.close()))
+    if writer_queue is not None:
+        hs._on_stop.append(lambda: defer.ensureDeferred(writer_queue.stop()))
     if internal_calls is not None:
         hs._on_stop.append(lambda: defer.ensureDeferred(internal_calls.close()))
     hs.internal_calls = internal_calls

@@ -55,8 +55,9 @@ async def register_sender(config: Config, clock: Clock, events: SecurityEventRec
     blocks = ServerBlocks(config.server_name, clock, stores.blocked_servers, events,
                           config.federation_blocked_servers)
     sender = FederationSender(
-        config.server_name, clock, config.federation, stores.federation_queue, stores.events,
-        client, blocks.is_blocked, stores.devices, stores.e2e_keys, stores.cross_signing)
+        config.server_name, clock, config.federation, _queue_store(config, stores),
+        stores.events, client, blocks.is_blocked, stores.devices, stores.e2e_keys,
+        stores.cross_signing)
     deps.rooms.fanout.subscribe("federation_sender", sender.event_persisted)
     deps.sync.typing.on_edu.append(sender.typing_edu)
     deps.sync.receipts.on_edu.append(sender.receipt_edu)
@@ -83,3 +84,46 @@ async def register_sender(config: Config, clock: Clock, events: SecurityEventRec
         deps.roles.configure_federation_sender(sender)
     await sender.start()
     return SenderArea(sender, servlet, edus)
+
+
+def _queue_store(config: Config, stores: Any, instance: str | None = None) -> Any:
+    """The queue store a sender replays from: with event persisters each events writer
+    replays its own rooms' local events (storage/stores/federation_writer_queue.py;
+    ``instance``: a writer other than main, with a checkpoint of its own)."""
+    wc = config.workers
+    if not wc.event_writers:
+        return stores.federation_queue
+    from homeserver.replication.multi_writer import writer_for
+    from storage.stores.federation_writer_queue import WriterQueueStore
+
+    me = wc.instance
+    return WriterQueueStore(stores.federation_queue, instance,
+                            lambda room_id: writer_for(wc, room_id) == me,
+                            me in wc.event_writers)
+
+
+def forget_room_servers(sender: FederationSender, room_id: str) -> None:
+    """A member event another process persisted (event persisters): the room's servers
+    are read again when next needed."""
+    sender._room_servers.pop(room_id, None)  # noqa: SLF001 (the sender's cache)
+
+
+async def start_writer_queue(config: Config, clock: Clock, events: SecurityEventRecorder,
+                             stores: Any, rooms: Any, roles: Any) -> FederationSender | None:
+    """On an event_persister worker with federation on: a sender that only queues the
+    PDUs of the local events this process persists into the durable queue (PostgreSQL)
+    and wakes the process sending to each destination (main, or the federation_sender
+    worker owning it) over Redis; EDUs stay with main. None elsewhere."""
+    wc = config.workers
+    if not config.federation.enabled or wc.is_main or wc.instance not in wc.event_writers:
+        return None
+    blocks = ServerBlocks(config.server_name, clock, stores.blocked_servers, events,
+                          config.federation_blocked_servers)
+    sender = FederationSender(
+        config.server_name, clock, config.federation, _queue_store(config, stores, wc.instance),
+        stores.events, None, blocks.is_blocked, stores.devices, stores.e2e_keys,
+        stores.cross_signing)
+    rooms.fanout.subscribe("federation_queue", sender.event_persisted)
+    roles.configure_writer_queue(sender)
+    await sender.start()
+    return sender

@@ -17,9 +17,16 @@ to other writers (stop every process first).
 
 Refused: an unknown name or one whose role writes no events; a writer other than main
 without a ``replication`` endpoint (requests for its rooms are forwarded there), or a
-deployment without the shared secret; an event_persister worker left out of the list;
-and, in this release, federation with any writer other than main (federation ingest and
-the outbound queue live in the main process, which may only write its own rooms).
+deployment without the shared secret; an event_persister worker left out of the list.
+
+Federation works with event persisters as in Synapse: the main process runs the
+federation endpoints and checks what other servers send (signatures, hashes), and hands
+each room's events to the room's writer, which runs the auth and state checks and
+persists them; each writer queues its own local events for the federation sender
+(main or a federation_sender worker). A local user's join of another server's room
+goes through main, which hands the room's state and the join to the room's writer
+(homeserver/replication/remote_persist.py). Joins there are full joins: partial-state
+("faster") joins only for rooms the main process writes.
 """
 
 from __future__ import annotations
@@ -76,7 +83,5 @@ def parse_stream_writers(wc: WorkersConfig, raw: dict[str, Any] | None,
     if wc.replication_secret is None:
         raise ConfigError(f"stream_writers.events: needs workers.{wc.main_name}.replication "
                           "with the deployment's secret (writes are forwarded by room)")
-    if federation_enabled:
-        raise ConfigError("stream_writers.events: event persisters do not federate yet; "
-                          "set federation.enabled: false or keep main the one events writer")
+    del federation_enabled  # federating with event persisters: remote_persist.py
     return dataclasses.replace(wc, event_writers=writers)

@@ -178,6 +178,10 @@ class EventPersister:
         self.positions = positions or StreamPositions(events.allocate_stream_ordering,
                                                       events.allocate_stream_orderings)
         self.owns_room: Callable[[str], bool] | None = None
+        # Federation with event persisters: events of other servers for a room another
+        # process writes are persisted there (homeserver/replication/remote_persist.py).
+        self.remote_persist: Callable[[str, Sequence[Event], PersistKind, StateMap | None],
+                                      Awaitable[list[Outcome]]] | None = None
         self._locks: dict[str, defer.DeferredLock] = {}
         self._snapshots: LruCache[str, RoomSnapshot] = LruCache(_SNAPSHOT_CACHE)
         self._versions: LruCache[str, RoomVersion] = LruCache(_SNAPSHOT_CACHE)
@@ -322,6 +326,12 @@ class EventPersister:
         are left as they are (outcome ``"known"``)."""
         if kind is PersistKind.LOCAL:
             raise ValueError("local events are built by event_creation")
+        if self.remote_persist is not None and self.owns_room is not None \
+                and not self.owns_room(room_id):
+            try:
+                return await self.remote_persist(room_id, events, kind, state_before)
+            finally:
+                self._snapshots.pop(room_id)  # the writer moved the room on
         async with self.room_queue(room_id) as turn:
             return await self._dag.persist(turn, events, kind, state_before)
 

@@ -43,6 +43,7 @@ from twisted.web import resource, server
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 
+from homeserver.handlers.event_persister import MissingEventsError
 from homeserver.http.errors import Codes, MatrixError
 from homeserver.http.server import MatrixResource, parse_json_object
 from homeserver.replication.forwarding import SECRET_HEADER
@@ -64,7 +65,11 @@ MAX_BODY = 1024 * 1024  # an event is at most 64 KiB; a room's initial state mor
 MAX_SIDE_EFFECTS = 500  # events per forwarded batch
 SIDE_EFFECT_ATTEMPTS = 3
 STATE_CHANGED = "state_changed"  # the answer's "reason" when an expectation failed
+MISSING_EVENTS = "missing_events"  # the answer's "reason": events the writer does not hold
 CHECK_ATTEMPTS = 3
+# A call added with ``large`` (a remote room's state handed to its writer) may carry up
+# to this, within the HTTP site's own limit (http.max_request_body_size), checked first.
+MAX_LARGE_BODY = 64 * 1024 * 1024
 
 
 def state_digest(state_ids: Mapping[StateKey, str]) -> str:
@@ -126,6 +131,8 @@ class InternalClient:
             return answer
         if answer.get("reason") == STATE_CHANGED:
             raise StateChanged()
+        if answer.get("reason") == MISSING_EVENTS:
+            raise _missing_from(answer)
         errcode = answer.get("errcode")
         error = answer.get("error")
         raise MatrixError(response.code,
@@ -236,6 +243,16 @@ class SideEffectForwarder:
             await self._running
 
 
+def _missing_from(answer: dict[str, Any]) -> MissingEventsError:
+    """The writer's MissingEventsError, raised again on the calling side."""
+    missing = answer.get("missing")
+    event_id, what = answer.get("event_id"), answer.get("what")
+    return MissingEventsError(
+        event_id if isinstance(event_id, str) else "",
+        [m for m in missing if isinstance(m, str)] if isinstance(missing, list) else [],
+        what if what in ("prev", "auth") else "prev")
+
+
 def _later(reactor: Any, seconds: float = 0.0) -> defer.Deferred[None]:
     d: defer.Deferred[None] = defer.Deferred()
     reactor.callLater(seconds, d.callback, None)
@@ -252,7 +269,15 @@ class InternalResource(resource.Resource):
         super().__init__()
         self._secret = secret.encode("utf-8") if secret else None
         self._handlers = handlers
+        self._large: set[str] = set()
         self.refused = 0
+
+    def add(self, name: str, handler: Callable[[dict[str, Any]], Awaitable[Any]],
+            large: bool = False) -> None:
+        """Serve ``name`` too (``large``: a body up to ``MAX_LARGE_BODY``)."""
+        self._handlers[name] = handler
+        if large:
+            self._large.add(name)
 
     def render(self, request: server.Request) -> Any:  # type: ignore[override]
         defer.ensureDeferred(self._render(request))
@@ -265,6 +290,10 @@ class InternalResource(resource.Resource):
             status, body = 200, answer
         except StateChanged as e:
             status, body = e.code, {**e.to_json(), "reason": STATE_CHANGED}
+        except MissingEventsError as e:  # federation: the caller fetches them and retries
+            status, body = 409, {"errcode": Codes.UNKNOWN, "error": "Events not held",
+                                 "reason": MISSING_EVENTS, "event_id": e.event_id,
+                                 "missing": e.missing[:1000], "what": e.what}
         except MatrixError as e:
             status, body = e.code, e.to_json()
         except Exception:
@@ -286,8 +315,9 @@ class InternalResource(resource.Resource):
             raise MatrixError(405, "Unrecognized request: method not allowed",
                               Codes.UNRECOGNIZED)
         request.content.seek(0)
-        raw = request.content.read(MAX_BODY + 1)
-        if len(raw) > MAX_BODY:
+        limit = MAX_LARGE_BODY if path[len(INTERNAL_PREFIX):] in self._large else MAX_BODY
+        raw = request.content.read(limit + 1)
+        if len(raw) > limit:
             raise MatrixError(413, "Request body too large", Codes.TOO_LARGE)
         body = parse_json_object(raw, "Content not JSON", "Content must be a JSON object")
         return await handler(body)
@@ -391,10 +421,12 @@ class InternalCalls:
     """What :func:`wire_internal_calls` built, for the app's shutdown and tests."""
 
     def __init__(self, client: InternalClient | None, creator: RemoteCreator | None,
-                 side_effects: SideEffectForwarder | None) -> None:
+                 side_effects: SideEffectForwarder | None,
+                 resource: InternalResource | None = None) -> None:
         self.client = client
         self.creator = creator
         self.side_effects = side_effects
+        self.resource = resource  # more handlers are added to it (remote_persist.py)
 
     async def close(self) -> None:
         if self.side_effects is not None:
@@ -420,7 +452,8 @@ def wire_internal_calls(config: Config, root: Any, rooms: Any, stores: Any,
         handlers[CREATE_ROOM] = create_room_handler(rooms.room_creation, config.server_name)
     if wc.is_main:
         handlers[PERSISTED] = persisted_handler(stores.events, side_effect_handlers)
-    root.mount_prefix(INTERNAL_PREFIX, InternalResource(wc.replication_secret, handlers))
+    internal = InternalResource(wc.replication_secret, handlers)
+    root.mount_prefix(INTERNAL_PREFIX, internal)
     client = InternalClient(reactor, wc.replication_secret)
     creator = RemoteCreator(wc, client)
     rooms.event_creation.remote = creator
@@ -430,4 +463,4 @@ def wire_internal_calls(config: Config, root: Any, rooms: Any, stores: Any,
     if is_writer and not wc.is_main:
         side_effects = SideEffectForwarder(reactor, creator, config.server_name)
         rooms.fanout.subscribe("main_side_effects", live_events(side_effects.on_persisted))
-    return InternalCalls(client, creator, side_effects)
+    return InternalCalls(client, creator, side_effects, internal)

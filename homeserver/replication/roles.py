@@ -7,7 +7,8 @@ one, else in the main process as in a single-process deployment
 moves:
 
 - ``federation_sender``: the main process still queues every PDU and EDU (it is where
-  events are persisted and EDUs arise); each federation_sender worker sends the queues
+  events are persisted and EDUs arise; with event persisters each writer queues its own
+  events' PDUs and kicks the same way); each federation_sender worker sends the queues
   of its destinations. Destinations are split between the instances by a stable hash of
   the server name (:func:`shard_index`), so two instances never send to one destination.
   The main process's queue for a destination is a :class:`RemoteDestinationQueue`, whose
@@ -234,6 +235,21 @@ class RoleWiring:
             sender.queues_events = self.wc.is_main
             sender.sends_to = lambda _d: False
             sender.remote_queue = lambda d: RemoteDestinationQueue(d, self)
+        elif self.wc.is_main and self.wc.event_writers:
+            # Main sends, and event persisters queue PDUs too: their kicks wake it, and
+            # its periodic catch-up sends what a lost kick left (homeserver/replication/
+            # remote_persist.py).
+            self.federation_sender = sender
+            self.handlers["fed"] = self._on_fed
+            self._catch_ups.append((CATCH_UP_INTERVAL_S, sender.kick_pending))
+
+    def configure_writer_queue(self, sender: Any) -> None:
+        """An event persister's sender (federation/sender/wiring.py ``start_writer_queue``):
+        it queues its local events' PDUs and hands every kick to the process sending to
+        the destination."""
+        sender.queues_events = True
+        sender.sends_to = lambda _d: False
+        sender.remote_queue = lambda d: RemoteDestinationQueue(d, self)
 
     def federation_kick(self, destination: str, wake: bool) -> None:
         """Coalesce the kicks of one reactor turn into one message."""

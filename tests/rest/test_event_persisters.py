@@ -270,7 +270,6 @@ class StreamWritersConfigTest(unittest.TestCase):
             ({"stream_writers": {"events": []}}, "invalid config"),
             ({"workers": no_rep}, "needs its replication endpoint"),
             ({"workers": no_secret}, "deployment's secret"),
-            ({"federation": {"enabled": True}}, "do not federate yet"),
         ]:
             with self.assertRaisesRegex(ConfigError, message):
                 self._config(**overrides)
