@@ -245,9 +245,11 @@ class EventPersister:
     async def current_state(self, room_id: str,
                             keys: Iterable[StateKey] | None = None) -> dict[StateKey, Event]:
         snap = await self.snapshot(room_id)
-        wanted_keys = None if keys is None else set(keys)
-        wanted = {k: v for k, v in snap.state_ids.items()
-                  if wanted_keys is None or k in wanted_keys}
+        state_ids = snap.state_ids
+        # Only the keys asked for are looked at: a member's own key, not the whole state
+        # of a room of thousands (issue 18: a join read every key per event).
+        wanted = dict(state_ids) if keys is None else {
+            k: state_ids[k] for k in dict.fromkeys(keys) if k in state_ids}
         found = await self._events.get_events(wanted.values())
         return {k: found[v] for k, v in wanted.items() if v in found}
 

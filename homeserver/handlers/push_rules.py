@@ -180,6 +180,10 @@ class PushRulesHandler:
         """The content of the ``m.push_rules`` account data event (and GET /pushrules/)."""
         return {"global": await self.get_ruleset(user_id)}
 
+    async def users_with_own_rules(self, user_ids: list[str]) -> set[str]:
+        """Which of these users run more than the server defaults (push/bulk.py)."""
+        return await self._store.users_with_own_rules(user_ids)
+
     async def get_stream_id(self, user_id: str) -> int:
         """Position of the user's last push rule change, for /sync (0: never)."""
         return await self._store.get_stream_id(user_id)

@@ -10,9 +10,12 @@ Conditions and actions are stored as the JSON text the handler made.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from storage.database import Database, Txn
+
+_CHUNK = 500  # user ids per query
 
 
 class PushRuleNotFoundError(Exception):
@@ -98,6 +101,26 @@ class PushRulesStore:
             return rules, overrides
 
         return await self._db.run("get_push_rules", _get)
+
+    async def users_with_own_rules(self, user_ids: Iterable[str]) -> set[str]:
+        """Which of these users have a rule of their own or a change to a predefined
+        one (the others run the server defaults: evaluated in bulk, push/bulk.py)."""
+        ids = list(dict.fromkeys(user_ids))
+
+        def _get(txn: Txn) -> set[str]:
+            found: set[str] = set()
+            for i in range(0, len(ids), _CHUNK):
+                chunk = ids[i:i + _CHUNK]
+                marks = ",".join("?" for _ in chunk)
+                for table in ("push_rules", "push_rule_defaults"):
+                    found.update(r[0] for r in txn.query(
+                        f"SELECT DISTINCT user_id FROM {table} WHERE user_id IN ({marks})",
+                        chunk))
+            return found
+
+        if not ids:
+            return set()
+        return await self._db.run("users_with_own_push_rules", _get)
 
     async def get_stream_id(self, user_id: str) -> int:
         """Position of the user's last push rule change (0: never changed)."""
