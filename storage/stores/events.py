@@ -2,8 +2,8 @@
 per-event state groups, written together in one transaction per event.
 
 State is kept as *state groups*: the state after an event is a group, stored either
-as a full snapshot or as a delta on the previous group (a full snapshot every
-``SNAPSHOT_INTERVAL`` deltas keeps reads short). The state after any event is thus
+as a full snapshot or as a delta on the previous group (a full snapshot after
+``_chain_limit`` deltas keeps reads short). The state after any event is thus
 read with a bounded number of small queries, never by replaying history; the
 ``current_state`` table mirrors the latest state of each room for fast reads.
 
@@ -40,8 +40,19 @@ from homeserver.crypto.content import PLAIN_CODEC, SEALED_LIKE, FieldCodec, even
 from homeserver.events.model import Event, InternalMetadata, JsonDict, StateKey
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
 from storage.database import Database, Txn
+from storage.stores.state_reads import state_and_memberships_at, state_at, state_for_groups
 
 SNAPSHOT_INTERVAL = 50
+# A delta chain may grow to a quarter of the state's size (at most MAX_CHAIN links) before
+# the next full snapshot: a read then costs at most 1.25 snapshots' rows, and a room whose
+# state grows to N entries stores about 4 N rows per N changes instead of a copy of its
+# state every 50 (quadratic: 523,000 rows after 10,000 state changes in one room).
+MAX_CHAIN = 1000
+
+
+def _chain_limit(state_size: int) -> int:
+    """How many deltas may follow a snapshot of a state of ``state_size`` entries."""
+    return max(SNAPSHOT_INTERVAL, min(state_size // 4, MAX_CHAIN))
 
 StateMap = dict[StateKey, str]  # (type, state_key) -> event_id
 
@@ -94,7 +105,7 @@ def _write_group(txn: Txn, room_id: str, event_id: str, base: tuple[int, StateMa
     group = txn.next_stream_id("state_groups")
     entries: Iterable[tuple[StateKey, str]]
     depth = _delta_depth(txn, base[0]) + 1 if base is not None else 0
-    if (base is not None and depth < SNAPSHOT_INTERVAL
+    if (base is not None and depth < _chain_limit(len(state))
             and all(k in state for k in base[1])):
         txn.execute(
             "INSERT INTO state_groups (id, room_id, event_id, prev_group, delta_depth)"
@@ -485,20 +496,11 @@ class EventStore:
         return int(row[0]) if row and row[0] is not None else None
 
     async def get_state_for_group(self, group: int) -> StateMap:
-        """Walk the delta chain down to a snapshot; nearer entries win."""
+        """The delta chain down to a snapshot, nearer entries winning, read in two
+        queries however long the chain is (state_reads.py :func:`state_for_groups`)."""
 
         def _read(txn: Txn) -> StateMap:
-            state: StateMap = {}
-            current: int | None = group
-            while current is not None:
-                for t, sk, eid in txn.query(
-                    "SELECT type, state_key, event_id FROM state_group_entries"
-                    " WHERE state_group = ?", (current,)
-                ):
-                    state.setdefault((t, sk), eid)
-                row = txn.query_one("SELECT prev_group FROM state_groups WHERE id = ?", (current,))
-                current = int(row[0]) if row and row[0] is not None else None
-            return state
+            return state_for_groups(txn, [group])[group]
 
         return await self._db.run("state_for_group", _read)
 
@@ -615,6 +617,29 @@ class EventStore:
             new, event_id, stored)
         return n == 1
 
+    async def get_state_for_groups(self, groups: Iterable[int]) -> dict[int, StateMap]:
+        """:meth:`get_state_for_group` for several groups in one transaction of two
+        queries per chunk (their delta chains, then the chains' entries), instead of two
+        per link of each chain: an initial /sync reads a state per room (issue 18)."""
+        wanted = sorted(set(groups))
+        if not wanted:
+            return {}
+        return await self._db.run("state_for_groups", state_for_groups, wanted)
+
+    async def get_state_at(self, room_id: str, position: int) -> StateMap:
+        """The state after the room's latest event at or before ``position`` (as
+        :meth:`state_group_at` picks it, then :meth:`get_state_for_group`) in one
+        transaction: /sync reads two per room (issue 18)."""
+        return await self._db.run("state_at", state_at, room_id, position)
+
+    async def get_state_and_memberships_at(self, room_id: str, position: int
+                                           ) -> tuple[StateMap, dict[str, tuple[str, str]]]:
+        """:meth:`get_state_at`, and (user id, membership) of each of its member events
+        that is stored and has a ``room_memberships`` row, in one transaction: /sync's
+        room summary counts a whole room's memberships without decoding their JSON."""
+        return await self._db.run("state_and_memberships_at", state_and_memberships_at,
+                                  room_id, position)
+
 
 _VIS_KEY: StateKey = ("m.room.history_visibility", "")
 
@@ -628,7 +653,7 @@ def _visibility_refs(txn: Txn, groups: Iterable[int], user_id: str
                      ) -> dict[int, tuple[str | None, str | None]]:
     """state group -> (history visibility event id, ``user_id``'s member event id) in
     that group's state."""
-    # The groups and their delta chains (bounded by SNAPSHOT_INTERVAL), then only the
+    # The groups and their delta chains (bounded by _chain_limit), then only the
     # two keys wanted from their entries: two queries per chunk of groups.
     chain = ("WITH RECURSIVE chain(id) AS (SELECT id FROM state_groups WHERE id IN ({marks})"
              " UNION SELECT g.prev_group FROM state_groups g JOIN chain c ON g.id = c.id"
