@@ -19,8 +19,10 @@ from homeserver.events.redaction import prune_event_dict
 from homeserver.handlers.account_data import AccountDataHandler
 from homeserver.handlers.event_creation import EventCreationHandler
 from homeserver.handlers.sync_filter import SyncFilter
+from homeserver.handlers.sync_initial import initial_joined_rooms
 from homeserver.handlers.visibility import VisibilityHandler
 from homeserver.http.errors import Codes, MatrixError
+from homeserver.http.longpoll import LongPoll
 from homeserver.http.params import parse_stream_token
 from homeserver.notifier import NotifierInterface
 from storage.stores.account_data import AccountDataStore
@@ -41,7 +43,7 @@ STRIPPED_STATE_TYPES = ("m.room.create", "m.room.join_rules", "m.room.name", "m.
                         "m.room.canonical_alias", "m.room.encryption", "m.room.topic")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # two per parked long-poll (issue 18): no __dict__
 class SyncToken:
     """``s<events>_<account_data>_<receipts>_<typing>_<presence>_<to_device>_<device_lists>``."""
 
@@ -174,6 +176,21 @@ class SyncHandler:
                                     lambda t: self._has_updates(req, t))
         return await self._build(req, token)
 
+    async def sync_or_park(self, req: SyncRequest) -> JsonDict | SyncPoll:
+        """:meth:`sync`, except that a long-poll which has to wait comes back parked on
+        the notifier as a :class:`SyncPoll` (the HTTP layer answers it when it fires)
+        instead of holding this coroutine chain while parked (issue 18)."""
+        if not hasattr(self._notifier, "park"):
+            return await self.sync(req)
+        token = self.now_token()
+        if req.since is not None:
+            req.since = req.since.bounded_by(token)
+        if req.since is None or req.full_state or req.timeout_ms <= 0:
+            return await self._build(req, token)
+        poll = SyncPoll(self, req, token, self._clock.time() + req.timeout_ms / 1000)
+        body = await poll.step()
+        return poll if body is None else body
+
     async def wait_for(self, user_id: str, token: SyncToken, deadline: float,
                        ready: Callable[[SyncToken], Awaitable[bool]],
                        extra_rooms: Sequence[str] = ()) -> SyncToken:
@@ -194,6 +211,10 @@ class SyncHandler:
                 await self._notifier.wait(user_id, rooms, remaining)
             token = self.now_token()
         return token
+
+    async def _park_rooms(self, user_id: str) -> tuple[str, ...]:
+        return tuple([m.room_id for m in await self._members.rooms_for_user(
+            user_id, ("join", "invite", "knock"))])
 
     async def _has_updates(self, req: SyncRequest, token: SyncToken) -> bool:
         assert req.since is not None
@@ -253,12 +274,16 @@ class SyncHandler:
         ignored = await self._ignored_users(req.user_id)
         partial, resynced = await self._partial_state_view(req, memberships, token)
         left_out = set() if req.filter.state.lazy_load_members else partial
+        initial_joins: list[MembershipRecord] = []
         for m in memberships:
             if not req.filter.allows_room(m.room_id) or m.stream_ordering > token.events:
                 continue
             changed_membership = since is None or m.stream_ordering > since.events
             if m.membership == "join":
                 if m.room_id in left_out:
+                    continue
+                if since is None:  # every joined room is newly joined: built together
+                    initial_joins.append(m)
                     continue
                 newly_joined = (changed_membership and await self._newly_joined(req, m)) \
                     or m.room_id in resynced
@@ -280,6 +305,9 @@ class SyncHandler:
                     room = await self._left_room(req, m, ignored)
                     if room is not None:
                         rooms["leave"][m.room_id] = room
+        if initial_joins:
+            await initial_joined_rooms(self, req, initial_joins, token, ignored, partial,
+                                       rooms["join"])
         joined_ids = [m.room_id for m in memberships if m.membership == "join"
                       and req.filter.allows_room(m.room_id) and m.room_id not in left_out]
         extra_sections: dict[str, Any] = {}
@@ -444,8 +472,7 @@ class SyncHandler:
 
     async def _state_at(self, room_id: str, position: int) -> StateMap:
         """The room state after the last event at or before ``position``."""
-        group = await self._events.state_group_at(room_id, position)
-        return await self._events.get_state_for_group(group) if group is not None else {}
+        return await self._events.get_state_at(room_id, position)
 
     async def _state_delta(self, room_id: str, since: int, start: int) -> StateMap:
         """State entries that changed between the client's token and the timeline start."""
@@ -455,7 +482,11 @@ class SyncHandler:
 
     async def _joined_room(self, req: SyncRequest, m: MembershipRecord, token: SyncToken,
                            newly_joined: bool, ignored: frozenset[str] = frozenset(),
-                           partial: bool = False) -> JsonDict | None:
+                           partial: bool = False,
+                           lazy_sent: list[tuple[StateMap, list[Event]]] | None = None,
+                           ) -> JsonDict | None:
+        """``lazy_sent``: given on an initial sync, the lazy-loaded members are put
+        there for the caller to remember (sync_initial.py), not remembered here."""
         since = req.since.events if req.since and not newly_joined else 0
         events, limited = await self._timeline(req, m.room_id, since, token.events, ignored,
                                                joined=True)
@@ -485,16 +516,19 @@ class SyncHandler:
                             state.setdefault(key, at_start[key])
         if lazy and partial:
             state = await self._members_from_auth(state, events)
-        if lazy:
+        if lazy and lazy_sent is not None and req.since is None:
+            lazy_sent.append((state, events))  # unchanged by it on an initial sync
+        elif lazy:
             state = self._dedupe_lazy_members(req, state, events)
         state_events = await self._state_events(req, state, events)
+        timeline_json, state_json = await self._serialize_room(events, state_events, req)
         return {
             "timeline": {
-                "events": await self._timeline_events(events, req),
+                "events": timeline_json,
                 "limited": limited or (newly_joined and req.since is not None and limited),
                 "prev_batch": f"t{start}",
             },
-            "state": {"events": await self._serialize_state(state_events, req)},
+            "state": {"events": state_json},
             "ephemeral": {"events": []},
             "account_data": {"events": []},
             "unread_notifications": {"notification_count": 0, "highlight_count": 0},
@@ -655,13 +689,20 @@ class SyncHandler:
         """Counts and heroes from the room state at the sync position (spec RoomSummary).
         Heroes only when the room has no name or canonical alias (Synapse): up to 5
         other joined/invited users, sorted; if none, those who left or were banned."""
-        state = await self._state_at(room_id, position)
+        # Memberships from their table (no JSON decoded: a big room has thousands);
+        # a member event without a row there is read as before.
+        state, rows = await self._events.get_state_and_memberships_at(room_id, position)
         member_ids = [eid for (etype, _), eid in state.items() if etype == "m.room.member"]
         named_ids = [state[(t, "")] for t in ("m.room.name", "m.room.canonical_alias")
                      if (t, "") in state]
-        found = await self._events.get_events(member_ids + named_ids)
+        found = await self._events.get_events(
+            [eid for eid in member_ids if eid not in rows] + named_ids)
         by_membership: dict[str, list[str]] = {}
         for eid in member_ids:
+            row = rows.get(eid)
+            if row is not None:
+                by_membership.setdefault(row[1], []).append(row[0])
+                continue
             ev = found.get(eid)
             if ev is not None and ev.state_key is not None:
                 by_membership.setdefault(str(ev.content.get("membership")), []).append(
@@ -680,6 +721,19 @@ class SyncHandler:
                     "ban", []) if u != user_id]
             summary["m.heroes"] = sorted(heroes)[:MAX_HEROES]
         return summary
+
+    async def _serialize_room(self, timeline: list[Event], state: list[Event],
+                              req: SyncRequest) -> tuple[list[JsonDict], list[JsonDict]]:
+        """A room's timeline and state events in their client form. With the batch
+        serializer, in one call (one redaction lookup per room, not two); what each event
+        becomes does not depend on the others (aggregations only bundle non-state events,
+        which are all in the timeline)."""
+        if self.serializer is None:
+            return (await self._timeline_events(timeline, req),
+                    await self._serialize_state(state, req))
+        both = await self.serializer.serialize(timeline + state, req.user_id, req.device_id,
+                                               include_room_id=False)
+        return both[:len(timeline)], both[len(timeline):]
 
     async def _serialize_state(self, events: list[Event], req: SyncRequest) -> list[JsonDict]:
         if self.serializer is not None:
@@ -737,3 +791,41 @@ class SyncHandler:
 
     async def ignored_users(self, user_id: str) -> frozenset[str]:
         return await self._ignored_users(user_id)
+
+
+class SyncPoll(LongPoll):
+    """A parked /sync long-poll: :meth:`SyncHandler.wait_for`'s loop, parking on the
+    notifier instead of awaiting it, so a parked /sync holds this object and not a
+    coroutine chain (issue 18). Same checks, deadline and wake-ups as ``wait_for``."""
+
+    __slots__ = ("handler", "req", "token", "deadline")
+
+    def __init__(self, handler: SyncHandler, req: SyncRequest, token: SyncToken,
+                 deadline: float) -> None:
+        super().__init__()
+        self.handler = handler
+        self.req = req
+        self.token = token
+        self.deadline = deadline  # clock seconds
+
+    async def step(self) -> JsonDict | None:
+        """Until there is something for the user or the deadline: the answer, or None
+        when parked (the notifier fires :meth:`resume` later)."""
+        h, req = self.handler, self.req
+        while not await h._has_updates(req, self.token):
+            remaining = self.deadline - h._clock.time()
+            if remaining <= 0 or h._notifier.closing:  # shutting down: answer now
+                break
+            rooms = await h._park_rooms(req.user_id)
+            # Anything that arrived during the awaits above has already notified;
+            # only park if the position is still the one just checked.
+            if h.now_token() == self.token and h._notifier.park(  # type: ignore[attr-defined]
+                    self, req.user_id, rooms, remaining):
+                return None
+            self.token = h.now_token()
+        return await h._build(req, self.token)
+
+    async def resume(self) -> tuple[int, Any] | None:
+        self.token = self.handler.now_token()
+        body = await self.step()
+        return None if body is None else (200, body)

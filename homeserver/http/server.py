@@ -3,6 +3,7 @@ call the servlet, render JSON, and put the same headers on every answer."""
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import time
@@ -16,11 +17,13 @@ from jsonschema import ValidationError
 from twisted.internet import defer
 from twisted.protocols.basic import FileSender
 from twisted.web import resource, server
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 
 from homeserver.audit import context as audit_context
 from homeserver.auth.requester import Authenticator, ClientInfo, Requester
 from homeserver.http.errors import Codes, InteractiveAuthRequired, MatrixError
+from homeserver.http.longpoll import LongPoll
 from homeserver.http.params import MAX_INT64, parse_int
 from homeserver.http.router import Route, Router
 from homeserver.metrics.http import HttpMetrics
@@ -308,8 +311,9 @@ class MatrixResource(resource.Resource):
         # Verifies X-Matrix for ``federation`` auth routes (federation/auth.py); set by
         # the composition root when federation is enabled.
         self.federation_auth: Any = None
-        # Requests being handled, so a graceful shutdown can wait for them.
-        self._in_flight: set[defer.Deferred[None]] = set()
+        # Requests being handled (their Deferreds, and parked LongPolls), so a graceful
+        # shutdown can wait for them.
+        self._in_flight: set[defer.Deferred[None] | LongPoll] = set()
         self._idle_waiters: list[defer.Deferred[None]] = []
         # Connections that carried a request, so a shutdown can close them after their
         # answers are flushed (the reactor's own shutdown drops unsent bytes).
@@ -324,7 +328,7 @@ class MatrixResource(resource.Resource):
             d.addBoth(self._request_done, d)
         return server.NOT_DONE_YET
 
-    def _request_done(self, result: Any, d: defer.Deferred[None]) -> Any:
+    def _request_done(self, result: Any, d: defer.Deferred[None] | LongPoll) -> Any:
         self._in_flight.discard(d)
         if not self._in_flight:
             waiters, self._idle_waiters = self._idle_waiters, []
@@ -390,13 +394,22 @@ class MatrixResource(resource.Resource):
             logger.exception("Unhandled error serving %s %s", method,
                              request.route_template)  # type: ignore[attr-defined]
             status, body, headers = 500, {"errcode": Codes.UNKNOWN, "error": "Internal server error"}, {}
-        try:
-            self._respond(request, status, body, headers, raw_path)
-        finally:
-            if self._metrics is not None:  # route templates only, never the raw path
-                self._metrics.finished(request.route_template,  # type: ignore[attr-defined]
-                                       method, status, time.monotonic() - start)
+        if isinstance(body, LongPoll):
+            self._park(request, body, start)
+            return  # this coroutine chain ends here; the poll is answered when it fires
+        self._finish(request, start, status, body, headers)
+
+    def _finish(self, request: server.Request, start: float, status: int, body: Any,
+                headers: dict[str, str]) -> None:
+        """Send the answer, then count and log it (route templates only, never the raw
+        path: paths carry user ids, tokens and room ids)."""
+        method = request.method.decode("ascii", "replace").upper()
         template = request.route_template  # type: ignore[attr-defined]
+        try:
+            self._respond(request, status, body, headers, request.path.decode("ascii", "replace"))
+        finally:
+            if self._metrics is not None:
+                self._metrics.finished(template, method, status, time.monotonic() - start)
         logger.info(
             "%s %s %d %.1fms",
             method,
@@ -405,6 +418,44 @@ class MatrixResource(resource.Resource):
             (time.monotonic() - start) * 1000,
             extra={"http_method": method, "route": template, "status": status},
         )
+
+    def _park(self, request: server.Request, poll: LongPoll, start: float) -> None:
+        """Keep only ``poll`` (already parked on the notifier) for this request, and
+        drop what a parked request no longer needs (issue 18)."""
+        poll.request = request
+        poll.started = start
+        poll.owner = self
+        self._in_flight.add(poll)
+        _trim_parked(request)
+        if poll.fired:  # fired before it got here (nothing between allows it today)
+            self.poll_fired(poll)
+
+    def poll_fired(self, poll: LongPoll) -> None:
+        """A parked poll was woken or timed out: build its answer in a new coroutine.
+        An empty context: the code that notified (another request's, with its audit
+        binding) is running now, and its context is not this request's."""
+        contextvars.Context().run(defer.ensureDeferred, self._resume(poll))
+
+    async def _resume(self, poll: LongPoll) -> None:
+        request = poll.request
+        headers: dict[str, str] = {}
+        try:
+            answer = await poll.resume()
+            if answer is None:
+                return  # parked again, still in flight
+            status, body = answer
+        except MatrixError as e:
+            status, body, headers = e.code, e.to_json(), e.headers
+        except Exception:
+            logger.exception("Unhandled error serving %s %s",
+                             request.method.decode("ascii", "replace"),
+                             request.route_template)
+            status, body = 500, {"errcode": Codes.UNKNOWN, "error": "Internal server error"}
+        poll.request = poll.owner = None
+        try:
+            self._finish(request, poll.started, status, body, headers)
+        finally:
+            self._request_done(None, poll)
 
     async def _dispatch(
         self, request: server.Request, method: str, raw_path: str
@@ -529,6 +580,19 @@ class MatrixResource(resource.Resource):
         if request.method != b"HEAD":
             request.write(payload)
         request.finish()
+
+
+def _trim_parked(request: server.Request) -> None:
+    """What a parked request no longer needs: its query arguments and headers were
+    read when it was dispatched (Twisted decided keep-alive from them before), its
+    body is empty, its path segments are matched. ~0.8 KB per parked poll."""
+    request.args = {}
+    request.requestHeaders = Headers()
+    request.postpath = []
+    content = request.content
+    if content is not None:
+        content.close()
+        request.content = None  # Twisted's cleanup skips a None body
 
 
 def _transport_open(transport: Any) -> bool:

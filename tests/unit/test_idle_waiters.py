@@ -11,7 +11,7 @@ from twisted.trial import unittest
 from homeserver.clock import Clock
 from homeserver.handlers import sync_filter
 from homeserver.handlers.sync_filter import SyncFilter
-from homeserver.notifier import Notifier
+from homeserver.notifier import Notifier, Waiter
 
 
 class NotifierWaitersTest(unittest.TestCase):
@@ -81,6 +81,40 @@ class NotifierWaitersTest(unittest.TestCase):
         self.n.close()
         self.assertEqual(a, [True])
         self.assertEqual(self.results(self.n.wait("@a:x", [], 30)), [False])
+
+    def test_park_own_waiter(self) -> None:
+        class Poll(Waiter):
+            __slots__ = ("got",)
+
+            def __init__(self) -> None:
+                super().__init__()
+                self.got: list[bool] = []
+
+            def on_fire(self, woken: bool) -> None:
+                self.got.append(woken)
+
+        p = Poll()
+        self.assertTrue(self.n.park(p, "@a:x", ("!r:x",), 10))
+        with self.assertRaises(RuntimeError):
+            self.n.park(p, "@a:x", (), 10)  # already parked
+        self.n.notify(room_ids=["!r:x"])
+        self.assertEqual(p.got, [True])
+        self.assertTrue(self.n.park(p, "@a:x", (), 0))  # parks again after firing
+        self.assertEqual(p.got, [True])  # never fired from inside park
+        self.reactor.advance(0)
+        self.assertEqual(p.got, [True, False])
+        self.assertEqual((self.n._by_user, self.n._by_room, self.n.waiting_count()), ({}, {}, 0))
+        # Woken and parked again with a later deadline: its first entry is stale.
+        self.assertTrue(self.n.park(p, "@a:x", (), 5))
+        self.n.notify(user_ids=["@a:x"])
+        self.assertTrue(self.n.park(p, "@a:x", (), 20))
+        self.reactor.advance(10)
+        self.assertEqual(p.got, [True, False, True])
+        self.reactor.advance(10)
+        self.assertEqual(p.got, [True, False, True, False])
+        self.n.close()
+        self.assertFalse(self.n.park(p, "@a:x", (), 10))
+        self.assertEqual(p.got, [True, False, True, False])
 
     def test_heap_stays_bounded_under_churn(self) -> None:
         for _ in range(1000):

@@ -42,7 +42,9 @@ class SyncServlets:
         sync_filter = await self._filter(r.user_id, req.query("filter"))
         if self._presence is not None:
             await self._presence.user_syncing(r.user_id, r.device_id, set_presence, timeout)
-        result = await self._sync.sync(SyncRequest(
+        # A long-poll that has to wait comes back parked (a SyncPoll, homeserver/http/
+        # longpoll.py): the HTTP layer answers it when it fires; nothing awaits here.
+        result = await self._sync.sync_or_park(SyncRequest(
             user_id=r.user_id, device_id=r.device_id, since=since, timeout_ms=timeout,
             full_state=req.query_bool("full_state", False), filter=sync_filter,
         ))
