@@ -40,7 +40,15 @@ from homeserver.crypto.content import PLAIN_CODEC, SEALED_LIKE, FieldCodec, even
 from homeserver.events.model import Event, InternalMetadata, JsonDict, StateKey
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
 from storage.database import Database, Txn
-from storage.stores.state_reads import state_and_memberships_at, state_at, state_for_groups
+from storage.stores.state_reads import (
+    VIS_KEY,
+    chunks,
+    state_and_memberships_at,
+    state_at,
+    state_before_for_visibility,
+    state_for_groups,
+    visibility_segments,
+)
 
 SNAPSHOT_INTERVAL = 50
 # A delta chain may grow to a quarter of the state's size (at most MAX_CHAIN links) before
@@ -149,7 +157,7 @@ def _ensure_memberships(txn: Txn, room_id: str, event_ids: Iterable[str],
     """A ``room_memberships`` row for each of these member events of the room that has
     none (an outlier's, e.g. of the state a join handed over), read from its stored
     row: membership is known wherever the event is part of the room's state."""
-    for chunk in _chunks(sorted(set(event_ids))):
+    for chunk in chunks(sorted(set(event_ids))):
         marks = ",".join("?" for _ in chunk)
         have = {r[0] for r in txn.query(
             f"SELECT event_id FROM room_memberships WHERE event_id IN ({marks})", tuple(chunk))}
@@ -276,7 +284,7 @@ _MESSAGE_ROWS = 50  # rows per multi-row INSERT (14 columns: far below SQLite's 
 def _insert_rows(txn: Txn, head: str, rows: list[tuple[Any, ...]]) -> None:
     """``head`` + ``VALUES (...), (...)``: one statement (one round trip on PostgreSQL)
     per chunk of rows, where ``executemany`` would send one per row."""
-    for chunk in _chunks(rows, _MESSAGE_ROWS):
+    for chunk in chunks(rows, _MESSAGE_ROWS):
         marks = "(" + ", ".join("?" for _ in chunk[0]) + ")"
         txn.execute(f"{head} VALUES " + ", ".join(marks for _ in chunk),
                     [v for row in chunk for v in row])
@@ -308,7 +316,7 @@ def _persist_messages(txn: Txn, reqs: list[PersistRequest], codec: FieldCodec) -
         _insert_rows(txn, "INSERT INTO redactions (event_id, redacts, stream_ordering)",
                      redactions)
     cited = {p for r in reqs for p in r.event.prev_event_ids}
-    for chunk in _chunks(sorted(cited)):
+    for chunk in chunks(sorted(cited)):
         marks = ",".join("?" for _ in chunk)
         txn.execute("DELETE FROM room_forward_extremities WHERE room_id = ?"
                     f" AND event_id IN ({marks})", (room_id, *chunk))
@@ -641,104 +649,6 @@ class EventStore:
                                   room_id, position)
 
 
-_VIS_KEY: StateKey = ("m.room.history_visibility", "")
-
-
-def _chunks(items: list[Any], size: int = 400) -> Iterable[list[Any]]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
-
-
-def _visibility_refs(txn: Txn, groups: Iterable[int], user_id: str
-                     ) -> dict[int, tuple[str | None, str | None]]:
-    """state group -> (history visibility event id, ``user_id``'s member event id) in
-    that group's state."""
-    # The groups and their delta chains (bounded by _chain_limit), then only the
-    # two keys wanted from their entries: two queries per chunk of groups.
-    chain = ("WITH RECURSIVE chain(id) AS (SELECT id FROM state_groups WHERE id IN ({marks})"
-             " UNION SELECT g.prev_group FROM state_groups g JOIN chain c ON g.id = c.id"
-             " WHERE g.prev_group IS NOT NULL) ")
-    wanted = sorted(set(groups))
-    links: dict[int, int | None] = {}
-    entries: dict[int, dict[StateKey, str]] = {}
-    for chunk in _chunks(wanted):
-        with_chain = chain.format(marks=",".join("?" for _ in chunk))
-        for gid, prev in txn.query(
-                with_chain + "SELECT s.id, s.prev_group FROM state_groups s"
-                " JOIN chain c ON s.id = c.id", tuple(chunk)):
-            links[int(gid)] = int(prev) if prev is not None else None
-        for gid, t, sk, eid in txn.query(
-                with_chain + "SELECT e.state_group, e.type, e.state_key, e.event_id"
-                " FROM state_group_entries e JOIN chain c ON e.state_group = c.id"
-                " WHERE (e.type = ? AND e.state_key = ?) OR (e.type = ? AND e.state_key = ?)",
-                (*chunk, *_VIS_KEY, "m.room.member", user_id)):
-            entries.setdefault(int(gid), {})[(t, sk)] = eid
-    member_key: StateKey = ("m.room.member", user_id)
-    memo: dict[int, tuple[str | None, str | None]] = {}
-
-    def at(group: int) -> tuple[str | None, str | None]:
-        if group in memo:
-            return memo[group]
-        vis = member = None
-        current: int | None = group
-        while current is not None and (vis is None or member is None):
-            found = entries.get(current, {})
-            vis = vis or found.get(_VIS_KEY)
-            member = member or found.get(member_key)
-            current = links.get(current)
-        memo[group] = (vis, member)
-        return memo[group]
-
-    return {g: at(g) for g in wanted}
-
-
-def _state_before_for_visibility(txn: Txn, event_ids: list[str], user_id: str
-                                 ) -> dict[str, tuple[str | None, str | None]]:
-    """event id -> (history visibility event id, the user's member event id) in the
-    state before the event; events without state (outliers, unknown) are left out."""
-    before: dict[str, int | None] = {}
-    for chunk in _chunks(event_ids):
-        for eid, group in txn.query(
-                "SELECT event_id, state_group_before FROM event_state_groups"
-                f" WHERE event_id IN ({','.join('?' for _ in chunk)})", tuple(chunk)):
-            before[eid] = int(group) if group is not None else None
-    refs = _visibility_refs(txn, (g for g in before.values() if g is not None), user_id)
-    return {eid: refs[g] if g is not None else (None, None) for eid, g in before.items()}
-
-
-# Where the state before the room's timeline events changes, in stream order: the first
-# event, and each whose state group before differs from the previous one's (an event
-# without one reads as group -1). The database scans, only change points come back.
-_SEGMENTS_SQL = (
-    "SELECT stream_ordering, grp FROM (SELECT e.stream_ordering,"
-    " COALESCE(g.state_group_before, -1) AS grp,"
-    " LAG(COALESCE(g.state_group_before, -1)) OVER (ORDER BY e.stream_ordering) AS prev"
-    " FROM events e LEFT JOIN event_state_groups g ON g.event_id = e.event_id"
-    " WHERE e.room_id = ? AND e.outlier = ?) t"
-    " WHERE prev IS NULL OR prev <> grp ORDER BY stream_ordering")
-
-
-def _visibility_segments(txn: Txn, room_id: str, user_id: str
-                         ) -> tuple[list[tuple[int, str | None, str | None]],
-                                    list[tuple[int, str, str | None, str | None]]]:
-    """([(first position, vis event id, member event id)] of the runs of timeline events
-    sharing the state before them, in stream order; [(position, event id, vis event id,
-    member event id before it)] of the room's history-visibility changes)."""
-    segments = [(int(pos), int(grp)) for pos, grp in
-                txn.query(_SEGMENTS_SQL, (room_id, False))]
-    changes = [(int(pos), str(eid), int(grp) if grp is not None else -1) for pos, eid, grp in
-               txn.query(
-                   "SELECT e.stream_ordering, e.event_id, g.state_group_before FROM events e"
-                   " LEFT JOIN event_state_groups g ON g.event_id = e.event_id"
-                   " WHERE e.room_id = ? AND e.type = ? AND e.state_key = ? AND e.outlier = ?"
-                   " ORDER BY e.stream_ordering", (room_id, *_VIS_KEY, False))]
-    refs = _visibility_refs(txn, {g for _p, g in segments if g >= 0}
-                            | {g for _p, _e, g in changes if g >= 0}, user_id)
-    none: tuple[str | None, str | None] = (None, None)
-    return ([(p, *refs.get(g, none)) for p, g in segments],
-            [(p, e, *refs.get(g, none)) for p, e, g in changes])
-
-
 class StateHistoryStore:
     """Cheap answers to "what was X at stream position S" (for linear rooms: stream
     order is graph order there), and to "what was X in the state before event E"
@@ -781,7 +691,7 @@ class StateHistoryStore:
         ids = list(dict.fromkeys(event_ids))
         if not ids:
             return {}
-        refs = await self._db.run("visibility_state_before", _state_before_for_visibility,
+        refs = await self._db.run("visibility_state_before", state_before_for_visibility,
                                   ids, user_id)
         contents = await self._contents(e for pair in refs.values() for e in pair)
         return {eid: (contents.get(v) if v else None, contents.get(m) if m else None)
@@ -796,7 +706,7 @@ class StateHistoryStore:
         user's member content)] of each run of events sharing the state before them,
         in stream order; [(position, own content, visibility content and member
         content before it)] of each history-visibility change). None: not in the state."""
-        segments, changes = await self._db.run("visibility_segments", _visibility_segments,
+        segments, changes = await self._db.run("visibility_segments", visibility_segments,
                                                room_id, user_id)
         contents = await self._contents(
             [*(e for s in segments for e in s[1:]), *(e for c in changes for e in c[1:])])
@@ -812,7 +722,7 @@ class StateHistoryStore:
         row = await self._db.query_one(
             "current_history_visibility",
             "SELECT event_id FROM current_state WHERE room_id = ? AND type = ?"
-            " AND state_key = ?", room_id, *_VIS_KEY)
+            " AND state_key = ?", room_id, *VIS_KEY)
         if row is None:
             return None
         return (await self._contents([row[0]])).get(row[0])
@@ -821,7 +731,7 @@ class StateHistoryStore:
         """event id -> its content (opened where sealed at rest)."""
         wanted = sorted({e for e in event_ids if e is not None})
         raw: dict[str, str] = {}
-        for chunk in _chunks(wanted):
+        for chunk in chunks(wanted):
             for eid, js in await self._db.query(
                     "visibility_state_events",
                     f"SELECT event_id, json FROM events WHERE event_id IN"
