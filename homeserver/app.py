@@ -81,7 +81,9 @@ from storage.database import Database
 from storage.engines import create_engine
 from storage.migrations import migrate
 from storage.stores.all_stores import Stores, open_stores
+from storage.stores.event_cache import EventCache
 from storage.stores.partial_state import PartialStateStore
+from storage.stores.state_reads import StateGroupCache
 
 logger = logging.getLogger(__name__)
 
@@ -235,6 +237,8 @@ async def build_homeserver(
             logger.info("applied schema migrations %s", applied)
 
     stores = open_stores(db)
+    stores.events.event_cache = EventCache(config.event_cache_size)
+    stores.events.state_cache = StateGroupCache(config.state_cache_entries)
     plugins = PluginHost(load_plugins(config.plugins, builtin_plugins(config)),
                          timeouts=config.plugin_timeouts)
     notifier = make_notifier(config, clock)  # replicating with workers

@@ -183,6 +183,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from homeserver.logging_setup import setup_logging
 
     setup_logging(config.log_level, config.log_format)
+    import gc
+
+    gc.set_threshold(*config.gc_thresholds)
     from twisted.internet import defer, reactor
 
     from homeserver.app import build_homeserver, listen_early

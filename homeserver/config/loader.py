@@ -424,6 +424,9 @@ def parse_config(raw: Any, base_dir: Path | None = None) -> Config:
         at_rest=parse_at_rest(raw.get("secrets", {}),
                               search_enabled=raw.get("search", {}).get("enabled", False)),
         login_tokens=parse_login_tokens(raw.get("login_tokens", {})),
+        event_cache_size=int(raw.get("caches", {}).get("event_cache_size", 50_000)),
+        state_cache_entries=int(raw.get("caches", {}).get("state_cache_entries", 250_000)),
+        gc_thresholds=_gc_thresholds(raw.get("gc_thresholds", (50_000, 20, 10))),
         federation=parse_federation(raw.get("federation", {}), rel),
         federation_blocked_servers=tuple(
             n.lower() for n in raw.get("federation", {}).get("blocked_servers", [])),
@@ -432,6 +435,12 @@ def parse_config(raw: Any, base_dir: Path | None = None) -> Config:
             parse_workers(raw.get("workers"), rel, database.engine, "redis" in raw),
             raw.get("stream_writers"), bool(raw.get("federation", {}).get("enabled", False))),
     )
+
+
+def _gc_thresholds(raw: list[int] | tuple[int, ...]) -> tuple[int, int, int]:
+    """``gc_thresholds``: three integers (the schema checks their count and range)."""
+    young, middle, old = (int(x) for x in raw)
+    return young, middle, old
 
 
 # Bounds of login_tokens.lifetime: a token long enough to type or scan, short enough

@@ -371,6 +371,15 @@ class Config:
     # Custom admin roles (homeserver/auth/roles.py): name -> permissions.
     admin_roles: dict[str, frozenset[str]] = field(default_factory=dict)
     login_tokens: LoginTokensConfig = field(default_factory=LoginTokensConfig)
+    # ``caches``: decoded events and state groups kept in memory (storage/stores/
+    # event_cache.py, state_reads.py StateGroupCache); 0 turns either off.
+    event_cache_size: int = 50_000
+    state_cache_entries: int = 250_000
+    # ``gc_thresholds``: the cyclic garbage collector's (gc.set_threshold), as Synapse's
+    # option of that name. CPython's 700 allocations per young collection make a large
+    # heap (the caches) be walked over and over: an initial /sync of 20,000 state events
+    # spent a quarter of its time in the collector.
+    gc_thresholds: tuple[int, int, int] = (50_000, 20, 10)
     at_rest: AtRestConfig = field(default_factory=AtRestConfig)
     # The ``federation`` section (homeserver/config/federation.py); ``enabled`` is also
     # ``federation_enabled`` above.

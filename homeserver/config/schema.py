@@ -302,6 +302,12 @@ CONFIG_SCHEMA: dict[str, Any] = _obj(
         "detection": DETECTION_SCHEMA,
         "shutdown": _obj({"grace_period_s": {"type": "number", "minimum": 0, "maximum": 3600}}),
         "login_tokens": _obj({"enabled": {"type": "boolean"}, "lifetime": DURATION}),
+        "caches": _obj({
+            "event_cache_size": {"type": "integer", "minimum": 0, "maximum": 10_000_000},
+            "state_cache_entries": {"type": "integer", "minimum": 0,
+                                    "maximum": 100_000_000}}),
+        "gc_thresholds": {"type": "array", "minItems": 3, "maxItems": 3,
+                          "items": {"type": "integer", "minimum": 1, "maximum": 10_000_000}},
         # Application service registration files (homeserver/appservice/config.py).
         "app_service_config_files": {"type": "array", "items": {"type": "string", "minLength": 1}},
         # Worker processes (homeserver/config/workers.py).

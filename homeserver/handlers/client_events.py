@@ -126,9 +126,11 @@ class ClientEventSerializer:
             unsigned = e.pdu.get("unsigned")
             if isinstance(unsigned, dict) and isinstance(unsigned.get("replaces_state"), str):
                 replaced[e.event_id] = unsigned["replaces_state"]
-        replaced_events = await self._events.get_events(replaced.values()) if replaced else {}
-        replaced_redactions = (await self._applied_redactions(list(replaced_events.values()))
-                               if replaced_events else {})
+        # Only the redacted ones are read (a redaction counts in its own room alone).
+        replaced_redactions = (await self._events.get_redaction_ids(set(replaced.values()))
+                               if replaced else {})
+        replaced_events = (await self._events.get_events(replaced_redactions)
+                           if replaced_redactions else {})
         bundles: dict[str, dict[str, Any]] = {}
         if self.aggregations is not None:
             unredacted = [e for e in events if e.event_id not in redactions]

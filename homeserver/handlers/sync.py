@@ -445,7 +445,8 @@ class SyncHandler:
         cursor = upto
         scanned = 0
         while True:
-            rows = await self._events.get_room_events_stream(room_id, since, cursor, batch)
+            rows = await self._events.get_room_events_stream(room_id, since, cursor, batch,
+                                                             shared=True)
             scanned += len(rows)
             candidates = req.filter.timeline.filter(rows)
             if ignored:
@@ -482,11 +483,8 @@ class SyncHandler:
 
     async def _joined_room(self, req: SyncRequest, m: MembershipRecord, token: SyncToken,
                            newly_joined: bool, ignored: frozenset[str] = frozenset(),
-                           partial: bool = False,
-                           lazy_sent: list[tuple[StateMap, list[Event]]] | None = None,
-                           ) -> JsonDict | None:
-        """``lazy_sent``: given on an initial sync, the lazy-loaded members are put
-        there for the caller to remember (sync_initial.py), not remembered here."""
+                           partial: bool = False) -> JsonDict | None:
+        """A joined room's section (an initial sync's rooms: sync_initial.py)."""
         since = req.since.events if req.since and not newly_joined else 0
         events, limited = await self._timeline(req, m.room_id, since, token.events, ignored,
                                                joined=True)
@@ -516,9 +514,7 @@ class SyncHandler:
                             state.setdefault(key, at_start[key])
         if lazy and partial:
             state = await self._members_from_auth(state, events)
-        if lazy and lazy_sent is not None and req.since is None:
-            lazy_sent.append((state, events))  # unchanged by it on an initial sync
-        elif lazy:
+        if lazy:
             state = self._dedupe_lazy_members(req, state, events)
         state_events = await self._state_events(req, state, events)
         timeline_json, state_json = await self._serialize_room(events, state_events, req)
@@ -647,7 +643,8 @@ class SyncHandler:
         f = req.filter.state
         wanted = [eid for (etype, _), eid in state.items() if f.allows_type(etype)]
         timeline_ids = {e.event_id for e in timeline}
-        found = await self._events.get_events(v for v in wanted if v not in timeline_ids)
+        found = await self._events.get_events((v for v in wanted if v not in timeline_ids),
+                                             shared=True)
         return [found[v] for v in wanted if v in found]
 
     async def _stripped_state(self, m: MembershipRecord, user_id: str) -> list[JsonDict]:
@@ -686,41 +683,12 @@ class SyncHandler:
         return out
 
     async def _summary(self, room_id: str, user_id: str, position: int) -> JsonDict:
-        """Counts and heroes from the room state at the sync position (spec RoomSummary).
-        Heroes only when the room has no name or canonical alias (Synapse): up to 5
-        other joined/invited users, sorted; if none, those who left or were banned."""
+        """Counts and heroes from the room state at the sync position (spec RoomSummary)."""
         # Memberships from their table (no JSON decoded: a big room has thousands);
         # a member event without a row there is read as before.
         state, rows = await self._events.get_state_and_memberships_at(room_id, position)
-        member_ids = [eid for (etype, _), eid in state.items() if etype == "m.room.member"]
-        named_ids = [state[(t, "")] for t in ("m.room.name", "m.room.canonical_alias")
-                     if (t, "") in state]
-        found = await self._events.get_events(
-            [eid for eid in member_ids if eid not in rows] + named_ids)
-        by_membership: dict[str, list[str]] = {}
-        for eid in member_ids:
-            row = rows.get(eid)
-            if row is not None:
-                by_membership.setdefault(row[1], []).append(row[0])
-                continue
-            ev = found.get(eid)
-            if ev is not None and ev.state_key is not None:
-                by_membership.setdefault(str(ev.content.get("membership")), []).append(
-                    ev.state_key)
-        joined = by_membership.get("join", [])
-        invited = by_membership.get("invite", [])
-        summary: JsonDict = {"m.joined_member_count": len(joined),
-                             "m.invited_member_count": len(invited)}
-        named = any(found.get(eid) is not None and (
-            found[eid].content.get("name") or found[eid].content.get("alias"))
-            for eid in named_ids)
-        if not named:
-            heroes = [u for u in joined + invited if u != user_id]
-            if not heroes:
-                heroes = [u for u in by_membership.get("leave", []) + by_membership.get(
-                    "ban", []) if u != user_id]
-            summary["m.heroes"] = sorted(heroes)[:MAX_HEROES]
-        return summary
+        found = await self._events.get_events(summary_event_ids(state, rows), shared=True)
+        return summary_of(state, rows, found, user_id)
 
     async def _serialize_room(self, timeline: list[Event], state: list[Event],
                               req: SyncRequest) -> tuple[list[JsonDict], list[JsonDict]]:
@@ -791,6 +759,49 @@ class SyncHandler:
 
     async def ignored_users(self, user_id: str) -> frozenset[str]:
         return await self._ignored_users(user_id)
+
+
+def summary_event_ids(state: StateMap, rows: dict[str, tuple[str, str]]) -> list[str]:
+    """The events :func:`summary_of` needs decoded: members without a membership row,
+    and the room's name and canonical alias."""
+    return [eid for (etype, _), eid in state.items()
+            if etype == "m.room.member" and eid not in rows] + \
+        [state[(t, "")] for t in ("m.room.name", "m.room.canonical_alias") if (t, "") in state]
+
+
+def summary_of(state: StateMap, rows: dict[str, tuple[str, str]], found: dict[str, Event],
+               user_id: str) -> JsonDict:
+    """The room summary of ``state``: counts, and heroes only when the room has no name
+    or canonical alias (Synapse): up to 5 other joined/invited users, sorted; if none,
+    those who left or were banned. ``rows``: (user, membership) of member events from
+    their table; ``found``: the events of :func:`summary_event_ids`."""
+    by_membership: dict[str, list[str]] = {}
+    for (etype, _), eid in state.items():
+        if etype != "m.room.member":
+            continue
+        row = rows.get(eid)
+        if row is not None:
+            by_membership.setdefault(row[1], []).append(row[0])
+            continue
+        ev = found.get(eid)
+        if ev is not None and ev.state_key is not None:
+            by_membership.setdefault(str(ev.content.get("membership")), []).append(
+                ev.state_key)
+    joined = by_membership.get("join", [])
+    invited = by_membership.get("invite", [])
+    summary: JsonDict = {"m.joined_member_count": len(joined),
+                         "m.invited_member_count": len(invited)}
+    named = any(found.get(eid) is not None and (
+        found[eid].content.get("name") or found[eid].content.get("alias"))
+        for eid in (state[(t, "")] for t in ("m.room.name", "m.room.canonical_alias")
+                    if (t, "") in state))
+    if not named:
+        heroes = [u for u in joined + invited if u != user_id]
+        if not heroes:
+            heroes = [u for u in by_membership.get("leave", []) + by_membership.get(
+                "ban", []) if u != user_id]
+        summary["m.heroes"] = sorted(heroes)[:MAX_HEROES]
+    return summary
 
 
 class SyncPoll(LongPoll):

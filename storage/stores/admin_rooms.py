@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from storage.database import Database, Txn
+from storage.stores.event_cache import bump_epoch
 from storage.stores.room_directory import escape_like
 
 _CHUNK = 200
@@ -181,6 +182,8 @@ def _purge_room_batch(txn: Txn, room_id: str, limit: int) -> int:
             txn.execute(f"DELETE FROM {table} WHERE event_id IN ({m})", chunk)
         txn.execute(f"DELETE FROM redactions WHERE redacts IN ({m})", chunk)
         txn.execute(f"DELETE FROM events WHERE event_id IN ({m})", chunk)
+    if ids:
+        bump_epoch(txn)  # no process's event cache serves them any more
     return len(ids)
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from storage.database import Database, Txn
+from storage.stores.event_cache import bump_epoch
 
 _JOB_COLS = ("job_id, user_id, requested_by, status, created_ts, run_after_ts, updated_ts, "
              "step, step_cursor, steps_total, items, error")
@@ -250,6 +251,8 @@ class ErasureStore:
                             "WHERE event_id = ?", (text, event_id))
                 txn.execute("DELETE FROM event_search WHERE event_id = ?", (event_id,))
                 txn.execute("DELETE FROM event_relations WHERE event_id = ?", (event_id,))
+            if pruned:
+                bump_epoch(txn)  # no process's event cache serves them unpruned
 
         await self._db.run("erasure_replace_events", _do)
 

@@ -35,18 +35,22 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from homeserver.crypto.at_rest import AtRestError
+from homeserver.crypto.at_rest import AtRestError, is_envelope
 from homeserver.crypto.content import PLAIN_CODEC, SEALED_LIKE, FieldCodec, event_location
 from homeserver.events.model import Event, InternalMetadata, JsonDict, StateKey
 from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
 from storage.database import Database, Txn
+from storage.stores.event_cache import EventCache, bump_epoch, read_epoch
 from storage.stores.state_reads import (
     VIS_KEY,
+    StateGroupCache,
     chunks,
     state_and_memberships_at,
     state_at,
     state_before_for_visibility,
     state_for_groups,
+    states_and_memberships_at_many,
+    states_at_many,
     visibility_segments,
 )
 
@@ -216,6 +220,7 @@ def _persist(txn: Txn, req: PersistRequest, codec: FieldCodec = PLAIN_CODEC) -> 
              ev.event_id, True))
         if txn.rowcount != 1:
             raise ValueError(f"{ev.event_id} is no outlier to promote")
+        bump_epoch(txn)  # its cached row (an outlier's) is stale everywhere
     else:
         stored = codec.seal(json.dumps(ev.pdu, ensure_ascii=False),
                             event_location(ev.event_id))
@@ -329,13 +334,22 @@ def _persist_messages(txn: Txn, reqs: list[PersistRequest], codec: FieldCodec) -
                      " event_id, inserted_ts)", txns)
 
 
+def _open_json(codec: FieldCodec, event_id: str, raw: str) -> JsonDict:
+    if not codec.enabled and not is_envelope(raw):
+        return json.loads(raw)  # plaintext, accepted: no location to build
+    return json.loads(codec.open(raw, event_location(event_id)))
+
+
 def _row_to_event(row: tuple[Any, ...], codec: FieldCodec = PLAIN_CODEC) -> Event:
     """An event from an ``_EVENT_COLS`` row; ``codec`` opens JSON sealed at rest
     (AtRestError if it was tampered with or moved from another row)."""
-    event_id, room_version, raw, stream_ordering, txn_id, device_id, rejected, room_id, \
-        outlier = row
-    version = KNOWN_ROOM_VERSIONS[room_version]
-    return Event(event_id, json.loads(codec.open(raw, event_location(event_id))), version,
+    event_id, room_version, raw, *meta = row
+    return _event(event_id, room_version, _open_json(codec, event_id, raw), meta)
+
+
+def _event(event_id: str, room_version: str, pdu: JsonDict, meta: list[Any]) -> Event:
+    stream_ordering, txn_id, device_id, rejected, room_id, outlier = meta
+    return Event(event_id, pdu, KNOWN_ROOM_VERSIONS[room_version],
                  InternalMetadata(stream_ordering=int(stream_ordering), txn_id=txn_id,
                                   device_id=device_id, rejected_reason=rejected,
                                   room_id=room_id, outlier=bool(outlier)))
@@ -345,6 +359,8 @@ def _row_to_event(row: tuple[Any, ...], codec: FieldCodec = PLAIN_CODEC) -> Even
 _EVENT_COLS = ("e.event_id, r.room_version, e.json, e.stream_ordering, e.txn_id, e.device_id,"
                " e.rejected_reason, e.room_id, e.outlier")
 _EVENT_FROM = "events e JOIN rooms r ON r.room_id = e.room_id"
+# The same row without the JSON (reads through the event cache).
+_META_COLS = _EVENT_COLS.replace(" e.json,", "")
 
 
 async def rows_to_events(rows: Iterable[tuple[Any, ...]], codec: FieldCodec) -> list[Event]:
@@ -362,10 +378,15 @@ class EventStore:
         self._db = db
         # Encryption at rest of event JSON (secrets.encrypt_event_content), set at wiring.
         self.codec: FieldCodec = PLAIN_CODEC
+        # Decoded PDUs shared by the reads that ask for them (``shared=True``).
+        self.event_cache = EventCache()
+        # Committed state groups (immutable), read again by every /sync of their rooms.
+        self.state_cache = StateGroupCache()
 
     async def persist_event(self, req: PersistRequest) -> int | None:
         """Write the event and its consequences; returns the state group after it
         (None for an outlier)."""
+        self.event_cache.discard([req.event.event_id])  # stored again after a purge
         return await self._db.run("persist_event", _persist, req, self.codec)
 
     async def persist_events(self, reqs: list[PersistRequest]) -> list[int | None]:
@@ -374,6 +395,7 @@ class EventStore:
         def _all(txn: Txn) -> list[int | None]:
             return [_persist(txn, req, self.codec) for req in reqs]
 
+        self.event_cache.discard(r.event.event_id for r in reqs)
         return await self._db.run("persist_events", _all) if reqs else []
 
     async def persist_messages(self, reqs: list[PersistRequest]) -> None:
@@ -436,20 +458,83 @@ class EventStore:
         row = await self._db.query_one("max_stream", "SELECT MAX(stream_ordering) FROM events")
         return int(row[0]) if row and row[0] is not None else 0
 
-    async def get_events(self, event_ids: Iterable[str]) -> dict[str, Event]:
+    async def get_events(self, event_ids: Iterable[str], shared: bool = False
+                         ) -> dict[str, Event]:
+        """``shared``: the events' PDUs may be the cached copies other readers also hold
+        (the caller never mutates them; see event_cache.py)."""
         ids = list(dict.fromkeys(event_ids))
+        if not ids:
+            return {}
         out: dict[str, Event] = {}
-        for i in range(0, len(ids), 200):
-            chunk = ids[i:i + 200]
-            marks = ",".join("?" for _ in chunk)
-            rows = await self._db.query(
-                "get_events",
-                f"SELECT {_EVENT_COLS} FROM {_EVENT_FROM} WHERE e.event_id IN ({marks})",
-                *chunk,
-            )
-            for ev in await rows_to_events(rows, self.codec):
-                out[ev.event_id] = ev
+        cache = self.event_cache if shared else None
+        if cache is not None:
+            cache.at_epoch(await self._db.run("event_cache_epoch", read_epoch))
+            missing = []
+            for event_id in ids:
+                entry = cache.get(event_id)
+                if entry is None:
+                    missing.append(event_id)
+                else:
+                    pdu, meta = entry
+                    out[event_id] = _event(event_id, meta[0], pdu, meta[1:])
+            ids = missing
+            if not ids:
+                return out
+
+        def _read(txn: Txn) -> tuple[int, list[tuple[Any, ...]]]:
+            epoch = read_epoch(txn) if cache is not None else 0
+            rows: list[tuple[Any, ...]] = []
+            for chunk in chunks(ids, 500):
+                rows += txn.query(f"SELECT {_EVENT_COLS} FROM {_EVENT_FROM}"
+                                  f" WHERE e.event_id IN ({','.join('?' for _ in chunk)})",
+                                  tuple(chunk))
+            return epoch, rows
+
+        epoch, rows = await self._db.run("get_events", _read)
+        for ev in await rows_to_events(rows, self.codec):
+            out[ev.event_id] = ev
+        if cache is not None and cache.at_epoch(epoch):
+            for row in rows:
+                if row[0] in out:
+                    cache.put(epoch, row[0], out[row[0]].pdu, (row[1], *row[3:]))
         return out
+
+    async def _through_cache(self, epoch: int, rows: list[tuple[Any, ...]]) -> list[Event]:
+        """Events from ``_META_COLS`` rows read at ``epoch``: their PDUs from the cache,
+        the JSON of the others read (one more transaction), decoded and cached."""
+        cache = self.event_cache
+        keep = cache.at_epoch(epoch)
+        pdus: dict[str, JsonDict] = {}
+        missing: list[str] = []
+        for row in rows:
+            entry = cache.get(row[0]) if keep else None
+            if entry is None:
+                missing.append(row[0])
+            else:
+                pdus[row[0]] = entry[0]
+        if missing:
+            def _read(txn: Txn) -> tuple[int, list[tuple[Any, ...]]]:
+                found: list[tuple[Any, ...]] = []
+                now = read_epoch(txn)
+                for chunk in chunks(missing, 500):
+                    found += txn.query(
+                        "SELECT event_id, json FROM events"
+                        f" WHERE event_id IN ({','.join('?' for _ in chunk)})", tuple(chunk))
+                return now, found
+
+            now, found = await self._db.run("get_event_json", _read)
+            try:
+                for event_id, raw in found:
+                    pdus[event_id] = _open_json(self.codec, event_id, raw)
+            except AtRestError as e:
+                await self.codec.vault.refused(e)
+                raise
+            if now == epoch and cache.at_epoch(now):
+                for row in rows:
+                    if row[0] in missing and row[0] in pdus:
+                        cache.put(now, row[0], pdus[row[0]], row[1:])
+        return [_event(row[0], row[1], pdus[row[0]], list(row[2:])) for row in rows
+                if row[0] in pdus]
 
     async def get_event(self, event_id: str) -> Event | None:
         return (await self.get_events([event_id])).get(event_id)
@@ -508,7 +593,7 @@ class EventStore:
         queries however long the chain is (state_reads.py :func:`state_for_groups`)."""
 
         def _read(txn: Txn) -> StateMap:
-            return state_for_groups(txn, [group])[group]
+            return state_for_groups(txn, [group], self.state_cache)[group]
 
         return await self._db.run("state_for_group", _read)
 
@@ -524,36 +609,44 @@ class EventStore:
         message (non-state) redaction of the target's own room counts, whatever an
         older row says."""
         ids = list(event_ids)
-        out: dict[str, str] = {}
-        for i in range(0, len(ids), 200):
-            chunk = ids[i:i + 200]
-            marks = ",".join("?" for _ in chunk)
-            rows = await self._db.query(
-                "redactions",
-                "SELECT x.redacts, x.event_id FROM redactions x"
-                " JOIN events r ON r.event_id = x.event_id"
-                " JOIN events t ON t.event_id = x.redacts"
-                f" WHERE x.redacts IN ({marks}) AND r.room_id = t.room_id"
-                " AND r.state_key IS NULL AND r.type = 'm.room.redaction'"
-                " ORDER BY x.stream_ordering",
-                *chunk,
-            )
-            for redacts, event_id in rows:
-                out.setdefault(redacts, event_id)
-        return out
+        if not ids:
+            return {}
+
+        def _read(txn: Txn) -> dict[str, str]:
+            out: dict[str, str] = {}
+            for chunk in chunks(ids, 500):
+                for redacts, event_id in txn.query(
+                        "SELECT x.redacts, x.event_id FROM redactions x"
+                        " JOIN events r ON r.event_id = x.event_id"
+                        " JOIN events t ON t.event_id = x.redacts"
+                        f" WHERE x.redacts IN ({','.join('?' for _ in chunk)})"
+                        " AND r.room_id = t.room_id"
+                        " AND r.state_key IS NULL AND r.type = 'm.room.redaction'"
+                        " ORDER BY x.stream_ordering", tuple(chunk)):
+                    out.setdefault(redacts, event_id)
+            return out
+
+        return await self._db.run("redactions", _read)
 
     async def get_room_events_stream(
-        self, room_id: str, from_exclusive: int, to_inclusive: int, limit: int
+        self, room_id: str, from_exclusive: int, to_inclusive: int, limit: int,
+        shared: bool = False,
     ) -> list[Event]:
-        """The latest ``limit`` events in (from, to], oldest first (sync timelines)."""
-        rows = await self._db.query(
-            "room_events_stream",
-            f"SELECT {_EVENT_COLS} FROM {_EVENT_FROM} WHERE e.room_id = ?"
-            " AND e.stream_ordering > ? AND e.stream_ordering <= ? AND e.outlier = ?"
-            " ORDER BY e.stream_ordering DESC LIMIT ?",
-            room_id, from_exclusive, to_inclusive, False, limit,
-        )
-        return await rows_to_events(reversed(rows), self.codec)
+        """The latest ``limit`` events in (from, to], oldest first (sync timelines);
+        ``shared`` as in :meth:`get_events`."""
+        sql = (f"SELECT {_META_COLS if shared else _EVENT_COLS} FROM {_EVENT_FROM}"
+               " WHERE e.room_id = ? AND e.stream_ordering > ? AND e.stream_ordering <= ?"
+               " AND e.outlier = ? ORDER BY e.stream_ordering DESC LIMIT ?")
+        args = (room_id, from_exclusive, to_inclusive, False, limit)
+
+        def _read(txn: Txn) -> tuple[int, list[tuple[Any, ...]]]:
+            epoch = read_epoch(txn) if shared else 0
+            return epoch, txn.query(sql, args)
+
+        epoch, rows = await self._db.run("room_events_stream", _read)
+        rows.reverse()
+        return await (self._through_cache(epoch, rows) if shared
+                      else rows_to_events(rows, self.codec))
 
     async def paginate_room_events(
         self, room_id: str, from_position: int, direction: str, limit: int,
@@ -621,7 +714,8 @@ class EventStore:
 
         new = await codec.audited(rewrite)
         n = await self._db.execute(
-            "rewrite_event_json", "UPDATE events SET json = ? WHERE event_id = ? AND json = ?",
+            "rewrite_event_json",
+            "UPDATE events SET json = ? WHERE event_id = ? AND json = ?",
             new, event_id, stored)
         return n == 1
 
@@ -632,13 +726,14 @@ class EventStore:
         wanted = sorted(set(groups))
         if not wanted:
             return {}
-        return await self._db.run("state_for_groups", state_for_groups, wanted)
+        return await self._db.run("state_for_groups", state_for_groups, wanted,
+                                  self.state_cache)
 
     async def get_state_at(self, room_id: str, position: int) -> StateMap:
         """The state after the room's latest event at or before ``position`` (as
         :meth:`state_group_at` picks it, then :meth:`get_state_for_group`) in one
         transaction: /sync reads two per room (issue 18)."""
-        return await self._db.run("state_at", state_at, room_id, position)
+        return await self._db.run("state_at", state_at, room_id, position, self.state_cache)
 
     async def get_state_and_memberships_at(self, room_id: str, position: int
                                            ) -> tuple[StateMap, dict[str, tuple[str, str]]]:
@@ -646,7 +741,19 @@ class EventStore:
         that is stored and has a ``room_memberships`` row, in one transaction: /sync's
         room summary counts a whole room's memberships without decoding their JSON."""
         return await self._db.run("state_and_memberships_at", state_and_memberships_at,
-                                  room_id, position)
+                                  room_id, position, self.state_cache)
+
+    async def get_states_at_many(self, pairs: list[tuple[str, int]]) -> list[StateMap]:
+        """:meth:`get_state_at` of each (room id, position), in one transaction."""
+        return await self._db.run("states_at_many", states_at_many, pairs, self.state_cache)
+
+    async def get_states_and_memberships_at_many(
+            self, room_ids: list[str], position: int,
+    ) -> list[tuple[StateMap, dict[str, tuple[str, str]]]]:
+        """:meth:`get_state_and_memberships_at` of each room, in one transaction."""
+        return await self._db.run("states_and_memberships_at_many",
+                                  states_and_memberships_at_many, room_ids, position,
+                                  self.state_cache)
 
 
 class StateHistoryStore:

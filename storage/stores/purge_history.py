@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from storage.database import Database, Txn
+from storage.stores.event_cache import bump_epoch
 
 _CHUNK = 200
 REDACTION = "m.room.redaction"
@@ -113,6 +114,8 @@ def _purge_batch(txn: Txn, room_id: str, before: int, local_suffix: str,
     for chunk in _chunks(hide):
         txn.execute(f"UPDATE events SET outlier = ? WHERE event_id IN ({_marks(chunk)})",
                     [True, *chunk])
+    if delete or hide:
+        bump_epoch(txn)  # no process's event cache serves them as they were
     for chunk in _chunks([r[0] for r in rows]):
         m = _marks(chunk)
         txn.execute(f"DELETE FROM event_relations WHERE event_id IN ({m})", chunk)

@@ -1,6 +1,7 @@
-"""Initial /sync of an account in many rooms (issue 18): rooms built several at a time
-(homeserver/handlers/sync_initial.py), states read in one transaction, summaries counted
-from the membership table. The answer must be what one room after another gave."""
+"""Initial /sync of an account in many rooms (issue 18): timelines read several rooms at
+a time, states, summaries and state events for all rooms at once
+(homeserver/handlers/sync_initial.py), summaries counted from the membership table. The
+answer must be what one room after another gave."""
 
 from __future__ import annotations
 
@@ -93,16 +94,16 @@ class InitialSyncManyRoomsTest(RoomTestCase):
         for _ in range(3):
             await self.create_room(alice)
         sync = self.hs.websockets.sync
-        original = sync._joined_room  # noqa: SLF001
+        original = sync._timeline  # noqa: SLF001 (the step still taken room by room)
 
         async def failing(*args: object, **kwargs: object) -> None:
             raise MatrixError(403, "room refused", Codes.FORBIDDEN)
 
-        sync._joined_room = failing  # type: ignore[method-assign]  # noqa: SLF001
+        sync._timeline = failing  # type: ignore[method-assign]  # noqa: SLF001
         try:
             resp = await self.request("GET", f"{CS}/sync?timeout=0", token=alice)
         finally:
-            sync._joined_room = original  # type: ignore[method-assign]  # noqa: SLF001
+            sync._timeline = original  # type: ignore[method-assign]  # noqa: SLF001
         self.assertEqual(resp.code, 403, resp)
         self.assertEqual(resp.json["errcode"], Codes.FORBIDDEN)
 

@@ -128,3 +128,27 @@ class ConfigTest(unittest.TestCase):
             f.write(text + "redis: {host: a, port: 6379, host: b}\n")
         with self.assertRaisesRegex(ConfigError, "duplicate key 'host'"):
             load_config(path)
+
+
+class CachesAndGcConfigTest(unittest.TestCase):
+    """``caches`` and ``gc_thresholds`` (issue 18): defaults, values given, bounds."""
+
+    def test_defaults(self) -> None:
+        c = parse_config(minimal())
+        self.assertEqual(c.event_cache_size, 50_000)
+        self.assertEqual(c.state_cache_entries, 250_000)
+        self.assertEqual(c.gc_thresholds, (50_000, 20, 10))
+
+    def test_given(self) -> None:
+        c = parse_config(minimal(caches={"event_cache_size": 0, "state_cache_entries": 10},
+                                 gc_thresholds=[700, 10, 10]))
+        self.assertEqual((c.event_cache_size, c.state_cache_entries), (0, 10))
+        self.assertEqual(c.gc_thresholds, (700, 10, 10))
+
+    def test_out_of_range_refused(self) -> None:
+        for bad in ({"caches": {"event_cache_size": -1}},
+                    {"caches": {"event_cache_size": 10**9}},
+                    {"gc_thresholds": [700, 10]}, {"gc_thresholds": [0, 10, 10]},
+                    {"gc_thresholds": ["a", 1, 1]}):
+            with self.assertRaises(ConfigError, msg=bad):
+                parse_config(minimal(**bad))
