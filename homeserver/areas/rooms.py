@@ -73,6 +73,7 @@ async def build_rooms(config: Config, clock: Clock, stores: Stores, notifier: No
     relations = RelationsHandler(clock, stores.relations, stores.events, visibility, creation)
     client_events = ClientEventSerializer(clock, stores.events, relations.bundle,
                                           stores.users, stores.room_members)
+    client_events.forms_size = config.event_cache_size
     relations.serializer = client_events
     room_reads = RoomReadHandler(stores.events, stores.room_members, visibility, creation,
                                  relations.bundle)

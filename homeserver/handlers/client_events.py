@@ -29,6 +29,7 @@ from homeserver.clock import Clock
 from homeserver.events.client_format import serialize_event
 from homeserver.events.model import Event
 from homeserver.events.redaction import prune_event_dict
+from storage.stores.event_cache import DEFAULT_EVENT_CACHE_SIZE
 from storage.stores.events import EventStore
 from storage.stores.room_members import RoomMemberStore
 from storage.stores.users import UserStore
@@ -54,6 +55,10 @@ class ClientEventSerializer:
         # Bundled aggregations (as RoomReadHandler.aggregations):
         # (user, device, events, include_room_id) -> {event_id: unsigned["m.relations"]}.
         self.aggregations = aggregations
+        # Client forms of shared (cached) events, for ``serialize(shared=True)``: (event
+        # id, with room id) -> (the PDU it was made from, the form with age 0).
+        self._forms: OrderedDict[tuple[str, bool], tuple[JsonDict, JsonDict]] = OrderedDict()
+        self.forms_size = DEFAULT_EVENT_CACHE_SIZE
 
     async def _applied_redactions(self, events: Sequence[Event]) -> dict[str, Event]:
         """event id -> the redaction event that applies to it. A redaction only counts
@@ -113,7 +118,11 @@ class ClientEventSerializer:
         return out
 
     async def serialize(self, events: Sequence[Event], user_id: str, device_id: str | None,
-                        include_room_id: bool = True) -> list[JsonDict]:
+                        include_room_id: bool = True, shared: bool = False) -> list[JsonDict]:
+        """``shared``: the events came from the event cache (storage/stores/
+        event_cache.py) and the caller never changes what it gets: the client form of
+        an event shown as it is stored (not redacted, erased or bundled) is copied from
+        the one made for the same cached PDU before, its age set."""
         if not events:
             return []
         redactions = await self._applied_redactions(events)
@@ -140,6 +149,11 @@ class ClientEventSerializer:
         out = []
         for e in events:
             redaction = redactions.get(e.event_id)
+            if shared and redaction is None and e.event_id not in erased \
+                    and e.event_id not in bundles \
+                    and replaced.get(e.event_id) not in replaced_redactions:
+                out.append(self._form(e, now, user_id, device_id, include_room_id))
+                continue
             pruned = prune_event_dict(e.pdu, e.room_version) if redaction is not None else None
             client = serialize_event(e, now, for_user=user_id, for_device=device_id,
                                      redaction=redaction, pruned_pdu=pruned,
@@ -162,6 +176,29 @@ class ClientEventSerializer:
                         prev.pdu, prev.room_version)["content"]
             out.append(client)
         return out
+
+
+    def _form(self, e: Event, now: int, user_id: str, device_id: str | None,
+              include_room_id: bool) -> JsonDict:
+        """``serialize_event`` of an event shown as stored, from the remembered form of
+        its (shared, never changed) PDU."""
+        key = (e.event_id, include_room_id)
+        entry = self._forms.get(key)
+        if entry is None or entry[0] is not e.pdu:
+            entry = (e.pdu, serialize_event(e, 0, include_room_id=include_room_id))
+            self._forms[key] = entry
+            if len(self._forms) > self.forms_size:
+                self._forms.popitem(last=False)
+        else:
+            self._forms.move_to_end(key)
+        client = dict(entry[1])
+        unsigned = dict(client["unsigned"])
+        unsigned["age"] = max(0, now - e.origin_server_ts)
+        if (e.internal.txn_id and user_id == e.sender and device_id is not None
+                and device_id == e.internal.device_id):
+            unsigned["transaction_id"] = e.internal.txn_id
+        client["unsigned"] = unsigned
+        return client
 
 
 def _self_destructed(event: Event, now_ms: int) -> bool:

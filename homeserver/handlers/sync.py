@@ -20,9 +20,10 @@ from homeserver.handlers.account_data import AccountDataHandler
 from homeserver.handlers.event_creation import EventCreationHandler
 from homeserver.handlers.sync_filter import SyncFilter
 from homeserver.handlers.sync_initial import initial_joined_rooms
+from homeserver.handlers.sync_poll import SyncPoll
+from homeserver.handlers.sync_summary import summary_event_ids, summary_of
 from homeserver.handlers.visibility import VisibilityHandler
 from homeserver.http.errors import Codes, MatrixError
-from homeserver.http.longpoll import LongPoll
 from homeserver.http.params import parse_stream_token
 from homeserver.notifier import NotifierInterface
 from storage.stores.account_data import AccountDataStore
@@ -36,7 +37,6 @@ EXTRA_STREAMS = ("receipts", "typing", "presence", "to_device", "device_lists")
 # not resend them (Synapse's lazy-loaded members cache). Bounded: forgetting only resends.
 LL_CACHE_DEVICES = 10_000
 LL_CACHE_MEMBERS = 1_000
-MAX_HEROES = 5
 # Rows looked at per room to fill a filtered timeline (past it the timeline is limited).
 TIMELINE_SCAN_BUDGET = 1000
 STRIPPED_STATE_TYPES = ("m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar",
@@ -220,12 +220,15 @@ class SyncHandler:
         assert req.since is not None
         if token.account_data > req.since.account_data:
             return True
-        joined = [m.room_id for m in await self._members.rooms_for_user(req.user_id)]
-        for src in self.sources:
-            since = req.since.position(src.name)
-            if token.position(src.name) > since and await src.has_updates(
-                    req.user_id, joined, since):
-                return True
+        # The rooms are read only when an ephemeral stream moved (a re-issued idle
+        # long-poll, the commonest request, moved none: issue 18).
+        moved = [src for src in self.sources
+                 if token.position(src.name) > req.since.position(src.name)]
+        if moved:
+            joined = [m.room_id for m in await self._members.rooms_for_user(req.user_id)]
+            for src in moved:
+                if await src.has_updates(req.user_id, joined, req.since.position(src.name)):
+                    return True
         if token.events <= req.since.events:
             return False
         memberships = await self._members.rooms_for_user(
@@ -700,7 +703,7 @@ class SyncHandler:
             return (await self._timeline_events(timeline, req),
                     await self._serialize_state(state, req))
         both = await self.serializer.serialize(timeline + state, req.user_id, req.device_id,
-                                               include_room_id=False)
+                                               include_room_id=False, shared=True)
         return both[:len(timeline)], both[len(timeline):]
 
     async def _serialize_state(self, events: list[Event], req: SyncRequest) -> list[JsonDict]:
@@ -759,84 +762,3 @@ class SyncHandler:
 
     async def ignored_users(self, user_id: str) -> frozenset[str]:
         return await self._ignored_users(user_id)
-
-
-def summary_event_ids(state: StateMap, rows: dict[str, tuple[str, str]]) -> list[str]:
-    """The events :func:`summary_of` needs decoded: members without a membership row,
-    and the room's name and canonical alias."""
-    return [eid for (etype, _), eid in state.items()
-            if etype == "m.room.member" and eid not in rows] + \
-        [state[(t, "")] for t in ("m.room.name", "m.room.canonical_alias") if (t, "") in state]
-
-
-def summary_of(state: StateMap, rows: dict[str, tuple[str, str]], found: dict[str, Event],
-               user_id: str) -> JsonDict:
-    """The room summary of ``state``: counts, and heroes only when the room has no name
-    or canonical alias (Synapse): up to 5 other joined/invited users, sorted; if none,
-    those who left or were banned. ``rows``: (user, membership) of member events from
-    their table; ``found``: the events of :func:`summary_event_ids`."""
-    by_membership: dict[str, list[str]] = {}
-    for (etype, _), eid in state.items():
-        if etype != "m.room.member":
-            continue
-        row = rows.get(eid)
-        if row is not None:
-            by_membership.setdefault(row[1], []).append(row[0])
-            continue
-        ev = found.get(eid)
-        if ev is not None and ev.state_key is not None:
-            by_membership.setdefault(str(ev.content.get("membership")), []).append(
-                ev.state_key)
-    joined = by_membership.get("join", [])
-    invited = by_membership.get("invite", [])
-    summary: JsonDict = {"m.joined_member_count": len(joined),
-                         "m.invited_member_count": len(invited)}
-    named = any(found.get(eid) is not None and (
-        found[eid].content.get("name") or found[eid].content.get("alias"))
-        for eid in (state[(t, "")] for t in ("m.room.name", "m.room.canonical_alias")
-                    if (t, "") in state))
-    if not named:
-        heroes = [u for u in joined + invited if u != user_id]
-        if not heroes:
-            heroes = [u for u in by_membership.get("leave", []) + by_membership.get(
-                "ban", []) if u != user_id]
-        summary["m.heroes"] = sorted(heroes)[:MAX_HEROES]
-    return summary
-
-
-class SyncPoll(LongPoll):
-    """A parked /sync long-poll: :meth:`SyncHandler.wait_for`'s loop, parking on the
-    notifier instead of awaiting it, so a parked /sync holds this object and not a
-    coroutine chain (issue 18). Same checks, deadline and wake-ups as ``wait_for``."""
-
-    __slots__ = ("handler", "req", "token", "deadline")
-
-    def __init__(self, handler: SyncHandler, req: SyncRequest, token: SyncToken,
-                 deadline: float) -> None:
-        super().__init__()
-        self.handler = handler
-        self.req = req
-        self.token = token
-        self.deadline = deadline  # clock seconds
-
-    async def step(self) -> JsonDict | None:
-        """Until there is something for the user or the deadline: the answer, or None
-        when parked (the notifier fires :meth:`resume` later)."""
-        h, req = self.handler, self.req
-        while not await h._has_updates(req, self.token):
-            remaining = self.deadline - h._clock.time()
-            if remaining <= 0 or h._notifier.closing:  # shutting down: answer now
-                break
-            rooms = await h._park_rooms(req.user_id)
-            # Anything that arrived during the awaits above has already notified;
-            # only park if the position is still the one just checked.
-            if h.now_token() == self.token and h._notifier.park(  # type: ignore[attr-defined]
-                    self, req.user_id, rooms, remaining):
-                return None
-            self.token = h.now_token()
-        return await h._build(req, self.token)
-
-    async def resume(self) -> tuple[int, Any] | None:
-        self.token = self.handler.now_token()
-        body = await self.step()
-        return None if body is None else (200, body)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet import defer
 
 from homeserver.events.model import Event
+from homeserver.handlers.sync_summary import summary_event_ids, summary_of
 from storage.stores.room_members import MembershipRecord
 
 if TYPE_CHECKING:
@@ -36,8 +37,6 @@ async def initial_joined_rooms(handler: SyncHandler, req: SyncRequest,
                                out: JsonDict) -> None:
     """Every room of ``joins`` (each newly joined: there is no ``since``) added to
     ``out`` in their order, as ``SyncHandler._joined_room`` would build it."""
-    from homeserver.handlers.sync import summary_event_ids, summary_of
-
     store = handler._events  # noqa: SLF001 (the sync handler's own parts)
     room_ids = [m.room_id for m in joins]
     timelines = await _timelines(handler, req, room_ids, token, ignored)
@@ -117,7 +116,7 @@ async def _serialize(handler: SyncHandler, req: SyncRequest, timelines: list[lis
         flat += t
         flat += s
     both = await handler.serializer.serialize(flat, req.user_id, req.device_id,
-                                              include_room_id=False)
+                                              include_room_id=False, shared=True)
     out = []
     at = 0
     for t, s in zip(timelines, states, strict=True):

@@ -27,6 +27,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
+from homeserver.events.model import Event
 from storage.database import Txn
 
 JsonDict = dict[str, Any]
@@ -34,9 +35,6 @@ JsonDict = dict[str, Any]
 # events in its initial /sync. A member event decodes to about 2 KiB of Python objects.
 DEFAULT_EVENT_CACHE_SIZE = 50_000
 MAX_EVENT_CACHE_SIZE = 10_000_000
-# An event's row without its JSON: room version, stream ordering, txn id, device id,
-# rejected reason, room id, outlier (storage/stores/events.py ``_META_COLS`` order).
-Meta = tuple[Any, ...]
 
 
 def bump_epoch(txn: Txn) -> None:
@@ -50,15 +48,16 @@ def read_epoch(txn: Txn) -> int:
 
 
 class EventCache:
-    """An LRU map event id -> (its decoded PDU, its row's other columns), valid at
-    ``epoch``. Used from the reactor thread only."""
+    """An LRU map event id -> the event as read (its PDU decoded, its row's other
+    columns), valid at ``epoch``. Used from the reactor thread only; the events are
+    shared by the readers that ask for them, which never change them."""
 
     def __init__(self, size: int = DEFAULT_EVENT_CACHE_SIZE) -> None:
         if not 0 <= size <= MAX_EVENT_CACHE_SIZE:
             raise ValueError(f"event cache size must be 0..{MAX_EVENT_CACHE_SIZE}")
         self.size = size
         self.epoch: int | None = None
-        self._entries: OrderedDict[str, tuple[JsonDict, Meta]] = OrderedDict()
+        self._entries: OrderedDict[str, Event] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
@@ -74,8 +73,8 @@ class EventCache:
             self.epoch = epoch
         return epoch == self.epoch
 
-    def get(self, event_id: str) -> tuple[JsonDict, Meta] | None:
-        """The PDU (shared: do not mutate) and the row's other columns, if cached."""
+    def get(self, event_id: str) -> Event | None:
+        """The event (shared: do not mutate), if cached."""
         entry = self._entries.get(event_id)
         if entry is None:
             self.misses += 1
@@ -84,11 +83,11 @@ class EventCache:
         self.hits += 1
         return entry
 
-    def put(self, epoch: int, event_id: str, pdu: JsonDict, meta: Meta) -> None:
+    def put(self, epoch: int, event: Event) -> None:
         """Keep what a read at ``epoch`` found (nothing, if the epoch moved since)."""
         if self.size and epoch == self.epoch:
-            self._entries[event_id] = (pdu, meta)
-            self._entries.move_to_end(event_id)
+            self._entries[event.event_id] = event
+            self._entries.move_to_end(event.event_id)
             if len(self._entries) > self.size:
                 self._entries.popitem(last=False)
 

@@ -471,12 +471,11 @@ class EventStore:
             cache.at_epoch(await self._db.run("event_cache_epoch", read_epoch))
             missing = []
             for event_id in ids:
-                entry = cache.get(event_id)
-                if entry is None:
+                cached = cache.get(event_id)
+                if cached is None:
                     missing.append(event_id)
                 else:
-                    pdu, meta = entry
-                    out[event_id] = _event(event_id, meta[0], pdu, meta[1:])
+                    out[event_id] = cached
             ids = missing
             if not ids:
                 return out
@@ -496,7 +495,7 @@ class EventStore:
         if cache is not None and cache.at_epoch(epoch):
             for row in rows:
                 if row[0] in out:
-                    cache.put(epoch, row[0], out[row[0]].pdu, (row[1], *row[3:]))
+                    cache.put(epoch, out[row[0]])
         return out
 
     async def _through_cache(self, epoch: int, rows: list[tuple[Any, ...]]) -> list[Event]:
@@ -507,11 +506,12 @@ class EventStore:
         pdus: dict[str, JsonDict] = {}
         missing: list[str] = []
         for row in rows:
-            entry = cache.get(row[0]) if keep else None
-            if entry is None:
+            cached = cache.get(row[0]) if keep else None
+            if cached is None:
                 missing.append(row[0])
             else:
-                pdus[row[0]] = entry[0]
+                pdus[row[0]] = cached.pdu
+        now = epoch
         if missing:
             def _read(txn: Txn) -> tuple[int, list[tuple[Any, ...]]]:
                 found: list[tuple[Any, ...]] = []
@@ -529,12 +529,14 @@ class EventStore:
             except AtRestError as e:
                 await self.codec.vault.refused(e)
                 raise
-            if now == epoch and cache.at_epoch(now):
-                for row in rows:
-                    if row[0] in missing and row[0] in pdus:
-                        cache.put(now, row[0], pdus[row[0]], row[1:])
-        return [_event(row[0], row[1], pdus[row[0]], list(row[2:])) for row in rows
-                if row[0] in pdus]
+        events = [_event(row[0], row[1], pdus[row[0]], list(row[2:])) for row in rows
+                  if row[0] in pdus]
+        if missing and now == epoch and cache.at_epoch(now):
+            fresh = set(missing)
+            for ev in events:
+                if ev.event_id in fresh:
+                    cache.put(now, ev)
+        return events
 
     async def get_event(self, event_id: str) -> Event | None:
         return (await self.get_events([event_id])).get(event_id)

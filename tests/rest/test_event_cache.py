@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+from homeserver.events.client_format import serialize_event
 from homeserver.events.redaction import prune_event_dict
 from storage.stores.erasure import ErasureStore
 from storage.stores.events import EventStore
@@ -115,5 +116,22 @@ class EventCacheSyncTest(RoomTestCase):
             "t", "SELECT event_id, json FROM events")}
         cached = list(events.event_cache._entries.items())  # noqa: SLF001
         self.assertGreater(len(cached), 10)
-        for event_id, (pdu, _meta) in cached:
-            self.assertEqual(pdu, stored[event_id], event_id)
+        for event_id, ev in cached:
+            self.assertEqual(ev.pdu, stored[event_id], event_id)
+        # The remembered client forms are serialize_event's, age and echo included
+        # (alice's own sends carry her device's transaction id).
+        serializer = self.hs.websockets.sync.serializer
+        whoami = await self.request("GET", f"{CS}/account/whoami", token=alice)
+        device = whoami.json["device_id"]
+        echoed = 0
+        for _event_id, ev in cached:
+            for with_room in (False, True):
+                for user, dev in (("@alice:test.local", device), ("@bob:test.local", None)):
+                    for _ in range(2):  # made, then copied
+                        form = serializer._form(ev, 5_000_000_000_000, user, dev,  # noqa: SLF001
+                                                with_room)
+                        self.assertEqual(form, serialize_event(
+                            ev, 5_000_000_000_000, for_user=user, for_device=dev,
+                            include_room_id=with_room))
+                        echoed += "transaction_id" in form["unsigned"]
+        self.assertGreater(echoed, 0)

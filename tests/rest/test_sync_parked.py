@@ -9,7 +9,7 @@ from typing import Any
 
 from twisted.internet import defer, reactor, task
 
-from homeserver.handlers.sync import SyncPoll
+from homeserver.handlers.sync_poll import SyncPoll
 from tests.rest.room_helpers import RoomTestCase
 
 

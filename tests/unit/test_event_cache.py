@@ -4,15 +4,22 @@ from __future__ import annotations
 
 from twisted.trial import unittest
 
+from homeserver.events.model import Event
+from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
 from storage.stores.event_cache import EventCache
 from storage.stores.state_reads import StateGroupCache
+
+
+def ev(event_id: str) -> Event:
+    return Event(event_id, {"type": "m.room.message", "sender": "@a:hs"},
+                 KNOWN_ROOM_VERSIONS["10"])
 
 
 class EventCacheTest(unittest.TestCase):
     def test_a_moved_epoch_empties_it(self) -> None:
         cache = EventCache(10)
         self.assertTrue(cache.at_epoch(3))
-        cache.put(3, "$a", {"type": "x"}, ("10",))
+        cache.put(3, ev("$a"))
         self.assertIsNotNone(cache.get("$a"))
         self.assertTrue(cache.at_epoch(3))
         self.assertIsNotNone(cache.get("$a"))
@@ -23,7 +30,7 @@ class EventCacheTest(unittest.TestCase):
         cache = EventCache(10)
         cache.at_epoch(5)
         self.assertFalse(cache.at_epoch(4))  # a read that began before the change
-        cache.put(4, "$a", {}, ())
+        cache.put(4, ev("$a"))
         self.assertIsNone(cache.get("$a"))
         self.assertEqual(cache.epoch, 5)
 
@@ -31,9 +38,9 @@ class EventCacheTest(unittest.TestCase):
         cache = EventCache(2)
         cache.at_epoch(0)
         for name in ("$a", "$b"):
-            cache.put(0, name, {}, ())
+            cache.put(0, ev(name))
         cache.get("$a")
-        cache.put(0, "$c", {}, ())
+        cache.put(0, ev("$c"))
         self.assertIsNotNone(cache.get("$a"))
         self.assertIsNone(cache.get("$b"))
         self.assertEqual(len(cache), 2)
@@ -43,7 +50,7 @@ class EventCacheTest(unittest.TestCase):
     def test_size_zero_keeps_nothing(self) -> None:
         cache = EventCache(0)
         cache.at_epoch(0)
-        cache.put(0, "$a", {}, ())
+        cache.put(0, ev("$a"))
         self.assertEqual(len(cache), 0)
         with self.assertRaises(ValueError):
             EventCache(-1)
