@@ -83,6 +83,9 @@ class FederationSender:
         self.queues_events = True
         self.sends_to: Callable[[str], bool] = lambda _destination: True
         self.remote_queue: Callable[[str], Any] | None = None
+        # The fan-out's lowest position not yet delivered to every subscriber
+        # (EventFanout.lowest_undelivered, set by the wiring): the checkpoint stays below.
+        self.undelivered: Callable[[], int | None] = lambda: None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -123,9 +126,13 @@ class FederationSender:
 
     def _tick(self) -> None:
         """Checkpoint what the fan-out brought one interval ago (anything older has been
-        queued: a room's records are delivered in order, within moments)."""
+        queued: a room's records are delivered in order, within moments), and never past
+        a record the fan-out has not finished delivering (a room stalled longer)."""
         self._timer = self._clock.call_later(CHECKPOINT_INTERVAL_S, self._tick)
         due, self._checkpoint_due = self._checkpoint_due, self._seen
+        lowest = self.undelivered()
+        if lowest is not None:  # a room's delivery stalled: later rooms do not count
+            due = min(due, lowest - 1)
         if due > self._written:
             self._written = due
             self._spawn(self._store.set_stream_position(due))

@@ -59,6 +59,7 @@ async def register_sender(config: Config, clock: Clock, events: SecurityEventRec
         stores.events, client, blocks.is_blocked, stores.devices, stores.e2e_keys,
         stores.cross_signing)
     deps.rooms.fanout.subscribe("federation_sender", sender.event_persisted)
+    sender.undelivered = deps.rooms.fanout.lowest_undelivered
     deps.sync.typing.on_edu.append(sender.typing_edu)
     deps.sync.receipts.on_edu.append(sender.receipt_edu)
     deps.sync.presence.on_edu.append(sender.presence_edu)
@@ -124,6 +125,7 @@ async def start_writer_queue(config: Config, clock: Clock, events: SecurityEvent
         stores.events, None, blocks.is_blocked, stores.devices, stores.e2e_keys,
         stores.cross_signing)
     rooms.fanout.subscribe("federation_queue", sender.event_persisted)
+    sender.undelivered = rooms.fanout.lowest_undelivered
     roles.configure_writer_queue(sender)
     await sender.start()
     return sender

@@ -68,6 +68,8 @@ class EventFanout:
         self._batch_subscribers: list[tuple[str, BatchSubscriber]] = []
         self.failures: Counter[str] = Counter()
         self._rooms: dict[str, _RoomRounds] = {}
+        # Stream positions published and not yet delivered to every subscriber.
+        self._undelivered: Counter[int] = Counter()
 
     def subscribe(self, name: str, subscriber: Subscriber) -> None:
         """``subscriber`` is called with each persisted event, in stream order per room."""
@@ -84,6 +86,22 @@ class EventFanout:
         if name in self.subscriber_names:
             raise ValueError(f"a subscriber named {name!r} exists already")
 
+    def lowest_undelivered(self) -> int | None:
+        """The lowest stream position published and not yet delivered to every
+        subscriber (None: none). A subscriber's checkpoint ("every record up to here was
+        handled": the federation sender's) must stay below it: a room whose delivery
+        stalls holds records that other rooms' later positions overtake."""
+        return min(self._undelivered) if self._undelivered else None
+
+    def _delivered(self, records: Sequence[PersistedEvent]) -> None:
+        for record in records:
+            if record.position > 0:
+                left = self._undelivered[record.position] - 1
+                if left > 0:
+                    self._undelivered[record.position] = left
+                else:
+                    del self._undelivered[record.position]
+
     @property
     def subscriber_names(self) -> list[str]:
         return [n for n, _ in self._subscribers] + [n for n, _ in self._batch_subscribers]
@@ -96,6 +114,7 @@ class EventFanout:
         if not records:
             return
         room_id = records[0].event.room_id
+        self._undelivered.update(r.position for r in records if r.position > 0)
         done: defer.Deferred[None] = defer.Deferred()
         room = self._rooms.get(room_id)
         if room is None:
@@ -118,10 +137,12 @@ class EventFanout:
                 try:
                     await self._deliver(records)
                 finally:
+                    self._delivered(records)
                     for waiter in waiters:
                         waiter.callback(None)
         finally:
             self._rooms.pop(room_id, None)
+            self._delivered(room.pending)
             for waiter in room.waiters:  # only after an unexpected error: wake them
                 waiter.callback(None)
 

@@ -83,6 +83,25 @@ def q(value: str) -> str:
     return urllib.parse.quote(value, safe="")
 
 
+def deploy(test: unittest.TestCase, ca: TestCa
+           ) -> tuple[FederatedDeployment, list[WorkerProcess], FederatedParley]:
+    """Main + persisters p1 and p2, and the other server, all started (stopped at the
+    test's cleanup); shared with tests/e2e/test_workers_federation_kill.py."""
+    main_rep, p1_port, p1_rep, p2_port, p2_rep = ports(5)
+    main = FederatedDeployment(ca, {"p1": event_persister(p1_port, p1_rep),
+                                    "p2": event_persister(p2_port, p2_rep)}, main_rep)
+    test.addCleanup(main.stop)
+    main.start()
+    workers = [WorkerProcess(main, "p1", p1_port), WorkerProcess(main, "p2", p2_port)]
+    for w in workers:
+        test.addCleanup(w.stop)
+        w.start()
+    other = FederatedParley(ca, "other")
+    test.addCleanup(other.stop)
+    other.start()
+    return main, workers, other
+
+
 class PersistersFederateTest(unittest.TestCase):
     timeout = 360
 
@@ -93,19 +112,7 @@ class PersistersFederateTest(unittest.TestCase):
         self.ca = TestCa(self.ca_dir)
 
     def _deploy(self) -> tuple[FederatedDeployment, list[WorkerProcess], FederatedParley]:
-        main_rep, p1_port, p1_rep, p2_port, p2_rep = ports(5)
-        main = FederatedDeployment(self.ca, {"p1": event_persister(p1_port, p1_rep),
-                                             "p2": event_persister(p2_port, p2_rep)}, main_rep)
-        self.addCleanup(main.stop)
-        main.start()
-        workers = [WorkerProcess(main, "p1", p1_port), WorkerProcess(main, "p2", p2_port)]
-        for w in workers:
-            self.addCleanup(w.stop)
-            w.start()
-        other = FederatedParley(self.ca, "other")
-        self.addCleanup(other.stop)
-        other.start()
-        return main, workers, other
+        return deploy(self, self.ca)
 
     async def test_rooms_on_both_persisters_federate_both_ways(self) -> None:
         main, workers, other = self._deploy()

@@ -207,15 +207,21 @@ def requires_deployment() -> None:
         raise unittest.SkipTest(why)
 
 
-def db_query(main: MainProcess, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    """``sql`` in the deployment's PostgreSQL schema (a blocking call: run it off the
-    reactor and off the scenario's loop)."""
+def pg_connect(server: ServerProcess) -> Any:
+    """A psycopg2 connection to ``server``'s PostgreSQL schema (blocking; the caller
+    closes it)."""
     import psycopg2
 
     s = pg_settings()
-    conn = psycopg2.connect(host=s["host"], port=s["port"], user=s["user"],
+    return psycopg2.connect(host=s["host"], port=s["port"], user=s["user"],
                             dbname=s["database"], password=s.get("password"),
-                            options=f"-c search_path={main.pg_schema}", connect_timeout=5)
+                            options=f"-c search_path={server.pg_schema}", connect_timeout=5)
+
+
+def db_query(main: ServerProcess, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    """``sql`` in the PostgreSQL schema of a deployment (or of any server process run
+    on PostgreSQL): a blocking call, run it off the reactor and off the scenario's loop."""
+    conn = pg_connect(main)
     try:
         with conn, conn.cursor() as cur:
             cur.execute(sql, args)

@@ -11,7 +11,7 @@ import json
 from typing import Any
 from urllib.parse import quote
 
-from twisted.internet import reactor, task
+from twisted.internet import defer, reactor, task
 from twisted.web import resource, server
 
 import tests.harness as harness
@@ -385,6 +385,51 @@ class PersistenceTest(SenderTestCase):
         later = await fq.get_stream_position()
         assert later is not None
         self.assertGreater(later, start)
+
+    async def test_checkpoint_stays_below_a_room_whose_fan_out_stalled(self) -> None:
+        """One room's fan-out stalls (its PDU not queued yet) while another room's
+        events go on: the checkpoint never passes the stalled event, so a crash then
+        would have the next start queue it (a checkpoint past it lost it for good)."""
+        room_a = await self.room_with_remote_member()
+        resp = await self.request("POST", "/_matrix/client/v3/createRoom", {},
+                                  token=self.token)
+        room_b = str(resp.json["room_id"])  # local users only
+        stall: defer.Deferred[None] = defer.Deferred()
+        self.addCleanup(lambda: None if stall.called else stall.callback(None))
+        real = self.sender._queue_event  # noqa: SLF001
+
+        async def stalled(event: Any, position: int) -> None:
+            if event.room_id == room_a:
+                await stall
+            await real(event, position)
+        self.sender._queue_event = stalled  # type: ignore[method-assign]  # noqa: SLF001
+        sending = defer.ensureDeferred(self.send_text(room_a, "stalled"))
+        position = None
+        for _ in range(500):
+            row = await self.hs.db.query_one(
+                "test_stalled", "SELECT stream_ordering FROM events WHERE room_id = ?"
+                " AND type = 'm.room.message'", room_a)
+            if row is not None:
+                position = int(row[0])
+                break
+            await task.deferLater(reactor, 0.01, lambda: None)
+        assert position is not None
+        for i in range(3):  # room B's events go past it; the clock ticks meanwhile
+            await self.send_text(room_b, f"b{i}")
+            self.advance(5)
+            await self.settle()
+        checkpoint = await self.hs.stores.federation_queue.get_stream_position()
+        assert checkpoint is not None
+        self.assertLess(checkpoint, position)
+        stall.callback(None)
+        event_id = await sending
+        await self.settle(lambda: event_id in self.fake.pdu_ids())
+        for _ in range(3):
+            self.advance(5)
+            await self.settle()
+        later = await self.hs.stores.federation_queue.get_stream_position()
+        assert later is not None
+        self.assertGreater(later, position)
 
 
 class BatchingTest(SenderTestCase):
