@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import bisect
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from homeserver.events.model import Event
 from storage.stores.events import StateHistoryStore
@@ -121,14 +121,19 @@ class VisibilityHandler:
         history = await self._members.membership_history(user_id, room_id)
         return _Timeline([(pos, membership) for membership, pos in history], "leave")
 
-    async def filter_events(self, user_id: str, events: Sequence[Event]) -> list[Event]:
+    async def filter_events(self, user_id: str, events: Sequence[Event],
+                            joined: Collection[str] = ()) -> list[Event]:
         """The events (in the given order) that ``user_id`` may see, judged by the
         history visibility and the user's membership in the state before each event.
         An event without state here (an outlier, or a stand-in "probe" at a stream
         position, see homeserver/handlers/pagination.py) is judged by the room's
-        stream of changes at its stream position, as in a linear room."""
+        stream of changes at its stream position, as in a linear room. ``joined``: rooms
+        the caller just read the user is joined to (their membership is not read again)."""
         joined_now: dict[str, bool] = {}
         for room_id in dict.fromkeys(ev.room_id for ev in events):
+            if room_id in joined:
+                joined_now[room_id] = True
+                continue
             current = await self._members.get_membership(user_id, room_id)
             joined_now[room_id] = current is not None and current.membership == "join"
         wanted = [ev.event_id for ev in events

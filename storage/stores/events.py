@@ -659,6 +659,29 @@ class EventStore:
         return await (self._through_cache(epoch, rows) if shared
                       else rows_to_events(rows, self.codec))
 
+    async def latest_room_events(self, room_ids: list[str], to_inclusive: int, limit: int
+                                 ) -> dict[str, list[Event]]:
+        """:meth:`get_room_events_stream` (``shared``, from the start) of each room, in
+        one transaction: an initial /sync's first timeline batches."""
+        sql = (f"SELECT {_META_COLS} FROM {_EVENT_FROM} WHERE e.room_id = ?"
+               " AND e.stream_ordering <= ? AND e.outlier = ?"
+               " ORDER BY e.stream_ordering DESC LIMIT ?")
+
+        def _read(txn: Txn) -> tuple[int, list[tuple[Any, ...]]]:
+            epoch = read_epoch(txn)
+            rows: list[tuple[Any, ...]] = []
+            for room_id in room_ids:
+                found = txn.query(sql, (room_id, to_inclusive, False, limit))
+                found.reverse()
+                rows += found
+            return epoch, rows
+
+        epoch, rows = await self._db.run("latest_room_events", _read)
+        out: dict[str, list[Event]] = {room_id: [] for room_id in room_ids}
+        for ev in await self._through_cache(epoch, rows):
+            out[ev.room_id].append(ev)
+        return out
+
     async def paginate_room_events(
         self, room_id: str, from_position: int, direction: str, limit: int,
         to_position: int | None = None,

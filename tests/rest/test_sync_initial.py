@@ -9,7 +9,7 @@ import json
 
 from homeserver.handlers.sync_initial import INITIAL_SYNC_ROOM_CONCURRENCY
 from homeserver.http.errors import Codes, MatrixError
-from tests.rest.room_helpers import CS, RoomTestCase
+from tests.rest.room_helpers import CS, RoomTestCase, q
 
 LAZY = json.dumps({"room": {"state": {"lazy_load_members": True},
                             "timeline": {"limit": 2}}})
@@ -92,7 +92,11 @@ class InitialSyncManyRoomsTest(RoomTestCase):
         after another did), not a wrapped error of the rooms built together."""
         alice = await self.user("alice")
         for _ in range(3):
-            await self.create_room(alice)
+            room = await self.create_room(alice)
+            for i in range(12):  # no message in the first batch: read on room by room
+                resp = await self.put_state(alice, room, "m.room.topic", {"topic": f"t{i}"})
+                self.assertEqual(resp.code, 200, resp)
+        messages = json.dumps({"room": {"timeline": {"limit": 2, "types": ["m.room.message"]}}})
         sync = self.hs.websockets.sync
         original = sync._timeline  # noqa: SLF001 (the step still taken room by room)
 
@@ -101,7 +105,8 @@ class InitialSyncManyRoomsTest(RoomTestCase):
 
         sync._timeline = failing  # type: ignore[method-assign]  # noqa: SLF001
         try:
-            resp = await self.request("GET", f"{CS}/sync?timeout=0", token=alice)
+            resp = await self.request("GET", f"{CS}/sync?timeout=0&filter={q(messages)}",
+                                      token=alice)
         finally:
             sync._timeline = original  # type: ignore[method-assign]  # noqa: SLF001
         self.assertEqual(resp.code, 403, resp)
@@ -153,3 +158,60 @@ class StateInOneTransactionTest(RoomTestCase):
         # A group that does not exist reads as empty either way.
         self.assertEqual((await events.get_state_for_groups([10**9]))[10**9], {})
         self.assertEqual(await events.get_state_for_groups([]), {})
+
+
+class BulkTimelinesTest(RoomTestCase):
+    async def test_bulk_timelines_match_room_by_room(self) -> None:
+        """The first batches read for many rooms at once give every room the timeline
+        SyncHandler._timeline gives it alone: rooms with history hidden from alice, an
+        ignored sender, more and fewer events than the limit, filters by type; more
+        rooms than one read takes."""
+        from homeserver.handlers.sync import SyncRequest, SyncToken
+        from homeserver.handlers.sync_filter import SyncFilter
+        from homeserver.handlers.sync_initial import TIMELINE_ROOMS_PER_READ
+
+        alice = await self.user("alice")
+        bob = await self.user("bob")
+        carol = await self.user("carol")
+        rooms = []
+        hidden = await self.create_room(bob, preset="public_chat")  # joined-only history
+        resp = await self.put_state(bob, hidden, "m.room.history_visibility",
+                                    {"history_visibility": "joined"})
+        self.assertEqual(resp.code, 200, resp)
+        for i in range(4):
+            await self.send_ok(bob, hidden, f"before alice {i}")
+        rooms.append(hidden)
+        busy = await self.create_room(bob, preset="public_chat")
+        rooms.append(busy)
+        for _ in range(TIMELINE_ROOMS_PER_READ):
+            rooms.append(await self.create_room(bob, preset="public_chat"))
+        quiet = rooms[-1]
+        for room in rooms:
+            self.assertEqual((await self.join(alice, room)).code, 200)
+            self.assertEqual((await self.join(carol, room)).code, 200)
+        for i in range(25):
+            await self.send_ok(bob if i % 3 else carol, busy, f"busy {i}")
+        await self.send_ok(carol, quiet, "from carol")
+        await self.send_ok(bob, hidden, "after alice")
+        resp = await self.request(
+            "PUT", f"{CS}/user/{q('@alice:test.local')}/account_data/m.ignored_user_list",
+            {"ignored_users": {"@carol:test.local": {}}}, token=alice)
+        self.assertEqual(resp.code, 200, resp)
+
+        sync = self.hs.websockets.sync
+        for raw in ({}, {"room": {"timeline": {"limit": 3}}},
+                    {"room": {"timeline": {"limit": 2, "types": ["m.room.message"]}}},
+                    {"room": {"timeline": {"limit": 30}}},
+                    {"room": {"state": {"lazy_load_members": True}}}):
+            body = await self.sync(alice, filter=json.dumps(raw))
+            req = SyncRequest("@alice:test.local", None, None, 0, False, SyncFilter.parse(raw))
+            position = SyncToken.parse(body["next_batch"]).events
+            ignored = await sync.ignored_users("@alice:test.local")
+            self.assertEqual(ignored, frozenset({"@carol:test.local"}))
+            for room in rooms:
+                alone, limited = await sync._timeline(  # noqa: SLF001
+                    req, room, 0, position, ignored, joined=True)
+                got = body["rooms"]["join"][room]["timeline"]
+                self.assertEqual([e["event_id"] for e in got["events"]],
+                                 [e.event_id for e in alone], (raw, room))
+                self.assertEqual(got["limited"], limited, (raw, room))
