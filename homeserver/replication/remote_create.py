@@ -88,6 +88,14 @@ class StateChanged(MatrixError):
         super().__init__(409, "The room's state changed meanwhile; try again", Codes.UNKNOWN)
 
 
+class ProcessUnreachable(MatrixError):
+    """The other process could not be reached (refused, reset, timed out): a 502."""
+
+    def __init__(self) -> None:
+        super().__init__(502, "The process writing this room could not be reached; "
+                         "try again", Codes.UNKNOWN)
+
+
 class InternalClient:
     """POSTs JSON to another process's ``INTERNAL_PREFIX`` with the shared secret. Never
     retried automatically: a draft is built once."""
@@ -118,8 +126,7 @@ class InternalClient:
         except Exception as e:  # noqa: BLE001 (refused, timeout, reset...)
             logger.warning("internal %s to %s:%d failed: %s", name, endpoint.host,
                            endpoint.port, type(e).__name__)
-            raise MatrixError(502, "The process writing this room could not be reached; "
-                              "try again", Codes.UNKNOWN) from e
+            raise ProcessUnreachable() from e
         try:
             answer = json.loads(payload)
         except ValueError:

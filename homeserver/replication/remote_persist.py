@@ -39,6 +39,9 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet import defer
+
+from homeserver.clock import Clock
 from homeserver.events.model import Event
 from homeserver.events.power_levels import domain_of
 from homeserver.events.room_versions import get_room_version
@@ -46,7 +49,7 @@ from homeserver.events.state_res import lexicographical_topological_sort
 from homeserver.handlers.event_persister import Outcome, PersistKind, RoomSnapshot
 from homeserver.http.errors import Codes, MatrixError
 from homeserver.replication.multi_writer import writer_for
-from homeserver.replication.remote_create import _local_user, _str
+from homeserver.replication.remote_create import ProcessUnreachable, _local_user, _str
 
 if TYPE_CHECKING:
     from homeserver.config.model import Config
@@ -62,6 +65,8 @@ REMOTE_MEMBERSHIP = "remote_membership"
 REMOTE_INVITE = "remote_invite"
 # One persist_remote call carries at most this much (a join's state is split).
 CHUNK_EVENTS = 2000
+# How long main keeps trying a writer it cannot reach before answering 503.
+UNREACHABLE_RETRY_S = 10.0
 CHUNK_BYTES = 4 * 1024 * 1024
 MAX_STATE = 500_000  # state_before entries (a room's full state)
 MAX_SERVERS = 50
@@ -82,10 +87,12 @@ def _bad_answer() -> MatrixError:
 class RemoteWrites:
     """The calling side (every process with several events writers and federation)."""
 
-    def __init__(self, wc: WorkersConfig, client: InternalClient, server_name: str) -> None:
+    def __init__(self, wc: WorkersConfig, client: InternalClient, server_name: str,
+                 clock: Clock | None = None) -> None:
         self._wc = wc
         self._client = client
         self._server_name = server_name
+        self._clock = clock
 
     def _endpoint(self, name: str) -> ReplicationEndpoint:
         endpoint = self._wc.endpoint(name)
@@ -106,7 +113,7 @@ class RemoteWrites:
             [[t, sk, eid] for (t, sk), eid in state_before.items()]
         outcomes: dict[str, Outcome] = {}
         for chunk in _chunks(events):
-            answer = await self._client.post(endpoint, PERSIST_REMOTE, {
+            answer = await self._post_retrying(endpoint, {
                 "room_id": room_id, "kind": kind.value, "state_before": state,
                 "events": [[e.event_id, e.pdu] for e in chunk]})
             got = answer.get("outcomes")
@@ -122,6 +129,25 @@ class RemoteWrites:
         if missing:
             raise _bad_answer()
         return [outcomes[e.event_id] for e in events]
+
+    async def _post_retrying(self, endpoint: ReplicationEndpoint, body: dict[str, Any]
+                             ) -> dict[str, Any]:
+        """``persist_remote`` to the writer, tried again while it cannot be reached, for
+        up to UNREACHABLE_RETRY_S: a writer restarting (seconds) then costs the other
+        server a slower answer, not a 503 and its back-off (Synapse's: up to minutes).
+        Safe to repeat: the writer skips events it has already stored."""
+        delay, waited = 0.25, 0.0
+        while True:
+            try:
+                return await self._client.post(endpoint, PERSIST_REMOTE, body)
+            except ProcessUnreachable:
+                if self._clock is None or waited + delay > UNREACHABLE_RETRY_S:
+                    raise
+            pause: defer.Deferred[None] = defer.Deferred()
+            self._clock.call_later(delay, pause.callback, None)
+            await pause
+            waited += delay
+            delay = min(delay * 2, 2.0)
 
     async def store_out_of_band(self, event: Event, version: Any) -> None:
         await self._client.post(self._writer(event.room_id), STORE_OUT_OF_BAND, {
@@ -304,7 +330,7 @@ def wire_federation_calls(config: Config, calls: InternalCalls | None, rooms: An
     if calls is None or calls.client is None or calls.resource is None \
             or not config.federation.enabled or not wc.event_writers:
         return None
-    remote = RemoteWrites(wc, calls.client, config.server_name)
+    remote = RemoteWrites(wc, calls.client, config.server_name, clock)
     resource = calls.resource
     is_writer = wc.instance in wc.event_writers
     if is_writer:

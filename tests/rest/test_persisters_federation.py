@@ -188,6 +188,70 @@ class RemoteUserJoinsTest(PersistersFederationCase):
             self.assertIsNotNone(stored.internal.rejected_reason)
 
 
+    async def test_writer_briefly_unreachable_is_waited_for(self) -> None:
+        """A writer that cannot be reached for a moment (restarting) is tried again:
+        the /send is answered 200 with the writer's decisions, not 503 (the other
+        server would back off); one that stays unreachable past the budget is a 503."""
+        from twisted.internet import reactor, task
+
+        from homeserver.replication import remote_persist
+        from homeserver.replication.remote_create import ProcessUnreachable
+
+        alice = await self.account(self.hs, "alice")
+        rooms = await self.local_rooms(alice, preset="public_chat")
+        assert self.remote.federation is not None
+        forger = FakeRemote(REMOTE, signing_key=self.remote.federation.local_keys.signing_key)
+        persister = persister_of(self.hs)
+        client = persister.remote_persist.__self__._client  # RemoteWrites' InternalClient
+        real_post = client.post
+        failures = {"left": 2, "calls": 0}
+
+        async def flaky(*args: Any) -> Any:
+            failures["calls"] += 1
+            if failures["left"] > 0:
+                failures["left"] -= 1
+                raise ProcessUnreachable()
+            return await real_post(*args)
+
+        async def transaction(txn_id: str) -> tuple[Any, Any]:
+            room_id = rooms["p1"]
+            state = await current_state(self.hs, room_id)
+            snap = await persister.snapshot(room_id)
+            prev = await self.hs.stores.events.get_events(snap.extremities)
+            version = (await persister.room_version(room_id)).identifier
+            event = forger.event(room_id, version, forger.user("mallory"), "m.room.message",
+                                 {"msgtype": "m.text", "body": txn_id},
+                                 prev=list(prev.values()),
+                                 auth=[state[("m.room.create", "")],
+                                       state[("m.room.power_levels", "")]])
+            body = {"origin": REMOTE, "origin_server_ts": self.clock.time_msec(),
+                    "pdus": [forger.pdu(event)]}
+            # The retry's pauses are on the server's (test) clock: move it along.
+            sending = defer.ensureDeferred(self.remote_signed(
+                "PUT", f"/_matrix/federation/v1/send/{txn_id}", body))
+            while not sending.called:
+                self.advance(0.25)
+                await task.deferLater(reactor, 0.02, lambda: None)
+            return await sending, event
+
+        client.post = flaky
+        try:
+            resp, event = await transaction("flaky1")
+            self.assertEqual(resp.code, 200, resp)
+            self.assertEqual(failures["calls"], 3)  # two refused, then through
+            self.assertIn("rejected", resp.json["pdus"][event.event_id].get("error", ""))
+            failures["left"] = 10**6  # down for good: 503 once the budget is spent
+            budget = remote_persist.UNREACHABLE_RETRY_S
+            remote_persist.UNREACHABLE_RETRY_S = 0.6
+            try:
+                resp, _event = await transaction("flaky2")
+            finally:
+                remote_persist.UNREACHABLE_RETRY_S = budget
+            self.assertMatrixError(resp, 503, "M_UNKNOWN")
+            self.assertGreater(failures["calls"], 4)
+        finally:
+            client.post = real_post
+
     async def test_writer_replays_what_it_did_not_queue(self) -> None:
         """A persister's local event whose queueing never ran (a crash between the
         persist and the fan-out) is queued when the writer's sender starts again, from
