@@ -47,6 +47,10 @@ logger = logging.getLogger(__name__)
 
 JsonDict = dict[str, Any]
 ROOM_CACHE_SIZE = 10_000
+# A room's servers are read again after this long even if no member event said so: with
+# event persisters, main learns of another process's member events through forwarded
+# side effects, which can give up (the writer restarting); this bounds the staleness.
+ROOM_CACHE_TTL_S = 60.0
 CHECKPOINT_INTERVAL_S = 5.0
 REPLAY_BATCH = 500
 
@@ -69,7 +73,7 @@ class FederationSender:
         self._cross_signing = cross_signing
         self.policy = policy or BackoffPolicy()
         self.queues: dict[str, DestinationQueue] = {}
-        self._room_servers: OrderedDict[str, frozenset[str]] = OrderedDict()
+        self._room_servers: OrderedDict[str, tuple[frozenset[str], float]] = OrderedDict()
         self._background: set[defer.Deferred[None]] = set()
         self._typing: dict[str, set[str]] = {}  # room -> local users typing there
         self._stopped = False
@@ -197,15 +201,17 @@ class FederationSender:
         return out
 
     async def _room_destinations(self, room_id: str) -> frozenset[str]:
-        cached = self._room_servers.get(room_id)
-        if cached is None:
-            cached = frozenset(await self._store.joined_servers(room_id))
-            self._room_servers[room_id] = cached
+        entry = self._room_servers.get(room_id)
+        now = self._clock.time()
+        if entry is None or entry[1] <= now:
+            servers = frozenset(await self._store.joined_servers(room_id))
+            self._room_servers[room_id] = (servers, now + ROOM_CACHE_TTL_S)
+            self._room_servers.move_to_end(room_id)
             if len(self._room_servers) > ROOM_CACHE_SIZE:
                 self._room_servers.popitem(last=False)
-        else:
-            self._room_servers.move_to_end(room_id)
-        return cached
+            return servers
+        self._room_servers.move_to_end(room_id)
+        return entry[0]
 
     # -- PDUs (the event fan-out) --------------------------------------------------------
 

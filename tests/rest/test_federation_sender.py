@@ -194,6 +194,27 @@ class PduSendTest(SenderTestCase):
         self.assertEqual(self.fake.txns, [])
         self.assertEqual(await self.hs.stores.federation_queue.pending_destinations(), [])
 
+    async def test_room_servers_read_again_after_their_ttl(self) -> None:
+        """A server that joined without its member event reaching this process's
+        fan-out (another process wrote it and forwarding gave up) gets the room's
+        events once the cached server list has expired."""
+        from federation.sender import ROOM_CACHE_TTL_S
+
+        resp = await self.request("POST", "/_matrix/client/v3/createRoom", {},
+                                  token=self.token)
+        self.assertEqual(resp.code, 200, resp)
+        room_id = resp.json["room_id"]
+        first = await self.send_text(room_id, "before")  # caches: nobody remote
+        await self.settle()
+        await add_remote_member(self.hs, room_id, f"@bob:{REMOTE}")  # no fan-out
+        unseen = await self.send_text(room_id, "still-cached")
+        await self.settle()
+        self.assertNotIn(unseen, self.fake.pdu_ids())
+        self.advance(ROOM_CACHE_TTL_S + 1)
+        seen = await self.send_text(room_id, "expired")
+        await self.settle(lambda: seen in self.fake.pdu_ids())
+        self.assertNotIn(first, self.fake.pdu_ids())
+
     async def test_invite_goes_to_the_invitee_server(self) -> None:
         resp = await self.request("POST", "/_matrix/client/v3/createRoom", {},
                                   token=self.token)
