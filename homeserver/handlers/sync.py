@@ -633,9 +633,10 @@ class SyncHandler:
             state = {}
         state_events = await self._state_events(req, state, events)
         return {
-            "timeline": {"events": await self._timeline_events(events, req),
+            "timeline": {"events": req.filter.project(await self._timeline_events(events, req)),
                          "limited": limited, "prev_batch": f"t{start}"},
-            "state": {"events": await self._serialize_state(state_events, req)},
+            "state": {"events": req.filter.project(await self._serialize_state(state_events,
+                                                                                req))},
             "account_data": {"events": []},
         }
 
@@ -700,10 +701,10 @@ class SyncHandler:
         becomes does not depend on the others (aggregations only bundle non-state events,
         which are all in the timeline)."""
         if self.serializer is None:
-            return (await self._timeline_events(timeline, req),
-                    await self._serialize_state(state, req))
-        both = await self.serializer.serialize(timeline + state, req.user_id, req.device_id,
-                                               include_room_id=False, shared=True)
+            return (req.filter.project(await self._timeline_events(timeline, req)),
+                    req.filter.project(await self._serialize_state(state, req)))
+        both = req.filter.project(await self.serializer.serialize(
+            timeline + state, req.user_id, req.device_id, include_room_id=False, shared=True))
         return both[:len(timeline)], both[len(timeline):]
 
     async def _serialize_state(self, events: list[Event], req: SyncRequest) -> list[JsonDict]:

@@ -127,6 +127,12 @@ class SyncFilter:
             event_fields=raw.get("event_fields"),
         )
 
+    def project(self, events: list[JsonDict]) -> list[JsonDict]:
+        """``events`` cut down to the filter's ``event_fields`` (all of each without
+        them). Only new dicts are made: what the events share is never changed."""
+        paths = _field_paths(self.event_fields)
+        return events if paths is None else [_only_fields(e, paths) for e in events]
+
     def allows_room(self, room_id: str) -> bool:
         if room_id in self.not_rooms:
             return False
@@ -138,6 +144,57 @@ class SyncFilter:
         if limit is None:
             return DEFAULT_TIMELINE_LIMIT
         return min(limit, MAX_TIMELINE_LIMIT)
+
+
+def _split_path(path: str) -> tuple[str, ...]:
+    """A dot-separated property path (spec appendix): ``\\.`` is a literal dot and
+    ``\\\\`` a literal backslash."""
+    parts: list[str] = []
+    cur: list[str] = []
+    i = 0
+    while i < len(path):
+        ch = path[i]
+        if ch == "\\" and i + 1 < len(path) and path[i + 1] in ".\\":
+            cur.append(path[i + 1])
+            i += 2
+            continue
+        if ch == ".":
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+        i += 1
+    parts.append("".join(cur))
+    return tuple(parts)
+
+
+def _field_paths(fields: Any) -> list[tuple[str, ...]] | None:
+    """The filter's ``event_fields`` as paths, shortest first (None: keep every field;
+    the filter schema has made it a list of strings)."""
+    if not isinstance(fields, list):
+        return None
+    return sorted({_split_path(f) for f in fields if isinstance(f, str)}, key=len)
+
+
+def _only_fields(event: JsonDict, paths: list[tuple[str, ...]]) -> JsonDict:
+    out: JsonDict = {}
+    whole: set[tuple[str, ...]] = set()
+    for path in paths:
+        if any(path[:n] in whole for n in range(1, len(path))):
+            continue  # an enclosing object is already there whole
+        src: Any = event
+        for key in path:
+            src = src.get(key) if isinstance(src, dict) else None
+            if src is None:
+                break
+        if src is None:
+            continue
+        dst = out
+        for key in path[:-1]:
+            dst = dst.setdefault(key, {})
+        dst[path[-1]] = src
+        whole.add(path)
+    return out
 
 
 _PARSED: OrderedDict[str, SyncFilter] = OrderedDict()

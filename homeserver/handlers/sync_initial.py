@@ -158,8 +158,8 @@ async def _serialize(handler: SyncHandler, req: SyncRequest, timelines: list[lis
     for t, s in zip(timelines, states, strict=True):
         flat += t
         flat += s
-    both = await handler.serializer.serialize(flat, req.user_id, req.device_id,
-                                              include_room_id=False, shared=True)
+    both = req.filter.project(await handler.serializer.serialize(
+        flat, req.user_id, req.device_id, include_room_id=False, shared=True))
     out = []
     at = 0
     for t, s in zip(timelines, states, strict=True):

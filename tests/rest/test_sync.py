@@ -6,7 +6,7 @@ import json
 
 from twisted.internet import defer, reactor, task
 
-from tests.rest.room_helpers import CS, RoomTestCase
+from tests.rest.room_helpers import CS, RoomTestCase, q
 
 ALICE = "@alice:test.local"
 BOB = "@bob:test.local"
@@ -167,3 +167,43 @@ class PushRulesInSyncTest(RoomTestCase):
                                     token=alice)
         self.assertEqual(direct.code, 200)
         self.assertIn("global", direct.json)
+
+
+class EventFieldsTest(RoomTestCase):
+    async def test_event_fields_cut_room_events_down(self) -> None:
+        """A filter's event_fields (dot-separated paths, ``\\.`` a literal dot) keep only
+        those fields of the timeline and state events, in initial, incremental and
+        left-room sections; the events themselves are unchanged for other filters."""
+        alice = await self.user("alice")
+        room = await self.create_room(alice, preset="public_chat", name="a room")
+        original = await self.send_ok(alice, room, "hello")
+        resp = await self.request(
+            "PUT", f"{CS}/rooms/{q(room)}/send/m.room.message/fields-edit",
+            {"msgtype": "m.text", "body": "* hi", "m.new_content": {"msgtype": "m.text",
+                                                                    "body": "hi"},
+             "m.relates_to": {"rel_type": "m.replace", "event_id": original}}, token=alice)
+        self.assertEqual(resp.code, 200, resp)
+        fields = json.dumps({"event_fields": ["type", "content.body",
+                                              "content.m\\.new_content", "unsigned.age"]})
+        first = await self.sync(alice, filter=fields)
+        joined = first["rooms"]["join"][room]
+        events = joined["timeline"]["events"] + joined["state"]["events"]
+        self.assertTrue(events)
+        for e in events:
+            self.assertLessEqual(set(e), {"type", "content", "unsigned"}, e)
+            self.assertLessEqual(set(e.get("content", {})), {"body", "m.new_content"}, e)
+        messages = [e["content"] for e in joined["timeline"]["events"]
+                    if e["type"] == "m.room.message"]
+        self.assertEqual(messages[0], {"body": "hello"})
+        self.assertEqual(messages[1], {"body": "* hi",  # a literal dot in the key
+                                       "m.new_content": {"msgtype": "m.text", "body": "hi"}})
+        await self.send_ok(alice, room, "again")
+        later = await self.sync(alice, first["next_batch"], filter=fields)
+        self.assertEqual(later["rooms"]["join"][room]["timeline"]["events"][-1],
+                         {"type": "m.room.message", "content": {"body": "again"},
+                          "unsigned": later["rooms"]["join"][room]["timeline"]["events"][-1]
+                          ["unsigned"]})
+        plain = await self.sync(alice)  # another filter: whole events, nothing lost
+        whole = plain["rooms"]["join"][room]["timeline"]["events"][-1]
+        self.assertIn("event_id", whole)
+        self.assertEqual(whole["content"], {"msgtype": "m.text", "body": "again"})
