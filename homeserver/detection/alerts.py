@@ -33,6 +33,10 @@ class Alerts:
             "Alerts raised by the attack detectors, by detector and severity.",
             ["detector", "severity"], registry=registry)
         self._pending: set[defer.Deferred[Any]] = set()
+        # One alert at a time per user, in the order raised: their records and notices
+        # keep that order (two lockouts' notices used to swap when the first one's
+        # audit write was the slower).
+        self._user_locks: dict[str, defer.DeferredLock] = {}
 
     @property
     def recorder(self) -> SecurityEventRecorder:
@@ -43,13 +47,22 @@ class Alerts:
                           notice: str | None = None) -> None:
         """Record the alert; ``notice`` (if given) goes to ``user_id``'s notices room."""
         self.counter.labels(detector, severity).inc()
-        await self._recorder.record(
-            ALERT_EVENT, "raised", None, user_id=user_id, reason=reason, target=user_id,
-            action=f"alert.{detector}",
-            details={"detector": detector, "severity": severity, **(details or {})})
-        if notice is not None and user_id is not None and self._notices is not None \
-                and self._notices.enabled:
-            await self._notices.send_notice(user_id, notice, notice_type=SECURITY_NOTICE_TYPE)
+        key = user_id or ""
+        lock = self._user_locks.setdefault(key, defer.DeferredLock())
+        await lock.acquire()
+        try:
+            await self._recorder.record(
+                ALERT_EVENT, "raised", None, user_id=user_id, reason=reason, target=user_id,
+                action=f"alert.{detector}",
+                details={"detector": detector, "severity": severity, **(details or {})})
+            if notice is not None and user_id is not None and self._notices is not None \
+                    and self._notices.enabled:
+                await self._notices.send_notice(user_id, notice,
+                                                notice_type=SECURITY_NOTICE_TYPE)
+        finally:
+            lock.release()
+            if not lock.locked and not lock.waiting:
+                self._user_locks.pop(key, None)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run alert work off the caller's path (sinks and fan-out subscribers are

@@ -513,3 +513,39 @@ class SharedLockoutFallbackTest(unittest.TestCase):
         self.assertTrue(redis.fallback_active)
         self.assertEqual(await shared.retry_after_ms("@a:hs", "10.0.0.1", now + 1), 60_000)
         self.assertEqual(await shared.retry_after_ms("@b:hs", "10.0.0.1", now + 1), 0)
+
+
+class AlertOrderTest(DetectionTestCase):
+    async def test_alerts_of_a_user_keep_their_order(self) -> None:
+        """Two alerts raised for one user, the first one's audit write the slower: the
+        notices still arrive in the order raised."""
+        from twisted.internet import task
+
+        token = await self.user("alice")
+        assert self.hs.detection is not None
+        alerts = self.hs.detection.alerts
+        recorder = alerts.recorder
+        real = recorder.record
+        gate: defer.Deferred[None] = defer.Deferred()
+        calls: list[int] = []
+
+        async def slow_first(*args: Any, **kwargs: Any) -> Any:
+            calls.append(1)
+            if len(calls) == 1:
+                await gate
+            return await real(*args, **kwargs)
+
+        recorder.record = slow_first  # type: ignore[method-assign]
+        try:
+            first = defer.ensureDeferred(alerts.raise_alert(
+                "test", "warning", "first", user_id=ALICE, notice="first notice"))
+            second = defer.ensureDeferred(alerts.raise_alert(
+                "test", "warning", "second", user_id=ALICE, notice="second notice"))
+            await task.deferLater(reactor, 0.3, lambda: None)  # the second may run ahead
+            gate.callback(None)
+            await first
+            await second
+        finally:
+            recorder.record = real  # type: ignore[method-assign]
+        notices = [n for n in await self.notices(token) if n.endswith(" notice")]
+        self.assertEqual(notices, ["first notice", "second notice"])
