@@ -59,6 +59,11 @@ class ExamplePluginServerTest(RoomTestCase):
 
 
 class ExamplePluginUnitTest(unittest.TestCase):
+    def setUp(self) -> None:
+        # The plugin keeps its settings in a module global: a server built earlier in
+        # this process (another test) may have configured it.
+        example.SETTINGS = example.Settings({})
+
     def tearDown(self) -> None:
         example.SETTINGS = example.Settings({})
 
