@@ -42,8 +42,9 @@ from homeserver.http.errors import Codes, MatrixError
 from homeserver.http.params import parse_room_token
 from storage.stores.account_data import AccountDataStore
 from storage.stores.event_timestamps import EventTimestampStore
-from storage.stores.events import EventStore, StateHistoryStore, StateMap
+from storage.stores.events import EventStore, StateMap
 from storage.stores.room_members import RoomMemberStore
+from storage.stores.state_history import StateHistoryStore
 
 JsonDict = dict[str, Any]
 

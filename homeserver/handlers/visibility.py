@@ -27,8 +27,8 @@ import json
 from collections.abc import Collection, Sequence
 
 from homeserver.events.model import Event
-from storage.stores.events import StateHistoryStore
 from storage.stores.room_members import RoomMemberStore
+from storage.stores.state_history import StateHistoryStore
 
 VISIBLE_WHEN = {
     "joined": {"join"},

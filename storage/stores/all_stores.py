@@ -13,7 +13,7 @@ from storage.stores.device_lists import DeviceListStore
 from storage.stores.devices import DeviceStore
 from storage.stores.e2e_keys import E2eKeyStore
 from storage.stores.event_timestamps import EventTimestampStore
-from storage.stores.events import EventStore, StateHistoryStore
+from storage.stores.events import EventStore
 from storage.stores.federation_queue import FederationQueueStore
 from storage.stores.filters import FilterStore
 from storage.stores.key_backup import KeyBackupStore
@@ -41,6 +41,7 @@ from storage.stores.security_events import SecurityEventStore
 from storage.stores.sessions import SessionStore
 from storage.stores.shadow_bans import ShadowBanStore
 from storage.stores.sliding_sync import SlidingSyncStore
+from storage.stores.state_history import StateHistoryStore
 from storage.stores.to_device import ToDeviceStore
 from storage.stores.ui_auth import UiAuthStore
 from storage.stores.user_directory import UserDirectoryStore
