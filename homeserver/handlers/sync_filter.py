@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from homeserver.events.model import Event
+from homeserver.push.evaluator import split_key  # the spec's dot-separated paths
 
 JsonDict = dict[str, Any]
 
@@ -146,34 +147,12 @@ class SyncFilter:
         return min(limit, MAX_TIMELINE_LIMIT)
 
 
-def _split_path(path: str) -> tuple[str, ...]:
-    """A dot-separated property path (spec appendix): ``\\.`` is a literal dot and
-    ``\\\\`` a literal backslash."""
-    parts: list[str] = []
-    cur: list[str] = []
-    i = 0
-    while i < len(path):
-        ch = path[i]
-        if ch == "\\" and i + 1 < len(path) and path[i + 1] in ".\\":
-            cur.append(path[i + 1])
-            i += 2
-            continue
-        if ch == ".":
-            parts.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-        i += 1
-    parts.append("".join(cur))
-    return tuple(parts)
-
-
 def _field_paths(fields: Any) -> list[tuple[str, ...]] | None:
     """The filter's ``event_fields`` as paths, shortest first (None: keep every field;
     the filter schema has made it a list of strings)."""
     if not isinstance(fields, list):
         return None
-    return sorted({_split_path(f) for f in fields if isinstance(f, str)}, key=len)
+    return sorted({tuple(split_key(f)) for f in fields if isinstance(f, str)}, key=len)
 
 
 def _only_fields(event: JsonDict, paths: list[tuple[str, ...]]) -> JsonDict:
