@@ -141,6 +141,9 @@ class RemoteMembership:
         # federation.partial_state_joins: send_join asks with omit_members.
         self.partial_state: PartialStateHandler | None = None
         self.partial_state_joins = False
+        # With event persisters (homeserver/replication/remote_partial_state.py): the
+        # same steps for a room another process writes, run by its writer.
+        self.remote_partial_state: Any = None
         self._is_blocked = is_blocked
         self.metrics: JoinPhaseMetrics | None = None  # set by register_membership
 
@@ -253,12 +256,9 @@ class RemoteMembership:
             resident, version, template = await self._make("join", user_id, room_id,
                                                             candidates)
         event = self._sign(version, template, content)
-        # Faster joins: the resident may leave members out; they come in the background.
-        # Not for a room another process writes (event persisters): the resync holds
-        # the room's queue, which only its writer has.
-        owns = self._ingest.persister.owns_room
-        omit = self.partial_state is not None and self.partial_state_joins \
-            and (owns is None or owns(room_id))
+        # Faster joins: the resident may leave members out; they come in the background
+        # (resynced by the room's writer, which holds the room's queue).
+        omit = self.partial_state_joins and self._partial_of(room_id) is not None
         try:
             with timer.phase("send_join"):
                 answer = await self._client.put_json(
@@ -301,21 +301,28 @@ class RemoteMembership:
         ``partial``: the answer left members out (these are its servers_in_room): the
         room is marked partial-state before the join lands and resynced after."""
         join_id = join.event_id
+        handler = self._partial_of(room_id) if partial is not None else None
         if partial is not None:
-            assert self.partial_state is not None
-            await self.partial_state.mark(room_id, join_id, resident, partial)
+            assert handler is not None
+            await handler.mark(room_id, join_id, resident, partial)
         try:
             await self._persist_answer(resident, room_id, version, answer, join,
                                        timer or JoinTimer(None))
         except BaseException:
-            if partial is not None:
-                assert self.partial_state is not None
-                await self.partial_state.unmark(room_id)
+            if handler is not None:
+                await handler.unmark(room_id)
             raise
-        if partial is not None:
-            assert self.partial_state is not None
-            self.partial_state.resync_soon(PartialStateRoom(room_id, join_id, resident,
-                                                            tuple(partial)))
+        if handler is not None:
+            assert partial is not None
+            handler.resync_soon(PartialStateRoom(room_id, join_id, resident, tuple(partial)))
+
+    def _partial_of(self, room_id: str) -> Any:
+        """Who runs the partial-state steps of the room: this process's handler, or
+        the room's writer (event persisters); None without partial-state joins."""
+        owns = self._ingest.persister.owns_room
+        if owns is None or owns(room_id):
+            return self.partial_state
+        return self.remote_partial_state
 
     async def _persist_answer(self, resident: str, room_id: str, version: RoomVersion,
                               answer: JsonDict, join: Event, timer: JoinTimer) -> None:

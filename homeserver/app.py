@@ -4,6 +4,7 @@ receive exactly the dependencies they use."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,7 @@ from homeserver.gdpr.export import ExportJobs, build_gdpr_export, start_cleanup
 from homeserver.handlers.consent import ConsentHandler, build_consent
 from homeserver.handlers.event_fanout import EventFanout
 from homeserver.handlers.legacy import LegacyDeps, LegacyHandler
+from homeserver.handlers.partial_state import wait_until_full
 from homeserver.handlers.registration import RegistrationHandler
 from homeserver.handlers.reporting import ReportingHandler
 from homeserver.handlers.retention import RetentionHandler, RetentionJobSource, build_retention
@@ -66,6 +68,7 @@ from homeserver.replication.forwarding import (
     check_replication_listener,
 )
 from homeserver.replication.remote_create import wire_internal_calls
+from homeserver.replication.remote_partial_state import wire_partial_state
 from homeserver.replication.remote_persist import wire_federation_calls
 from homeserver.replication.roles import OWN_ROUTING, RoleWiring
 from homeserver.replication.room_routing import wire_room_routing
@@ -118,6 +121,8 @@ class Homeserver:
     gdpr_export: ExportJobs | None = None  # GDPR data exports (homeserver/gdpr/)
     erasure: Erasure | None = None  # GDPR erasure and its purge jobs (homeserver/gdpr/)
     federation: FederationArea | None = None  # federation/setup.py; None when disabled
+    # An event persister's partial-state resyncs (replication/remote_partial_state.py).
+    writer_partial_state: Any = None
     consent: ConsentHandler | None = None  # consent tracking (None: off)
     retention: RetentionHandler | None = None  # message retention purge jobs
     retention_jobs: RetentionJobSource | None = None  # their runs, as background jobs
@@ -247,7 +252,12 @@ async def build_homeserver(
     e2ee = await build_e2ee(config, clock, stores, notifier, accounts.devices, rooms.fanout)
     sync = await build_sync(config, clock, stores, notifier, accounts, rooms, e2ee)
     if config.federation.enabled:  # rooms joined with partial state: /sync leaves them out
-        sync.sync.partial_state = PartialStateStore(db, stores.events.codec)
+        partial_marks = PartialStateStore(db, stores.events.codec)
+        sync.sync.partial_state = partial_marks
+        # /members waits (bounded) for the resync; the process that runs it overrides
+        # this with its handler (federation/remote_join.py, remote_partial_state.py).
+        rooms.pagination.await_full_state = functools.partial(wait_until_full,
+                                                                 partial_marks, clock)
     accounts.account.on_deactivated.append(rooms.membership.leave_all_rooms)
     accounts.account.on_erased.append(rooms.client_events.forget_erased)
     accounts.profile.on_member_profile_changed.append(rooms.membership.refresh_profile)
@@ -369,6 +379,9 @@ async def build_homeserver(
     # and each writer queues its own events' PDUs (federation/sender/wiring.py).
     remote_writes = wire_federation_calls(config, internal_calls, rooms, stores, db,
                                           notifier, clock, federation)
+    # Partial-state joins of rooms a persister writes: resynced by that writer.
+    writer_partial_state = wire_partial_state(config, internal_calls, rooms, stores, db,
+                                              notifier, clock, federation)
     if remote_writes is not None and federation is not None and federation.sender is not None:
         sender = federation.sender.sender  # main: a member event persisted elsewhere
         side_effects.append(lambda ev: forget_room_servers(sender, ev.room_id)
@@ -403,6 +416,9 @@ async def build_homeserver(
             hs._on_stop.append(lambda: defer.ensureDeferred(
                 federation.membership.partial_state.stop()))
         hs._on_stop.append(lambda: defer.ensureDeferred(federation.client.close()))
+    hs.writer_partial_state = writer_partial_state
+    if writer_partial_state is not None:
+        hs._on_stop.append(lambda: defer.ensureDeferred(writer_partial_state.stop()))
     hs._on_stop.append(lambda: defer.ensureDeferred(rate_limiter.close()))
     if forwarder is not None:
         hs._on_stop.append(lambda: defer.ensureDeferred(forwarder.close()))

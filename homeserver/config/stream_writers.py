@@ -25,8 +25,9 @@ each room's events to the room's writer, which runs the auth and state checks an
 persists them; each writer queues its own local events for the federation sender
 (main or a federation_sender worker). A local user's join of another server's room
 goes through main, which hands the room's state and the join to the room's writer
-(homeserver/replication/remote_persist.py). Joins there are full joins: partial-state
-("faster") joins only for rooms the main process writes.
+(homeserver/replication/remote_persist.py). Partial-state ("faster") joins work there
+too: the room's writer keeps the mark and runs the resync, with the state fetched
+through main (homeserver/replication/remote_partial_state.py).
 """
 
 from __future__ import annotations

@@ -26,6 +26,12 @@ While a room is partial, the persister checks events of other servers against th
 members their auth events name where the state lacks them (homeserver/handlers/
 event_dag.py), and our events also go to ``servers_in_room`` (storage/stores/
 federation_queue.py). A restart resumes every resync still listed (:meth:`start`).
+
+With event persisters (homeserver/replication/remote_partial_state.py) each writer has
+a handler of its own for the rooms it writes: main runs the join and asks the room's
+writer to mark, unmark and resync, and the writer fetches the state through main (which
+has the federation client). A process waiting for the full state of a room another
+process writes polls the table (:func:`wait_until_full`).
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ MEMBERS_WAIT = 30.0  # seconds a /members request waits for the resync
 RETRY_FIRST = 5.0  # seconds before the first retry of a failed resync, doubling
 RETRY_MAX = 3600.0
 MAX_SERVERS = 10  # servers asked per attempt
+POLL_S = 0.5  # how often a room another process resyncs is looked at while waited for
 
 FetchState = Callable[[str, str, str], Awaitable[StateMap | None]]
 
@@ -111,9 +118,18 @@ class PartialStateHandler:
                 self._retry(room)
         d.addBoth(done)
 
+    def _owns(self, room_id: str) -> bool:
+        """Whether this process writes the room (always, without event persisters)."""
+        owns = getattr(self._persister, "owns_room", None)
+        return owns is None or bool(owns(room_id))
+
+    async def listed(self, room_id: str) -> PartialStateRoom | None:
+        """The room's partial-state record, if it is marked."""
+        return next((r for r in await self._store.rooms() if r.room_id == room_id), None)
+
     async def start(self) -> None:
-        """Resume every resync a restart interrupted."""
-        rooms = await self._store.rooms()
+        """Resume every resync a restart interrupted (of the rooms this process writes)."""
+        rooms = [r for r in await self._store.rooms() if self._owns(r.room_id)]
         self.rooms.update(r.room_id for r in rooms)
         for room in rooms:
             self.resync_soon(room)
@@ -132,7 +148,13 @@ class PartialStateHandler:
     async def wait_for_full_state(self, room_id: str, timeout: float = MEMBERS_WAIT) -> None:
         """Return once the room's state is full, or after ``timeout`` seconds (the
         caller then answers with what is known)."""
-        if not self.is_partial(room_id) or self._stopped:
+        if self._stopped:
+            return
+        if not self._owns(room_id):  # its writer resyncs it
+            await wait_until_full(self._store, self._clock, room_id, timeout,
+                                  lambda: self._stopped)
+            return
+        if not self.is_partial(room_id):
             return
         d: defer.Deferred[None] = defer.Deferred()
         self._waiters.setdefault(room_id, []).append(d)
@@ -236,6 +258,22 @@ class PartialStateHandler:
         await self._store.apply_full_state(room_id, room.join_event_id, full_before,
                                            join_row.before, new_states, rows, delta,
                                            position)
+
+
+async def wait_until_full(store: PartialStateStore, clock: Clock, room_id: str,
+                          timeout: float = MEMBERS_WAIT,
+                          stopped: Callable[[], bool] = lambda: False) -> None:
+    """Return once ``room_id`` has no partial-state mark, or after ``timeout`` seconds:
+    for a room another process resyncs (its writer), whose wake-up does not reach this
+    one. The table lists only rooms whose resync is running, so a look is one small read."""
+    deadline = clock.time() + timeout
+    while not stopped() and room_id in await store.partial_rooms([room_id]):
+        left = deadline - clock.time()
+        if left <= 0:
+            return
+        pause: defer.Deferred[None] = defer.Deferred()
+        clock.call_later(min(POLL_S, left), pause.callback, None)
+        await pause
 
 
 def overlay(full_before: StateMap, partial_before: StateMap, partial: StateMap) -> StateMap:
