@@ -135,7 +135,6 @@ class DeviceListHandler:
         rows = await self._store.get_changes(since, upto)
         if not rows:
             return DeviceListDelta([], [])
-        sharing = await self._members.users_sharing_rooms(user_id) | {user_id}
         joined = {m.room_id for m in await self._members.rooms_for_user(user_id)}
         changed: set[str] = set()
         private: set[str] = set()  # shown to this reader alone, shared room or not
@@ -157,6 +156,10 @@ class DeviceListHandler:
                     row.room_id)}
             elif row.room_id in joined:
                 maybe_left.add(row.user_id)
+        # Who of them shares a room now (checked for these users only: the whole set
+        # of an account in many large rooms is a join over all their members).
+        sharing = await self._members.sharing_a_room_among(
+            user_id, (changed | maybe_left) - {user_id}) | {user_id}
         left = sorted(u for u in maybe_left if u not in sharing)
         return DeviceListDelta(sorted((changed & sharing) | private), left)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from storage.database import Database
@@ -80,6 +81,27 @@ class RoomMemberStore:
             user_id, room_id,
         )
         return [(r[0], int(r[1])) for r in rows]
+
+    async def sharing_a_room_among(self, user_id: str, candidates: Iterable[str]) -> set[str]:
+        """Those of ``candidates`` joined to a room ``user_id`` is joined to: each checked
+        from its own rooms, stopping at the first shared one (the whole sharing set of
+        an account in many large rooms is a join over all their members)."""
+        ids = sorted(set(candidates))
+        out: set[str] = set()
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            values = ",".join("(?)" for _ in chunk)
+            rows = await self._db.query(
+                "sharing_a_room_among",
+                f"WITH c (user_id) AS (VALUES {values})"
+                " SELECT c.user_id FROM c WHERE EXISTS ("
+                " SELECT 1 FROM local_current_membership b"
+                " JOIN local_current_membership a ON a.room_id = b.room_id"
+                " WHERE b.user_id = c.user_id AND b.membership = 'join'"
+                " AND a.user_id = ? AND a.membership = 'join')",
+                *chunk, user_id)
+            out.update(r[0] for r in rows)
+        return out
 
     async def users_sharing_rooms(self, user_id: str) -> set[str]:
         rows = await self._db.query(
