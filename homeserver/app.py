@@ -244,6 +244,7 @@ async def build_homeserver(
     stores = open_stores(db)
     stores.events.event_cache = EventCache(config.event_cache_size)
     stores.events.state_cache = StateGroupCache(config.state_cache_entries)
+    stores.state_history.state_cache = stores.events.state_cache
     plugins = PluginHost(load_plugins(config.plugins, builtin_plugins(config)),
                          timeouts=config.plugin_timeouts)
     notifier = make_notifier(config, clock)  # replicating with workers

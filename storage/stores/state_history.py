@@ -13,6 +13,7 @@ from homeserver.events.model import JsonDict
 from storage.database import Database
 from storage.stores.state_reads import (
     VIS_KEY,
+    StateGroupCache,
     chunks,
     state_before_for_visibility,
     visibility_segments,
@@ -28,6 +29,7 @@ class StateHistoryStore:
     def __init__(self, db: Database) -> None:
         self._db = db
         self.codec: FieldCodec = PLAIN_CODEC  # as EventStore.codec, set at wiring
+        self.state_cache: StateGroupCache | None = None  # EventStore's, set at wiring
 
     async def state_changes(self, room_id: str, event_type: str, state_key: str | None = None
                             ) -> list[tuple[int, str, str]]:
@@ -62,7 +64,7 @@ class StateHistoryStore:
         if not ids:
             return {}
         refs = await self._db.run("visibility_state_before", state_before_for_visibility,
-                                  ids, user_id)
+                                  ids, user_id, self.state_cache)
         contents = await self._contents(e for pair in refs.values() for e in pair)
         return {eid: (contents.get(v) if v else None, contents.get(m) if m else None)
                 for eid, (v, m) in refs.items()}

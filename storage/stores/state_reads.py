@@ -34,7 +34,8 @@ DEFAULT_STATE_CACHE_ENTRIES = 250_000
 
 
 class StateGroupCache:
-    """Each cached group's state and, once read, its members' (user, membership).
+    """Each cached group's state and, once read, its members' (user, membership); and
+    per (group, user) the two ids a visibility check reads (``_visibility_refs``).
 
     Why no invalidation: a state group never changes once committed (its entries are
     written in the transaction that creates it, and only a room's deletion removes
@@ -48,6 +49,10 @@ class StateGroupCache:
         self._lock = threading.Lock()
         self._groups: OrderedDict[int, StateMap] = OrderedDict()
         self._members: dict[int, dict[str, tuple[str, str]]] = {}
+        # (group, user) -> (history visibility event id, the user's member event id) in
+        # the group's state: what a timeline's visibility check reads (immutable too).
+        self._refs: OrderedDict[tuple[int, str], tuple[str | None, str | None]] = \
+            OrderedDict()
         self._held = 0
 
     def __len__(self) -> int:
@@ -80,6 +85,26 @@ class StateGroupCache:
                 old, dropped = self._groups.popitem(last=False)
                 self._held -= len(dropped)
                 self._members.pop(old, None)
+
+    def refs(self, groups: Iterable[int], user_id: str
+             ) -> dict[int, tuple[str | None, str | None]]:
+        """What :func:`_visibility_refs` found for ``user_id`` in these groups, if held."""
+        out: dict[int, tuple[str | None, str | None]] = {}
+        with self._lock:
+            for g in groups:
+                found = self._refs.get((g, user_id))
+                if found is not None:
+                    self._refs.move_to_end((g, user_id))
+                    out[g] = found
+        return out
+
+    def put_refs(self, user_id: str, refs: dict[int, tuple[str | None, str | None]]) -> None:
+        """Bounded apart from the states (an entry is two ids): at most max_entries // 2."""
+        with self._lock:
+            for g, pair in refs.items():
+                self._refs[(g, user_id)] = pair
+            while len(self._refs) > self.max_entries // 2:
+                self._refs.popitem(last=False)
 
     def put_members(self, group: int, members: dict[str, tuple[str, str]]) -> None:
         with self._lock:
@@ -202,10 +227,20 @@ def state_for_groups(txn: Txn, wanted: list[int], cache: StateGroupCache | None 
     return out
 
 
-def _visibility_refs(txn: Txn, groups: Iterable[int], user_id: str
+def _visibility_refs(txn: Txn, groups: Iterable[int], user_id: str,
+                     cache: StateGroupCache | None = None,
                      ) -> dict[int, tuple[str | None, str | None]]:
     """state group -> (history visibility event id, ``user_id``'s member event id) in
-    that group's state."""
+    that group's state. With ``cache``, groups it answers for are not read."""
+    if cache is not None:
+        wanted_all = set(groups)
+        found = cache.refs(wanted_all, user_id)
+        missing = wanted_all.difference(found)
+        if missing:
+            read = _visibility_refs(txn, missing, user_id)
+            cache.put_refs(user_id, read)
+            found.update(read)
+        return found
     # The groups and their delta chains (bounded by _chain_limit), then only the
     # two keys wanted from their entries: two queries per chunk of groups.
     wanted = sorted(set(groups))
@@ -242,8 +277,9 @@ def _visibility_refs(txn: Txn, groups: Iterable[int], user_id: str
     return {g: at(g) for g in wanted}
 
 
-def state_before_for_visibility(txn: Txn, event_ids: list[str], user_id: str
-                                 ) -> dict[str, tuple[str | None, str | None]]:
+def state_before_for_visibility(txn: Txn, event_ids: list[str], user_id: str,
+                                cache: StateGroupCache | None = None,
+                                ) -> dict[str, tuple[str | None, str | None]]:
     """event id -> (history visibility event id, the user's member event id) in the
     state before the event; events without state (outliers, unknown) are left out."""
     before: dict[str, int | None] = {}
@@ -252,7 +288,8 @@ def state_before_for_visibility(txn: Txn, event_ids: list[str], user_id: str
                 "SELECT event_id, state_group_before FROM event_state_groups"
                 f" WHERE event_id IN ({','.join('?' for _ in chunk)})", tuple(chunk)):
             before[eid] = int(group) if group is not None else None
-    refs = _visibility_refs(txn, (g for g in before.values() if g is not None), user_id)
+    refs = _visibility_refs(txn, (g for g in before.values() if g is not None), user_id,
+                            cache)
     return {eid: refs[g] if g is not None else (None, None) for eid, g in before.items()}
 
 

@@ -135,3 +135,41 @@ class EventCacheSyncTest(RoomTestCase):
                             include_room_id=with_room))
                         echoed += "transaction_id" in form["unsigned"]
         self.assertGreater(echoed, 0)
+
+
+class VisibilityRefsCacheTest(RoomTestCase):
+    async def test_cached_refs_answer_as_the_database(self) -> None:
+        """The (history visibility, member event) pairs cached per state group and user
+        (state_reads.py ``_visibility_refs``) answer what the database does, for each
+        user, across visibility and membership changes; a second read asks the database
+        only for which group each event has."""
+        from storage.stores.state_history import StateHistoryStore
+
+        alice = await self.user("alice")
+        bob = await self.user("bob")
+        room = await self.create_room(alice, preset="public_chat")
+        ids = [await self.send_ok(alice, room, "before bob")]
+        self.assertEqual((await self.join(bob, room)).code, 200)
+        ids.append(await self.send_ok(bob, room, "bob here"))
+        resp = await self.request(
+            "PUT", f"{CS}/rooms/{q(room)}/state/m.room.history_visibility/",
+            {"history_visibility": "joined"}, token=alice)
+        self.assertEqual(resp.code, 200, resp)
+        ids.append(await self.send_ok(alice, room, "joined only"))
+        resp = await self.request("POST", f"{CS}/rooms/{q(room)}/leave", {}, token=bob)
+        self.assertEqual(resp.code, 200, resp)
+        ids.append(await self.send_ok(alice, room, "bob gone"))
+        cached = self.hs.stores.state_history
+        self.assertIs(cached.state_cache, self.hs.stores.events.state_cache)
+        plain = StateHistoryStore(self.hs.db)  # no cache: read from the database
+        for user in ("@alice:test.local", "@bob:test.local", "@carol:test.local"):
+            want = await plain.visibility_state_before(ids, user)
+            self.assertEqual(await cached.visibility_state_before(ids, user), want)
+            self.assertEqual(await cached.visibility_state_before(ids, user), want)  # cached
+        # The second reads were answered from the cache: the pairs are held.
+        self.assertEqual(len(cached.state_cache.refs(range(100_000), "@bob:test.local")),
+                         len({g for g in await self._groups_before(ids)}))
+
+    async def _groups_before(self, ids: list[str]) -> set[int]:
+        groups = await self.hs.stores.events.get_state_groups(ids)
+        return {before for _after, before in groups.values() if before is not None}

@@ -78,3 +78,14 @@ class StateGroupCacheTest(unittest.TestCase):
         self.assertIsNone(cache.members(0))
         StateGroupCache(0).put(1, {("a", ""): "$a"})  # 0: nothing held
         self.assertEqual(StateGroupCache(0).states([1]), {})
+
+    def test_visibility_refs_per_user_and_bounded(self) -> None:
+        cache = StateGroupCache(8)  # refs: at most 4
+        cache.put_refs("@a:hs", {1: ("$vis", "$a"), 2: ("$vis", None)})
+        cache.put_refs("@b:hs", {1: ("$vis", None)})
+        self.assertEqual(cache.refs([1, 2, 3], "@a:hs"), {1: ("$vis", "$a"), 2: ("$vis", None)})
+        self.assertEqual(cache.refs([1, 2], "@b:hs"), {1: ("$vis", None)})
+        cache.refs([1], "@a:hs")  # recently used: kept
+        cache.put_refs("@c:hs", {5: (None, None), 6: (None, "$c")})
+        self.assertEqual(cache.refs([1, 2], "@a:hs"), {1: ("$vis", "$a")})
+        self.assertEqual(len(cache.refs(range(10), "@c:hs")), 2)
