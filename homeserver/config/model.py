@@ -373,7 +373,7 @@ class Config:
     login_tokens: LoginTokensConfig = field(default_factory=LoginTokensConfig)
     # ``caches``: decoded events and state groups kept in memory (storage/stores/
     # event_cache.py, state_reads.py StateGroupCache); 0 turns either off.
-    event_cache_size: int = 50_000
+    event_cache_size: int = 100_000
     state_cache_entries: int = 250_000
     # ``gc_thresholds``: the cyclic garbage collector's (gc.set_threshold), as Synapse's
     # option of that name. CPython's 700 allocations per young collection make a large

@@ -31,9 +31,11 @@ from homeserver.events.model import Event
 from storage.database import Txn
 
 JsonDict = dict[str, Any]
-# Entries kept by default: an account in 300 rooms of 70 members reads about 21,000 state
-# events in its initial /sync. A member event decodes to about 2 KiB of Python objects.
-DEFAULT_EVENT_CACHE_SIZE = 50_000
+# Entries kept by default: an account in 300 rooms of 300 members reads about 90,000
+# state events in its initial /sync (with 50,000 kept, each such sync read 40,000 of them
+# again: 1.7 s of its 3.5 s). A member event decodes to about 2.8 KiB of Python objects,
+# so a full cache holds about 280 MiB; it fills only with what is read.
+DEFAULT_EVENT_CACHE_SIZE = 100_000
 MAX_EVENT_CACHE_SIZE = 10_000_000
 
 

@@ -135,7 +135,7 @@ class CachesAndGcConfigTest(unittest.TestCase):
 
     def test_defaults(self) -> None:
         c = parse_config(minimal())
-        self.assertEqual(c.event_cache_size, 50_000)
+        self.assertEqual(c.event_cache_size, 100_000)
         self.assertEqual(c.state_cache_entries, 250_000)
         self.assertEqual(c.gc_thresholds, (50_000, 20, 10))
 
