@@ -82,12 +82,19 @@ class DeviceListHandler:
         if only_to is None:
             for hook in self.on_shared_change:
                 await hook(user_id, device_ids, position)
-        audience = {only_to} if only_to is not None else \
-            await self._members.users_sharing_rooms(user_id) | {user_id}
-        for listener in self.on_changed:
-            listener(user_id, audience)
+        if self.on_changed:  # listeners are told who (application services' crypto)
+            audience = {only_to} if only_to is not None else \
+                await self._members.users_sharing_rooms(user_id) | {user_id}
+            for listener in self.on_changed:
+                listener(user_id, audience)
+        # Woken: the user and, through the rooms it is joined to, everyone sharing one
+        # (the notifier indexes long-polls by room; the set of people itself is a join
+        # over every member of those rooms).
+        users = [only_to if only_to is not None else user_id]
+        rooms = [] if only_to is not None else \
+            [m.room_id for m in await self._members.rooms_for_user(user_id)]
         self._positions.notify_when_readable(
-            position, lambda: self._notifier.notify(user_ids=audience))
+            position, lambda: self._notifier.notify(user_ids=users, room_ids=rooms))
 
     async def on_device_changed(self, user_id: str, device_id: str) -> None:
         """DeviceHandler hook: a device was created (a login) or renamed; others
