@@ -82,7 +82,9 @@ class RemotePartialState:
         def failed(f: Any) -> None:
             logger.warning("asking the room's writer to resync a partial-state room "
                            "failed: %s", f.getErrorMessage())
-        defer.ensureDeferred(self._call("resync", room.room_id)).addErrback(failed)
+        defer.ensureDeferred(self._call(
+            "resync", room.room_id, join_event_id=room.join_event_id, resident=room.resident,
+            servers=list(room.servers)[:MAX_SERVERS])).addErrback(failed)
 
 
 class RemoteStateFetch:
@@ -116,19 +118,26 @@ def partial_state_handler(handler: PartialStateHandler, wc: WorkersConfig
         room_id = _str(body, "room_id", "!", limit=255)
         if writer_for(wc, room_id) != wc.instance:
             raise MatrixError(400, "This process does not write the room", Codes.BAD_JSON)
-        if op == "mark":
-            servers = body.get("servers")
-            if not isinstance(servers, list) or len(servers) > MAX_SERVERS or not all(
-                    isinstance(s, str) and 0 < len(s) <= 255 for s in servers):
-                raise _bad("servers")
-            await handler.mark(room_id, _str(body, "join_event_id", "$", limit=255),
-                               _str(body, "resident", limit=255), servers)
-        elif op == "unmark":
+        if op == "unmark":
             await handler.unmark(room_id)
-        else:
-            room = await handler.listed(room_id)
-            if room is not None:
-                handler.resync_soon(room)
+            return {}
+        servers = body.get("servers")
+        if not isinstance(servers, list) or len(servers) > MAX_SERVERS or not all(
+                isinstance(s, str) and 0 < len(s) <= 255 for s in servers):
+            raise _bad("servers")
+        join_event_id = _str(body, "join_event_id", "$", limit=255)
+        resident = _str(body, "resident", limit=255)
+        if op == "mark":
+            await handler.mark(room_id, join_event_id, resident, servers)
+            return {}
+        room = await handler.listed(room_id)
+        if room is None:
+            # The mark was dropped meanwhile: this process restarted between main's
+            # mark and the join landing, and its resumed resync found no join yet.
+            # The join is stored now (main asks only then): mark it again.
+            await handler.mark(room_id, join_event_id, resident, servers)
+            room = PartialStateRoom(room_id, join_event_id, resident, tuple(servers))
+        handler.resync_soon(room)
         return {}
 
     return handle
