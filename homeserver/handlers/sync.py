@@ -96,6 +96,9 @@ class EphemeralSource(Protocol):
         ...
 
 
+_ALL_MEMBERSHIPS = ("join", "invite", "leave", "ban", "knock")
+
+
 @dataclass(slots=True)  # one per parked long-poll (issue 18): no per-instance __dict__
 class SyncRequest:
     user_id: str
@@ -104,6 +107,10 @@ class SyncRequest:
     timeout_ms: int
     full_state: bool
     filter: SyncFilter
+    # Set by ``_has_updates`` when it answers True (every membership, forgotten
+    # included), taken by the ``_build`` right after it: one read of the user's rooms per
+    # woken long-poll. Never kept by a parked one.
+    memberships: list[MembershipRecord] | None = None
 
 
 class SyncHandler:
@@ -218,21 +225,34 @@ class SyncHandler:
 
     async def _has_updates(self, req: SyncRequest, token: SyncToken) -> bool:
         assert req.since is not None
+        req.memberships = None
         if token.account_data > req.since.account_data:
             return True
         # The rooms are read only when an ephemeral stream moved (a re-issued idle
         # long-poll, the commonest request, moved none: issue 18).
         moved = [src for src in self.sources
                  if token.position(src.name) > req.since.position(src.name)]
+        if not moved and token.events <= req.since.events:
+            return False
+        memberships = await self._members.rooms_for_user(
+            req.user_id, _ALL_MEMBERSHIPS, include_forgotten=True)
+        if await self._memberships_have_updates(req, token, moved, memberships):
+            req.memberships = memberships
+            return True
+        return False
+
+    async def _memberships_have_updates(self, req: SyncRequest, token: SyncToken,
+                                        moved: list[EphemeralSource],
+                                        memberships: list[MembershipRecord]) -> bool:
+        assert req.since is not None
         if moved:
-            joined = [m.room_id for m in await self._members.rooms_for_user(req.user_id)]
+            joined = [m.room_id for m in memberships
+                      if m.membership == "join" and not m.forgotten]
             for src in moved:
                 if await src.has_updates(req.user_id, joined, req.since.position(src.name)):
                     return True
         if token.events <= req.since.events:
             return False
-        memberships = await self._members.rooms_for_user(
-            req.user_id, ("join", "invite", "leave", "ban", "knock"), include_forgotten=True)
         partial, resynced = await self._partial_state_view(req, memberships, token)
         if resynced:
             return True
@@ -272,8 +292,9 @@ class SyncHandler:
     async def _build(self, req: SyncRequest, token: SyncToken) -> JsonDict:
         since = req.since
         rooms: JsonDict = {"join": {}, "invite": {}, "leave": {}, "knock": {}}
-        memberships = await self._members.rooms_for_user(
-            req.user_id, ("join", "invite", "leave", "ban", "knock"), include_forgotten=False)
+        known, req.memberships = req.memberships, None
+        memberships = [m for m in known if not m.forgotten] if known is not None else \
+            await self._members.rooms_for_user(req.user_id, _ALL_MEMBERSHIPS)
         ignored = await self._ignored_users(req.user_id)
         partial, resynced = await self._partial_state_view(req, memberships, token)
         left_out = set() if req.filter.state.lazy_load_members else partial
