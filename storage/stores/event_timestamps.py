@@ -12,7 +12,7 @@ from typing import Any
 from homeserver.crypto.content import PLAIN_CODEC, FieldCodec
 from homeserver.events.model import Event
 from storage.database import Database
-from storage.stores.events import _EVENT_COLS, _EVENT_FROM, rows_to_events
+from storage.stores.event_rows import EVENT_COLS, EVENT_FROM, rows_to_events
 
 
 class EventTimestampStore:
@@ -32,7 +32,7 @@ class EventTimestampStore:
             cmp, order, key_cmp = ">=", "ASC", ">"
         else:
             cmp, order, key_cmp = "<=", "DESC", "<"
-        sql = [f"SELECT {_EVENT_COLS} FROM {_EVENT_FROM} WHERE e.room_id = ?",
+        sql = [f"SELECT {EVENT_COLS} FROM {EVENT_FROM} WHERE e.room_id = ?",
                f"AND e.origin_server_ts {cmp} ?", "AND e.outlier = ?",
                "AND e.rejected_reason IS NULL", "AND e.stream_ordering >= ?"]
         args: list[Any] = [room_id, ts, False, low]

@@ -7,8 +7,8 @@ as a full snapshot or as a delta on the previous group (a full snapshot after
 read with a bounded number of small queries, never by replaying history; the
 ``current_state`` table mirrors the latest state of each room for fast reads.
 
-An event's JSON is written by :func:`_persist` and read through :func:`_row_to_event`
-(or ``state_changes``) only: with ``secrets.encrypt_event_content`` it is sealed there
+An event's JSON is written by :func:`_persist` and read through event_rows.py's
+``row_to_event`` (or ``state_changes``) only: with ``secrets.encrypt_event_content`` it is sealed there
 (``EventStore.codec``, homeserver/crypto/content.py), so every read path decrypts.
 
 Events of other servers (issue 16) are written by mode (:class:`PersistRequest`):
@@ -35,14 +35,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
-from homeserver.crypto.at_rest import AtRestError, is_envelope
+from homeserver.crypto.at_rest import AtRestError
 from homeserver.crypto.content import PLAIN_CODEC, SEALED_LIKE, FieldCodec, event_location
-from homeserver.events.model import Event, InternalMetadata, JsonDict, StateKey
-from homeserver.events.room_versions import KNOWN_ROOM_VERSIONS
+from homeserver.events.model import Event, JsonDict, StateKey
 from storage.database import Database, Txn
 from storage.stores.event_cache import EventCache, bump_epoch, read_epoch
+from storage.stores.event_rows import (
+    EVENT_COLS,
+    EVENT_FROM,
+    META_COLS,
+    event_from_row,
+    open_event_json,
+    rows_to_events,
+)
 from storage.stores.state_reads import (
     StateGroupCache,
     chunks,
@@ -333,59 +338,6 @@ def _persist_messages(txn: Txn, reqs: list[PersistRequest], codec: FieldCodec) -
                      " event_id, inserted_ts)", txns)
 
 
-def load_event_json(raw: str) -> JsonDict:
-    """A stored event's JSON, read with orjson (2x faster than the standard library,
-    and its dicts share their keys: a fifth less memory in the event cache). Exact for
-    every event stored: all of an event but ``unsigned``, ``signatures`` and ``hashes``
-    went through strict canonical JSON for its content hash (no float, NaN, lone
-    surrogate or integer past 2**53, where orjson would read a float), signatures and
-    hashes are strings, and ``unsigned`` is only ever ours (another server's is
-    dropped on receipt). Anything orjson still refuses is read by the standard library."""
-    try:
-        return orjson.loads(raw)  # type: ignore[no-any-return]
-    except orjson.JSONDecodeError:
-        return json.loads(raw)  # type: ignore[no-any-return]
-
-
-def _open_json(codec: FieldCodec, event_id: str, raw: str) -> JsonDict:
-    if not codec.enabled and not is_envelope(raw):
-        return load_event_json(raw)  # plaintext, accepted: no location to build
-    return load_event_json(codec.open(raw, event_location(event_id)))
-
-
-def _row_to_event(row: tuple[Any, ...], codec: FieldCodec = PLAIN_CODEC) -> Event:
-    """An event from an ``_EVENT_COLS`` row; ``codec`` opens JSON sealed at rest
-    (AtRestError if it was tampered with or moved from another row)."""
-    event_id, room_version, raw, *meta = row
-    return _event(event_id, room_version, _open_json(codec, event_id, raw), meta)
-
-
-def _event(event_id: str, room_version: str, pdu: JsonDict, meta: list[Any]) -> Event:
-    stream_ordering, txn_id, device_id, rejected, room_id, outlier = meta
-    return Event(event_id, pdu, KNOWN_ROOM_VERSIONS[room_version],
-                 InternalMetadata(stream_ordering=int(stream_ordering), txn_id=txn_id,
-                                  device_id=device_id, rejected_reason=rejected,
-                                  room_id=room_id, outlier=bool(outlier)))
-
-
-# outlier: an event out of the room's timeline (e.g. history hidden by an admin purge).
-_EVENT_COLS = ("e.event_id, r.room_version, e.json, e.stream_ordering, e.txn_id, e.device_id,"
-               " e.rejected_reason, e.room_id, e.outlier")
-_EVENT_FROM = "events e JOIN rooms r ON r.room_id = e.room_id"
-# The same row without the JSON (reads through the event cache).
-_META_COLS = _EVENT_COLS.replace(" e.json,", "")
-
-
-async def rows_to_events(rows: Iterable[tuple[Any, ...]], codec: FieldCodec) -> list[Event]:
-    """``_row_to_event`` over rows; a refused (tampered or moved) sealed event is audited
-    before its AtRestError propagates."""
-    try:
-        return [_row_to_event(r, codec) for r in rows]
-    except AtRestError as e:
-        await codec.vault.refused(e)
-        raise
-
-
 class EventStore:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -497,7 +449,7 @@ class EventStore:
             epoch = read_epoch(txn) if cache is not None else 0
             rows: list[tuple[Any, ...]] = []
             for chunk in chunks(ids, 500):
-                rows += txn.query(f"SELECT {_EVENT_COLS} FROM {_EVENT_FROM}"
+                rows += txn.query(f"SELECT {EVENT_COLS} FROM {EVENT_FROM}"
                                   f" WHERE e.event_id IN ({','.join('?' for _ in chunk)})",
                                   tuple(chunk))
             return epoch, rows
@@ -512,7 +464,7 @@ class EventStore:
         return out
 
     async def _through_cache(self, epoch: int, rows: list[tuple[Any, ...]]) -> list[Event]:
-        """Events from ``_META_COLS`` rows read at ``epoch``: their PDUs from the cache,
+        """Events from ``META_COLS`` rows read at ``epoch``: their PDUs from the cache,
         the JSON of the others read (one more transaction), decoded and cached."""
         cache = self.event_cache
         keep = cache.at_epoch(epoch)
@@ -538,11 +490,11 @@ class EventStore:
             now, found = await self._db.run("get_event_json", _read)
             try:
                 for event_id, raw in found:
-                    pdus[event_id] = _open_json(self.codec, event_id, raw)
+                    pdus[event_id] = open_event_json(self.codec, event_id, raw)
             except AtRestError as e:
                 await self.codec.vault.refused(e)
                 raise
-        events = [_event(row[0], row[1], pdus[row[0]], list(row[2:])) for row in rows
+        events = [event_from_row(row[0], row[1], pdus[row[0]], list(row[2:])) for row in rows
                   if row[0] in pdus]
         if missing and now == epoch and cache.at_epoch(now):
             fresh = set(missing)
@@ -658,7 +610,7 @@ class EventStore:
     ) -> list[Event]:
         """The latest ``limit`` events in (from, to], oldest first (sync timelines);
         ``shared`` as in :meth:`get_events`."""
-        sql = (f"SELECT {_META_COLS if shared else _EVENT_COLS} FROM {_EVENT_FROM}"
+        sql = (f"SELECT {META_COLS if shared else EVENT_COLS} FROM {EVENT_FROM}"
                " WHERE e.room_id = ? AND e.stream_ordering > ? AND e.stream_ordering <= ?"
                " AND e.outlier = ? ORDER BY e.stream_ordering DESC LIMIT ?")
         args = (room_id, from_exclusive, to_inclusive, False, limit)
@@ -676,7 +628,7 @@ class EventStore:
                                  ) -> dict[str, list[Event]]:
         """:meth:`get_room_events_stream` (``shared``, from the start) of each room, in
         one transaction: an initial /sync's first timeline batches."""
-        sql = (f"SELECT {_META_COLS} FROM {_EVENT_FROM} WHERE e.room_id = ?"
+        sql = (f"SELECT {META_COLS} FROM {EVENT_FROM} WHERE e.room_id = ?"
                " AND e.stream_ordering <= ? AND e.outlier = ?"
                " ORDER BY e.stream_ordering DESC LIMIT ?")
 
@@ -712,7 +664,7 @@ class EventStore:
         args.append(limit)
         rows = await self._db.query(
             "paginate_room_events",
-            f"SELECT {_EVENT_COLS} FROM {_EVENT_FROM} WHERE e.room_id = ?"
+            f"SELECT {EVENT_COLS} FROM {EVENT_FROM} WHERE e.room_id = ?"
             f" AND e.stream_ordering {cmp} ? AND e.outlier = ? {bound}"
             f" ORDER BY e.stream_ordering {order} LIMIT ?",
             *args,

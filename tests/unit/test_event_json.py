@@ -1,4 +1,4 @@
-"""Stored event JSON is read with orjson (storage/stores/events.py ``load_event_json``):
+"""Stored event JSON is read with orjson (storage/stores/event_rows.py ``load_event_json``):
 the same values the standard library reads, for what Parley stores, and the standard
 library still reads what orjson refuses."""
 
@@ -9,7 +9,7 @@ import json
 from twisted.trial import unittest
 
 from homeserver.events.canonical_json import encode_canonical_json
-from storage.stores.events import load_event_json
+from storage.stores.event_rows import load_event_json
 
 
 class LoadEventJsonTest(unittest.TestCase):
