@@ -301,9 +301,9 @@ class RemoteMembership:
         ``partial``: the answer left members out (these are its servers_in_room): the
         room is marked partial-state before the join lands and resynced after."""
         join_id = join.event_id
+        # (``partial`` is only given when _partial_of had a handler to ask for it.)
         handler = self._partial_of(room_id) if partial is not None else None
-        if partial is not None:
-            assert handler is not None
+        if handler is not None:
             await handler.mark(room_id, join_id, resident, partial)
         try:
             await self._persist_answer(resident, room_id, version, answer, join,
@@ -313,8 +313,8 @@ class RemoteMembership:
                 await handler.unmark(room_id)
             raise
         if handler is not None:
-            assert partial is not None
-            handler.resync_soon(PartialStateRoom(room_id, join_id, resident, tuple(partial)))
+            handler.resync_soon(PartialStateRoom(room_id, join_id, resident,
+                                                 tuple(partial or ())))
 
     def _partial_of(self, room_id: str) -> Any:
         """Who runs the partial-state steps of the room: this process's handler, or

@@ -381,8 +381,8 @@ async def build_homeserver(
     remote_writes = wire_federation_calls(config, internal_calls, rooms, stores, db,
                                           notifier, clock, federation)
     # Partial-state joins of rooms a persister writes: resynced by that writer.
-    writer_partial_state = wire_partial_state(config, internal_calls, rooms, stores, db,
-                                              notifier, clock, federation)
+    writer_partial_state = wire_partial_state(config, remote_writes, internal_calls, rooms,
+                                              stores, db, notifier, clock, federation)
     if remote_writes is not None and federation is not None and federation.sender is not None:
         sender = federation.sender.sender  # main: a member event persisted elsewhere
         side_effects.append(lambda ev: forget_room_servers(sender, ev.room_id)

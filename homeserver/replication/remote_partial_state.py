@@ -10,8 +10,8 @@ the resources are:
   before the answer's state and the join are handed over (``persist_remote``), to
   ``unmark`` it if that failed, and to ``resync`` it after. The writer keeps the mark
   in its persister (its checks of other servers' events on partial state run there)
-  and resyncs in its own room queue, which only it has; it reads the resident and the
-  servers from the mark's row, not from the call.
+  and resyncs in its own room queue, which only it has (from the mark's row; from
+  main's call only when it dropped the mark, having restarted before the join landed).
 * the writer's resync fetches the full state at the join through main
   (``fetch_state``): main asks the other server with its federation client and its
   history fetcher (each event checked and stored as on every ingest path, through
@@ -38,8 +38,9 @@ from storage.stores.partial_state import PartialStateRoom, PartialStateStore
 
 if TYPE_CHECKING:
     from homeserver.config.model import Config
-    from homeserver.config.workers import ReplicationEndpoint, WorkersConfig
-    from homeserver.replication.remote_create import InternalCalls, InternalClient
+    from homeserver.config.workers import WorkersConfig
+    from homeserver.replication.remote_create import InternalCalls
+    from homeserver.replication.remote_persist import RemoteWrites
     from storage.stores.events import StateMap
 
 logger = logging.getLogger(__name__)
@@ -53,19 +54,11 @@ class RemotePartialState:
     """On main: :class:`PartialStateHandler`'s joining steps for a room another process
     writes, run by that writer."""
 
-    def __init__(self, wc: WorkersConfig, client: InternalClient) -> None:
-        self._wc = wc
-        self._client = client
-
-    def _writer(self, room_id: str) -> ReplicationEndpoint:
-        endpoint = self._wc.endpoint(writer_for(self._wc, room_id))
-        if endpoint is None:  # refused at start-up (stream_writers.py)
-            raise MatrixError(503, "No replication endpoint for the room's writer",
-                              Codes.UNKNOWN)
-        return endpoint
+    def __init__(self, remote: RemoteWrites) -> None:
+        self._remote = remote
 
     async def _call(self, op: str, room_id: str, **more: Any) -> None:
-        await self._client.post(self._writer(room_id), PARTIAL_STATE,
+        await self._remote.post(self._remote.writer(room_id), PARTIAL_STATE,
                                 {"op": op, "room_id": room_id, **more})
 
     async def mark(self, room_id: str, join_event_id: str, resident: str,
@@ -90,15 +83,11 @@ class RemotePartialState:
 class RemoteStateFetch:
     """On a writer: the resync's state fetch, run by main."""
 
-    def __init__(self, wc: WorkersConfig, client: InternalClient) -> None:
-        self._wc = wc
-        self._client = client
+    def __init__(self, remote: RemoteWrites) -> None:
+        self._remote = remote
 
     async def __call__(self, server: str, room_id: str, event_id: str) -> StateMap | None:
-        endpoint = self._wc.endpoint(self._wc.main_name)
-        if endpoint is None:
-            raise RuntimeError("no replication endpoint for main")
-        answer = await self._client.post(endpoint, FETCH_STATE, {
+        answer = await self._remote.post(self._remote.main(), FETCH_STATE, {
             "server": server, "room_id": room_id, "event_id": event_id})
         try:
             return _state_map(answer.get("state"), optional=True)
@@ -162,21 +151,21 @@ def fetch_state_handler(fetch: Callable[[str, str, str], Awaitable[StateMap | No
 
 # ---- wiring
 
-def wire_partial_state(config: Config, calls: InternalCalls | None, rooms: Any,
-                       stores: Any, db: Any, notifier: Any, clock: Any,
+def wire_partial_state(config: Config, remote: RemoteWrites | None, calls: InternalCalls | None,
+                       rooms: Any, stores: Any, db: Any, notifier: Any, clock: Any,
                        federation: Any) -> PartialStateHandler | None:
-    """With event persisters and federation on: main's hooks and fetch, or a writer's
-    own handler (returned, to be stopped with the process; its resyncs resumed)."""
+    """With event persisters and federation on (``remote``: wire_federation_calls's):
+    main's hooks and fetch, or a writer's own handler (returned, to be stopped with the
+    process; its resyncs resumed)."""
     wc = config.workers
-    if calls is None or calls.client is None or calls.resource is None \
-            or not config.federation.enabled or not wc.event_writers:
+    if remote is None or calls is None or calls.resource is None:
         return None
     membership = getattr(federation, "membership", None)  # RemoteMembership
     if wc.is_main:
         local = getattr(membership, "partial_state", None)
         if membership is None or local is None or local.fetch_state is None:
             return None
-        membership.remote_partial_state = RemotePartialState(wc, calls.client)
+        membership.remote_partial_state = RemotePartialState(remote)
         calls.resource.add(FETCH_STATE, fetch_state_handler(local.fetch_state,
                                                             local.is_blocked))
         return None
@@ -185,7 +174,7 @@ def wire_partial_state(config: Config, calls: InternalCalls | None, rooms: Any,
     handler = PartialStateHandler(config.server_name, clock,
                                   PartialStateStore(db, stores.events.codec), stores.events,
                                   rooms.persister, notifier)
-    handler.fetch_state = RemoteStateFetch(wc, calls.client)
+    handler.fetch_state = RemoteStateFetch(remote)
     calls.resource.add(PARTIAL_STATE, partial_state_handler(handler, wc))
     rooms.pagination.await_full_state = handler.wait_for_full_state
 

@@ -94,21 +94,29 @@ class RemoteWrites:
         self._server_name = server_name
         self._clock = clock
 
-    def _endpoint(self, name: str) -> ReplicationEndpoint:
+    def endpoint(self, name: str) -> ReplicationEndpoint:
         endpoint = self._wc.endpoint(name)
         if endpoint is None:  # refused at start-up (stream_writers.py)
             raise MatrixError(503, f"No replication endpoint for {name}", Codes.UNKNOWN)
         return endpoint
 
-    def _writer(self, room_id: str) -> ReplicationEndpoint:
-        return self._endpoint(writer_for(self._wc, room_id))
+    def writer(self, room_id: str) -> ReplicationEndpoint:
+        return self.endpoint(writer_for(self._wc, room_id))
+
+    def main(self) -> ReplicationEndpoint:
+        return self.endpoint(self._wc.main_name)
+
+    async def post(self, endpoint: ReplicationEndpoint, name: str, body: dict[str, Any]
+                   ) -> dict[str, Any]:
+        """Another internal call (homeserver/replication/remote_partial_state.py)."""
+        return await self._client.post(endpoint, name, body)
 
     # ---- main -> writer
 
     async def persist_remote(self, room_id: str, events: Sequence[Event], kind: PersistKind,
                              state_before: StateMap | None = None) -> list[Outcome]:
         """:meth:`EventPersister.persist_remote`, run by the room's writer."""
-        endpoint = self._writer(room_id)
+        endpoint = self.writer(room_id)
         state = None if state_before is None else \
             [[t, sk, eid] for (t, sk), eid in state_before.items()]
         outcomes: dict[str, Outcome] = {}
@@ -150,7 +158,7 @@ class RemoteWrites:
             delay = min(delay * 2, 2.0)
 
     async def store_out_of_band(self, event: Event, version: Any) -> None:
-        await self._client.post(self._writer(event.room_id), STORE_OUT_OF_BAND, {
+        await self._client.post(self.writer(event.room_id), STORE_OUT_OF_BAND, {
             "room_id": event.room_id, "event_id": event.event_id, "pdu": event.pdu,
             "room_version": version.identifier})
 
@@ -158,7 +166,7 @@ class RemoteWrites:
 
     async def remote_membership(self, kind: str, user_id: str, room_id: str,
                                 servers: Sequence[str], content: dict[str, Any]) -> None:
-        await self._client.post(self._endpoint(self._wc.main_name), REMOTE_MEMBERSHIP, {
+        await self._client.post(self.main(), REMOTE_MEMBERSHIP, {
             "kind": kind, "user_id": user_id, "room_id": room_id,
             "servers": list(servers)[:MAX_SERVERS], "content": content})
 
@@ -174,7 +182,7 @@ class RemoteWrites:
             return
         keys = [(t, "") for t in _STRIPPED] + [("m.room.member", event.sender)]
         state = [[t, sk, snap.state_ids[(t, sk)]] for t, sk in keys if (t, sk) in snap.state_ids]
-        answer = await self._client.post(self._endpoint(self._wc.main_name), REMOTE_INVITE, {
+        answer = await self._client.post(self.main(), REMOTE_INVITE, {
             "room_id": event.room_id, "event_id": event.event_id, "pdu": event.pdu,
             "room_version": event.room_version.identifier, "state": state})
         theirs = answer.get("signature")

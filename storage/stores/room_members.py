@@ -6,6 +6,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from storage.database import Database
+from storage.stores.state_reads import chunks
+
+
+def shares_a_room(user_column: str) -> str:
+    """SQL: the user in ``user_column`` is joined to a room the user of the one ``?``
+    parameter is joined to. Checked from that user's rooms, stopping at the first
+    shared one: the whole set of people sharing a room with an account in many large
+    rooms is a join over all their members (0.34 s on SQLite for 300 rooms of 300)."""
+    return ("EXISTS (SELECT 1 FROM local_current_membership b"
+            " JOIN local_current_membership a ON a.room_id = b.room_id"
+            f" WHERE b.user_id = {user_column} AND b.membership = 'join'"
+            " AND a.user_id = ? AND a.membership = 'join')")
 
 
 @dataclass(frozen=True)
@@ -83,22 +95,15 @@ class RoomMemberStore:
         return [(r[0], int(r[1])) for r in rows]
 
     async def sharing_a_room_among(self, user_id: str, candidates: Iterable[str]) -> set[str]:
-        """Those of ``candidates`` joined to a room ``user_id`` is joined to: each checked
-        from its own rooms, stopping at the first shared one (the whole sharing set of
-        an account in many large rooms is a join over all their members)."""
-        ids = sorted(set(candidates))
+        """Those of ``candidates`` joined to a room ``user_id`` is joined to (see
+        :func:`shares_a_room`)."""
         out: set[str] = set()
-        for i in range(0, len(ids), 500):
-            chunk = ids[i:i + 500]
+        for chunk in chunks(sorted(set(candidates))):
             values = ",".join("(?)" for _ in chunk)
             rows = await self._db.query(
                 "sharing_a_room_among",
                 f"WITH c (user_id) AS (VALUES {values})"
-                " SELECT c.user_id FROM c WHERE EXISTS ("
-                " SELECT 1 FROM local_current_membership b"
-                " JOIN local_current_membership a ON a.room_id = b.room_id"
-                " WHERE b.user_id = c.user_id AND b.membership = 'join'"
-                " AND a.user_id = ? AND a.membership = 'join')",
+                f" SELECT c.user_id FROM c WHERE {shares_a_room('c.user_id')}",
                 *chunk, user_id)
             out.update(r[0] for r in rows)
         return out
