@@ -53,13 +53,10 @@ TAG=parley_trial_$(basename "$T" | cut -d. -f2 | tr 'A-Z' 'a-z')
 DB=$TAG ROLE=$TAG PREFIX="$TAG:"
 declare -A PIDS=()
 OK=0
+# shellcheck source=contrib/workers/trial_lib.sh
+source "$HERE/trial_lib.sh"   # step, check, fill, verify, through_workers, ...
 
 # ---- plumbing ------------------------------------------------------------------------
-
-step() { printf '\n== %s  (%s)\n' "$*" "$(date -u +%T)"; }
-die() { echo "  FAIL $*" >&2; exit 1; }
-now_ms() { echo $(($(date +%s%N) / 1000000)); }
-secs_since() { awk -v a="$1" -v b="$(now_ms)" 'BEGIN { printf "%.1f", (b - a) / 1000 }'; }
 
 stop() {  # NAME: SIGTERM, then SIGKILL after 15 s; only a PID this script started
     local pid=${PIDS[$1]:-}
@@ -106,44 +103,23 @@ wait_ready() {  # NAME URL: up to 120 s for 200 from URL (the machine may be bus
     tail -20 "$T/$name.log"; die "$name not ready at $url"
 }
 
-CODE='' BODY=''
-req() {  # METHOD URL [JSON] [TOKEN]: sets CODE and BODY
-    local args=(-s -o "$T/resp" -w '%{http_code}' -m 60 -X "$1")
-    [[ -n ${4:-} ]] && args+=(-H "Authorization: Bearer $4")
-    [[ -n ${3:-} ]] && args+=(-H 'Content-Type: application/json' --data-binary "$3")
-    CODE=$(curl "${args[@]}" "$2") || CODE=000
-    BODY=$(cat "$T/resp")
+metric() {  # NAME METHOD ROUTE: that process's 200s of the route, from its /metrics
+    local port
+    case $1 in
+        main) port=$((B + 9)) ;; client1) port=$((B + 121)) ;; client2) port=$((B + 122)) ;;
+        persister1) port=$((B + 123)) ;; persister2) port=$((B + 124)) ;;
+    esac
+    curl -s "http://127.0.0.1:$port/metrics" | count_requests "$2" "$3"
 }
 
-check() {  # DESCRIPTION STATUS METHOD URL [JSON] [TOKEN]: the answer must have STATUS
-    local desc=$1 want=$2; shift 2
-    req "$@"
-    [[ $CODE == "$want" ]] || die "$desc -> $CODE (expected $want) ${BODY:0:400}"
-    echo "  ok   $desc -> $CODE ${BODY:0:110}"
-}
-
-expect() {  # DESCRIPTION JQ-FILTER: the last answer's body satisfies the filter
-    jq -e "$2" <<<"$BODY" >/dev/null || die "$1: $(head -c 400 <<<"$BODY")"
-    echo "  ok   $1"
-}
-
-login() {  # BASE USER PASSWORD -> prints the access token
-    req POST "$1/_matrix/client/v3/login" "{\"type\":\"m.login.password\",\
-\"identifier\":{\"type\":\"m.id.user\",\"user\":\"$2\"},\"password\":\"$3\"}"
-    [[ $CODE == 200 ]] || die "login $2 at $1 -> $CODE $BODY"
-    jq -r .access_token <<<"$BODY"
-}
-
-metric() {  # PORT METHOD ROUTE: parley_http_requests_total of that route (status 200)
-    curl -s "http://127.0.0.1:$1/metrics" | awk -v m="method=\"$2\"" -v r="route=\"$3\"" \
-        'index($0, "parley_http_requests_total{") == 1 && index($0, m) && index($0, r) \
-         && index($0, "status=\"200\"") { s += $NF } END { print s + 0 }'
-}
-
-writer_of() {  # ROOM_ID: its event persister, as homeserver/replication/multi_writer.py
-    "$PY" -c 'import hashlib, sys
-d = hashlib.sha256(sys.argv[1].encode()).digest()
-print(["persister1", "persister2"][int.from_bytes(d[:8], "big") % 2])' "$1"
+direct_status() {  # NAME PATH TOKEN: the status that process itself answers
+    local port
+    case $1 in
+        main) port=$((B + 8)) ;; client1) port=$((B + 81)) ;; client2) port=$((B + 82)) ;;
+        persister1) port=$((B + 101)) ;; persister2) port=$((B + 102)) ;;
+    esac
+    curl -s -o /dev/null -w '%{http_code}' -m 60 -H "Authorization: Bearer $3" \
+        "http://127.0.0.1:$port$2" || echo 000
 }
 
 edit_config() {  # IN OUT PYTHON: OUT is IN with the Python statements applied to `c`
@@ -157,19 +133,9 @@ EOF
     chmod 600 "$2"
 }
 
-nio() {  # PHASE BASE: the optional matrix-nio client (encrypted rooms)
-    [[ $NIO_PYTHON == none ]] && { echo "  skip nio ($1): no NIO_PYTHON"; return 0; }
-    if ! "$NIO_PYTHON" "$HERE/trial_nio.py" "$1" "$2" "$T/nio" >"$T/nio-$1.log" 2>&1; then
-        grep -v '^Got 429' "$T/nio-$1.log" | tail -20; die "nio $1"
-    fi
-    grep '^ok' "$T/nio-$1.log" | sed 's/^/  /'
-}
-
 S=http://127.0.0.1:$((B + 8))          # the server (one process, then main)
 N=http://127.0.0.1:$((B + 80))         # nginx
 ALICE_PW="alice-trial-$(openssl rand -hex 6)" BOB_PW="bob-trial-$(openssl rand -hex 6)"
-MEDIA_BYTES="$T/upload.bin"
-head -c 40000 /dev/urandom >"$MEDIA_BYTES"
 
 echo "parley: $PARLEY   temp dir: $T   database: $DB   redis db $REDIS_DB prefix $PREFIX"
 echo "S3: $MOTO_SERVER   nio: $NIO_PYTHON   load: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"
@@ -188,40 +154,7 @@ check "register bob (UIA: first call)" 401 POST "$S/_matrix/client/v3/register" 
 SESSION=$(jq -r .session <<<"$BODY")
 check "register bob (m.login.dummy)" 200 POST "$S/_matrix/client/v3/register" \
     "{\"username\":\"bob\",\"password\":\"$BOB_PW\",\"auth\":{\"type\":\"m.login.dummy\",\"session\":\"$SESSION\"}}"
-A=$(login "$S" alice "$ALICE_PW"); Bt=$(login "$S" bob "$BOB_PW")
-echo "  ok   alice and bob logged in"
-check "alice createRoom (invites bob)" 200 POST "$S/_matrix/client/v3/createRoom" \
-    '{"name":"trial","invite":["@bob:localhost"]}' "$A"
-ROOM=$(jq -r .room_id <<<"$BODY")
-check "bob joins" 200 POST "$S/_matrix/client/v3/join/$ROOM" '{}' "$Bt"
-check "encrypted room (m.room.encryption)" 200 POST "$S/_matrix/client/v3/createRoom" \
-    '{"name":"secret","invite":["@bob:localhost"],"initial_state":[{"type":"m.room.encryption","state_key":"","content":{"algorithm":"m.megolm.v1.aes-sha2"}}]}' "$A"
-EROOM=$(jq -r .room_id <<<"$BODY")
-check "bob joins it" 200 POST "$S/_matrix/client/v3/join/$EROOM" '{}' "$Bt"
-check "bob sends" 200 PUT "$S/_matrix/client/v3/rooms/$ROOM/send/m.room.message/b1" \
-    '{"msgtype":"m.text","body":"hello from bob"}' "$Bt"
-t0=$(now_ms)
-for i in $(seq 1 "$MESSAGES"); do   # alice is an admin: exempt from the message rate limit
-    req PUT "$S/_matrix/client/v3/rooms/$ROOM/send/m.room.message/a$i" \
-        "{\"msgtype\":\"m.text\",\"body\":\"message $i\"}" "$A"
-    [[ $CODE == 200 ]] || die "send $i -> $CODE $BODY"
-done
-echo "  ok   alice sent $MESSAGES messages in $(secs_since "$t0") s"
-CODE=$(curl -s -o "$T/resp" -w '%{http_code}' -X POST -H "Authorization: Bearer $A" \
-    -H 'Content-Type: application/octet-stream' --data-binary "@$MEDIA_BYTES" \
-    "$S/_matrix/media/v3/upload?filename=trial.bin"); BODY=$(cat "$T/resp")
-[[ $CODE == 200 ]] || die "upload -> $CODE $BODY"
-MXC=$(jq -r .content_uri <<<"$BODY"); MEDIA_PATH=${MXC#mxc://}
-echo "  ok   media upload -> $CODE $MXC"
-check "displayname" 200 PUT "$S/_matrix/client/v3/profile/@alice:localhost/displayname" \
-    '{"displayname":"Alice Trial"}' "$A"
-check "avatar_url" 200 PUT "$S/_matrix/client/v3/profile/@alice:localhost/avatar_url" \
-    "{\"avatar_url\":\"$MXC\"}" "$A"
-check "account data" 200 PUT "$S/_matrix/client/v3/user/@alice:localhost/account_data/org.example.trial" \
-    '{"kept":[1,2,3]}' "$A"
-check "room tag" 200 PUT "$S/_matrix/client/v3/user/@bob:localhost/rooms/$ROOM/tags/u.work" \
-    '{"order":0.5}' "$Bt"
-nio before "$S"
+fill "$S"
 
 # ---- 2. to PostgreSQL --------------------------------------------------------------------
 
@@ -251,30 +184,6 @@ check "a token issued on SQLite still works" 200 GET "$S/_matrix/client/v3/accou
 A=$(login "$S" alice "$ALICE_PW"); Bt=$(login "$S" bob "$BOB_PW")
 echo "  ok   alice and bob log in on PostgreSQL"
 
-verify() {  # BASE LABEL: what step 1 wrote is all there
-    check "[$2] bob's joined rooms" 200 GET "$1/_matrix/client/v3/joined_rooms" "" "$Bt"
-    expect "[$2] bob is in both rooms" "(.joined_rooms | index(\"$ROOM\")) and (.joined_rooms | index(\"$EROOM\"))"
-    local from="" n=0 pages=0
-    while :; do  # /messages, backwards, page by page to the room's start
-        req GET "$1/_matrix/client/v3/rooms/$ROOM/messages?dir=b&limit=500${from:+&from=$from}" "" "$Bt"
-        [[ $CODE == 200 ]] || die "[$2] /messages -> $CODE ${BODY:0:300}"
-        n=$((n + $(jq '[.chunk[] | select(.type == "m.room.message")] | length' <<<"$BODY")))
-        pages=$((pages + 1)); from=$(jq -r '.end // empty' <<<"$BODY")
-        [[ -n $from && $(jq '.chunk | length' <<<"$BODY") -gt 0 && $pages -lt 100 ]] || break
-    done
-    [[ $n == $((MESSAGES + 1)) ]] || die "[$2] /messages: $n messages, expected $((MESSAGES + 1))"
-    echo "  ok   [$2] /messages: all $n messages ($pages pages)"
-    CODE=$(curl -s -o "$T/download" -w '%{http_code}' -H "Authorization: Bearer $Bt" \
-        "$1/_matrix/client/v1/media/download/$MEDIA_PATH")
-    [[ $CODE == 200 ]] && cmp -s "$T/download" "$MEDIA_BYTES" || die "[$2] media download -> $CODE"
-    echo "  ok   [$2] media download -> 200, same bytes"
-    check "[$2] profile" 200 GET "$1/_matrix/client/v3/profile/@alice:localhost" "" "$Bt"
-    expect "[$2] displayname and avatar" ".displayname == \"Alice Trial\" and .avatar_url == \"$MXC\""
-    check "[$2] account data" 200 GET "$1/_matrix/client/v3/user/@alice:localhost/account_data/org.example.trial" "" "$A"
-    expect "[$2] account data kept" '.kept == [1,2,3]'
-    check "[$2] tags" 200 GET "$1/_matrix/client/v3/user/@bob:localhost/rooms/$ROOM/tags" "" "$Bt"
-    expect "[$2] tag kept" '.tags["u.work"].order == 0.5'
-}
 verify "$S" postgres
 nio after-postgres "$S"
 
@@ -370,69 +279,8 @@ nginx -t -q -c "$T/nginx/nginx.conf" -p "$T/nginx" -e stderr || die "nginx -t"
 start nginx nginx -c "$T/nginx/nginx.conf" -p "$T/nginx" -e stderr -g 'daemon off;'
 wait_ready nginx "$N/health"
 
-A=$(login "$N" alice "$ALICE_PW"); Bt=$(login "$N" bob "$BOB_PW")
-echo "  ok   alice and bob log in through nginx"
-verify "$N" workers
-R1=$(metric $((B + 121)) GET /_matrix/client/v3/sync); R2=$(metric $((B + 122)) GET /_matrix/client/v3/sync)
-M0=$(metric $((B + 9)) GET /_matrix/client/v3/sync)
-check "initial /sync through nginx" 200 GET "$N/_matrix/client/v3/sync?timeout=0" "" "$Bt"
-expect "bob's rooms in /sync" ".rooms.join | has(\"$ROOM\") and has(\"$EROOM\")"
-SINCE=$(jq -r .next_batch <<<"$BODY")
-for i in 1 2 3; do
-    check "incremental /sync $i" 200 GET "$N/_matrix/client/v3/sync?timeout=0&since=$SINCE" "" "$Bt"
-done
-R1b=$(metric $((B + 121)) GET /_matrix/client/v3/sync); R2b=$(metric $((B + 122)) GET /_matrix/client/v3/sync)
-[[ $(metric $((B + 9)) GET /_matrix/client/v3/sync) == "$M0" ]] || die "main served a /sync"
-[[ $((R1b + R2b - R1 - R2)) == 4 ]] || die "readers served $((R1b + R2b - R1 - R2)) of 4 syncs"
-echo "  ok   4 syncs served by the readers (client1 +$((R1b - R1)), client2 +$((R2b - R2)), sticky), none by main"
-
-# Rooms until each persister has one (a room's writer is a hash of its id).
-declare -A ROOM_OF=()
-for i in $(seq 1 12); do
-    check "createRoom $i" 200 POST "$N/_matrix/client/v3/createRoom" \
-        '{"invite":["@bob:localhost"]}' "$A"
-    r=$(jq -r .room_id <<<"$BODY"); w=$(writer_of "$r")
-    [[ -z ${ROOM_OF[$w]:-} ]] && ROOM_OF[$w]=$r && echo "       $r is written by $w"
-    [[ ${#ROOM_OF[@]} == 2 ]] && break
-done
-[[ ${#ROOM_OF[@]} == 2 ]] || die "12 rooms and all on one persister"
-SEND='/_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}'
-for w in persister1 persister2; do
-    port=$((B + 122 + ${w#persister})); r=${ROOM_OF[$w]}
-    before=$(metric "$port" PUT "$SEND")
-    check "bob joins the $w room" 200 POST "$N/_matrix/client/v3/join/$r" '{}' "$Bt"
-    check "alice sends to the $w room" 200 PUT "$N/_matrix/client/v3/rooms/$r/send/m.room.message/w-$w" \
-        "{\"msgtype\":\"m.text\",\"body\":\"to $w\"}" "$A"
-    EV=$(jq -r .event_id <<<"$BODY")
-    [[ $(metric "$port" PUT "$SEND") == $((before + 1)) ]] || die "$w did not persist the send"
-    echo "  ok   $w persisted it (its send counter +1)"
-    found=""
-    for _ in $(seq 1 20); do
-        req GET "$N/_matrix/client/v3/sync?timeout=1000&since=$SINCE" "" "$Bt"
-        [[ $CODE == 200 ]] || die "/sync -> $CODE $BODY"
-        SINCE=$(jq -r .next_batch <<<"$BODY")
-        jq -e --arg r "$r" --arg e "$EV" '.rooms.join[$r].timeline.events // [] | map(.event_id) | index($e)' \
-            <<<"$BODY" >/dev/null && { found=1; break; }
-    done
-    [[ -n $found ]] || die "bob's /sync on a reader never showed $EV"
-    echo "  ok   bob's /sync (reader) shows the $w room's message"
-done
-check "upload through nginx (main, $([[ -n $S3 ]] && echo S3 || echo file store))" 200 \
-    POST "$N/_matrix/media/v3/upload?filename=x.txt" '{"not":"json, just bytes"}' "$A"
-MXC2=$(jq -r .content_uri <<<"$BODY")
-check "download it through nginx" 200 GET "$N/_matrix/client/v1/media/download/${MXC2#mxc://}" "" "$Bt"
-nio after-workers "$N"
-
-# Logout, then the old token on every process, directly and through nginx.
-check "bob logs out (through nginx)" 200 POST "$N/_matrix/client/v3/logout" '{}' "$Bt"
-sleep 1.5   # auth.session_cache_ttl is 1 s with workers; the Redis message is usually faster
-for target in "main $S" "client1 http://127.0.0.1:$((B + 81))" "client2 http://127.0.0.1:$((B + 82))" \
-              "persister1 http://127.0.0.1:$((B + 101))" "persister2 http://127.0.0.1:$((B + 102))" \
-              "nginx $N"; do
-    set -- $target
-    check "old token refused by $1 (whoami)" 401 GET "$2/_matrix/client/v3/account/whoami" "" "$Bt"
-    check "old token refused by $1 (/sync)" 401 GET "$2/_matrix/client/v3/sync?timeout=0" "" "$Bt"
-done
+through_workers "$N" "$([[ -n $S3 ]] && echo S3 || echo file store)"
+logout_everywhere "$N"
 echo
 echo "nginx upstreams used: $(awk '{print $4}' "$T/nginx/access.log" | sort | uniq -c | tr '\n' ' ')"
 OK=1
