@@ -397,3 +397,39 @@ class ComposeWorkersTest(unittest.TestCase):
         finally:
             tmp.unlink()
         self.assertEqual(done.returncode, 0, done.stderr)
+
+
+class OfflineImagesTest(unittest.TestCase):
+    """contrib/workers/offline_images: the override changes only images (and the S3
+    stand-in's command and health check), for services the stack has, and every image it
+    names is one build.sh builds."""
+
+    def setUp(self) -> None:
+        self.dir = ROOT / "contrib" / "workers" / "offline_images"
+        self.override = yaml.safe_load((self.dir / "compose.offline.yml").read_text())
+        self.stack = yaml.safe_load((DOCKER / "compose.workers.yml").read_text())
+
+    def test_overrides_only_images_of_existing_services(self) -> None:
+        for name, service in self.override["services"].items():
+            self.assertIn(name, self.stack["services"], name)
+            allowed = {"image", "build"} | ({"command", "healthcheck"} if name == "minio" else set())
+            self.assertLessEqual(set(service), allowed, name)
+            if "build" in service:
+                self.assertEqual(set(service["build"]), {"args"}, name)
+                self.assertEqual(set(service["build"]["args"]), {"PYTHON_IMAGE"}, name)
+        built = {name for name, s in self.stack["services"].items() if "build" in s}
+        overridden = {name for name, s in self.override["services"].items() if "build" in s}
+        self.assertEqual(built, overridden, "a Parley service left on python:3.11-slim")
+        pulled = {name for name, s in self.stack["services"].items() if "build" not in s}
+        self.assertEqual(pulled, {n for n, s in self.override["services"].items() if "image" in s})
+
+    def test_every_image_is_built_by_build_sh(self) -> None:
+        script = (self.dir / "build.sh").read_text()
+        built = {f"parley-offline/{tag}" for tag, _ in
+                 re.findall(r"^build ([a-z0-9.:-]+) ([a-z0-9]+)", script, re.MULTILINE)}
+        named = {s["image"] for s in self.override["services"].values() if "image" in s}
+        named |= {s["build"]["args"]["PYTHON_IMAGE"] for s in self.override["services"].values()
+                  if "build" in s}
+        self.assertLessEqual(named, built)
+        for _, directory in re.findall(r"^build ([a-z0-9.:-]+) ([a-z0-9]+)", script, re.MULTILINE):
+            self.assertTrue((self.dir / directory / "Dockerfile").is_file(), directory)
