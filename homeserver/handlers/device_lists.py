@@ -187,9 +187,8 @@ class DeviceListHandler:
             delta = await self.get_delta(user_id, since, upto)
             out["device_lists"] = {"changed": delta.changed, "left": delta.left}
         if device_id is not None:
-            counts = await self._keys.count_one_time_keys(user_id, device_id)
+            counts, unused = await self._keys.device_key_counts(user_id, device_id)
             counts.setdefault(DEFAULT_OTK_ALGORITHM, 0)
             out["device_one_time_keys_count"] = counts
-            out["device_unused_fallback_key_types"] = \
-                await self._keys.unused_fallback_key_types(user_id, device_id)
+            out["device_unused_fallback_key_types"] = unused
         return out

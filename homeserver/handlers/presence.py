@@ -399,6 +399,8 @@ class PresenceHandler:
         members, at most ``MAX_PEEKED_MEMBERS`` of them."""
         if not self.enabled:
             return {}
+        if 0 < since >= upto:  # an incremental sync and no presence change since: no read
+            return {"presence": {"events": []}}
         now = self._clock.time_msec()
         events = []
         records = await self._store.visible_changes(user_id, since, upto)

@@ -367,10 +367,10 @@ class PushActionsHandler:
         timeline's, plus ``unread_thread_notifications`` when any thread has some)."""
         if not room_ids:
             return {}
-        bounds = await self._store.read_bounds(user_id, room_ids)
+        bounds, rows = await self._store.unread_rows(user_id, room_ids)
         base = {rid: bounds.get(rid, NO_RECEIPT).unthreaded for rid in room_ids}
         per_thread: dict[str, dict[str, tuple[int, int]]] = {}
-        for room_id, thread_id, notify, highlight in await self._store.counts_after(user_id, base):
+        for room_id, thread_id, notify, highlight in rows:
             bound = bounds.get(room_id, NO_RECEIPT).for_thread(thread_id)
             if bound > base[room_id]:  # a threaded receipt reads further in this thread
                 notify, highlight = await self._store.thread_counts_after(

@@ -18,6 +18,7 @@ from homeserver.events.model import Event
 from homeserver.events.redaction import prune_event_dict
 from homeserver.handlers.account_data import AccountDataHandler
 from homeserver.handlers.event_creation import EventCreationHandler
+from homeserver.handlers.ignored_users import IgnoredUsers
 from homeserver.handlers.sync_filter import SyncFilter
 from homeserver.handlers.sync_initial import initial_joined_rooms
 from homeserver.handlers.sync_poll import SyncPoll
@@ -156,6 +157,7 @@ class SyncHandler:
         self.unread_counts = unread_counts
         self._ll_sent: OrderedDict[tuple[str, str | None], OrderedDict[str, str]] = \
             OrderedDict()
+        self._ignored = IgnoredUsers(account_data_store)
         # Rooms joined with partial state (storage/stores/partial_state.py
         # PartialStateStore; None without federation): see ``_partial_state_view``.
         self.partial_state: Any = None
@@ -164,7 +166,10 @@ class SyncHandler:
         self._ad_position = await self._ad_store.max_stream_id()
 
     def note_account_data(self, position: int, user_id: str) -> None:
+        """An account data or push rule change (``user_id`` "": another process's,
+        whose user is not told)."""
         self._ad_position = max(self._ad_position, position)
+        self._ignored.changed(user_id)
         self._notifier.notify(user_ids=[user_id])
 
     def now_token(self) -> SyncToken:
@@ -358,8 +363,10 @@ class SyncHandler:
                                               req.filter.timeline.unread_thread_notifications)
             for room_id, fields in counts.items():
                 rooms["join"][room_id].update(fields)
+        # Account data and push rules share one stream: nothing moved, nothing to read.
+        ad_moved = since is None or since.account_data < token.account_data
         global_ad, room_ad = await self._account_data.get_updated_account_data(
-            req.user_id, since.account_data if since else 0)
+            req.user_id, since.account_data if since else 0) if ad_moved else ({}, {})
         for room_id, data in room_ad.items():
             if room_id in rooms["join"]:
                 rooms["join"][room_id]["account_data"] = {
@@ -367,7 +374,8 @@ class SyncHandler:
                                if req.filter.room_account_data.allows_type(t)]}
         ad_events = [{"type": t, "content": c} for t, c in global_ad.items()
                      if req.filter.account_data.allows_type(t)]
-        if self.push_rules is not None and req.filter.account_data.allows_type("m.push_rules"):
+        if self.push_rules is not None and ad_moved and \
+                req.filter.account_data.allows_type("m.push_rules"):
             changed = await self.push_rules.get_stream_id(req.user_id)
             if since is None or changed > since.account_data:
                 ad_events.append({"type": "m.push_rules",
@@ -426,10 +434,7 @@ class SyncHandler:
 
     async def _ignored_users(self, user_id: str) -> frozenset[str]:
         """``m.ignored_user_list``: their messages and invites are hidden from this user."""
-        content = await self._ad_store.get_account_data(user_id, None, "m.ignored_user_list")
-        users = content.get("ignored_users") if isinstance(content, dict) else None
-        return frozenset(u for u in users if isinstance(u, str)) if isinstance(
-            users, dict) else frozenset()
+        return await self._ignored.of(user_id)
 
     async def _newly_joined(self, req: SyncRequest, m: MembershipRecord) -> bool:
         """Whether a joined room whose membership changed since the token is newly joined
@@ -476,7 +481,9 @@ class SyncHandler:
             if ignored:
                 candidates = [e for e in candidates
                               if e.state_key is not None or e.sender not in ignored]
-            visible = await self._visibility.filter_events(req.user_id, candidates)
+            # A joined room's membership was read with the sync's: not read again.
+            visible = await self._visibility.filter_events(
+                req.user_id, candidates, joined=(room_id,) if joined else ())
             if joined and len(visible) < len(candidates):
                 hidden_state = [e for e in candidates if e.state_key is not None]
                 if hidden_state:

@@ -117,11 +117,19 @@ class E2eKeyStore:
         return await self._db.run("add_one_time_keys", _do)
 
     async def count_one_time_keys(self, user_id: str, device_id: str) -> dict[str, int]:
-        rows = await self._db.query(
-            "count_one_time_keys",
-            "SELECT algorithm, COUNT(*) FROM e2e_one_time_keys WHERE user_id = ?"
-            " AND device_id = ? GROUP BY algorithm", user_id, device_id)
-        return {r[0]: int(r[1]) for r in rows}
+        return await self._db.run("count_one_time_keys", _one_time_key_counts,
+                                  user_id, device_id)
+
+    async def device_key_counts(self, user_id: str, device_id: str
+                                ) -> tuple[dict[str, int], list[str]]:
+        """The device's one-time key counts and unused fallback key types, in one
+        transaction: both go into every /sync of the device."""
+
+        def _do(txn: Txn) -> tuple[dict[str, int], list[str]]:
+            return (_one_time_key_counts(txn, user_id, device_id),
+                    _unused_fallback_types(txn, user_id, device_id))
+
+        return await self._db.run("device_key_counts", _do)
 
     # Fallback keys
 
@@ -146,11 +154,8 @@ class E2eKeyStore:
         await self._db.run("set_fallback_key", _do)
 
     async def unused_fallback_key_types(self, user_id: str, device_id: str) -> list[str]:
-        rows = await self._db.query(
-            "unused_fallback_key_types",
-            "SELECT algorithm FROM e2e_fallback_keys WHERE user_id = ? AND device_id = ?"
-            " AND used = ? ORDER BY algorithm", user_id, device_id, False)
-        return [r[0] for r in rows]
+        return await self._db.run("unused_fallback_key_types", _unused_fallback_types,
+                                  user_id, device_id)
 
     # Claims
 
@@ -225,3 +230,16 @@ def _same_key(old: Any, new: Any) -> bool:
         return ({k: v for k, v in old.items() if k != "signatures"}
                 == {k: v for k, v in new.items() if k != "signatures"})
     return bool(old == new)
+
+
+def _one_time_key_counts(txn: Txn, user_id: str, device_id: str) -> dict[str, int]:
+    rows = txn.query("SELECT algorithm, COUNT(*) FROM e2e_one_time_keys WHERE user_id = ?"
+                     " AND device_id = ? GROUP BY algorithm", (user_id, device_id))
+    return {r[0]: int(r[1]) for r in rows}
+
+
+def _unused_fallback_types(txn: Txn, user_id: str, device_id: str) -> list[str]:
+    rows = txn.query("SELECT algorithm FROM e2e_fallback_keys WHERE user_id = ?"
+                     " AND device_id = ? AND used = ? ORDER BY algorithm",
+                     (user_id, device_id, False))
+    return [r[0] for r in rows]

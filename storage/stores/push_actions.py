@@ -77,47 +77,19 @@ class PushActionsStore:
             "remove_push_actions",
             "DELETE FROM event_push_actions WHERE room_id = ? AND event_id = ?", room_id, event_id)
 
-    async def read_bounds(self, user_id: str, room_ids: Sequence[str]) -> dict[str, ReadBound]:
-        """The user's m.read / m.read.private receipt positions, per room (the later of
-        the two types counts, as in Synapse)."""
-        unthreaded: dict[str, int] = {}
-        threads: dict[str, dict[str, int]] = {}
-        for chunk in _chunks(room_ids):
-            marks = ",".join("?" for _ in chunk)
-            rows = await self._db.query(
-                "push_read_bounds",
-                "SELECT room_id, thread_id, MAX(event_stream_ordering) FROM receipts"
-                f" WHERE user_id = ? AND receipt_type IN (?, ?) AND room_id IN ({marks})"
-                " GROUP BY room_id, thread_id",
-                user_id, *READ_TYPES, *chunk,
-            )
-            for room_id, thread_id, pos in rows:
-                if not thread_id:
-                    unthreaded[room_id] = int(pos)
-                else:
-                    threads.setdefault(room_id, {})[thread_id] = int(pos)
-        return {rid: ReadBound(unthreaded.get(rid, 0), threads.get(rid, {}))
-                for rid in set(unthreaded) | set(threads)}
+    async def unread_rows(self, user_id: str, room_ids: Sequence[str]
+                          ) -> tuple[dict[str, ReadBound], list[tuple[str, str, int, int]]]:
+        """The user's read receipt positions in the rooms (m.read / m.read.private, the
+        later of the two, as in Synapse), and [(room, thread, notify count, highlight
+        count)] of the notifying rows after each room's unthreaded one, grouped by thread
+        (an index range scan per room): one transaction, as every /sync asks."""
 
-    async def counts_after(self, user_id: str, bounds: dict[str, int]
-                           ) -> list[tuple[str, str, int, int]]:
-        """[(room, thread, notify count, highlight count)] of notifying rows after each
-        room's position, grouped by thread. An index range scan per room."""
-        out: list[tuple[str, str, int, int]] = []
-        rooms = list(bounds)
-        for chunk in _chunks(rooms):
-            where = " OR ".join("(room_id = ? AND stream_ordering > ?)" for _ in chunk)
-            args: list[object] = [user_id]
-            for rid in chunk:
-                args += [rid, bounds[rid]]
-            rows = await self._db.query(
-                "push_counts",
-                "SELECT room_id, thread_id, COUNT(*), SUM(highlight) FROM event_push_actions"
-                f" WHERE user_id = ? AND notify = 1 AND ({where}) GROUP BY room_id, thread_id",
-                *args,
-            )
-            out.extend((r[0], r[1], int(r[2]), int(r[3] or 0)) for r in rows)
-        return out
+        def _do(txn: Txn) -> tuple[dict[str, ReadBound], list[tuple[str, str, int, int]]]:
+            bounds = _read_bounds(txn, user_id, room_ids)
+            base = {rid: bounds.get(rid, NO_RECEIPT).unthreaded for rid in room_ids}
+            return bounds, _counts_after(txn, user_id, base)
+
+        return await self._db.run("push_unread_rows", _do)
 
     async def thread_counts_after(self, user_id: str, room_id: str, thread_id: str,
                                   position: int) -> tuple[int, int]:
@@ -159,3 +131,37 @@ class PushActionsStore:
         )
         return [PushActionRow(r[0], r[1], r[2], int(r[3]), bool(r[4]), bool(r[5]), r[6], r[7],
                               int(r[8])) for r in rows]
+
+
+def _read_bounds(txn: Txn, user_id: str, room_ids: Sequence[str]) -> dict[str, ReadBound]:
+    unthreaded: dict[str, int] = {}
+    threads: dict[str, dict[str, int]] = {}
+    for chunk in _chunks(room_ids):
+        marks = ",".join("?" for _ in chunk)
+        rows = txn.query(
+            "SELECT room_id, thread_id, MAX(event_stream_ordering) FROM receipts"
+            f" WHERE user_id = ? AND receipt_type IN (?, ?) AND room_id IN ({marks})"
+            " GROUP BY room_id, thread_id", (user_id, *READ_TYPES, *chunk))
+        for room_id, thread_id, pos in rows:
+            if not thread_id:
+                unthreaded[room_id] = int(pos)
+            else:
+                threads.setdefault(room_id, {})[thread_id] = int(pos)
+    return {rid: ReadBound(unthreaded.get(rid, 0), threads.get(rid, {}))
+            for rid in set(unthreaded) | set(threads)}
+
+
+def _counts_after(txn: Txn, user_id: str, bounds: dict[str, int]
+                  ) -> list[tuple[str, str, int, int]]:
+    out: list[tuple[str, str, int, int]] = []
+    for chunk in _chunks(list(bounds)):
+        where = " OR ".join("(room_id = ? AND stream_ordering > ?)" for _ in chunk)
+        args: list[object] = [user_id]
+        for rid in chunk:
+            args += [rid, bounds[rid]]
+        rows = txn.query(
+            "SELECT room_id, thread_id, COUNT(*), SUM(highlight) FROM event_push_actions"
+            f" WHERE user_id = ? AND notify = 1 AND ({where}) GROUP BY room_id, thread_id",
+            tuple(args))
+        out.extend((r[0], r[1], int(r[2]), int(r[3] or 0)) for r in rows)
+    return out
