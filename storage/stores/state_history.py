@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from homeserver.crypto.at_rest import AtRestError
 from homeserver.crypto.content import PLAIN_CODEC, FieldCodec, event_location
 from homeserver.events.model import JsonDict
+from homeserver.lru import LruCache
 from storage.database import Database
 from storage.stores.state_reads import (
     VIS_KEY,
@@ -18,6 +19,13 @@ from storage.stores.state_reads import (
     state_before_for_visibility,
     visibility_segments,
 )
+
+#: The keys of a content the visibility rules read. The redaction algorithm keeps both
+#: (m.room.history_visibility's and m.room.member's), so what an event id says for them
+#: never changes: they are kept in memory without invalidation.
+VISIBILITY_KEYS = ("history_visibility", "membership")
+#: Event ids whose VISIBILITY_KEYS are kept.
+CONTENT_CACHE_SIZE = 50_000
 
 
 class StateHistoryStore:
@@ -30,6 +38,7 @@ class StateHistoryStore:
         self._db = db
         self.codec: FieldCodec = PLAIN_CODEC  # as EventStore.codec, set at wiring
         self.state_cache: StateGroupCache | None = None  # EventStore's, set at wiring
+        self._vis_contents: LruCache[str, JsonDict] = LruCache(CONTENT_CACHE_SIZE)
 
     async def state_changes(self, room_id: str, event_type: str, state_key: str | None = None
                             ) -> list[tuple[int, str, str]]:
@@ -57,9 +66,10 @@ class StateHistoryStore:
 
     async def visibility_state_before(self, event_ids: Iterable[str], user_id: str
                                       ) -> dict[str, tuple[JsonDict | None, JsonDict | None]]:
-        """event id -> (content of m.room.history_visibility, content of ``user_id``'s
-        m.room.member) in the state before the event (None: not in that state). One
-        database transaction; events without state (outliers) are left out."""
+        """event id -> (m.room.history_visibility's content, ``user_id``'s m.room.member
+        content) in the state before the event (None: not in that state), each as its
+        VISIBILITY_KEYS. One database transaction, and one more for the contents not in
+        memory; events without state (outliers) are left out."""
         ids = list(dict.fromkeys(event_ids))
         if not ids:
             return {}
@@ -100,8 +110,15 @@ class StateHistoryStore:
         return (await self._contents([row[0]])).get(row[0])
 
     async def _contents(self, event_ids: Iterable[str | None]) -> dict[str, JsonDict]:
-        """event id -> its content (opened where sealed at rest)."""
-        wanted = sorted({e for e in event_ids if e is not None})
+        """event id -> its content's VISIBILITY_KEYS (opened where sealed at rest)."""
+        contents: dict[str, JsonDict] = {}
+        wanted = []
+        for eid in sorted({e for e in event_ids if e is not None}):
+            kept = self._vis_contents.get(eid)
+            if kept is None:
+                wanted.append(eid)
+            else:
+                contents[eid] = kept
         raw: dict[str, str] = {}
         for chunk in chunks(wanted):
             for eid, js in await self._db.query(
@@ -110,11 +127,13 @@ class StateHistoryStore:
                     f" ({','.join('?' for _ in chunk)})", *chunk):
                 raw[eid] = js
         codec = self.codec
-        contents: dict[str, JsonDict] = {}
         try:
             for eid, js in raw.items():
                 content = json.loads(codec.open(js, event_location(eid))).get("content")
-                contents[eid] = content if isinstance(content, dict) else {}
+                kept = {k: content[k] for k in VISIBILITY_KEYS if k in content} \
+                    if isinstance(content, dict) else {}
+                self._vis_contents.set(eid, kept)
+                contents[eid] = kept
         except AtRestError as e:
             await codec.vault.refused(e)
             raise

@@ -220,3 +220,40 @@ class VisibleRangesTest(HiddenHistoryCase):
         self.assertGreater(checked, 8)
         self.assertLessEqual(max(p for _, u in ranges for p in ([u] if u else [])), top + 1)
         self.assertIsInstance(next(iter(found.values())), Event)
+
+
+class VisibilityContentsTest(HiddenHistoryCase):
+    """The history-visibility and member contents the rules read are kept in memory as
+    their visibility keys only: redacting those events changes no answer, and nothing
+    else of a content (a display name) is kept."""
+
+    async def messages(self, token: str) -> list[str]:
+        resp = await self.request(
+            "GET", f"{CS}/rooms/{q(self.room)}/messages?dir=b&limit=50", token=token)
+        self.assertEqual(resp.code, 200, resp)
+        return [e["event_id"] for e in resp.json["chunk"] if e["type"] == "m.room.message"]
+
+    async def test_redacted_visibility_events_change_nothing(self) -> None:
+        hidden = await self.send_content(self.alice, {"msgtype": "m.text", "body": "before"})
+        resp = await self.request("POST", f"{CS}/join/{q(self.room)}", {}, token=self.bob)
+        self.assertEqual(resp.code, 200, resp)
+        shown = await self.send_content(self.alice, {"msgtype": "m.text", "body": "after"})
+        first = await self.messages(self.bob)
+        self.assertIn(shown, first)
+        self.assertNotIn(hidden, first)
+        store = self.hs.stores.state_history
+        state = await self.request("GET", f"{CS}/rooms/{q(self.room)}/state", token=self.alice)
+        ids = {(e["type"], e["state_key"]): e["event_id"] for e in state.json}
+        vis_id = ids[("m.room.history_visibility", "")]
+        bob_id = ids[("m.room.member", BOB)]
+        kept = await store._contents([vis_id, bob_id])  # noqa: SLF001
+        self.assertEqual(kept, {vis_id: {"history_visibility": "joined"},
+                                bob_id: {"membership": "join"}})  # no displayname
+        for event_id in (vis_id, bob_id):
+            resp = await self.request(
+                "PUT", f"{CS}/rooms/{q(self.room)}/redact/{q(event_id)}/r-{event_id[1:9]}",
+                {}, token=self.alice)
+            self.assertEqual(resp.code, 200, resp)
+        self.assertEqual(await self.messages(self.bob), first)
+        store._vis_contents.clear()  # noqa: SLF001  (as read from the database)
+        self.assertEqual(await self.messages(self.bob), first)
