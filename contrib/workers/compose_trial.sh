@@ -138,11 +138,7 @@ wait_http sqlite "$S/ready"
 printf '%s\n' "$ALICE_PW" | docker exec -i "$P-sqlite" \
     parley create-user -c /data/parley.yaml alice --admin --password-file /dev/stdin 2>&1 \
     | grep -v at_rest_key | sed 's/^/  /'
-check "register bob (UIA: first call)" 401 POST "$S/_matrix/client/v3/register" \
-    "{\"username\":\"bob\",\"password\":\"$BOB_PW\"}"
-SESSION=$(jq -r .session <<<"$BODY")
-check "register bob (m.login.dummy)" 200 POST "$S/_matrix/client/v3/register" \
-    "{\"username\":\"bob\",\"password\":\"$BOB_PW\",\"auth\":{\"type\":\"m.login.dummy\",\"session\":\"$SESSION\"}}"
+register_bob "$S"
 fill "$S"
 OLD_TOKEN=$Bt
 

@@ -149,11 +149,7 @@ wait_ready sqlite "$S/ready"
 printf '%s\n' "$ALICE_PW" >"$T/alice.pw"
 (cd "$T" && "$PARLEY" create-user -c parley.yaml alice --admin --password-file alice.pw) \
     2>&1 | grep -v at_rest_key | sed 's/^/  /'
-check "register bob (UIA: first call)" 401 POST "$S/_matrix/client/v3/register" \
-    "{\"username\":\"bob\",\"password\":\"$BOB_PW\"}"
-SESSION=$(jq -r .session <<<"$BODY")
-check "register bob (m.login.dummy)" 200 POST "$S/_matrix/client/v3/register" \
-    "{\"username\":\"bob\",\"password\":\"$BOB_PW\",\"auth\":{\"type\":\"m.login.dummy\",\"session\":\"$SESSION\"}}"
+register_bob "$S"
 fill "$S"
 
 # ---- 2. to PostgreSQL --------------------------------------------------------------------

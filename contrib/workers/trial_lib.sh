@@ -65,6 +65,15 @@ nio() {  # PHASE BASE: the optional matrix-nio client (encrypted rooms)
 MEDIA_BYTES="$T/upload.bin"
 head -c 40000 /dev/urandom >"$MEDIA_BYTES"
 
+register_bob() {  # BASE: bob registers with BOB_PW (UIA, m.login.dummy)
+    local session
+    check "register bob (UIA: first call)" 401 POST "$1/_matrix/client/v3/register" \
+        "{\"username\":\"bob\",\"password\":\"$BOB_PW\"}"
+    session=$(jq -r .session <<<"$BODY")
+    check "register bob (m.login.dummy)" 200 POST "$1/_matrix/client/v3/register" \
+        "{\"username\":\"bob\",\"password\":\"$BOB_PW\",\"auth\":{\"type\":\"m.login.dummy\",\"session\":\"$session\"}}"
+}
+
 fill() {  # BASE: alice (an admin) and bob exist; sets A Bt ROOM EROOM MXC MEDIA_PATH
     local S=$1 i t0
     A=$(login "$S" alice "$ALICE_PW"); Bt=$(login "$S" bob "$BOB_PW")
