@@ -216,7 +216,9 @@ def _persister_overrides(prefix: str, ports: dict[str, int]) -> dict[str, Any]:
                  "resources": ["replication"]}]
 
     return {
-        "redis": {"host": REDIS[0], "port": REDIS[1], "key_prefix": prefix},
+        # Five processes connect in one reactor: on a loaded CI machine the default
+        # 0.5 s for a Redis reply was once missed at connection (SELECT), failing setUp.
+        "redis": {"host": REDIS[0], "port": REDIS[1], "key_prefix": prefix, "timeout": "5s"},
         "listeners": listeners("main"),
         "stream_writers": {"events": list(WRITERS)},
         "workers": {
